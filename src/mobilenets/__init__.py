@@ -1,0 +1,18 @@
+"""mobilenets: the MobileNet family (V1-V4, Mobile-Former), exact and fast on CPUs.
+
+>>> import mobilenets
+>>> mobilenets.list_models("mobilenetv4*")[:2]
+['mobilenetv4_conv_aa_large', 'mobilenetv4_conv_aa_medium']
+>>> model = mobilenets.create_model("mobilenetv4_conv_small", num_classes=10)
+"""
+
+from . import archs  # noqa: F401  (registers every model)
+from .factory import count_params, create_model, stage_shapes
+from .models import FeatureExtractor, MobileNet, UnknownModelError, get_entry, list_models
+from .weights import CheckpointError, load_weights, save_weights
+
+__version__ = "0.1.0"
+
+__all__ = ["CheckpointError", "FeatureExtractor", "MobileNet", "UnknownModelError",
+           "__version__", "count_params", "create_model", "get_entry", "list_models",
+           "load_weights", "save_weights", "stage_shapes"]

@@ -1,0 +1,34 @@
+"""MobileNetV1 (Howard et al. 2017, https://arxiv.org/abs/1704.04861), Table 1.
+
+3x3 s2 conv 32 -> 13 depthwise-separable blocks -> pool -> FC. The width multiplier alpha
+scales every layer (``width_mult``); the resolution multiplier rho is simply the input size
+(any size >= 32 works). ReLU6 as in the TF-slim / timm checkpoints.
+"""
+
+from __future__ import annotations
+
+from ..models.mobilenet import register_spec
+from .spec import HeadSpec, NetSpec, parse_stages
+
+V1 = NetSpec(
+    family="mobilenetv1",
+    stages=parse_stages([
+        ["dsa_r1_k3_s1_c64"],    # Table 1: conv dw/s1, conv 1x1 -> 64
+        ["dsa_r2_k3_s2_c128"],   # dw/s2 -> 128, dw/s1 -> 128
+        ["dsa_r2_k3_s2_c256"],   # dw/s2 -> 256, dw/s1 -> 256
+        ["dsa_r6_k3_s2_c512"],   # dw/s2 -> 512, 5x (dw/s1 -> 512)
+        ["dsa_r2_k3_s2_c1024"],  # dw/s2 -> 1024, dw/s1 -> 1024
+    ]),
+    stem=32,
+    act="relu6",
+    head=HeadSpec(hidden=0),
+    drop_rate=0.0,
+    paper="https://arxiv.org/abs/1704.04861",
+)
+
+
+register_spec("mobilenetv1_100", V1, 1.0, reference={"timm": "mobilenetv1_100"})
+register_spec("mobilenetv1_075", V1, 0.75)
+register_spec("mobilenetv1_050", V1, 0.5)
+register_spec("mobilenetv1_025", V1, 0.25)
+register_spec("mobilenetv1_125", V1, 1.25, reference={"timm": "mobilenetv1_125"})

@@ -1,0 +1,36 @@
+"""MobileNetV2 (Sandler et al. 2018, https://arxiv.org/abs/1801.04381), Table 2.
+
+Inverted residuals with linear bottlenecks and ReLU6. Rows are (t, c, n, s) of Table 2.
+The last 1x1 conv to 1280 scales only when the width is above 1 (paper section 5.1).
+"""
+
+from __future__ import annotations
+
+from ..models.mobilenet import register_spec
+from .spec import HeadSpec, NetSpec, parse_stages
+
+V2 = NetSpec(
+    family="mobilenetv2",
+    stages=parse_stages([
+        ["ds_r1_k3_s1_c16"],         # t=1, c=16,  n=1, s=1 (no expansion: dw + linear pw)
+        ["ir_r2_k3_s2_e6_c24"],      # t=6, c=24,  n=2, s=2
+        ["ir_r3_k3_s2_e6_c32"],      # t=6, c=32,  n=3, s=2
+        ["ir_r4_k3_s2_e6_c64"],      # t=6, c=64,  n=4, s=2
+        ["ir_r3_k3_s1_e6_c96"],      # t=6, c=96,  n=3, s=1
+        ["ir_r3_k3_s2_e6_c160"],     # t=6, c=160, n=3, s=2
+        ["ir_r1_k3_s1_e6_c320"],     # t=6, c=320, n=1, s=1
+        ["cn_r1_k1_s1_c1280_wmax"],  # conv2d 1x1 -> 1280
+    ]),
+    stem=32,
+    act="relu6",
+    head=HeadSpec(hidden=0),
+    drop_rate=0.2,
+    paper="https://arxiv.org/abs/1801.04381",
+)
+
+register_spec("mobilenetv2_035", V2, 0.35, reference={"timm": "mobilenetv2_035"})
+register_spec("mobilenetv2_050", V2, 0.5, reference={"timm": "mobilenetv2_050"})
+register_spec("mobilenetv2_075", V2, 0.75, reference={"timm": "mobilenetv2_075"})
+register_spec("mobilenetv2_100", V2, 1.0,
+              reference={"timm": "mobilenetv2_100", "torchvision": "mobilenet_v2"})
+register_spec("mobilenetv2_140", V2, 1.4, reference={"timm": "mobilenetv2_140"})

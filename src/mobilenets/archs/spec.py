@@ -1,0 +1,194 @@
+"""Typed architecture specs and their compact string form.
+
+A model is a :class:`NetSpec` (data); :class:`mobilenets.models.MobileNet` builds any of them.
+Block rows are written in a compact string form, parsed into :class:`BlockSpec` and printed
+back by :meth:`BlockSpec.to_string` (round trip tested)::
+
+    kind_r{repeat}_k{kernel}_s{stride}_e{expand}_c{out}[_a{start_k}][_se{ratio}][_nre|_hs|_gelu]
+        [_h{heads}_d{key_dim}_v{kv_stride}_q{query_stride}][_wmax|_wfix]
+
+kinds: ``cn`` conv-BN-act, ``ds`` depthwise-separable (linear pointwise, residual), ``dsa``
+(V1 form: activated pointwise, no residual), ``ir`` inverted residual, ``er`` fused IB,
+``uir`` Universal Inverted Bottleneck (``a`` start dw kernel, ``k`` middle dw kernel, 0 = none),
+``mqa`` Mobile MQA. ``nre``/``hs``/``gelu`` override the model activation for that block.
+``wmax``: channels scale with width but never below the base (V2's last conv); ``wfix``:
+channels never scale.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, fields, replace
+from typing import Optional
+
+BLOCK_KINDS = ("cn", "ds", "dsa", "ir", "er", "uir", "mqa")
+_ACT_TOKENS = {"nre": "relu", "hs": "hard_swish", "gelu": "gelu", "re6": "relu6"}
+_ACT_TO_TOKEN = {v: k for k, v in _ACT_TOKENS.items()}
+
+
+@dataclass(frozen=True)
+class BlockSpec:
+    """One block row.
+
+    Attributes:
+        kind: one of ``BLOCK_KINDS``.
+        out: output channels before width scaling.
+        stride: spatial stride of the block.
+        k: main kernel (conv kernel, depthwise kernel, UIB middle dw kernel; 0 = none).
+        a: UIB start depthwise kernel (0 = none).
+        e: expansion ratio (mid channels = make_divisible(in * e, 8)).
+        se: squeeze-excite ratio of the gated width (0 = no SE).
+        act: activation override (``None``: the model's).
+        heads, key_dim, kv_stride, query_stride: Mobile MQA settings.
+        width: ``"scale"``, ``"max"`` (never below base) or ``"fixed"``.
+    """
+
+    kind: str
+    out: int
+    stride: int = 1
+    k: int = 3
+    a: int = 0
+    e: float = 1.0
+    se: float = 0.0
+    act: Optional[str] = None
+    heads: int = 0
+    key_dim: int = 0
+    kv_stride: int = 1
+    query_stride: int = 1
+    width: str = "scale"
+
+    def __post_init__(self):
+        if self.kind not in BLOCK_KINDS:
+            raise ValueError(f"unknown block kind {self.kind!r}; expected one of {BLOCK_KINDS}")
+        if self.stride not in (1, 2):
+            raise ValueError(f"block stride must be 1 or 2, got {self.stride}")
+        if self.width not in ("scale", "max", "fixed"):
+            raise ValueError(f"width must be 'scale', 'max' or 'fixed', got {self.width!r}")
+        if self.kind == "mqa" and (self.heads <= 0 or self.key_dim <= 0):
+            raise ValueError("an mqa block needs heads (h) and key_dim (d)")
+
+    def to_string(self, repeat: int = 1) -> str:
+        def num(v: float) -> str:
+            return str(int(v)) if float(v).is_integer() else repr(float(v))
+
+        parts = [self.kind, f"r{repeat}", f"k{self.k}", f"s{self.stride}"]
+        if self.e != 1.0 or self.kind in ("ir", "er", "uir"):
+            parts.append(f"e{num(self.e)}")
+        parts.append(f"c{self.out}")
+        if self.a:
+            parts.append(f"a{self.a}")
+        if self.se:
+            parts.append(f"se{num(self.se)}")
+        if self.act is not None:
+            parts.append(_ACT_TO_TOKEN.get(self.act, f"act-{self.act}"))
+        if self.kind == "mqa":
+            parts += [f"h{self.heads}", f"d{self.key_dim}", f"v{self.kv_stride}", f"q{self.query_stride}"]
+        if self.width != "scale":
+            parts.append({"max": "wmax", "fixed": "wfix"}[self.width])
+        return "_".join(parts)
+
+
+_TOKEN = re.compile(r"^([a-z]+)(\d+(?:\.\d+)?)$")
+
+
+def parse_block(text: str) -> list[BlockSpec]:
+    """Parse one compact row into ``repeat`` identical-but-for-stride specs (only the first of
+    a repeated row keeps the stride)."""
+    tokens = text.strip().split("_")
+    kind, opts = tokens[0], {}
+    kw: dict = {}
+    for tok in tokens[1:]:
+        if tok in _ACT_TOKENS:
+            kw["act"] = _ACT_TOKENS[tok]
+        elif tok.startswith("act-"):
+            kw["act"] = tok[4:]
+        elif tok in ("wmax", "wfix"):
+            kw["width"] = {"wmax": "max", "wfix": "fixed"}[tok]
+        else:
+            m = _TOKEN.match(tok)
+            if not m:
+                raise ValueError(f"cannot parse token {tok!r} in block string {text!r}")
+            opts[m.group(1)] = m.group(2)
+    known = {"r", "k", "s", "e", "c", "a", "se", "h", "d", "v", "q"}
+    unknown = set(opts) - known
+    if unknown:
+        raise ValueError(f"unknown option(s) {sorted(unknown)} in block string {text!r}")
+    if "c" not in opts:
+        raise ValueError(f"block string {text!r} has no output channels (c...)")
+    repeat = int(opts.get("r", 1))
+    spec = BlockSpec(
+        kind=kind, out=int(opts["c"]), stride=int(opts.get("s", 1)), k=int(opts.get("k", 3)),
+        a=int(opts.get("a", 0)), e=float(opts.get("e", 1.0)), se=float(opts.get("se", 0.0)),
+        heads=int(opts.get("h", 0)), key_dim=int(opts.get("d", 0)), kv_stride=int(opts.get("v", 1)),
+        query_stride=int(opts.get("q", 1)), **kw)
+    return [spec] + [replace(spec, stride=1)] * (repeat - 1)
+
+
+def parse_stages(rows: list[list[str]]) -> tuple[tuple[BlockSpec, ...], ...]:
+    """Parse a list of stages, each a list of compact rows."""
+    return tuple(tuple(b for row in stage for b in parse_block(row)) for stage in rows)
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    """Classifier head: global average pool -> [hidden Linear (+BN) + act] -> dropout -> Linear.
+
+    Attributes:
+        hidden: hidden width (0: no hidden layer, as V1/V2). Not scaled by width_mult.
+        norm: BatchNorm on the hidden layer (V4) instead of a bias (V3).
+        act: activation of the hidden layer (``None``: the model's).
+    """
+
+    hidden: int = 0
+    norm: bool = False
+    act: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class NetSpec:
+    """A whole backbone + classifier.
+
+    Attributes:
+        family: registry family name (``mobilenetv1`` ... ``mobilenetv4``).
+        stages: tuple of stages, each a tuple of :class:`BlockSpec`.
+        stem: stem conv channels (3x3 stride 2).
+        act: default activation. stem_act: stem activation (default ``act``).
+        fix_stem_below: the stem keeps its width when ``width_mult`` is below this.
+        head: classifier head.
+        se_act, se_gate: squeeze-excite activations.
+        layer_scale: init value of layer scale on ``uir`` and ``mqa`` blocks (``None``: off).
+        aa: anti-aliasing layer on strided blocks (``None``, ``"avg"``, ``"blurpc"``).
+        norm_eps, norm_momentum: BatchNorm settings.
+        drop_rate: default classifier dropout.
+        paper: reference link.
+    """
+
+    family: str
+    stages: tuple[tuple[BlockSpec, ...], ...]
+    stem: int
+    act: str
+    head: HeadSpec = field(default_factory=HeadSpec)
+    stem_act: Optional[str] = None
+    fix_stem_below: float = 0.0
+    se_act: str = "relu"
+    se_gate: str = "hard_sigmoid"
+    layer_scale: Optional[float] = None
+    aa: Optional[str] = None
+    norm_eps: float = 1e-5
+    norm_momentum: float = 0.1
+    drop_rate: float = 0.2
+    paper: str = ""
+
+    def blocks(self) -> list[BlockSpec]:
+        return [b for s in self.stages for b in s]
+
+    def to_rows(self) -> list[list[str]]:
+        """Stages as compact strings (one row per block; parse_stages inverts it)."""
+        return [[b.to_string() for b in stage] for stage in self.stages]
+
+    def replace(self, **kw) -> "NetSpec":
+        return replace(self, **kw)
+
+
+def spec_fields(cls) -> list[str]:
+    return [f.name for f in fields(cls)]

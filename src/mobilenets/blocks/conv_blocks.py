@@ -1,0 +1,153 @@
+"""Convolutional blocks: V1 depthwise-separable, V2/V3 inverted residual, V4 fused IB and
+Universal Inverted Bottleneck, and the plain conv block."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn as nn
+
+from ..layers import ConvNormAct, DropPath, LayerScale, SqueezeExcite
+from ..layers.activations import ActLike
+from ..layers.conv import NormLayer
+
+
+class ResidualBlock(nn.Module):
+    """Base for blocks with an identity shortcut when ``stride == 1 and in == out``.
+
+    Subclasses implement :meth:`branch`; this class adds optional layer scale, stochastic
+    depth and the shortcut, so every block handles them the same way.
+    """
+
+    def __init__(self, in_chs: int, out_chs: int, stride: int, skip: bool = True,
+                 drop_path: float = 0.0, layer_scale: Optional[float] = None):
+        super().__init__()
+        self.in_chs, self.out_chs, self.stride = in_chs, out_chs, stride
+        self.has_skip = skip and stride == 1 and in_chs == out_chs
+        self.layer_scale = LayerScale(out_chs, layer_scale) if layer_scale is not None else nn.Identity()
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def branch(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.layer_scale(self.branch(x))
+        if self.has_skip:
+            y = self.drop_path(y) + x
+        return y
+
+
+class ConvBlock(ConvNormAct):
+    """A plain conv-BN-act used as a block (MobileNetV4 ``cn`` rows and the last 1x1 conv of
+    V2/V3/V4). Same parameters as :class:`ConvNormAct`."""
+
+    @property
+    def stride(self) -> int:
+        s = self.conv.stride[0]
+        return s * (2 if not isinstance(self.aa, nn.Identity) else 1)
+
+
+class DepthwiseSeparable(ResidualBlock):
+    """MobileNetV1 depthwise-separable conv (paper Fig. 3): dw kxk + BN + act, optional SE,
+    1x1 pointwise + BN (+ act in V1; linear where V2/V3 use it as their first block).
+
+    Args:
+        in_chs, out_chs: channels.
+        kernel_size, stride, dilation: of the depthwise conv.
+        se_chs: SE squeeze channels (0: no SE).
+        pw_act: activation after the pointwise conv (True for V1).
+        skip: allow the identity shortcut (False for V1).
+    """
+
+    def __init__(self, in_chs: int, out_chs: int, kernel_size: int = 3, stride: int = 1,
+                 dilation: int = 1, se_chs: int = 0, pw_act: bool = False, skip: bool = True,
+                 act: ActLike = "relu", norm: NormLayer = nn.BatchNorm2d, aa: Optional[str] = None,
+                 drop_path: float = 0.0, layer_scale: Optional[float] = None):
+        super().__init__(in_chs, out_chs, stride, skip, drop_path, layer_scale)
+        self.dw = ConvNormAct(in_chs, in_chs, kernel_size, stride, dilation, groups=in_chs,
+                              norm=norm, act=act, aa=aa)
+        self.se = SqueezeExcite(in_chs, se_chs) if se_chs else nn.Identity()
+        self.pw = ConvNormAct(in_chs, out_chs, 1, norm=norm, act=act if pw_act else None)
+
+    def branch(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pw(self.se(self.dw(x)))
+
+
+class InvertedResidual(ResidualBlock):
+    """MobileNetV2 inverted residual with linear bottleneck (V2 paper Fig. 3b / Table 1),
+    with the V3 squeeze-and-excite after the depthwise conv (V3 paper Fig. 4).
+
+    1x1 expand to ``mid_chs`` + BN + act -> dw kxk + BN + act -> [SE] -> 1x1 project + BN.
+    """
+
+    def __init__(self, in_chs: int, out_chs: int, mid_chs: int, kernel_size: int = 3,
+                 stride: int = 1, dilation: int = 1, se_chs: int = 0, act: ActLike = "relu6",
+                 norm: NormLayer = nn.BatchNorm2d, aa: Optional[str] = None, skip: bool = True,
+                 drop_path: float = 0.0, layer_scale: Optional[float] = None):
+        super().__init__(in_chs, out_chs, stride, skip, drop_path, layer_scale)
+        self.expand = ConvNormAct(in_chs, mid_chs, 1, norm=norm, act=act)
+        self.dw = ConvNormAct(mid_chs, mid_chs, kernel_size, stride, dilation, groups=mid_chs,
+                              norm=norm, act=act, aa=aa)
+        self.se = SqueezeExcite(mid_chs, se_chs) if se_chs else nn.Identity()
+        self.project = ConvNormAct(mid_chs, out_chs, 1, norm=norm, act=None)
+
+    def branch(self, x: torch.Tensor) -> torch.Tensor:
+        return self.project(self.se(self.dw(self.expand(x))))
+
+
+class FusedIB(ResidualBlock):
+    """Fused inverted bottleneck (MobileNetV4 section 3.2; EfficientNet-EdgeTPU "fused MBConv"):
+    kxk conv expand with stride + BN + act -> 1x1 project + BN."""
+
+    def __init__(self, in_chs: int, out_chs: int, mid_chs: int, kernel_size: int = 3,
+                 stride: int = 1, dilation: int = 1, act: ActLike = "relu",
+                 norm: NormLayer = nn.BatchNorm2d, aa: Optional[str] = None, skip: bool = True,
+                 drop_path: float = 0.0, layer_scale: Optional[float] = None):
+        super().__init__(in_chs, out_chs, stride, skip, drop_path, layer_scale)
+        self.expand = ConvNormAct(in_chs, mid_chs, kernel_size, stride, dilation, norm=norm, act=act, aa=aa)
+        self.project = ConvNormAct(mid_chs, out_chs, 1, norm=norm, act=None)
+
+    def branch(self, x: torch.Tensor) -> torch.Tensor:
+        return self.project(self.expand(x))
+
+
+class UniversalInvertedBottleneck(ResidualBlock):
+    """Universal Inverted Bottleneck (MobileNetV4 section 3.1, Fig. 4).
+
+    Optional start depthwise (kxk + BN, no act) -> 1x1 expand + BN + act -> optional middle
+    depthwise (kxk + BN + act) -> 1x1 project + BN -> optional layer scale -> residual.
+    The four instantiations: IB (middle only), ConvNeXt-like (start only), ExtraDW (both),
+    FFN (neither). The stride sits on the middle depthwise when there is one, else on the
+    start depthwise.
+
+    Args:
+        start_k: start depthwise kernel (0: none). mid_k: middle depthwise kernel (0: none).
+        mid_chs: expanded channels (``make_divisible(in_chs * expand, 8)``).
+    """
+
+    def __init__(self, in_chs: int, out_chs: int, mid_chs: int, start_k: int = 0, mid_k: int = 3,
+                 stride: int = 1, dilation: int = 1, act: ActLike = "relu",
+                 norm: NormLayer = nn.BatchNorm2d, aa: Optional[str] = None, skip: bool = True,
+                 drop_path: float = 0.0, layer_scale: Optional[float] = None):
+        super().__init__(in_chs, out_chs, stride, skip, drop_path, layer_scale)
+        if stride > 1 and not (start_k or mid_k):
+            raise ValueError("a strided UIB needs a start or middle depthwise conv (FFN cannot stride)")
+        self.start_k, self.mid_k = start_k, mid_k
+        self.dw_start = (ConvNormAct(in_chs, in_chs, start_k, stride if not mid_k else 1, dilation,
+                                     groups=in_chs, norm=norm, act=None, aa=aa)
+                         if start_k else nn.Identity())
+        self.expand = ConvNormAct(in_chs, mid_chs, 1, norm=norm, act=act)
+        self.dw_mid = (ConvNormAct(mid_chs, mid_chs, mid_k, stride, dilation, groups=mid_chs,
+                                   norm=norm, act=act, aa=aa)
+                       if mid_k else nn.Identity())
+        self.project = ConvNormAct(mid_chs, out_chs, 1, norm=norm, act=None)
+
+    @property
+    def kind(self) -> str:
+        """Which UIB instantiation this is: ``IB``, ``ConvNeXt``, ``ExtraDW`` or ``FFN``."""
+        return {(False, True): "IB", (True, False): "ConvNeXt", (True, True): "ExtraDW",
+                (False, False): "FFN"}[(bool(self.start_k), bool(self.mid_k))]
+
+    def branch(self, x: torch.Tensor) -> torch.Tensor:
+        return self.project(self.dw_mid(self.expand(self.dw_start(x))))

@@ -1,0 +1,75 @@
+"""``create_model``: registry name -> model, with weights and feature extraction."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import torch
+import torch.nn as nn
+
+from .models.features import FeatureExtractor
+from .models.registry import get_entry
+from .weights import load_weights
+
+Pretrained = Union[None, bool, str, Path, dict]
+
+
+def create_model(name: str, pretrained: Pretrained = None, num_classes: int = 1000,
+                 in_chans: int = 3, features_only: bool = False,
+                 out_indices: Optional[Sequence[int]] = None, strict: bool = True,
+                 **kwargs) -> nn.Module:
+    """Build a registered model.
+
+    Args:
+        name: registry name (see :func:`mobilenets.list_models`).
+        pretrained: ``None``/``False`` for random init, or a checkpoint: a path
+            (``.pth/.pt/.bin/.safetensors``), ``"hf-hub:org/name"`` or a state dict, in our,
+            timm's or torchvision's layout. No weights are downloaded implicitly.
+        num_classes: classifier outputs (0: none). in_chans: input channels.
+        features_only: return a :class:`FeatureExtractor` giving one map per feature level.
+        out_indices: the feature levels to return (default: all).
+        strict: passed to :func:`mobilenets.load_weights`.
+        **kwargs: model options: ``width_mult``, ``drop_rate``, ``drop_path_rate``,
+            ``output_stride``, and family options (V3: ``reduced_tail``, ``dilated``).
+
+    Raises:
+        KeyError/ValueError: unknown name (with the closest matches) or bad options.
+    """
+    entry = get_entry(name)
+    if pretrained is True:
+        raise ValueError(
+            f"pretrained=True: mobilenets downloads nothing implicitly; pass a checkpoint path or "
+            f"'hf-hub:org/name' (e.g. a timm repo for {entry.reference.get('timm', name)})")
+    try:
+        model = entry.builder(num_classes=num_classes, in_chans=in_chans, **kwargs)
+    except TypeError as e:
+        raise TypeError(f"{name}: {e}") from None
+    model.name = name
+    if pretrained is not None and pretrained is not False:
+        load_weights(model, pretrained, strict=strict)
+    if features_only:
+        model = FeatureExtractor(model, out_indices)
+        model.name = name
+    elif out_indices is not None:
+        raise ValueError("out_indices is only used with features_only=True")
+    return model
+
+
+def count_params(model: nn.Module) -> int:
+    """Trainable-state parameter count (BatchNorm not folded), as the papers' tables use."""
+    return sum(p.numel() for p in model.parameters())
+
+
+@torch.no_grad()
+def stage_shapes(model: nn.Module, input_size=(224, 224)) -> list[tuple[str, tuple[int, ...]]]:
+    """Output shape of the stem and each stage for one input of ``input_size``."""
+    model = model.eval()
+    x = torch.zeros(1, model.in_chans, *input_size)
+    from .models.mobilenet import check_input
+    check_input(x, model.in_chans)
+    out = []
+    for i, m in enumerate(model.feature_modules()):
+        x = m(x)
+        out.append(("stem" if i == 0 else f"stages.{i - 1}", tuple(x.shape)))
+    return out

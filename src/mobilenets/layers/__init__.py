@@ -1,0 +1,21 @@
+"""Primitives shared by every family: conv + norm + act, activations, SE, layer scale,
+stochastic depth and anti-aliased downsampling."""
+
+from .activations import get_act, ACTIVATIONS
+from .conv import ConvNormAct, make_divisible, same_padding
+from .misc import DropPath, LayerScale, SqueezeExcite, drop_path
+from .aa import BlurPool2d, create_aa
+
+__all__ = [
+    "ACTIVATIONS",
+    "BlurPool2d",
+    "ConvNormAct",
+    "DropPath",
+    "LayerScale",
+    "SqueezeExcite",
+    "create_aa",
+    "drop_path",
+    "get_act",
+    "make_divisible",
+    "same_padding",
+]

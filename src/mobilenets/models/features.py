@@ -1,0 +1,56 @@
+"""Multi-scale feature extraction (``create_model(..., features_only=True)``)."""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+import torch.nn as nn
+
+
+class FeatureExtractor(nn.Module):
+    """Wraps a backbone and returns the feature maps at ``out_indices`` (one per resolution
+    level of ``model.feature_info``), as a list, shallow to deep.
+
+    The wrapped model must offer ``feature_info`` (dicts with ``module``, ``num_chs``,
+    ``reduction``), ``feature_modules()`` (the sequence the levels index into: index 0 the stem,
+    ``i + 1`` stage ``i``). Modules after the deepest requested level are dropped, as is the classifier.
+
+    Attributes:
+        feature_info: the selected levels' dicts.
+        width_list: channels of each returned map (what detection necks read).
+    """
+
+    def __init__(self, model: nn.Module, out_indices: Optional[Sequence[int]] = None):
+        super().__init__()
+        levels = model.feature_info
+        n = len(levels)
+        if out_indices is None:
+            out_indices = tuple(range(n))
+        idx = []
+        for i in out_indices:
+            if not isinstance(i, int) or not -n <= i < n:
+                raise ValueError(f"out_indices must be integers in [{-n}, {n - 1}] for this model "
+                                 f"({n} feature levels), got {tuple(out_indices)}")
+            idx.append(i % n)
+        if len(set(idx)) != len(idx):
+            raise ValueError(f"out_indices has duplicates: {tuple(out_indices)}")
+        self.out_indices = tuple(sorted(idx))
+        self.feature_info = [dict(levels[i]) for i in self.out_indices]
+        self.width_list = [f["num_chs"] for f in self.feature_info]
+        self.in_chans = model.in_chans
+        mods = model.feature_modules()
+        names = ["stem"] + [f"stages.{i}" for i in range(len(mods) - 1)]
+        self._take = [names.index(f["module"]) for f in self.feature_info]
+        self.body = nn.ModuleList(mods[: self._take[-1] + 1])
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        from .mobilenet import check_input
+
+        check_input(x, self.in_chans)
+        outs = []
+        for i, m in enumerate(self.body):
+            x = m(x)
+            if i in self._take:
+                outs.append(x)
+        return outs

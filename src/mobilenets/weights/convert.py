@@ -1,0 +1,183 @@
+"""Key layouts of other libraries' checkpoints, mapped onto ours.
+
+Each source layout is a function ``(state_dict, model) -> (converted, unmapped_keys)``. Block
+internals are mapped by our block's class (the model says which block sits where), so a timm
+``bn1`` means the expand norm in an inverted residual and the depthwise norm in a
+depthwise-separable block. BatchNorm eps/momentum of the source are applied to the model
+(timm trains V3 with eps 1e-5, torchvision with 1e-3).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Callable, Optional
+
+import torch
+import torch.nn as nn
+
+from ..blocks import (ConvBlock, DepthwiseSeparable, FusedIB, InvertedResidual, MobileMQA,
+                      UniversalInvertedBottleneck)
+
+StateDict = dict[str, torch.Tensor]
+
+# timm block internals -> ours, by our block class (prefix pairs, matched per dotted component).
+_TIMM_BLOCK: dict[type, list[tuple[str, str]]] = {
+    ConvBlock: [("conv", "conv"), ("bn1", "bn")],
+    DepthwiseSeparable: [("conv_dw", "dw.conv"), ("bn1", "dw.bn"), ("se.conv_reduce", "se.fc1"),
+                         ("se.conv_expand", "se.fc2"), ("conv_pw", "pw.conv"), ("bn2", "pw.bn")],
+    InvertedResidual: [("conv_pw", "expand.conv"), ("bn1", "expand.bn"), ("conv_dw", "dw.conv"),
+                       ("bn2", "dw.bn"), ("se.conv_reduce", "se.fc1"), ("se.conv_expand", "se.fc2"),
+                       ("conv_pwl", "project.conv"), ("bn3", "project.bn")],
+    FusedIB: [("conv_exp", "expand.conv"), ("bn1", "expand.bn"), ("conv_pwl", "project.conv"),
+              ("bn2", "project.bn")],
+    UniversalInvertedBottleneck: [("dw_start", "dw_start"), ("pw_exp", "expand"), ("dw_mid", "dw_mid"),
+                                  ("pw_proj", "project"), ("layer_scale", "layer_scale")],
+    MobileMQA: [("norm", "norm"), ("attn.query.proj", "attn.q"), ("attn.query.norm", "attn.q_norm"),
+                ("attn.key.down_conv", "attn.k_down.conv"), ("attn.key.norm", "attn.k_down.bn"),
+                ("attn.key.proj", "attn.k"), ("attn.value.down_conv", "attn.v_down.conv"),
+                ("attn.value.norm", "attn.v_down.bn"), ("attn.value.proj", "attn.v"),
+                ("attn.output.proj", "attn.proj"), ("layer_scale", "layer_scale")],
+}
+
+# torchvision: the ordered parts of a block's Sequential, by our block class.
+_CNA = {"0": "conv", "1": "bn"}  # Conv2dNormActivation children
+
+
+def _map_prefix(rest: str, table: list[tuple[str, str]]) -> Optional[str]:
+    for src, dst in table:
+        if rest == src or rest.startswith(src + "."):
+            return dst + rest[len(src):]
+    return None
+
+
+def _blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    return [(f"stages.{si}.{bi}", blk) for si, stage in enumerate(model.stages)
+            for bi, blk in enumerate(stage)]
+
+
+def _map_timm(sd: StateDict, model: nn.Module) -> tuple[StateDict, list[str]]:
+    out, unmapped = {}, []
+    stages = model.stages
+    has_hidden = isinstance(model.head.hidden, nn.Linear)
+    last = f"stages.{len(stages) - 1}.0"  # EfficientNet-class conv_head/bn2 = our last cn block
+    top = [("conv_stem", "stem.conv"), ("bn1", "stem.bn"), ("classifier", "head.fc")]
+    top += ([("conv_head", "head.hidden"), ("norm_head", "head.norm")] if has_hidden
+            else [("conv_head", f"{last}.conv"), ("bn2", f"{last}.bn")])
+    for k, v in sd.items():
+        m = re.match(r"^blocks\.(\d+)\.(\d+)\.(.+)$", k)
+        new = None
+        if m:
+            si, bi, rest = int(m[1]), int(m[2]), m[3]
+            if si < len(stages) and bi < len(stages[si]):
+                table = _TIMM_BLOCK.get(type(stages[si][bi]))
+                sub = _map_prefix(rest, table) if table else None
+                new = f"stages.{si}.{bi}.{sub}" if sub else None
+        else:
+            new = _map_prefix(k, top)
+        if new is None:
+            unmapped.append(k)
+        else:
+            out[new] = v
+    return out, unmapped
+
+
+def _tv_parts(blk: nn.Module, v3: bool) -> list[str]:
+    """Our sub-module names in the order of torchvision's block Sequential."""
+    has_se = not isinstance(getattr(blk, "se", nn.Identity()), nn.Identity)
+    if isinstance(blk, DepthwiseSeparable):
+        return ["dw"] + (["se"] if has_se else []) + ["pw"]
+    if isinstance(blk, InvertedResidual):
+        return ["expand", "dw"] + (["se"] if has_se else []) + ["project"]
+    raise KeyError(type(blk).__name__)
+
+
+def _map_torchvision(sd: StateDict, model: nn.Module) -> tuple[StateDict, list[str]]:
+    """torchvision mobilenet_v2 (``features.i.conv.j``) and mobilenet_v3 (``features.i.block.j``)."""
+    out, unmapped = {}, []
+    blocks = _blocks(model)
+    v3 = any(".block." in k for k in sd)
+    head = {"classifier.0": "head.hidden", "classifier.3": "head.fc"} if v3 else {"classifier.1": "head.fc"}
+    for k, v in sd.items():
+        new = None
+        m = re.match(r"^features\.(\d+)\.(.+)$", k)
+        if m:
+            fi, rest = int(m[1]), m[2]
+            if fi == 0:
+                mm = re.match(r"^([01])\.(.+)$", rest)
+                new = f"stem.{_CNA[mm[1]]}.{mm[2]}" if mm else None
+            elif fi - 1 < len(blocks):
+                name, blk = blocks[fi - 1]
+                new = _map_tv_block(rest, blk, v3)
+                new = f"{name}.{new}" if new else None
+        else:
+            new = _map_prefix(k, list(head.items()))
+        if new is None:
+            unmapped.append(k)
+        else:
+            out[new] = v
+    return out, unmapped
+
+
+def _map_tv_block(rest: str, blk: nn.Module, v3: bool) -> Optional[str]:
+    if isinstance(blk, ConvBlock):  # Conv2dNormActivation: 0 conv, 1 bn
+        mm = re.match(r"^([01])\.(.+)$", rest)
+        return f"{_CNA[mm[1]]}.{mm[2]}" if mm else None
+    if not isinstance(blk, (DepthwiseSeparable, InvertedResidual)):
+        return None
+    parts = _tv_parts(blk, v3)
+    if v3:  # block.j is a Conv2dNormActivation (j.0 conv, j.1 bn) or the SE (fc1/fc2)
+        mm = re.match(r"^block\.(\d+)\.(.+)$", rest)
+        if not mm or int(mm[1]) >= len(parts):
+            return None
+        part, tail = parts[int(mm[1])], mm[2]
+        if part == "se":
+            return f"se.{tail}" if tail.split(".")[0] in ("fc1", "fc2") else None
+        m2 = re.match(r"^([01])\.(.+)$", tail)
+        return f"{part}.{_CNA[m2[1]]}.{m2[2]}" if m2 else None
+    # v2: conv.j for j < len(parts) - 1 are Conv2dNormActivation; the projection is split
+    # into a bare Conv2d (conv.{n-1}) and a BatchNorm (conv.{n}).
+    mm = re.match(r"^conv\.(\d+)\.(.+)$", rest)
+    if not mm:
+        return None
+    j, tail, n = int(mm[1]), mm[2], len(parts) - 1
+    if j < n:
+        m2 = re.match(r"^([01])\.(.+)$", tail)
+        return f"{parts[j]}.{_CNA[m2[1]]}.{m2[2]}" if m2 else None
+    if j == n:
+        return f"{parts[n]}.conv.{tail}"
+    if j == n + 1:
+        return f"{parts[n]}.bn.{tail}"
+    return None
+
+
+def _is_ours(keys: set[str]) -> bool:
+    return any(k.startswith("stem.") for k in keys) and any(k.startswith(("stages.", "head.")) for k in keys)
+
+
+# layout name -> (detector on the key set, mapper, BatchNorm (eps, momentum) by our family)
+LAYOUTS: dict[str, tuple[Callable[[set[str]], bool], Optional[Callable], Callable[[str], tuple]]] = {
+    "mobilenets": (_is_ours, None, lambda fam: (None, None)),
+    "timm": (lambda ks: "conv_stem.weight" in ks and any(k.startswith("blocks.") for k in ks),
+             _map_timm, lambda fam: (1e-5, 0.1)),
+    "torchvision": (lambda ks: "features.0.0.weight" in ks and any(k.startswith("features.1.") for k in ks),
+                    _map_torchvision,
+                    lambda fam: (1e-3, 0.01) if fam == "mobilenetv3" else (1e-5, 0.1)),
+}
+
+
+def detect_layout(keys) -> str:
+    """Name the layout of a state dict from its keys (``"unknown"`` if none fits)."""
+    ks = set(keys)
+    for name, (detect, _, _) in LAYOUTS.items():
+        if detect(ks):
+            return name
+    return "unknown"
+
+
+def adapt_shape(src: torch.Tensor, dst_shape: torch.Size) -> torch.Tensor:
+    """Reshape a 1x1 conv weight ``(o, i, 1, 1)`` to a Linear ``(o, i)`` and back; else as is."""
+    if src.shape != dst_shape and src.numel() == int(torch.Size(dst_shape).numel()):
+        squeeze = lambda s: tuple(d for d in s if d != 1)  # noqa: E731
+        if squeeze(src.shape) == squeeze(dst_shape) and src.ndim in (2, 4) and len(dst_shape) in (2, 4):
+            return src.reshape(dst_shape)
+    return src

@@ -1,0 +1,142 @@
+"""Safe checkpoint reading and writing.
+
+Never unpickles arbitrary objects: ``.pth/.pt/.bin/.ckpt`` files go through
+``torch.load(weights_only=True)``, ``.safetensors`` through safetensors.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any, Mapping, Optional, Union
+
+import torch
+
+PathLike = Union[str, os.PathLike]
+TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
+SAFETENSORS_SUFFIXES = (".safetensors",)
+# Wrappers training scripts put around a state dict, in the order we look for them.
+WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "module", "net")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read, is not a state dict, or does not fit the model."""
+
+
+def _unwrap(obj: Any, path: str) -> tuple[dict[str, torch.Tensor], dict]:
+    meta: dict = {}
+    if isinstance(obj, Mapping):
+        if isinstance(obj.get("mobilenets_meta"), Mapping):
+            meta = dict(obj["mobilenets_meta"])
+        for k in WRAPPER_KEYS:
+            inner = obj.get(k)
+            if isinstance(inner, Mapping) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
+                obj = inner
+                break
+    if not isinstance(obj, Mapping) or not obj:
+        raise CheckpointError(f"{path}: expected a state dict (name -> tensor), got {type(obj).__name__}")
+    tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise CheckpointError(f"{path}: contains no tensors (keys: {list(obj)[:8]})")
+    # DistributedDataParallel / torch.compile prefixes
+    for prefix in ("module.", "_orig_mod."):
+        if all(k.startswith(prefix) for k in tensors):
+            tensors = {k[len(prefix):]: v for k, v in tensors.items()}
+    return tensors, meta
+
+
+def read_checkpoint(path: PathLike) -> tuple[dict[str, torch.Tensor], dict]:
+    """Read a state dict and our metadata (empty for foreign files) from a file.
+
+    Raises:
+        FileNotFoundError: no such file.
+        CheckpointError: unknown suffix, corrupt file, or a pickle that is not plain tensors.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {p}")
+    suffix = p.suffix.lower()
+    if suffix in SAFETENSORS_SUFFIXES:
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+        try:
+            sd = load_file(str(p), device="cpu")
+            from safetensors import safe_open
+            with safe_open(str(p), framework="pt") as f:
+                meta = dict(f.metadata() or {})
+        except (SafetensorError, OSError, ValueError) as e:
+            raise CheckpointError(f"{p}: not a readable safetensors file ({e})") from None
+        return _unwrap(sd, str(p))[0], meta
+    if suffix in TORCH_SUFFIXES:
+        try:
+            obj = torch.load(str(p), map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            msg = str(e).splitlines()[0] if str(e) else "unsupported object"
+            raise CheckpointError(
+                f"{p}: refusing to unpickle objects other than tensors and plain containers "
+                f"(weights_only=True): {msg}") from None
+        except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+            raise CheckpointError(f"{p}: corrupt or not a PyTorch checkpoint ({e})") from None
+        return _unwrap(obj, str(p))
+    raise CheckpointError(f"{p}: unknown checkpoint type {suffix!r}; expected one of "
+                          f"{TORCH_SUFFIXES + SAFETENSORS_SUFFIXES}")
+
+
+_HF = re.compile(r"^hf[-_]hub:(?P<repo>[\w.\-]+/[\w.\-]+)(?:@(?P<rev>[\w.\-/]+))?$")
+
+
+def resolve_hf_hub(spec: str, filenames: tuple[str, ...] = ("model.safetensors", "pytorch_model.bin")) -> Path:
+    """Resolve ``hf-hub:org/name[@revision]`` to a local file through huggingface_hub.
+
+    The local cache is used first, so a cached repo works offline (``HF_HUB_OFFLINE=1``).
+    """
+    m = _HF.match(spec)
+    if not m:
+        raise ValueError(f"expected 'hf-hub:org/name' or 'hf-hub:org/name@revision', got {spec!r}")
+    try:
+        from huggingface_hub import hf_hub_download
+    except ImportError:
+        raise ImportError("loading 'hf-hub:' weights needs huggingface_hub: pip install huggingface_hub") from None
+    errors = []
+    for fn in filenames:
+        for local_only in (True, False):
+            try:
+                return Path(hf_hub_download(m["repo"], fn, revision=m["rev"], local_files_only=local_only))
+            except Exception as e:  # noqa: BLE001 - hub raises many types; we report them all
+                errors.append(f"{fn} ({'cache' if local_only else 'hub'}): {type(e).__name__}")
+    raise CheckpointError(f"{spec}: none of {filenames} found in the Hugging Face cache or hub "
+                          f"({'; '.join(errors)})")
+
+
+def atomic_write(path: PathLike, write) -> Path:
+    """Call ``write(tmp_path)`` then rename onto ``path``: no half-written file on failure."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, p)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return p
+
+
+def write_checkpoint(state_dict: Mapping[str, torch.Tensor], path: PathLike,
+                     meta: Optional[Mapping[str, str]] = None) -> Path:
+    """Write a state dict as ``.safetensors`` (by suffix) or a ``.pth`` file, atomically."""
+    p = Path(path)
+    sd = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
+    meta = {k: str(v) for k, v in (meta or {}).items()}
+    if p.suffix.lower() in SAFETENSORS_SUFFIXES:
+        from safetensors.torch import save_file
+        return atomic_write(p, lambda t: save_file(sd, t, metadata=meta))
+    if p.suffix.lower() in TORCH_SUFFIXES:
+        return atomic_write(p, lambda t: torch.save({"state_dict": sd, "mobilenets_meta": meta}, t))
+    raise CheckpointError(f"{p}: unknown checkpoint type {p.suffix!r}; use .safetensors or .pth")
