@@ -71,25 +71,29 @@ def build_block(b: BlockSpec, in_chs: int, out_chs: int, stride: int, dilation: 
                 net: NetSpec, norm, drop_path: float) -> nn.Module:
     """Instantiate one block from its spec (channels already width-scaled)."""
     act = b.act or net.act
+    # The shortcut follows the spec's stride: a block whose stride became a dilation
+    # (output_stride < 32) keeps no shortcut, as in torchvision's dilated MobileNetV3.
+    skip = b.stride == 1
     ls = net.layer_scale if b.kind in ("uir", "mqa") else None
     if b.kind == "cn":
         return ConvBlock(in_chs, out_chs, b.k, stride, dilation, norm=norm, act=act, aa=net.aa)
     if b.kind in ("ds", "dsa"):
         se = make_divisible(in_chs * b.se) if b.se else 0
         return DepthwiseSeparable(in_chs, out_chs, b.k, stride, dilation, se_chs=se,
-                                  pw_act=b.kind == "dsa", skip=b.kind == "ds", act=act, norm=norm,
+                                  pw_act=b.kind == "dsa", skip=skip and b.kind == "ds", act=act, norm=norm,
                                   aa=net.aa, drop_path=drop_path)
     mid = make_divisible(in_chs * b.e)
     if b.kind == "ir":
         se = make_divisible(mid * b.se) if b.se else 0
         return InvertedResidual(in_chs, out_chs, mid, b.k, stride, dilation, se_chs=se, act=act,
-                                norm=norm, aa=net.aa, drop_path=drop_path)
+                                norm=norm, aa=net.aa, skip=skip, drop_path=drop_path)
     if b.kind == "er":
         return FusedIB(in_chs, out_chs, mid, b.k, stride, dilation, act=act, norm=norm, aa=net.aa,
-                       drop_path=drop_path)
+                       skip=skip, drop_path=drop_path)
     if b.kind == "uir":
         return UniversalInvertedBottleneck(in_chs, out_chs, mid, b.a, b.k, stride, dilation, act=act,
-                                           norm=norm, aa=net.aa, drop_path=drop_path, layer_scale=ls)
+                                           norm=norm, aa=net.aa, skip=skip, drop_path=drop_path,
+                                           layer_scale=ls)
     if b.kind == "mqa":
         return MobileMQA(in_chs, out_chs, b.heads, b.key_dim, b.key_dim, b.kv_stride, b.query_stride,
                          b.k, dilation, norm=norm, drop_path=drop_path, layer_scale=ls)
