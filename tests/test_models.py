@@ -92,7 +92,7 @@ def test_features_only_matches_feature_info(name):
     for fmap, info, w in zip(maps, model.feature_info, model.width_list):
         assert fmap.shape[1] == info["num_chs"] == w
         assert fmap.shape[-2:] == (96 // info["reduction"], 160 // info["reduction"])
-    assert not hasattr(model, "head")
+    assert model.model.head is None
 
 
 def test_out_indices_select_levels_and_drop_deeper_stages():
@@ -102,7 +102,7 @@ def test_out_indices_select_levels_and_drop_deeper_stages():
     with torch.no_grad():
         maps = model(torch.randn(1, 3, 64, 64))
     assert [m.shape[1] for m in maps] == [32, 96]
-    assert len(model.body) == 4  # stem + 3 stages: the stride-32 stages are not run
+    assert len(model.model.stages) == 3  # the stride-32 stages are neither kept nor run
     neg = create_model("mobilenetv4_conv_small", features_only=True, out_indices=(-1,))
     assert neg.feature_info[0]["reduction"] == 32
     with pytest.raises(ValueError, match="out_indices"):

@@ -12,9 +12,10 @@ class FeatureExtractor(nn.Module):
     """Wraps a backbone and returns the feature maps at ``out_indices`` (one per resolution
     level of ``model.feature_info``), as a list, shallow to deep.
 
-    The wrapped model must offer ``feature_info`` (dicts with ``module``, ``num_chs``,
-    ``reduction``), ``feature_modules()`` (the sequence the levels index into: index 0 the stem,
-    ``i + 1`` stage ``i``). Modules after the deepest requested level are dropped, as is the classifier.
+    Any model works that offers ``feature_info`` (dicts with ``module``, ``num_chs``,
+    ``reduction``), ``forward_intermediates(x, indices)`` (the maps at those levels) and
+    ``prune_for_features(max_index)`` (drop the classifier and everything deeper than that
+    level, so unused stages are neither stored nor run).
 
     Attributes:
         feature_info: the selected levels' dicts.
@@ -38,19 +39,8 @@ class FeatureExtractor(nn.Module):
         self.out_indices = tuple(sorted(idx))
         self.feature_info = [dict(levels[i]) for i in self.out_indices]
         self.width_list = [f["num_chs"] for f in self.feature_info]
-        self.in_chans = model.in_chans
-        mods = model.feature_modules()
-        names = ["stem"] + [f"stages.{i}" for i in range(len(mods) - 1)]
-        self._take = [names.index(f["module"]) for f in self.feature_info]
-        self.body = nn.ModuleList(mods[: self._take[-1] + 1])
+        model.prune_for_features(self.out_indices[-1])
+        self.model = model
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        from .mobilenet import check_input
-
-        check_input(x, self.in_chans)
-        outs = []
-        for i, m in enumerate(self.body):
-            x = m(x)
-            if i in self._take:
-                outs.append(x)
-        return outs
+        return self.model.forward_intermediates(x, self.out_indices)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from functools import partial
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -210,6 +210,29 @@ class MobileNet(nn.Module):
     def feature_modules(self) -> list[nn.Module]:
         """The sequence the feature levels index into: stem, then each stage."""
         return [self.stem, *self.stages]
+
+    def _level_positions(self) -> list[int]:
+        # feature level -> index into feature_modules() (0 = stem, i + 1 = stage i)
+        return [0 if f["module"] == "stem" else f["stage"] + 1 for f in self.feature_info]
+
+    def forward_intermediates(self, x: torch.Tensor, indices: Sequence[int]) -> list[torch.Tensor]:
+        """Feature maps at the given feature levels (indices into ``feature_info``), shallow
+        to deep; stops after the deepest requested level."""
+        check_input(x, self.in_chans)
+        pos = self._level_positions()
+        take = sorted(pos[i] for i in indices)
+        outs = []
+        for i, m in enumerate(self.feature_modules()[: take[-1] + 1]):
+            x = m(x)
+            if i in take:
+                outs.append(x)
+        return outs
+
+    def prune_for_features(self, max_index: int) -> None:
+        """Drop the classifier and the stages deeper than feature level ``max_index``."""
+        keep = self._level_positions()[max_index]  # modules [0, keep] are needed
+        self.stages = self.stages[:keep]
+        self.head = None
 
     def set_bn(self, eps: Optional[float] = None, momentum: Optional[float] = None) -> None:
         """Set eps / momentum of every BatchNorm (checkpoints from other sources expect theirs)."""
