@@ -234,6 +234,11 @@ class MobileNet(nn.Module):
         self.stages = self.stages[:keep]
         self.head = None
 
+    def fuse(self) -> "MobileNet":
+        """Fold BatchNorms and drop inference no-ops in place (see :func:`mobilenets.deploy.fuse`)."""
+        from ..deploy import fuse
+        return fuse(self, inplace=True)
+
     def set_bn(self, eps: Optional[float] = None, momentum: Optional[float] = None) -> None:
         """Set eps / momentum of every BatchNorm (checkpoints from other sources expect theirs)."""
         for m in self.modules():
