@@ -17,18 +17,14 @@ import argparse
 import functools
 import json
 import math
-import sys
 from typing import Optional, Sequence
 
+from ..clitools import UserError, run_handler as _run, table as _table
 from .accuracy import ACCURACY
 from .profile import DTYPE_BYTES, Profile, profile
 from .roofline import DEFAULT_PEAK_MACS, DEFAULT_RPS, sweep
 
 _SUFFIX = {"k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12, "p": 1e15}
-
-
-class UserError(Exception):
-    """A bad argument: reported as one line on stderr, exit code 2."""
 
 
 def _number(text: str, what: str) -> float:
@@ -77,16 +73,6 @@ def _human(n: float, unit: str = "") -> str:
     return f"{n:.0f}{unit}"
 
 
-def _table(headers: Sequence[str], rows: Sequence[Sequence], right: Sequence[bool]) -> str:
-    cells = [list(map(str, headers))] + [[str(c) for c in r] for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    fmt = lambda r: "  ".join(c.rjust(w) if rt else c.ljust(w)  # noqa: E731
-                              for c, w, rt in zip(r, widths, right))
-    lines = [fmt(cells[0]), "  ".join("-" * w for w in widths)]
-    lines += [fmt(r) for r in cells[1:]]
-    return "\n".join(lines)
-
-
 def _kib(n: int) -> str:
     return f"{n / 1024:.1f}"
 
@@ -119,15 +105,6 @@ def format_profile(prof: Profile, by: str = "layer") -> str:
             f"{t.model_params / 1e6:.3f}M params, {t.bytes / 2**20:.2f} MiB moved "
             f"(weights {t.weight_bytes / 2**20:.2f} + activations {t.act_bytes / 2**20:.2f})")
     return head + "\n" + _table(headers, rows, right)
-
-
-def _run(fn, args) -> int:
-    try:
-        return fn(args)
-    except (UserError, ValueError, KeyError, ImportError) as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"mobilenets {args.command}: error: {msg}".splitlines()[0], file=sys.stderr)
-        return 2
 
 
 def _size(args, default=(224, 224)) -> Optional[tuple]:

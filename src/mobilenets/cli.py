@@ -1,0 +1,112 @@
+"""``mobilenets <command>``: the command-line interface.
+
+Commands: ``list`` (models with params and MACs), ``info`` (per-stage shapes and feature
+levels), ``profile`` and ``roofline`` (hardware-aware analysis). Every handler returns an exit
+code; user errors print one line on stderr and exit with 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from typing import Optional, Sequence
+
+from .clitools import UserError, run_handler, table
+
+
+def list_rows(pattern: str = "*", family: Optional[str] = None, macs: bool = True) -> list[dict]:
+    """One dict per matching model: name, family, params (M) and MACs at 224 (M)."""
+    import mobilenets
+    from .analysis.cli import macs_at_224
+
+    names = mobilenets.list_models(pattern, family=family)
+    if not names:
+        raise UserError(f"no model matches {pattern!r}" + (f" in family {family!r}" if family else "")
+                        + f"; families: {sorted({mobilenets.get_entry(n).family for n in mobilenets.list_models()})}")
+    rows = []
+    for n in names:
+        m = mobilenets.create_model(n)
+        row = {"name": n, "family": mobilenets.get_entry(n).family,
+               "params_m": round(mobilenets.count_params(m) / 1e6, 3)}
+        if macs:
+            row["macs_m_224"] = round(macs_at_224(n) / 1e6, 1)
+        rows.append(row)
+    return rows
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    rows = list_rows(args.pattern, args.family, macs=not args.no_macs)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    headers = ["name", "family", "params (M)"] + ([] if args.no_macs else ["MACs @224 (M)"])
+    body = [[r["name"], r["family"], f"{r['params_m']:.3f}"]
+            + ([] if args.no_macs else [f"{r['macs_m_224']:.1f}"]) for r in rows]
+    print(table(headers, body, [False, False, True, True][: len(headers)]))
+    print(f"{len(rows)} model(s)")
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    import mobilenets
+
+    entry = mobilenets.get_entry(args.name)
+    model = mobilenets.create_model(args.name, num_classes=args.num_classes)
+    h, w = args.input_size
+    shapes = mobilenets.stage_shapes(model, (h, w))
+    print(f"{args.name}  (family {entry.family})")
+    paper = getattr(entry.spec, "paper", "")
+    if paper:
+        print(f"paper: {paper}")
+    if entry.reference:
+        print("same architecture in: " + ", ".join(f"{k} {v}" for k, v in entry.reference.items()))
+    print(f"params: {mobilenets.count_params(model) / 1e6:.3f} M   num_features: {model.num_features}   "
+          f"head_hidden_size: {model.head_hidden_size}   classes: {args.num_classes}")
+    print(f"\nforward pass at {h}x{w}:")
+    # nominal stride (odd sizes round up at each downsampling, so h / out_h is not exact)
+    rows = [[name, "x".join(map(str, s[1:])), s[1], 2 ** round(math.log2(h / s[2]))] for name, s in shapes]
+    print(table(["module", "output (CxHxW)", "channels", "stride"], rows, [False, False, True, True]))
+    print("\nfeature levels (features_only=True, out_indices):")
+    rows = [[i, f["module"], f["num_chs"], f["reduction"]] for i, f in enumerate(model.feature_info)]
+    print(table(["index", "module", "channels", "reduction"], rows, [True, False, True, True]))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+    from .analysis.cli import add_commands as add_analysis
+
+    parser = argparse.ArgumentParser(prog="mobilenets", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"mobilenets {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("list", help="registered models with params and MACs")
+    p.add_argument("pattern", nargs="?", default="*", help="shell glob, e.g. 'mobilenetv4*'")
+    p.add_argument("--family", help="only this family (mobilenetv1 ... mobileformer)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--no-macs", action="store_true", help="skip the MACs column (faster)")
+    p.set_defaults(func=_cmd_list)
+
+    p = sub.add_parser("info", help="per-stage output shapes and feature levels of a model")
+    p.add_argument("name")
+    p.add_argument("--input-size", nargs=2, type=int, default=(224, 224), metavar=("H", "W"))
+    p.add_argument("--num-classes", type=int, default=1000)
+    p.set_defaults(func=_cmd_info)
+
+    add_analysis(sub)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    return run_handler(args.func, args)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
