@@ -7,6 +7,7 @@
 """
 
 from . import archs  # noqa: F401  (registers every model)
+from . import analysis, deploy  # noqa: F401  (mobilenets.analysis.profile, mobilenets.deploy.fuse)
 from .factory import count_params, create_model, stage_shapes
 from .models import FeatureExtractor, MobileNet, UnknownModelError, get_entry, list_models
 from .weights import CheckpointError, load_weights, save_weights
