@@ -25,12 +25,16 @@ $(VENV)/.installed-dev: $(VENV)/.created pyproject.toml
 	$(PIP) install -q -e '.[dev]'
 	touch $@ $(VENV)/.installed
 
+$(VENV)/.installed-train: $(VENV)/.created pyproject.toml
+	$(PIP) install -q -e '.[train]'
+	touch $@ $(VENV)/.installed
+
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
-run: $(VENV)/.installed
-	$(VENV)/bin/mobilenets list
-	$(VENV)/bin/mobilenets info mobilenetv4_conv_small --input-size 224 224
+# the main job: train mobilenetv4_conv_small on the built-in digits data, print a summary
+run: $(VENV)/.installed-train
+	$(VENV)/bin/mobilenets train
 
 test: $(VENV)/.installed-dev
 	$(PY) -m pytest -q $(PYTEST_ARGS)

@@ -1,7 +1,8 @@
 """``mobilenets <command>``: the command-line interface.
 
 Commands: ``list`` (models with params and MACs), ``info`` (per-stage shapes and feature
-levels), ``profile`` and ``roofline`` (hardware-aware analysis). Every handler returns an exit
+levels), ``profile`` and ``roofline`` (hardware-aware analysis), ``train``, ``eval`` and
+``predict`` (training). Every handler returns an exit
 code; user errors print one line on stderr and exit with 2.
 """
 
@@ -77,6 +78,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
     from .analysis.cli import add_commands as add_analysis
+    from .train.cli import add_commands as add_train
 
     parser = argparse.ArgumentParser(prog="mobilenets", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"mobilenets {__version__}")
@@ -96,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_info)
 
     add_analysis(sub)
+    add_train(sub)
     return parser
 
 

@@ -22,10 +22,15 @@ def table(headers: Sequence[str], rows: Sequence[Sequence], right: Sequence[bool
 
 
 def run_handler(fn: Callable, args) -> int:
-    """Call a command handler; user errors become one stderr line and exit code 2."""
+    """Call a command handler; user errors become one stderr line and exit code 2.
+
+    A subcommand may name more exception types it raises for user errors in
+    ``args.user_errors`` (``parser.set_defaults(user_errors=(...))``)."""
+    errors = (UserError, ValueError, KeyError, ImportError, FileNotFoundError,
+              *getattr(args, "user_errors", ()))
     try:
         return fn(args)
-    except (UserError, ValueError, KeyError, ImportError, FileNotFoundError) as e:
+    except errors as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"mobilenets {args.command}: error: {msg}".splitlines()[0], file=sys.stderr)
         return 2

@@ -1,0 +1,186 @@
+"""``mobilenets train | eval | predict``: the training commands.
+
+The main CLI wires them in with :func:`add_commands`; ``python -m mobilenets.train`` (and so
+``torchrun --nproc_per_node=2 -m mobilenets.train ...``) runs them directly. Every handler returns
+an exit code; user errors print one line on stderr and return 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import fields
+from pathlib import Path
+from typing import Optional, Sequence
+
+from ..clitools import UserError, run_handler
+
+
+def _recipe_flags(p: argparse.ArgumentParser) -> None:
+    from .recipe import Recipe
+    g = p.add_argument_group("recipe fields (override the chosen --recipe; same as --set FIELD=VALUE)")
+    for f in fields(Recipe):
+        flag = "--" + f.name.replace("_", "-")
+        if flag in ("--model", "--teacher"):
+            continue
+        g.add_argument(flag, dest=f"r_{f.name}", default=None, metavar="V",
+                       help=f"default {f.default if not callable(getattr(f, 'default_factory', None)) else '...'}")
+
+
+def _training_recipe(args: argparse.Namespace):
+    from .recipe import apply_overrides, get_recipe
+    r = get_recipe(args.recipe)
+    over: dict = {}
+    if args.model:
+        over["model"] = args.model
+    if args.data:
+        if args.data in ("digits", "fake"):
+            over["dataset"] = args.data
+        else:
+            over.update(dataset="imagefolder", data_dir=args.data)
+    for k, v in vars(args).items():
+        if k.startswith("r_") and v is not None:
+            over[k[2:]] = v
+    if args.teacher:
+        over["teacher"] = args.teacher
+    r = apply_overrides(r, {k: v for k, v in over.items() if k not in ("model", "data_dir", "teacher", "dataset")})
+    r = r.replace(**{k: v for k, v in over.items() if k in ("model", "data_dir", "teacher", "dataset")})
+    return apply_overrides(r, args.set or [])
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    import torch
+    from .loop import train
+    from .recipe import RECIPES, Recipe
+
+    if args.list_recipes:
+        for name, r in RECIPES.items():
+            print(f"{name:18s} {r.model:26s} {r.opt:8s} lr {r.lr:<8g} {r.sched:7s} {r.epochs:4d} epochs  {r.img_size}px")
+        return 0
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.resume:
+        from .checkpoint import load_checkpoint
+        ck = load_checkpoint(args.resume)
+        from .recipe import apply_overrides
+        r = Recipe.from_dict(ck.get("recipe") or {})
+        over = {k[2:]: v for k, v in vars(args).items() if k.startswith("r_") and v is not None}
+        r = apply_overrides(apply_overrides(r, over), args.set or [])
+        out = Path(args.out) if args.out else Path(args.resume).parent
+    else:
+        r = _training_recipe(args)
+        out = Path(args.out) if args.out else Path("runs") / f"{r.model}-{r.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    r.validate()
+    if args.print_recipe:
+        for k, v in r.to_dict().items():
+            print(f"{k} = {v}")
+        return 0
+    res = train(r, out, resume=args.resume, progress=not args.no_progress)
+    if res.exit_code != 0:
+        return res.exit_code
+    import os
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0
+    f = res.final
+    mins, secs = divmod(res.elapsed_s, 60)
+    print("\n=== training summary ===")
+    print(f"model {r.model} on {r.dataset}, {len(res.history)} epochs in {int(mins)}m{secs:04.1f}s")
+    if "val_top1" in f:
+        print(f"final val top-1 {f['val_top1']:.2f}%  top-5 {f['val_top5']:.2f}%"
+              + (f"  (EMA top-1 {f['ema_val_top1']:.2f}%)" if "ema_val_top1" in f else ""))
+    if "avg_val_top1" in f:
+        print(f"average of the last {f['avg_of']} epochs: top-1 {f['avg_val_top1']:.2f}%")
+    print(f"best val top-1 {res.best_top1:.2f}% at epoch {res.best_epoch}")
+    for k in ("best", "last", "averaged", "metrics_csv", "metrics_json", "curves"):
+        if k in res.files:
+            print(f"{k:13s} {res.files[k]}")
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from .infer import eval_checkpoint
+    png = args.confusion or str(Path(args.checkpoint).with_name(Path(args.checkpoint).stem + "_confusion.png"))
+    res = eval_checkpoint(args.checkpoint, args.data, args.batch_size, use_ema=not args.no_ema,
+                          img_size=args.img_size, confusion_png=png, model_name=args.model)
+    print(f"{args.checkpoint} on {args.data}: top-1 {res['top1']:.2f}%  top-5 {res['top5']:.2f}%  "
+          f"loss {res['loss']:.4f}  ({res['n']} images)")
+    if res.get("confusion_png"):
+        print(f"confusion matrix: {res['confusion_png']}")
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from .infer import predict
+    if args.topk < 1:
+        raise UserError(f"--topk must be >= 1, got {args.topk}")
+    for r in predict(args.checkpoint, args.images, args.topk, use_ema=not args.no_ema, model_name=args.model):
+        print(r["image"])
+        for name, p in r["top"]:
+            print(f"  {p * 100:6.2f}%  {name}")
+    return 0
+
+
+def add_commands(subparsers) -> None:
+    """Register ``train``, ``eval`` and ``predict`` on an ``add_subparsers()`` object."""
+    p = subparsers.add_parser("train", help="train a model (default: mobilenetv4_conv_small on digits)",
+                              description="Train a model. Defaults: mobilenetv4_conv_small on the built-in "
+                                          "digits dataset with the 'digits' recipe. Distributed: "
+                                          "torchrun --nproc_per_node=N -m mobilenets.train ...")
+    p.add_argument("--recipe", default="digits", help="named recipe (see --list-recipes)")
+    p.add_argument("--list-recipes", action="store_true", help="list the named recipes and exit")
+    p.add_argument("--print-recipe", action="store_true", help="print the resolved recipe and exit")
+    p.add_argument("--model", help="model name (default: the recipe's)")
+    p.add_argument("--data", help="digits | fake | PATH to an image folder")
+    p.add_argument("--out", help="output folder (default runs/<model>-<dataset>-<time>)")
+    p.add_argument("--resume", help="continue from a last.pt")
+    p.add_argument("--teacher", help="distill from a registry name or checkpoint")
+    p.add_argument("--set", action="append", metavar="FIELD=VALUE", help="override any recipe field")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _recipe_flags(p)
+    p.set_defaults(func=_cmd_train)
+
+    p = subparsers.add_parser("eval", help="top-1/top-5 and a confusion matrix of a checkpoint")
+    p.add_argument("checkpoint")
+    p.add_argument("--data", default="digits", help="digits | fake | PATH to an image folder")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--img-size", type=int, default=None)
+    p.add_argument("--model", help="architecture for a plain weights file")
+    p.add_argument("--no-ema", action="store_true", help="use the raw weights, not the EMA")
+    p.add_argument("--confusion", help="confusion-matrix PNG path (default next to the checkpoint)")
+    p.set_defaults(func=_cmd_eval)
+
+    p = subparsers.add_parser("predict", help="top-k classes of image files")
+    p.add_argument("checkpoint")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--topk", type=int, default=5)
+    p.add_argument("--model", help="architecture for a plain weights file")
+    p.add_argument("--no-ema", action="store_true")
+    p.set_defaults(func=_cmd_predict)
+    for name in ("train", "eval", "predict"):
+        subparsers.choices[name].set_defaults(user_errors=_user_errors())
+
+
+def _user_errors() -> tuple:
+    from .data import DatasetError
+    from .distill import TeacherError
+    from .loop import TrainingError
+    return (DatasetError, TeacherError, TrainingError)
+
+
+def handle(args: argparse.Namespace) -> int:
+    """Run a parsed command with the shared user-error handling (exit 2, one stderr line)."""
+    return run_handler(args.func, args)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``python -m mobilenets.train [train|eval|predict] ...`` (``train`` when omitted)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="python -m mobilenets.train")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    add_commands(sub)
+    if not argv or argv[0] not in ("train", "eval", "predict", "-h", "--help"):
+        argv = ["train"] + argv
+    args = parser.parse_args(argv)
+    return handle(args)
