@@ -34,7 +34,11 @@ def test_every_timm_architecture_is_covered():
     # every issue model timm also defines has a parity test
     assert len(TIMM_MODELS) == 24
     assert set(n for n in mobilenets.list_models() if n not in TIMM_MODELS) == {
-        "mobilenetv1_025", "mobilenetv1_050", "mobilenetv1_075"}  # timm has no such models
+        "mobilenetv1_025", "mobilenetv1_050", "mobilenetv1_075",  # timm has no such models
+        # nor Mobile-Former: its reference is the official code (tests/test_mobileformer.py)
+        *mobilenets.list_models(family="mobileformer")}
+    assert all(mobilenets.get_entry(n).reference.get("official")
+               for n in mobilenets.list_models(family="mobileformer"))
 
 
 @pytest.mark.parametrize("name", TIMM_MODELS)

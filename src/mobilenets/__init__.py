@@ -9,11 +9,11 @@
 from . import archs  # noqa: F401  (registers every model)
 from . import analysis, deploy  # noqa: F401  (mobilenets.analysis.profile, mobilenets.deploy.fuse)
 from .factory import count_params, create_model, stage_shapes
-from .models import FeatureExtractor, MobileNet, UnknownModelError, get_entry, list_models
+from .models import FeatureExtractor, MobileFormer, MobileNet, UnknownModelError, get_entry, list_models
 from .weights import CheckpointError, load_weights, save_weights
 
 __version__ = "0.1.0"
 
-__all__ = ["CheckpointError", "FeatureExtractor", "MobileNet", "UnknownModelError",
+__all__ = ["CheckpointError", "FeatureExtractor", "MobileFormer", "MobileNet", "UnknownModelError",
            "__version__", "count_params", "create_model", "get_entry", "list_models",
            "load_weights", "save_weights", "stage_shapes"]

@@ -25,7 +25,8 @@ def create_model(name: str, pretrained: Pretrained = None, num_classes: int = 10
         name: registry name (see :func:`mobilenets.list_models`).
         pretrained: ``None``/``False`` for random init, or a checkpoint: a path
             (``.pth/.pt/.bin/.safetensors``), ``"hf-hub:org/name"`` or a state dict, in our,
-            timm's or torchvision's layout. No weights are downloaded implicitly.
+            timm's, torchvision's or the official Mobile-Former layout. No weights are
+            downloaded implicitly.
         num_classes: classifier outputs (0: none). in_chans: input channels.
         features_only: return a :class:`FeatureExtractor` giving one map per feature level.
         out_indices: the feature levels to return (default: all).
@@ -68,6 +69,8 @@ def stage_shapes(model: nn.Module, input_size=(224, 224)) -> list[tuple[str, tup
     x = torch.zeros(1, model.in_chans, *input_size)
     from .models.mobilenet import check_input
     check_input(x, model.in_chans)
+    if hasattr(model, "stage_outputs"):  # models whose stages take more than the map (Mobile-Former)
+        return [(name, tuple(t.shape)) for name, t in model.stage_outputs(x)]
     out = []
     for i, m in enumerate(model.feature_modules()):
         x = m(x)

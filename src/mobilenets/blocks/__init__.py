@@ -1,4 +1,4 @@
-"""Building blocks of MobileNet V1-V4."""
+"""Building blocks of MobileNet V1-V4 and Mobile-Former."""
 
 from .conv_blocks import (
     ConvBlock,
@@ -9,13 +9,26 @@ from .conv_blocks import (
     UniversalInvertedBottleneck,
 )
 from .attention import MobileMQA, MultiQueryAttention2d
+from .mobileformer import (ChannelShuffle, DynamicReLU, Former, FormerToMobile, LiteBottleneck,
+                           MergedHead, MobileBottleneck, MobileDownsample, MobileFormerBlock,
+                           MobileToFormer)
 
 __all__ = [
+    "ChannelShuffle",
     "ConvBlock",
     "DepthwiseSeparable",
+    "DynamicReLU",
+    "Former",
+    "FormerToMobile",
     "FusedIB",
     "InvertedResidual",
+    "LiteBottleneck",
+    "MergedHead",
+    "MobileBottleneck",
+    "MobileDownsample",
+    "MobileFormerBlock",
     "MobileMQA",
+    "MobileToFormer",
     "MultiQueryAttention2d",
     "ResidualBlock",
     "UniversalInvertedBottleneck",

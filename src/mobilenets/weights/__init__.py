@@ -1,4 +1,4 @@
-"""Checkpoint I/O and loading of our own, timm and torchvision layouts."""
+"""Checkpoint I/O and loading of our own, timm, torchvision and official Mobile-Former layouts."""
 
 from __future__ import annotations
 
@@ -9,11 +9,13 @@ from typing import Mapping, Union
 import torch
 import torch.nn as nn
 
-from .convert import LAYOUTS, adapt_shape, detect_layout
-from .io import CheckpointError, read_checkpoint, resolve_hf_hub, write_checkpoint
+from .convert import LAYOUTS, adapt_shape, detect_layout, export_mobileformer_official
+from .io import (WRAPPER_KEYS, CheckpointError, read_checkpoint, resolve_hf_hub, unwrap_state_dict,
+                 write_checkpoint)
 
-__all__ = ["CheckpointError", "LoadReport", "detect_layout", "load_weights", "read_checkpoint",
-           "resolve_hf_hub", "save_weights", "write_checkpoint"]
+__all__ = ["CheckpointError", "LoadReport", "detect_layout", "export_mobileformer_official",
+           "find_matching_models", "load_weights", "read_checkpoint", "resolve_hf_hub",
+           "save_weights", "write_checkpoint"]
 
 Source = Union[str, Path, Mapping[str, torch.Tensor]]
 
@@ -43,26 +45,83 @@ def _format_problems(missing, unexpected, mismatched, limit: int = 12) -> str:
     return fmt("missing", missing) + fmt("unexpected", unexpected) + fmt("mis-shaped", mismatched)
 
 
+def _fits(sd: Mapping[str, torch.Tensor], layout: str, model: nn.Module) -> bool:
+    """Whether ``sd`` (in ``layout``) maps onto ``model`` with every key and shape."""
+    mapper = LAYOUTS[layout][1]
+    try:
+        sd, unexpected = mapper(dict(sd), model) if mapper is not None else (dict(sd), [])
+    except (AttributeError, KeyError, TypeError, ValueError, IndexError):
+        return False
+    target = model.state_dict()
+    if unexpected or set(sd) != set(target):
+        return False
+    return all(adapt_shape(v, target[k].shape).shape == target[k].shape for k, v in sd.items())
+
+
+def find_matching_models(sd: Mapping[str, torch.Tensor], family: str, exclude: str = "",
+                         num_classes: int = 1000, in_chans: int = 3) -> list[str]:
+    """Registered models of ``family`` that a state dict (any known layout) fits exactly.
+
+    Candidates are built on the ``meta`` device (no memory, no init cost), with ``num_classes``
+    (then the default 1000) and ``in_chans``. Used to name the variant a checkpoint belongs
+    to when it does not fit the model it was loaded into.
+    """
+    from ..models.registry import get_entry, list_models
+
+    layout = detect_layout(sd)
+    if layout not in LAYOUTS or not family:
+        return []
+    found = []
+    for name in list_models(family=family):
+        if name == exclude:
+            continue
+        for classes in dict.fromkeys((num_classes, 1000)):
+            try:
+                with torch.device("meta"):
+                    cand = get_entry(name).builder(num_classes=classes, in_chans=in_chans)
+            except Exception:  # noqa: BLE001 - a candidate that cannot be built just does not match
+                continue
+            if _fits(sd, layout, cand):
+                found.append(name)
+                break
+    return found
+
+
+def _variant_hint(sd: Mapping[str, torch.Tensor], model: nn.Module) -> str:
+    names = find_matching_models(sd, _family(model), getattr(model, "name", ""),
+                                 getattr(model, "num_classes", 1000), getattr(model, "in_chans", 3))
+    if not names:
+        return ""
+    return (f"\n  it appears to be a checkpoint for {' or '.join(names)} (every key and shape fits); "
+            f"create that model instead")
+
+
 def load_weights(model: nn.Module, source: Source, strict: bool = True) -> LoadReport:
     """Load a checkpoint into ``model``, in place.
 
     Args:
         model: a model built by :func:`mobilenets.create_model`.
         source: a path (``.pth/.pt/.bin/.ckpt``: read with ``weights_only=True``;
-            ``.safetensors``), ``"hf-hub:org/name"``, or a state dict. The key layout (ours,
-            timm's or torchvision's for the same architecture) is detected from the keys.
+            ``.safetensors``), ``"hf-hub:org/name"``, or a state dict (also wrapped, as
+            training scripts save it: ``{"state_dict": ...}``, ``{"model": ...}``). The key layout (ours,
+            timm's, torchvision's or the official Mobile-Former code's, for the same
+            architecture) is detected from the keys.
         strict: raise if any key is missing, unexpected or mis-shaped (default). With
             ``strict=False`` those keys are skipped (e.g. a classifier with another class
             count) and listed in the returned report.
 
     Raises:
         CheckpointError: unreadable file, unknown layout, or (strict) keys that do not fit,
-            listing the missing, unexpected and mis-shaped keys.
+            listing the missing, unexpected and mis-shaped keys and naming the registered
+            model of the same family the checkpoint does fit, if any.
     """
     meta: dict = {}
     if isinstance(source, Mapping):
         sd = dict(source)
         where = "state dict"
+        wrapped = next((sd[k] for k in WRAPPER_KEYS if isinstance(sd.get(k), Mapping)), None)
+        if wrapped is not None and not all(isinstance(v, torch.Tensor) for v in sd.values()):
+            sd, meta = unwrap_state_dict(sd, where)  # {"state_dict": ...}, as files are unwrapped
     else:
         src = str(source)
         path = resolve_hf_hub(src) if src.startswith(("hf-hub:", "hf_hub:")) else Path(src)
@@ -71,18 +130,20 @@ def load_weights(model: nn.Module, source: Source, strict: bool = True) -> LoadR
     if not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise CheckpointError(f"{where}: expected a non-empty mapping of names to tensors")
     layout = detect_layout(sd)
-    if layout == "unknown":
+    if layout not in LAYOUTS:
         raise CheckpointError(
-            f"{where}: unrecognised key layout (first keys: {list(sd)[:5]}); expected a mobilenets, "
-            f"timm or torchvision checkpoint of the same architecture")
+            f"{where}: {'ambiguous' if layout == 'ambiguous' else 'unrecognised'} key layout "
+            f"(first keys: {list(sd)[:5]}); expected a mobilenets, timm, torchvision or official "
+            f"Mobile-Former checkpoint of the same architecture")
     _, mapper, bn_of = LAYOUTS[layout]
+    raw = sd
     unexpected: list[str] = []
     if mapper is not None:
         try:
             sd, unexpected = mapper(sd, model)
         except (AttributeError, KeyError, TypeError) as e:
             raise CheckpointError(f"{where}: a {layout} checkpoint cannot be mapped onto "
-                                  f"{type(model).__name__} ({e})") from None
+                                  f"{type(model).__name__} ({e})" + _variant_hint(raw, model)) from None
     target = model.state_dict()
     missing = [k for k in target if k not in sd]
     unexpected += [k for k in sd if k not in target]
@@ -98,7 +159,7 @@ def load_weights(model: nn.Module, source: Source, strict: bool = True) -> LoadR
     if strict and (missing or unexpected or mismatched):
         raise CheckpointError(
             f"{where} ({layout} layout) does not fit {getattr(model, 'name', type(model).__name__)}:"
-            + _format_problems(missing, unexpected, mismatched))
+            + _format_problems(missing, unexpected, mismatched) + _variant_hint(raw, model))
     model.load_state_dict(fitted, strict=False)
     eps, mom = bn_of(_family(model))
     if layout == "mobilenets" and "bn_eps" in meta:

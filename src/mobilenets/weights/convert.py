@@ -5,6 +5,11 @@ internals are mapped by our block's class (the model says which block sits where
 ``bn1`` means the expand norm in an inverted residual and the depthwise norm in a
 depthwise-separable block. BatchNorm eps/momentum of the source are applied to the model
 (timm trains V3 with eps 1e-5, torchvision with 1e-3).
+
+The official Mobile-Former layout (github.com/AAboys/MobileFormer: ``tokens.weight``,
+``features.i.local_global...``, ``classifier...``) maps onto :class:`MobileFormer` by
+(official prefix, our prefix) pairs per block; :func:`export_mobileformer_official` runs the
+same pairs backwards.
 """
 
 from __future__ import annotations
@@ -15,7 +20,8 @@ from typing import Callable, Optional
 import torch
 import torch.nn as nn
 
-from ..blocks import (ConvBlock, DepthwiseSeparable, FusedIB, InvertedResidual, MobileMQA,
+from ..blocks import (ConvBlock, DepthwiseSeparable, FusedIB, InvertedResidual, LiteBottleneck,
+                      MobileBottleneck, MobileDownsample, MobileFormerBlock, MobileMQA,
                       UniversalInvertedBottleneck)
 
 StateDict = dict[str, torch.Tensor]
@@ -150,8 +156,106 @@ def _map_tv_block(rest: str, blk: nn.Module, v3: bool) -> Optional[str]:
     return None
 
 
+# --- official Mobile-Former (AAboys/MobileFormer, mobile_former.py + dna_blocks.py) ----------
+# Mobile->Former (`Local2Global`): q, the dynamic gate `alpha` (Linear + h-sigmoid), proj, norm.
+_MF_TO_FORMER = [("local_global.q", "to_former.q"), ("local_global.alpha.0", "to_former.gate"),
+                 ("local_global.proj", "to_former.proj"), ("local_global.layer_norm", "to_former.norm")]
+# Former (`GlobalBlock`) and Mobile<-Former (`Global2Local`: its `proj` is the value projection).
+_MF_BRIDGES = _MF_TO_FORMER + [
+    ("global_block.q", "former.q"), ("global_block.channel_mlp", "former.proj"),
+    ("global_block.layer_norm", "former.norm1"), ("global_block.ffn.0", "former.fc1"),
+    ("global_block.ffn.2", "former.fc2"), ("global_block.ffn_norm", "former.norm2"),
+    ("global_local.k", "to_mobile.k"), ("global_local.proj", "to_mobile.v")]
+# Mobile sub-blocks: `DnaBlock` (stride 1) and `DnaBlock3` (stride 2); `hyperN` is the MLP of
+# the dynamic ReLU after `convN`.
+_MF_MOBILE: dict[type, list[tuple[str, str]]] = {
+    MobileBottleneck: [("conv1.0", "expand.conv"), ("conv1.1", "expand.bn"),
+                       ("hyper1.hyper.0", "act1.fc1"), ("hyper1.hyper.2", "act1.fc2"),
+                       ("conv2.0", "dw.conv"), ("conv2.1", "dw.bn"),
+                       ("hyper2.hyper.0", "act2.fc1"), ("hyper2.hyper.2", "act2.fc2"),
+                       ("conv3.0", "project.conv"), ("conv3.1", "project.bn")],
+    MobileDownsample: [("conv1.0", "dw1.conv"), ("conv1.1", "dw1.bn"),
+                       ("hyper1.hyper.0", "act1.fc1"), ("hyper1.hyper.2", "act1.fc2"),
+                       ("conv2.0", "pw1.conv"), ("conv2.1", "pw1.bn"),
+                       ("conv3.0", "dw2.conv"), ("conv3.1", "dw2.bn"),
+                       ("hyper3.hyper.0", "act2.fc1"), ("hyper3.hyper.2", "act2.fc2"),
+                       ("conv4.0", "pw2.conv"), ("conv4.1", "pw2.bn")],
+}
+# The token-free first block (`DnaBlock3` with e2 = 0): a Sequential dw, BN, ReLU6, shuffle, pw, BN.
+_MF_LITE = [("conv.0", "dw.conv"), ("conv.1", "dw.bn"), ("conv.4", "project.conv"), ("conv.5", "project.bn")]
+_MF_TOP = [("tokens.weight", "tokens"), ("stem.0", "stem.conv"), ("stem.1", "stem.bn"),
+           ("classifier.conv.1", "head.expand.conv"), ("classifier.conv.2", "head.expand.bn"),
+           ("classifier.fc.0", "head.hidden"), ("classifier.fc.1", "head.norm"),
+           ("classifier.classifier.1", "head.fc")] + _MF_TO_FORMER
+
+
+def mobileformer_official_pairs(model: nn.Module) -> list[tuple[str, str]]:
+    """(official key prefix, our key prefix) for every parameter group of a MobileFormer; the
+    official ``features.i`` is our i-th block counted across stages."""
+    if not hasattr(model, "tokens") or getattr(model, "head", None) is None:
+        raise KeyError("not a (complete) MobileFormer model")
+    pairs = list(_MF_TOP)
+    for i, (name, blk) in enumerate(_blocks(model)):
+        if isinstance(blk, LiteBottleneck):
+            table = _MF_LITE
+        elif isinstance(blk, MobileFormerBlock):
+            table = _MF_BRIDGES + [(s, f"mobile.{d}") for s, d in _MF_MOBILE[type(blk.mobile)]]
+        else:
+            raise KeyError(type(blk).__name__)
+        pairs += [(f"features.{i}.{s}", f"{name}.{d}") for s, d in table]
+    return pairs
+
+
+def _rename(sd: StateDict, pairs: list[tuple[str, str]]) -> tuple[StateDict, list[str]]:
+    # index the pairs by the key's leading components so each key checks a handful of pairs
+    by_head: dict[str, list[tuple[str, str]]] = {}
+    for src, dst in pairs:
+        by_head.setdefault(".".join(src.split(".")[:2]), []).append((src, dst))
+    out, unmapped = {}, []
+    for k, v in sd.items():
+        new = None
+        for head in (".".join(k.split(".")[:2]), k.split(".")[0]):
+            new = _map_prefix(k, by_head.get(head, []))
+            if new is not None:
+                break
+        if new is None:
+            unmapped.append(k)
+        else:
+            out[new] = v
+    return out, unmapped
+
+
+def _map_mobileformer_official(sd: StateDict, model: nn.Module) -> tuple[StateDict, list[str]]:
+    return _rename(sd, mobileformer_official_pairs(model))
+
+
+def export_mobileformer_official(model: nn.Module) -> StateDict:
+    """``model``'s state dict in the official Mobile-Former key layout (AAboys/MobileFormer),
+    e.g. to run it with the official code; :func:`mobilenets.load_weights` reads it back.
+
+    Raises:
+        KeyError: ``model`` is not a complete MobileFormer (e.g. a feature extractor).
+    """
+    inverse = [(d, s) for s, d in mobileformer_official_pairs(model)]
+    out, unmapped = _rename(model.state_dict(), inverse)
+    if unmapped:  # pragma: no cover - every key of our model has a pair
+        raise KeyError(f"keys without an official name: {unmapped[:5]}")
+    return out
+
+
+def _is_mobileformer_official(keys: set[str]) -> bool:
+    return ("tokens.weight" in keys and any(k.startswith("features.") for k in keys)
+            and any(k.startswith("local_global.") for k in keys))
+
+
+_FOREIGN_ROOTS = ("features.", "blocks.", "conv_stem.", "local_global.", "classifier.")
+
+
 def _is_ours(keys: set[str]) -> bool:
-    return any(k.startswith("stem.") for k in keys) and any(k.startswith(("stages.", "head.")) for k in keys)
+    # Our roots (stem / stages / head, plus tokens and to_former for Mobile-Former) never start
+    # with another layout's roots; excluding those keeps every detector exclusive.
+    return (any(k.startswith("stem.") for k in keys) and any(k.startswith(("stages.", "head.")) for k in keys)
+            and not any(k.startswith(_FOREIGN_ROOTS) for k in keys))
 
 
 # layout name -> (detector on the key set, mapper, BatchNorm (eps, momentum) by our family)
@@ -162,16 +266,20 @@ LAYOUTS: dict[str, tuple[Callable[[set[str]], bool], Optional[Callable], Callabl
     "torchvision": (lambda ks: "features.0.0.weight" in ks and any(k.startswith("features.1.") for k in ks),
                     _map_torchvision,
                     lambda fam: (1e-3, 0.01) if fam == "mobilenetv3" else (1e-5, 0.1)),
+    # The official Mobile-Former trains with PyTorch's default BatchNorm settings.
+    "mobileformer_official": (_is_mobileformer_official, _map_mobileformer_official,
+                              lambda fam: (1e-5, 0.1)),
 }
 
 
 def detect_layout(keys) -> str:
-    """Name the layout of a state dict from its keys (``"unknown"`` if none fits)."""
+    """Name the layout of a state dict from its keys: ``"unknown"`` if none fits,
+    ``"ambiguous"`` if several do (the detectors are written to exclude each other)."""
     ks = set(keys)
-    for name, (detect, _, _) in LAYOUTS.items():
-        if detect(ks):
-            return name
-    return "unknown"
+    hits = [name for name, (detect, _, _) in LAYOUTS.items() if detect(ks)]
+    if len(hits) > 1:
+        return "ambiguous"
+    return hits[0] if hits else "unknown"
 
 
 def adapt_shape(src: torch.Tensor, dst_shape: torch.Size) -> torch.Tensor:

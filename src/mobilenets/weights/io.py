@@ -1,11 +1,16 @@
 """Safe checkpoint reading and writing.
 
-Never unpickles arbitrary objects: ``.pth/.pt/.bin/.ckpt`` files go through
-``torch.load(weights_only=True)``, ``.safetensors`` through safetensors.
+Never unpickles arbitrary objects: ``.pth/.pt/.bin/.ckpt/.pth.tar`` files go through
+``torch.load(weights_only=True)``, ``.safetensors`` through safetensors. The one class allowed
+besides tensors and plain containers is ``argparse.Namespace`` (an attribute bag; nothing runs
+when it is rebuilt), which timm's training script stores as ``args`` in every checkpoint it
+writes (``model_best.pth.tar``: the official Mobile-Former weights were trained with it).
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import os
 import pickle
 import re
@@ -17,7 +22,9 @@ from typing import Any, Mapping, Optional, Union
 import torch
 
 PathLike = Union[str, os.PathLike]
-TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
+TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".tar")  # .tar: timm's "*.pth.tar"
+# Classes torch.load may rebuild besides tensors and containers (see the module docstring).
+SAFE_CLASSES = (argparse.Namespace,)
 SAFETENSORS_SUFFIXES = (".safetensors",)
 # Wrappers training scripts put around a state dict, in the order we look for them.
 WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "module", "net")
@@ -25,6 +32,12 @@ WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "module", "net")
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be read, is not a state dict, or does not fit the model."""
+
+
+def unwrap_state_dict(obj: Any, path: str) -> tuple[dict[str, torch.Tensor], dict]:
+    """The state dict inside a checkpoint object (``{"state_dict": ...}``, ``{"model": ...}``
+    ..., ``module.`` / ``_orig_mod.`` prefixes removed) and our metadata, if any."""
+    return _unwrap(obj, path)
 
 
 def _unwrap(obj: Any, path: str) -> tuple[dict[str, torch.Tensor], dict]:
@@ -72,8 +85,10 @@ def read_checkpoint(path: PathLike) -> tuple[dict[str, torch.Tensor], dict]:
             raise CheckpointError(f"{p}: not a readable safetensors file ({e})") from None
         return _unwrap(sd, str(p))[0], meta
     if suffix in TORCH_SUFFIXES:
+        allow = getattr(torch.serialization, "safe_globals", None)  # torch >= 2.5
         try:
-            obj = torch.load(str(p), map_location="cpu", weights_only=True)
+            with allow(list(SAFE_CLASSES)) if allow else contextlib.nullcontext():
+                obj = torch.load(str(p), map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as e:
             msg = str(e).splitlines()[0] if str(e) else "unsupported object"
             raise CheckpointError(
