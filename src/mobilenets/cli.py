@@ -2,7 +2,7 @@
 
 Commands: ``list`` (models with params and MACs), ``info`` (per-stage shapes and feature
 levels), ``profile`` and ``roofline`` (hardware-aware analysis), ``train``, ``eval`` and
-``predict`` (training). Every handler returns an exit
+``predict`` (training), ``export`` and ``bench`` (deployment). Every handler returns an exit
 code; user errors print one line on stderr and exit with 2.
 """
 
@@ -78,6 +78,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
     from .analysis.cli import add_commands as add_analysis
+    from .deploy.cli import add_commands as add_deploy
     from .train.cli import add_commands as add_train
 
     parser = argparse.ArgumentParser(prog="mobilenets", description=__doc__.splitlines()[0])
@@ -99,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_analysis(sub)
     add_train(sub)
+    add_deploy(sub)
     return parser
 
 

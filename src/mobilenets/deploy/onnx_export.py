@@ -7,6 +7,7 @@ interrupted or failed export never leaves a half-written model behind.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
@@ -59,11 +60,16 @@ def export_onnx(model: nn.Module, path: Union[str, Path], input_size: Sequence[i
         axes = {"input": {0: "batch"}, **{n: {0: "batch"} for n in out_names}}
 
     def write(tmp: str) -> None:
+        with warnings.catch_warnings():  # the input-shape check is a constant in the traced graph
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            _export(tmp)
+        if verify:
+            _verify(tmp, x, list(ref) if multi else [ref], atol_rel)
+
+    def _export(tmp: str) -> None:
         torch.onnx.export(net, (x,), tmp, input_names=["input"], output_names=out_names,
                           opset_version=int(opset), dynamic_axes=axes, do_constant_folding=True,
                           dynamo=False)
-        if verify:
-            _verify(tmp, x, list(ref) if multi else [ref], atol_rel)
 
     return atomic_write(path, write)
 

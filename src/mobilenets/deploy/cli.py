@@ -1,0 +1,140 @@
+"""``mobilenets export`` and ``mobilenets bench``: deployment from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ..clitools import UserError
+
+
+def load_for_export(source: str, model_name: str | None = None, num_classes: int | None = None,
+                    weights: str | None = None):
+    """``(model, info)`` for a registry name (optionally with ``weights``) or a checkpoint path.
+
+    ``info`` has ``name`` and ``img_size`` (the training recipe's, when a checkpoint records it).
+    """
+    import mobilenets
+    from ..models.registry import is_model
+
+    if is_model(source):
+        model = mobilenets.create_model(source, num_classes=num_classes or 1000, pretrained=weights)
+        return model.eval(), {"name": source, "img_size": None}
+    path = Path(source)
+    if not path.exists():
+        mobilenets.get_entry(source)  # not a file either: UnknownModelError naming close matches
+    if weights:
+        raise UserError("--weights goes with a model name; a checkpoint path already holds weights")
+    from ..train.checkpoint import model_from_checkpoint
+    model, info = model_from_checkpoint(path, model_name=model_name, num_classes=num_classes)
+    recipe = info.get("recipe") or {}
+    return model, {"name": recipe.get("model") or model_name or path.stem, "img_size": recipe.get("img_size")}
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from . import export_onnx
+
+    if args.format != "onnx":  # argparse choices already enforce it; kept for API callers
+        raise UserError(f"unsupported format {args.format!r}; expected onnx")
+    if args.int8 and not args.calib:
+        raise UserError("--int8 needs calibration data: add --calib digits|fake|DIR (a folder of your "
+                        "own images, ideally ~100-500 of the deployment distribution)")
+    model, info = load_for_export(args.source, args.model, args.num_classes, args.weights)
+    size = tuple(args.input_size) if args.input_size else (info["img_size"] or 224,) * 2
+    out = Path(args.out)
+    if args.int8:
+        from .quantize import calibration_batches, quantize_onnx
+        data = calibration_batches(args.calib, count=args.calib_count, input_size=size,
+                                   in_chans=getattr(model, "in_chans", 3))
+        path = quantize_onnx(model, out, data, input_size=size, dynamic_batch=args.dynamic_batch,
+                             opset=args.opset)
+        kind = f"INT8 (static, QDQ, calibrated on {args.calib_count} '{args.calib}' images)"
+    else:
+        path = export_onnx(model, out, input_size=size, opset=args.opset, dynamic_batch=args.dynamic_batch)
+        kind = "fp32, BatchNorm folded"
+    mb = path.stat().st_size / 2 ** 20
+    print(f"wrote {path} ({mb:.1f} MiB): {info['name']}, {kind}, input "
+          f"{'N' if args.dynamic_batch else '1'}x{getattr(model, 'in_chans', 3)}x{size[0]}x{size[1]}, "
+          f"opset {args.opset}" + ("" if args.int8 else ", checked with ONNX Runtime"))
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    import mobilenets
+    from .bench import ALL_PATHS, bench
+
+    names: list[str] = []
+    for pat in args.names:
+        found = mobilenets.list_models(pat) if any(c in pat for c in "*?[") else [pat]
+        if not found:
+            raise UserError(f"no model matches {pat!r}")
+        names += [n for n in found if n not in names]
+    paths = [p for p in ALL_PATHS if p not in (args.skip or [])]
+    if args.paths:
+        paths = [p.strip() for p in args.paths.split(",") if p.strip()]
+    log = (lambda s: None) if args.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
+    report = bench(names, batches=args.batch, threads=args.threads, size=args.size, paths=paths,
+                   repeats=args.repeats, calib=args.calib, log=log, seconds=args.seconds)
+    m = report.machine
+    print(f"\n{m['cpu']}, {m['threads']} threads, torch {m['torch']}"
+          + "".join(f", {k} {m[k]}" for k in ("onnxruntime", "timm") if k in m)
+          + f"; input {args.size}x{args.size}; peak {report.peak_macs / 1e9:.1f} GMAC/s (fp32 matmul)")
+    print(report.table(markdown=args.markdown))
+    print("\nms: median per batch; p25-p75: quartiles of the timed iterations. x timm ORT / x timm eager: "
+          "ratio of medians in this run (< 1: faster); x roofline: ms / (MACs / measured peak MAC rate).")
+    for line in report.goals():
+        print("goal " + line)
+    if args.json:
+        Path(args.json).write_text(json.dumps(report.as_dict(), indent=2, default=float))
+        print(f"wrote {args.json}")
+    return 0
+
+
+def add_commands(subparsers) -> None:
+    """Register ``export`` and ``bench`` on an ``argparse`` subparsers object."""
+    from .bench import ALL_PATHS
+
+    p = subparsers.add_parser("export", help="export a model or checkpoint to ONNX (fp32 or INT8)",
+                              description="Export a registry model (random or --weights) or a training "
+                                          "checkpoint to ONNX, BatchNorm folded, verified with ONNX Runtime, "
+                                          "written atomically. --int8: static post-training quantization.")
+    p.add_argument("source", metavar="NAME|CHECKPOINT", help="registry name or checkpoint path")
+    p.add_argument("--format", choices=("onnx",), default="onnx")
+    p.add_argument("--out", required=True, help="output .onnx file")
+    p.add_argument("--int8", action="store_true", help="static INT8 quantization (needs --calib)")
+    p.add_argument("--calib", help="calibration images for --int8: digits | fake | DIR (image folder)")
+    p.add_argument("--calib-count", type=int, default=128, help="calibration images (default 128)")
+    p.add_argument("--dynamic-batch", action="store_true", help="symbolic batch dimension")
+    p.add_argument("--input-size", nargs=2, type=int, metavar=("H", "W"),
+                   help="traced input size (default: the checkpoint's training size, else 224 224)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset, 13-20 (default 17)")
+    p.add_argument("--weights", help="weights for a registry name (file or hf-hub:org/name)")
+    p.add_argument("--model", help="architecture, for a plain weights file given as CHECKPOINT")
+    p.add_argument("--num-classes", type=int, default=None, help="classifier size (default: from the weights, else 1000)")
+    p.set_defaults(func=_cmd_export, user_errors=_user_errors())
+
+    b = subparsers.add_parser("bench", help="CPU latency of our deployment paths vs timm / torchvision",
+                              description="Times our paths (eager, fused + channels_last, torch.compile, ONNX "
+                                          "Runtime fp32 and INT8) and the reference paths (timm eager, timm -> "
+                                          "ONNX Runtime, torchvision eager) in one interleaved run and prints "
+                                          "ratios of medians and the roofline limit.")
+    b.add_argument("names", nargs="+", metavar="NAME", help="registry names or patterns")
+    b.add_argument("--batch", nargs="+", type=int, default=[1, 32], help="batch sizes (default 1 32)")
+    b.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
+    b.add_argument("--size", type=int, default=224, help="input resolution (default 224)")
+    b.add_argument("--paths", help=f"comma-separated subset of {','.join(ALL_PATHS)}")
+    b.add_argument("--skip", nargs="+", choices=ALL_PATHS, help="paths to leave out (e.g. compile)")
+    b.add_argument("--repeats", type=int, default=None, help="timed iterations per path (default: auto)")
+    b.add_argument("--seconds", type=float, default=4.0, help="auto repeats: ~seconds per path (default 4)")
+    b.add_argument("--calib", default="fake", help="INT8 calibration data: fake | digits | DIR")
+    b.add_argument("--json", metavar="FILE", help="write every measurement as JSON")
+    b.add_argument("--markdown", action="store_true", help="print the table as markdown")
+    b.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    b.set_defaults(func=_cmd_bench, user_errors=_user_errors())
+
+
+def _user_errors() -> tuple:
+    from ..weights.io import CheckpointError
+    return (CheckpointError,)
