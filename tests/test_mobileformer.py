@@ -2,10 +2,16 @@
 checkpoint layout.
 
 The registry-wide contract (tests/test_models.py) runs on every Mobile-Former variant too;
-this file adds what is specific to it. Parity with the official code (AAboys/MobileFormer) was
-checked outside the repository on a private copy; here the official *key layout* is exercised
-through :func:`export_mobileformer_official`, whose pairs the loader runs backwards.
+this file adds what is specific to it. Parity with the official code (AAboys/MobileFormer) is
+checked against a clone outside the repository (benchmarks/verify_mobileformer_official.py;
+``test_official_code_parity`` runs it when ``MOBILEFORMER_OFFICIAL_DIR`` is set); otherwise the
+official *key layout* is exercised through :func:`export_mobileformer_official`, whose pairs the
+loader runs backwards.
 """
+
+import importlib.util
+import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -486,3 +492,36 @@ def test_layout_detectors_exclude_each_other():
         for sd in sds:
             hits = [name for name, (detect, _, _) in LAYOUTS.items() if detect(set(sd))]
             assert hits == [layout]
+
+
+# --- parity with the official code (AAboys/MobileFormer), when a clone is at hand -----------
+OFFICIAL_ENV = "MOBILEFORMER_OFFICIAL_DIR"
+VERIFY_SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "verify_mobileformer_official.py"
+
+
+def _official_dir_or_skip() -> str:
+    where = os.environ.get(OFFICIAL_ENV)
+    if not where:
+        pytest.skip(f"official-code parity needs ${OFFICIAL_ENV}: a clone of "
+                    "https://github.com/AAboys/MobileFormer (mobile_former.py, dna_blocks.py)")
+    missing = [f for f in ("mobile_former.py", "dna_blocks.py") if not (Path(where) / f).is_file()]
+    if missing:
+        pytest.skip(f"${OFFICIAL_ENV}={where} has no {', '.join(missing)}")
+    pytest.importorskip("timm", reason="the official mobile_former.py imports timm.data")
+    return where
+
+
+def test_official_code_parity():
+    """benchmarks/verify_mobileformer_official.py against the user's clone: same parameter
+    counts, float32 logits within 1e-4 (224 and 193x161, both directions of the key mapping),
+    float64 eval and train-mode logits within 1e-9."""
+    official_dir = _official_dir_or_skip()
+    spec = importlib.util.spec_from_file_location("verify_mobileformer_official", VERIFY_SCRIPT)
+    verify = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(verify)
+    rows = verify.run(official_dir, ["mobileformer_26m", "mobileformer_96m"], train=True)
+    table = verify.format_table(rows)
+    for row in rows:
+        assert row["error"] is None, table
+        assert row["params_ours"] == row["params_official"] == PARAMS[row["variant"]], table
+        assert row["ok"], table

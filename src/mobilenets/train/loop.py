@@ -370,7 +370,9 @@ def train(recipe: Recipe, out_dir: str | Path, resume: Optional[str | Path] = No
         out.mkdir(parents=True, exist_ok=True)
         say(f"training {recipe.model} on {recipe.dataset} ({n_train} train / {len(data.val)} val images, "
             f"{C} classes) for {recipe.epochs} epochs at {recipe.img_size}px, {dist.world} process(es) on "
-            f"{dist.device}; output: {out}")
+            f"{dist.device}" + (f" ({torch.distributed.get_backend()})" if dist.enabled else "")
+            + (f", mixed precision {str(amp_dtype).replace('torch.', '')}" if use_amp else "")
+            + (", channels_last" if recipe.channels_last else "") + f"; output: {out}")
     files = {"best": out / "best.pt", "last": out / "last.pt"}
 
     def checkpoint(epoch: int, batch_in_epoch: int, part, rng) -> dict:
