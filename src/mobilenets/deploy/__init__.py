@@ -1,4 +1,4 @@
-"""Fast CPU deployment: BatchNorm folding and verified ONNX export (INT8 to come)."""
+"""Fast CPU deployment: BatchNorm folding, verified ONNX export, INT8 quantization (PTQ and QAT)."""
 
 from .fuse import fold_bn_after, fold_bn_before, fuse
 
@@ -6,3 +6,8 @@ __all__ = ["fold_bn_after", "fold_bn_before", "fuse"]
 from .onnx_export import export_onnx  # noqa: E402
 
 __all__ += ["export_onnx"]
+from .quantize import (QATModel, agreement, calibration_batches, cosine, export_qat_onnx,  # noqa: E402
+                       int8_op_counts, onnx_logits, ort_session, prepare_qat, quantize_onnx)
+
+__all__ += ["quantize_onnx", "calibration_batches", "prepare_qat", "export_qat_onnx", "QATModel", "agreement",
+            "cosine", "int8_op_counts", "onnx_logits", "ort_session"]
