@@ -171,3 +171,13 @@ def test_cli_bench_json(tmp_path, capsys):
     data = json.loads(out.read_text())
     assert [r["path"] for r in data["rows"]] == ["eager", "fused_cl"]
     assert data["peak_macs_per_s"] > 0 and data["machine"]["threads"] == 1
+
+
+def test_cli_export_int8(tmp_path, capsys):
+    from mobilenets.deploy import int8_op_counts
+    out = tmp_path / "q.onnx"
+    assert main(["export", "mobilenetv2_035", "--out", str(out), "--int8", "--calib", "fake",
+                 "--calib-count", "8", "--input-size", "64", "64"]) == 0
+    assert "INT8 (static, QDQ, calibrated on 8 'fake' images)" in capsys.readouterr().out
+    ops = int8_op_counts(out)
+    assert ops["QLinearConv"] > 0  # ONNX Runtime runs the convolutions as INT8
