@@ -279,10 +279,11 @@ def test_qat_trains_and_exports_int8(name, tmp_path, one_thread):
         fq = qat(x)
     y_int8 = onnx_logits(path, x)                              # ONNX Runtime's integer kernels
     y_qdq = onnx_logits(ort_session(path, optimize=False), x)  # the same graph computed in float
-    # the export is the fake-quant model: differences are single rounding steps (int32 bias,
-    # requantization), a few % of the largest logit at most
+    # the export computes the fake-quant model: every quantized tensor is the same (biases are
+    # rounded to int32 in both), bar rare one-step flips from float summation order (measured
+    # relative RMS <= 4e-4); an export mistake gives errors of order 1
     for y in (y_int8, y_qdq):
-        assert float((y - fq).abs().max() / fq.abs().max()) <= 0.05
+        assert rel_rms(y, fq) <= 0.005
         assert agreement(y, fq) == 1.0
 
 
