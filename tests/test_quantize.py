@@ -97,6 +97,42 @@ def test_ptq_runs_int8_and_stays_close(name, tmp_path):
     assert rel_rms(y, onnx_logits(ort_session(path, optimize=False), x)) <= 0.005
 
 
+def test_ptq_multiplier_depthwise_runs_as_depthwise(tmp_path):
+    """Mobile-Former's downsampling blocks use depthwise convs with a channel multiplier, which
+    ONNX Runtime's integer kernels run one tiny GEMM per group (measured 9x slower than fp32).
+    quantize_onnx repeats their input channels so that every one runs as a plain depthwise
+    QLinearConv (group == output channels); the fp32 graph keeps its grouped convs and the
+    rewrite changes no number."""
+    from mobilenets.deploy.quantize import _repeat_multiplier_dw_inputs
+
+    torch.manual_seed(0)
+    model = randomize_bn(mobilenets.create_model("mobileformer_26m")).eval()
+    multiplier = [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.groups == m.in_channels > 1
+                  and m.out_channels > m.in_channels]
+    assert multiplier  # the model has them (dw1 / dw2 of the downsampling blocks, the stem's dw)
+    fp32 = tmp_path / "fp32.onnx"
+    export_onnx(model, fp32, input_size=SIZE)
+    proto = onnx.load(str(fp32))
+    assert _repeat_multiplier_dw_inputs(proto) == len(multiplier)
+    convs = [n for n in proto.graph.node if n.op_type == "Conv"]
+    inits = {i.name: i for i in proto.graph.initializer}
+    for n in convs:  # every conv with one input channel per filter is now plain depthwise
+        group = next((a.i for a in n.attribute if a.name == "group"), 1)
+        if group > 1 and inits[n.input[1]].dims[1] == 1:
+            assert group == inits[n.input[1]].dims[0], n.name
+    rewritten = tmp_path / "rewritten.onnx"
+    onnx.save(proto, str(rewritten))
+    x = held_out()[:1]
+    assert torch.equal(onnx_logits(rewritten, x), onnx_logits(fp32, x))
+
+    out = quantize_onnx(model, tmp_path / "int8.onnx", calib(), input_size=SIZE)
+    counts = int8_op_counts(out)
+    assert counts["Conv"] == 0 and counts["QLinearConcat"] >= len(multiplier), dict(counts)
+    with torch.no_grad():
+        ref = model(x)
+    assert cosine(onnx_logits(out, x), ref) >= 0.99
+
+
 def test_ptq_from_onnx_file_static_batch_and_dataloader(tmp_path):
     model = randomize_bn(mobilenets.create_model("mobilenetv1_025")).eval()
     fp32 = export_onnx(model, tmp_path / "fp32.onnx", input_size=SIZE)  # batch fixed to 1

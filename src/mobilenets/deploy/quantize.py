@@ -365,6 +365,54 @@ def _unshare_initializers(model_proto) -> None:
         g.node.remove(n)
 
 
+def _repeat_multiplier_dw_inputs(model_proto) -> int:
+    """Rewrite every depthwise conv with a channel multiplier (``group = C_in``, ``C_out = k x
+    C_in``, k > 1: Mobile-Former's downsampling blocks) as a plain depthwise conv
+    (``group = C_out``) on its input with each channel repeated k times (``Unsqueeze -> Concat
+    -> Reshape``: output channel ``j*k + r`` still reads input channel ``j``, weights unchanged).
+
+    ONNX Runtime's integer depthwise kernels only handle multiplier 1; other grouped
+    ``QLinearConv`` fall back to one small GEMM per group. Measured on Mobile-Former-294M
+    (2 threads, 224 px): those 9 convs took 28 ms of an 85 ms INT8 run, against 3 ms in fp32.
+    The repeat runs in uint8 (``QLinearConcat``). Returns the number of convs rewritten."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    g = model_proto.graph
+    inferred = onnx.shape_inference.infer_shapes(model_proto).graph
+    shapes = {v.name: [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
+              for v in list(inferred.value_info) + list(inferred.input)}
+    inits = {i.name: i for i in g.initializer}
+    done = 0
+    for node in list(g.node):
+        if node.op_type != "Conv" or node.input[1] not in inits:
+            continue
+        attr = {a.name: a for a in node.attribute}
+        group = attr["group"].i if "group" in attr else 1
+        w_shape = list(inits[node.input[1]].dims)
+        x_shape = shapes.get(node.input[0])
+        if group <= 1 or w_shape[1] != 1 or w_shape[0] == group or w_shape[0] % group:
+            continue
+        if not x_shape or len(x_shape) != 4 or None in x_shape[1:] or x_shape[1] != group:
+            continue  # spatial size unknown: leave the conv as it is
+        k, (c, h, w) = w_shape[0] // group, x_shape[1:]
+        base = f"{node.name or node.output[0]}_repeat{k}".strip("/").replace("/", "_")
+        g.initializer.extend([numpy_helper.from_array(np.array([2], np.int64), base + "_axes"),
+                              numpy_helper.from_array(np.array([0, c * k, h, w], np.int64), base + "_shape")])
+        new_nodes = [
+            helper.make_node("Unsqueeze", [node.input[0], base + "_axes"], [base + "_u"], name=base + "_Unsqueeze"),
+            helper.make_node("Concat", [base + "_u"] * k, [base + "_c"], name=base + "_Concat", axis=2),
+            helper.make_node("Reshape", [base + "_c", base + "_shape"], [base + "_x"], name=base + "_Reshape"),
+        ]
+        at = list(g.node).index(node)
+        for i, n in enumerate(new_nodes):
+            g.node.insert(at + i, n)
+        node.input[0] = base + "_x"
+        attr["group"].i = c * k
+        done += 1
+    return done
+
+
 def _pre_process(src: Path, dst: Path) -> Path:
     """ONNX Runtime's recommended pre-processing (shape inference + graph optimization). It
     matters for h-swish: with every tensor typed, the quantizer also quantizes the ``x *
@@ -480,6 +528,7 @@ def quantize_onnx(model_or_path: Union[nn.Module, str, os.PathLike], out: Union[
                 raise ValueError(f"{src}: expected an image model with a 4-D input, got input {name!r} {dims}")
             batches = _as_batches(calibration, dims[1:], dims[0])
         _unshare_initializers(proto)
+        _repeat_multiplier_dw_inputs(proto)
         _drop_unused_initializers(proto)
         prepared = Path(tmpdir) / "prepared.onnx"
         onnx.save(proto, str(prepared))
