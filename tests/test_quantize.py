@@ -85,6 +85,7 @@ def test_ptq_runs_int8_and_stays_close(name, tmp_path):
     counts = int8_op_counts(path)
     assert counts["Conv"] == 0 and counts["QLinearConv"] == n_convs(model), dict(counts)
     assert counts["Mul"] == 0 and counts["Add"] == 0, dict(counts)  # h-swish, SE and residuals too
+    assert counts["ReduceMean"] == counts["GlobalAveragePool"] == 0, dict(counts)  # QLinearGlobalAveragePool
 
     x = held_out()  # not the calibration images; a batch of 16 (the batch is dynamic)
     y = onnx_logits(path, x)
@@ -303,6 +304,7 @@ def test_qat_trains_and_exports_int8(name, tmp_path, one_thread):
     counts = int8_op_counts(path)
     assert counts["Conv"] == 0 and counts["QLinearConv"] == n_convs(model), dict(counts)
     assert counts["Mul"] == 0 and counts["Add"] == 0, dict(counts)
+    assert counts["ReduceMean"] == counts["GlobalAveragePool"] == 0, dict(counts)  # pooling in uint8
     types = initializer_types(path)
     assert types.get(onnx.TensorProto.INT8, 0) >= n_convs(model)
     assert types.get(onnx.TensorProto.INT32, 0) >= n_convs(model)
