@@ -173,3 +173,16 @@ def test_torch_export(name):
     x = torch.randn(1, 3, 96, 96)
     ep = torch.export.export(model, (x,))
     torch.testing.assert_close(ep.module()(x), model(x))
+
+
+@pytest.mark.parametrize("name", ["mobilenetv1_100", "mobilenetv3_large_100", "mobilenetv4_hybrid_medium"])
+def test_fx_symbolic_trace(name):
+    """The MobileNets trace with torch.fx (FX graph-mode quantization needs it): the input
+    check and the head's pooling do not branch on a traced value."""
+    model = create_model(name).eval()
+    gm = torch.fx.symbolic_trace(model)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(gm(x), model(x))
+    with pytest.raises(ValueError, match="expected input of shape"):  # eager still checks
+        model(torch.randn(1, 1, 64, 64))

@@ -43,7 +43,8 @@ class ClassifierHead(nn.Module):
         self.fc = nn.Linear(self.hidden_size, num_classes) if num_classes > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = x.mean((2, 3)) if x.ndim == 4 else x
+        if isinstance(x, torch.fx.Proxy) or x.ndim == 4:  # (a traced input is the 4-D feature map)
+            x = x.mean((2, 3))
         x = self.act(self.norm(self.hidden(x)))
         if pre_logits:
             return x
@@ -52,6 +53,8 @@ class ClassifierHead(nn.Module):
 
 def check_input(x: torch.Tensor, in_chans: int, min_size: int = MIN_INPUT_SIZE) -> None:
     """Raise ``ValueError`` naming the expected and given shape for a bad input batch."""
+    if isinstance(x, torch.fx.Proxy):  # symbolic tracing (FX quantization): no shape to check
+        return
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"expected a torch.Tensor of shape (N, {in_chans}, H, W), got {type(x).__name__}")
     if x.ndim != 4 or x.shape[1] != in_chans or x.shape[2] < min_size or x.shape[3] < min_size:
