@@ -177,16 +177,11 @@ def reference_models(name: str) -> tuple[Optional[nn.Module], Optional[nn.Module
 
 
 def _ort_session(path: str, threads: int):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     # ORT's worker threads spin after each run by default; interleaved with PyTorch paths they
     # would steal the cores from the next path (eager measured ~100x slower), so no spinning
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+    from .quantize import ort_session
+
+    return ort_session(path, threads=threads, spinning=False)
 
 
 def _ort_fn(sess, x: torch.Tensor) -> tuple[Callable[[], object], torch.Tensor]:

@@ -130,15 +130,20 @@ def cosine(a: Union[torch.Tensor, np.ndarray], b: Union[torch.Tensor, np.ndarray
 
 
 def ort_session(path: Union[str, Path], threads: int = 0, optimized_path: Optional[str] = None,
-                optimize: bool = True):
+                optimize: bool = True, spinning: bool = True):
     """A CPU ``InferenceSession`` (quiet logging; ``threads=0``: ONNX Runtime's default).
-    ``optimize=False`` runs the graph as written (QDQ simulated in float, no int8 kernels)."""
+    ``optimize=False`` runs the graph as written (QDQ simulated in float, no int8 kernels).
+    ``spinning=False``: worker threads sleep after a run instead of spinning (ONNX Runtime's
+    default keeps them busy-waiting, which steals the cores from whatever runs next: use it
+    when timing ONNX Runtime interleaved with other paths)."""
     ort = _require_ort()
     so = ort.SessionOptions()
     so.log_severity_level = 3
     if threads:
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
+    if not spinning:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
                                    else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
     if optimized_path:
