@@ -11,3 +11,6 @@ from .quantize import (QATModel, agreement, calibration_batches, cosine, export_
 
 __all__ += ["quantize_onnx", "calibration_batches", "prepare_qat", "export_qat_onnx", "QATModel", "agreement",
             "cosine", "int8_op_counts", "onnx_logits", "ort_session"]
+from .cpu import PackedConvAct, onednn_available, optimize_for_cpu  # noqa: E402
+
+__all__ += ["optimize_for_cpu", "PackedConvAct", "onednn_available"]
