@@ -47,3 +47,21 @@ def test_bad_arguments_and_atomic_write(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="exporter crashed"):
         export_onnx(model, tmp_path / "m.onnx")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_attention_exports_without_needless_layout_ops(tmp_path):
+    """Mobile MQA exports channel-major: one Transpose per attention block (the shared key),
+    the shared key / value broadcast inside MatMul (no Expand), heads back to channels by
+    Reshape; the eager SDPA path (token-major, expanded k / v) would export 3 transposes and
+    2 Expands per block. Outputs still match eager (test_export_matches_eager)."""
+    import onnx
+
+    from mobilenets.blocks import MobileMQA
+
+    model = mobilenets.create_model("mobilenetv4_hybrid_medium_075").eval()
+    blocks = sum(isinstance(m, MobileMQA) for m in model.modules())
+    assert blocks > 0
+    path = export_onnx(model, tmp_path / "h.onnx", input_size=(96, 96))
+    ops = [n.op_type for n in onnx.load(str(path)).graph.node]
+    assert ops.count("Transpose") == blocks and "Expand" not in ops
+    assert ops.count("Softmax") == blocks and ops.count("MatMul") == 2 * blocks

@@ -65,24 +65,44 @@ class MultiQueryAttention2d(nn.Module):
         q, k, _, _ = self._qkv(x)
         return torch.softmax((q * self.scale) @ k.transpose(-1, -2), dim=-1)
 
-    def _qkv(self, x: torch.Tensor):
+    def _project(self, x: torch.Tensor):
+        """Projections in channel-major form: q ``(B, h, kd, Nq)`` (channel index = head *
+        key_dim + d), the shared k ``(B, kd, Nkv)`` and v ``(B, vd, Nkv)``."""
         B = x.shape[0]
         xq = self.q_norm(self.q_pool(x)) if self.query_stride > 1 else x
         qh, qw = xq.shape[-2:]
-        # (B, h*kd, H, W) -> (B, h, N, kd); channel index = head * key_dim + d
-        q = self.q(xq).reshape(B, self.num_heads, self.key_dim, qh * qw).transpose(-1, -2)
-        # one shared key / value head: (B, 1, M, d), broadcast over the query heads
-        k = self.k(self.k_down(x)).flatten(2).transpose(-1, -2).unsqueeze(1)
-        v = self.v(self.v_down(x)).flatten(2).transpose(-1, -2).unsqueeze(1)
+        q = self.q(xq).reshape(B, self.num_heads, self.key_dim, qh * qw)
+        k = self.k(self.k_down(x)).flatten(2)
+        v = self.v(self.v_down(x)).flatten(2)
         return q, k, v, (qh, qw)
+
+    def _qkv(self, x: torch.Tensor):
+        """Token-major q ``(B, h, Nq, kd)``, k ``(B, 1, Nkv, kd)``, v ``(B, 1, Nkv, vd)`` (one
+        shared key / value head, broadcast over the query heads)."""
+        q, k, v, hw = self._project(x)
+        return q.transpose(-1, -2), k.transpose(-1, -2).unsqueeze(1), v.transpose(-1, -2).unsqueeze(1), hw
+
+    def _attend_channel_major(self, x: torch.Tensor) -> torch.Tensor:
+        """The same attention computed transposed, for export: ``P^T = softmax_M(k^T q)`` and
+        ``o = v P^T`` keep every tensor channel-major, so the only layout change is one
+        transpose of the (small) key; the shared k / v broadcast in MatMul (no Expand), and the
+        heads come out in the conv's channel order with a plain Reshape."""
+        B = x.shape[0]
+        q, k, v, (qh, qw) = self._project(x)
+        p_t = torch.softmax(k.transpose(1, 2).unsqueeze(1) @ (q * self.scale), dim=2)  # (B, h, Nkv, Nq)
+        o = v.unsqueeze(1) @ p_t  # (B, h, vd, Nq)
+        return o.reshape(B, self.num_heads * self.value_dim, qh, qw)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B = x.shape[0]
-        q, k, v, (qh, qw) = self._qkv(x)
-        h = self.num_heads
-        o = F.scaled_dot_product_attention(q, k.expand(B, h, -1, -1), v.expand(B, h, -1, -1))
-        # (B, h, N, vd) -> (B, h*vd, qh, qw), head-major channels
-        o = o.transpose(-1, -2).reshape(B, h * self.value_dim, qh, qw)
+        if torch.onnx.is_in_onnx_export():
+            o = self._attend_channel_major(x)
+        else:  # fused attention kernels (flash / memory-efficient on GPU)
+            q, k, v, (qh, qw) = self._qkv(x)
+            h = self.num_heads
+            o = F.scaled_dot_product_attention(q, k.expand(B, h, -1, -1), v.expand(B, h, -1, -1))
+            # (B, h, N, vd) -> (B, h*vd, qh, qw), head-major channels
+            o = o.transpose(-1, -2).reshape(B, h * self.value_dim, qh, qw)
         if self.query_stride > 1:
             o = F.interpolate(o, size=x.shape[-2:], mode="bilinear", align_corners=False)
         return self.proj(o)
