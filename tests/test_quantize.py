@@ -360,6 +360,30 @@ def test_qat_export_errors(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_qat_export_verification_catches_a_wrong_graph(tmp_path, monkeypatch):
+    """The exported file is checked against the fake-quant model: an export mistake (here
+    every int32 bias written twice as large) is an error and leaves no file behind."""
+    import mobilenets.deploy.quantize as Q
+
+    torch.manual_seed(0)
+    qat = prepare_qat(randomize_bn(mobilenets.create_model("mobilenetv1_025")).eval(), calib())
+    real = Q.finalize_qdq
+
+    def broken(path):
+        done = real(path)
+        m = onnx.load(str(path))
+        for init in m.graph.initializer:
+            if init.data_type == onnx.TensorProto.INT32 and init.name.endswith("_int32"):
+                init.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(init) * 2, init.name))
+        onnx.save(m, str(path))
+        return done
+
+    monkeypatch.setattr(Q, "finalize_qdq", broken)
+    with pytest.raises(RuntimeError, match="differs from the fake-quant model"):
+        export_qat_onnx(qat, tmp_path / "q.onnx", input_size=SIZE)
+    assert list(tmp_path.iterdir()) == []
+
+
 # --- trained models (slow) -----------------------------------------------------------------
 def _train_digits(tmp_path, name: str, epochs: int, size: int):
     from mobilenets.train.data import build_datasets

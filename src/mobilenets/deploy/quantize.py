@@ -1059,7 +1059,7 @@ def prepare_qat(model: nn.Module, example_input: Optional[Union[torch.Tensor, It
 # --- QAT export ------------------------------------------------------------------------------
 def export_qat_onnx(qat_model: QATModel, out: Union[str, os.PathLike], input_size: Sequence[int] = (224, 224),
                     dynamic_batch: bool = False, opset: int = 17, verify: bool = True,
-                    example_input: Optional[torch.Tensor] = None, rtol: float = 0.02) -> Path:
+                    example_input: Optional[torch.Tensor] = None, rtol: float = 0.05) -> Path:
     """Export a :func:`prepare_qat` model as an INT8 QDQ ONNX file (int8 weights, int32 biases,
     uint8 activations) that ONNX Runtime runs with integer kernels; written atomically.
 
@@ -1071,11 +1071,14 @@ def export_qat_onnx(qat_model: QATModel, out: Union[str, os.PathLike], input_siz
         opset: 13-20.
         verify: run the file with ONNX Runtime on ``example_input`` (default: the first
             calibration images, resized to ``input_size``) and compare with the fake-quant
-            model. The QDQ graph computed in float must match it to ``rtol`` (relative RMS of
-            the logits; int32 bias and requantization rounding make them differ slightly), else
-            ``RuntimeError``; if ONNX Runtime's integer kernels differ from that graph by more
-            than ``rtol`` (saturating u8 x s8 kernels with ``reduce_range=False`` on a CPU
-            without VNNI), a warning says so.
+            model (up to 8 images). The QDQ graph computed in float must match it to ``rtol``
+            (relative RMS of the logits), else ``RuntimeError``; if ONNX Runtime's integer
+            kernels differ from that graph by more than ``rtol`` (saturating u8 x s8 kernels
+            with ``reduce_range=False`` on a CPU without VNNI), a warning says so. The two
+            compute the same quantized graph, but float summation order flips an occasional
+            value by one quantization step and deep networks carry the flips to the logits:
+            measured up to 2.6 % on single images (MobileNetV3-Large at 224 px, ~1 % on
+            average); an export mistake gives errors of order 1.
 
     Raises:
         ValueError: not a QAT model, bad size / opset / file name, uninitialised ranges.
@@ -1113,8 +1116,7 @@ def export_qat_onnx(qat_model: QATModel, out: Union[str, os.PathLike], input_siz
     if tuple(x.shape[-2:]) != tuple(input_size):
         x = nn.functional.interpolate(x, size=tuple(input_size), mode="bilinear", align_corners=False)
     trace_x = x[:2] if dynamic_batch else x[:1]
-    if not dynamic_batch:
-        x = x[:1]
+    x = x[:8]  # onnx_logits feeds a fixed-batch graph one image at a time
     with torch.no_grad():
         ref = net(x)
     axes = {"input": {0: "batch"}, "logits": {0: "batch"}} if dynamic_batch else None
