@@ -33,8 +33,9 @@ Runtime 1.32, batch 1, 224 px; ``benchmarks/INT8.md``)
       dot-product CPUs are where INT8 pays off.
 
 Quantization-aware training (:func:`prepare_qat`, :func:`export_qat_onnx`)
-    PyTorch's own int8 runtime (FX ``convert_fx`` for x86/fbgemm) ran MobileNetV2 at 16 ms per
-    image on one core of this machine against ONNX Runtime fp32's 9 ms, so QAT targets the same
+    PyTorch's own int8 runtime (FX ``convert_fx``, x86 backend) matched ONNX Runtime's INT8
+    accuracy on digits but ran 1.2-2.1x slower than ONNX Runtime fp32 and 1.8-2.4x slower than
+    ONNX Runtime INT8 (``benchmarks/INT8.md``), so QAT targets the same
     ONNX Runtime QDQ graph as PTQ, written by this module:
 
     * BatchNorms are folded first (:func:`~mobilenets.deploy.fuse`): the network trains as the
