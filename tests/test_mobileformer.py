@@ -525,3 +525,17 @@ def test_official_code_parity():
         assert row["error"] is None, table
         assert row["params_ours"] == row["params_official"] == PARAMS[row["variant"]], table
         assert row["ok"], table
+
+
+def test_torch_compile_inductor():
+    """torch.compile (inductor, CPU) compiles Mobile-Former: the Mobile<-Former bridge keeps the
+    map channel-major (an earlier token-major form made inductor fail: 'Attempting to
+    broadcast a dimension of length 3')."""
+    torch.manual_seed(0)
+    model = create_model("mobileformer_26m").eval()
+    x = torch.randn(1, 3, 64, 64)
+    torch._dynamo.reset()
+    with torch.no_grad():
+        y = torch.compile(model, dynamic=False)(x)
+        ref = model(x)
+    torch.testing.assert_close(y, ref, rtol=1e-4, atol=1e-5)

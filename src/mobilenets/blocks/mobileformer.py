@@ -253,12 +253,15 @@ class FormerToMobile(nn.Module):
         return ((q @ k) * self.scale).softmax(dim=-1)
 
     def forward(self, x: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        # computed transposed (P^T = softmax_M(k q^T), out = v^T P^T) so that the feature map
+        # stays channel-major: only the small token projections are permuted, never the map
         n, c, h, w = x.shape
-        m = tokens.shape[1]
-        q, k = self._qk(x, tokens)
-        attn = ((q @ k) * self.scale).softmax(dim=-1)
-        v = self.v(tokens).reshape(n, m, self.heads, c // self.heads).transpose(1, 2)  # N h M C/h
-        out = (attn @ v).transpose(-1, -2).reshape(n, c, h, w)
+        m, hd = tokens.shape[1], c // self.heads
+        q = x.reshape(n, self.heads, hd, h * w)                                       # N h C/h HW
+        k = self.k(tokens).reshape(n, m, self.heads, hd).transpose(1, 2)              # N h M C/h
+        v = self.v(tokens).reshape(n, m, self.heads, hd).permute(0, 2, 3, 1)          # N h C/h M
+        p_t = ((k @ q) * self.scale).softmax(dim=2)                                   # N h M HW
+        out = (v @ p_t).reshape(n, c, h, w)
         return x + self.drop_path(out)
 
 
