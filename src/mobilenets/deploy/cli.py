@@ -116,8 +116,8 @@ def add_commands(subparsers) -> None:
     p.set_defaults(func=_cmd_export, user_errors=_user_errors())
 
     b = subparsers.add_parser("bench", help="CPU latency of our deployment paths vs timm / torchvision",
-                              description="Times our paths (eager, fused + channels_last, torch.compile, ONNX "
-                                          "Runtime fp32 and INT8) and the reference paths (timm eager, timm -> "
+                              description="Times our paths (eager, fused + channels_last, fused + oneDNN "
+                                          "prepacked, torch.compile, ONNX Runtime fp32 and INT8) and the reference paths (timm eager, timm -> "
                                           "ONNX Runtime, torchvision eager) in one interleaved run and prints "
                                           "ratios of medians and the roofline limit.")
     b.add_argument("names", nargs="+", metavar="NAME", help="registry names or patterns")
