@@ -240,28 +240,24 @@ class FormerToMobile(nn.Module):
         self.v = nn.Linear(token_dim, chs)
         self.drop_path = _drop_path(drop_path)
 
-    def _qk(self, x: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        n, c, h, w = x.shape
-        m = tokens.shape[1]
-        q = x.reshape(n, self.heads, c // self.heads, h * w).transpose(-1, -2)      # N h HW C/h
-        k = self.k(tokens).reshape(n, m, self.heads, c // self.heads).permute(0, 2, 3, 1)  # N h C/h M
-        return q, k
-
-    def attention(self, x: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        """Attention weights ``(N, heads, H*W, M)``; each position's row sums to 1 over tokens."""
-        q, k = self._qk(x, tokens)
-        return ((q @ k) * self.scale).softmax(dim=-1)
-
-    def forward(self, x: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        # computed transposed (P^T = softmax_M(k q^T), out = v^T P^T) so that the feature map
-        # stays channel-major: only the small token projections are permuted, never the map
+    def _attention_t(self, x: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """Attention weights transposed, ``(N, heads, M, H*W)``: computed as
+        ``softmax_M(k q^T)`` so that the feature map stays channel-major (only the small token
+        projections are permuted, never the map)."""
         n, c, h, w = x.shape
         m, hd = tokens.shape[1], c // self.heads
         q = x.reshape(n, self.heads, hd, h * w)                                       # N h C/h HW
         k = self.k(tokens).reshape(n, m, self.heads, hd).transpose(1, 2)              # N h M C/h
-        v = self.v(tokens).reshape(n, m, self.heads, hd).permute(0, 2, 3, 1)          # N h C/h M
-        p_t = ((k @ q) * self.scale).softmax(dim=2)                                   # N h M HW
-        out = (v @ p_t).reshape(n, c, h, w)
+        return ((k @ q) * self.scale).softmax(dim=2)
+
+    def attention(self, x: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """Attention weights ``(N, heads, H*W, M)``; each position's row sums to 1 over tokens."""
+        return self._attention_t(x, tokens).transpose(-1, -2)
+
+    def forward(self, x: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        v = self.v(tokens).reshape(n, tokens.shape[1], self.heads, c // self.heads).permute(0, 2, 3, 1)  # N h C/h M
+        out = (v @ self._attention_t(x, tokens)).reshape(n, c, h, w)  # out^T = v^T P^T, channel-major
         return x + self.drop_path(out)
 
 

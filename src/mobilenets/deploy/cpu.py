@@ -61,6 +61,12 @@ def _post_op(act: nn.Module) -> Optional[tuple[str, list, str]]:
     return None
 
 
+def _packable(block: nn.Module) -> bool:
+    """A BN-folded ``ConvNormAct`` with zero padding and an activation oneDNN can fuse."""
+    return isinstance(block, ConvNormAct) and isinstance(block.bn, nn.Identity) and _post_op(block.act) is not None \
+        and block.conv.padding_mode == "zeros" and not isinstance(block.conv.padding, str)
+
+
 class PackedConvAct(nn.Module):
     """A BN-folded :class:`~mobilenets.layers.ConvNormAct` as one oneDNN convolution with a
     prepacked weight and its activation fused (fp32 CPU inference only).
@@ -74,16 +80,14 @@ class PackedConvAct(nn.Module):
     def __init__(self, block: ConvNormAct, input_size: tuple[int, int, int, int]):
         super().__init__()
         conv = block.conv
-        post = _post_op(block.act)
-        if not isinstance(block.bn, nn.Identity) or post is None or conv.padding_mode != "zeros" \
-                or isinstance(conv.padding, str) or conv.weight.dtype != torch.float32:
+        if not _packable(block) or conv.weight.dtype != torch.float32:
             raise ValueError("PackedConvAct needs a fused ConvNormAct (BatchNorm folded, zero padding, fp32) with "
                              f"an activation oneDNN can fuse; got bn={type(block.bn).__name__}, "
                              f"act={type(block.act).__name__}, padding={conv.padding!r}, dtype={conv.weight.dtype}")
         self.conv = conv  # the plain weights, for state_dict / inspection; not used in forward
         self.aa = block.aa
         self._has_aa = not isinstance(block.aa, nn.Identity)
-        self.attr, self.scalars, self.algorithm = post
+        self.attr, self.scalars, self.algorithm = _post_op(block.act)
         self.padding, self.stride = list(conv.padding), list(conv.stride)
         self.dilation, self.groups = list(conv.dilation), conv.groups
         with torch.no_grad():
@@ -125,9 +129,7 @@ def optimize_for_cpu(model: nn.Module, input_size: tuple[int, int] = (224, 224),
     if isinstance(input_size, int):
         input_size = (input_size, input_size)
     net = fuse(copy.deepcopy(model)).to(memory_format=torch.channels_last)
-    blocks = [m for m in net.modules() if isinstance(m, ConvNormAct) and isinstance(m.bn, nn.Identity)
-              and _post_op(m.act) is not None and not isinstance(m.conv.padding, str)
-              and m.conv.padding_mode == "zeros"]
+    blocks = [m for m in net.modules() if _packable(m)]
     shapes: dict[int, tuple] = {}
 
     def record(mod, inp):  # returns None: the input is left as it is
