@@ -52,6 +52,8 @@ def test_rejects_what_it_cannot_pack(monkeypatch):
     lrelu = fuse(nn.Sequential(ConvNormAct(8, 8, 3, act=nn.LeakyReLU)))[0]  # no oneDNN post-op here
     with pytest.raises(ValueError, match="an activation oneDNN can fuse"):
         PackedConvAct(lrelu, (1, 8, 16, 16))
+    with pytest.raises(ValueError, match=r"runs fp32 models.*model.float\(\)"):
+        optimize_for_cpu(mobilenets.create_model("mobilenetv2_035").double())
     import mobilenets.deploy.cpu as cpu
     monkeypatch.setattr(cpu, "onednn_available", lambda: False)
     with pytest.raises(RuntimeError, match="use mobilenets.deploy.fuse"):

@@ -122,10 +122,15 @@ def optimize_for_cpu(model: nn.Module, input_size: tuple[int, int] = (224, 224),
 
     Raises:
         RuntimeError: this PyTorch build has no oneDNN fused convolution (use :func:`fuse`).
+        ValueError: the model is not fp32.
     """
     if not onednn_available():
         raise RuntimeError("this PyTorch build has no oneDNN (mkldnn) fused convolution operators; use "
                            "mobilenets.deploy.fuse(model) instead")
+    dtypes = {p.dtype for p in model.parameters()}
+    if dtypes - {torch.float32}:
+        raise ValueError(f"optimize_for_cpu runs fp32 models; this one has parameters of type "
+                         f"{sorted(str(d) for d in dtypes)}: convert it first (model.float())")
     if isinstance(input_size, int):
         input_size = (input_size, input_size)
     net = fuse(copy.deepcopy(model)).to(memory_format=torch.channels_last)
