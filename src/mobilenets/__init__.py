@@ -6,7 +6,7 @@
 >>> model = mobilenets.create_model("mobilenetv4_conv_small", num_classes=10)
 """
 
-from . import archs  # noqa: F401  (registers every model)
+from . import zoo  # noqa: F401  (registers every model)
 from . import analysis, deploy  # noqa: F401  (mobilenets.analysis.profile, mobilenets.deploy.fuse)
 from .factory import count_params, create_model, stage_shapes
 from .models import FeatureExtractor, MobileFormer, MobileNet, UnknownModelError, get_entry, list_models

@@ -3,22 +3,13 @@
 from __future__ import annotations
 
 import sys
-from typing import Callable, Sequence
+from typing import Callable
+
+from .textutil import table  # noqa: F401  (re-exported: the commands print tables)
 
 
 class UserError(Exception):
     """A bad argument: reported as one line on stderr, exit code 2."""
-
-
-def table(headers: Sequence[str], rows: Sequence[Sequence], right: Sequence[bool]) -> str:
-    """Plain-text table with aligned columns (``right[i]``: right-align column i)."""
-    cells = [list(map(str, headers))] + [[str(c) for c in r] for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    fmt = lambda r: "  ".join(c.rjust(w) if rt else c.ljust(w)  # noqa: E731
-                              for c, w, rt in zip(r, widths, right)).rstrip()
-    lines = [fmt(cells[0]), "  ".join("-" * w for w in widths)]
-    lines += [fmt(r) for r in cells[1:]]
-    return "\n".join(lines)
 
 
 def run_handler(fn: Callable, args) -> int:

@@ -67,12 +67,4 @@ def stage_shapes(model: nn.Module, input_size=(224, 224)) -> list[tuple[str, tup
     """Output shape of the stem and each stage for one input of ``input_size``."""
     model = model.eval()
     x = torch.zeros(1, model.in_chans, *input_size)
-    from .models.mobilenet import check_input
-    check_input(x, model.in_chans)
-    if hasattr(model, "stage_outputs"):  # models whose stages take more than the map (Mobile-Former)
-        return [(name, tuple(t.shape)) for name, t in model.stage_outputs(x)]
-    out = []
-    for i, m in enumerate(model.feature_modules()):
-        x = m(x)
-        out.append(("stem" if i == 0 else f"stages.{i - 1}", tuple(x.shape)))
-    return out
+    return [(o.name, tuple(o.map.shape)) for o in model.stage_outputs(x)]

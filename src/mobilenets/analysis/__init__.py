@@ -8,6 +8,8 @@ latency model, calibration against this machine, and plots.
 Byte convention: see :mod:`mobilenets.analysis.profile`.
 """
 
+import functools
+
 from .accuracy import ACCURACY, Accuracy, top1
 from .calibrate import (Calibration, CalibrationReport, calibrate, predict_vs_measure,
                         spearman)
@@ -16,10 +18,14 @@ from .roofline import (DEFAULT_PEAK_MACS, DEFAULT_RPS, LayerTime, RooflineResult
                        pareto_front, roofline, sweep)
 
 
+@functools.lru_cache(maxsize=None)
 def macs_at_224(name: str) -> int:
-    """MACs of a registered model at 224x224 (cached)."""
-    from .cli import macs_at_224 as _m
-    return _m(name)
+    """MACs of a registered model at 224x224, batch 1 (cached).
+
+    Args:
+        name: registry name.
+    """
+    return profile(name, (224, 224)).macs
 
 
 __all__ = ["ACCURACY", "Accuracy", "Calibration", "CalibrationReport", "DEFAULT_PEAK_MACS",

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from ..models.mobileformer import MobileFormer
-from ..models.registry import register
 
 _PAPER = "https://arxiv.org/abs/2108.05895"
 ROW_KINDS = ("lite", "down", "block")
@@ -197,17 +195,3 @@ MF_26M = MF_52M.replace(name="mobileformer_26m", groups=4, official_name="mobile
 SPECS: dict[str, MobileFormerSpec] = {s.name: s for s in (
     MF_26M, MF_52M, MF_96M, MF_151M, MF_214M, MF_294M, MF_508M)}
 
-
-def _register(spec: MobileFormerSpec) -> None:
-    defaults = {"width_mult": 1.0}
-
-    def build(**kw) -> MobileFormer:
-        return MobileFormer(spec, **{**defaults, **kw})
-
-    build.__doc__ = f"{spec.name}: Mobile-Former ({spec.paper}), {spec.num_tokens} tokens x {spec.token_dim}."
-    register(spec.name, spec.family, build, spec=spec, defaults=defaults,
-             reference={"official": spec.official_name})
-
-
-for _spec in SPECS.values():
-    _register(_spec)

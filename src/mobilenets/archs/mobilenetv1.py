@@ -7,7 +7,6 @@ scales every layer (``width_mult``); the resolution multiplier rho is simply the
 
 from __future__ import annotations
 
-from ..models.mobilenet import register_spec
 from .spec import HeadSpec, NetSpec, parse_stages
 
 V1 = NetSpec(
@@ -27,8 +26,11 @@ V1 = NetSpec(
 )
 
 
-register_spec("mobilenetv1_100", V1, 1.0, reference={"timm": "mobilenetv1_100"})
-register_spec("mobilenetv1_075", V1, 0.75)
-register_spec("mobilenetv1_050", V1, 0.5)
-register_spec("mobilenetv1_025", V1, 0.25)
-register_spec("mobilenetv1_125", V1, 1.25, reference={"timm": "mobilenetv1_125"})
+#: Registered variants: (name, width_mult, same architecture elsewhere).
+VARIANTS = [
+    ("mobilenetv1_100", 1.0, {"timm": "mobilenetv1_100"}),
+    ("mobilenetv1_075", 0.75, {}),
+    ("mobilenetv1_050", 0.5, {}),
+    ("mobilenetv1_025", 0.25, {}),
+    ("mobilenetv1_125", 1.25, {"timm": "mobilenetv1_125"}),
+]

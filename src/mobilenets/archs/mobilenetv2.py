@@ -6,7 +6,6 @@ The last 1x1 conv to 1280 scales only when the width is above 1 (paper section 5
 
 from __future__ import annotations
 
-from ..models.mobilenet import register_spec
 from .spec import HeadSpec, NetSpec, parse_stages
 
 V2 = NetSpec(
@@ -28,9 +27,11 @@ V2 = NetSpec(
     paper="https://arxiv.org/abs/1801.04381",
 )
 
-register_spec("mobilenetv2_035", V2, 0.35, reference={"timm": "mobilenetv2_035"})
-register_spec("mobilenetv2_050", V2, 0.5, reference={"timm": "mobilenetv2_050"})
-register_spec("mobilenetv2_075", V2, 0.75, reference={"timm": "mobilenetv2_075"})
-register_spec("mobilenetv2_100", V2, 1.0,
-              reference={"timm": "mobilenetv2_100", "torchvision": "mobilenet_v2"})
-register_spec("mobilenetv2_140", V2, 1.4, reference={"timm": "mobilenetv2_140"})
+#: Registered variants: (name, width_mult, same architecture elsewhere).
+VARIANTS = [
+    ("mobilenetv2_035", 0.35, {"timm": "mobilenetv2_035"}),
+    ("mobilenetv2_050", 0.5, {"timm": "mobilenetv2_050"}),
+    ("mobilenetv2_075", 0.75, {"timm": "mobilenetv2_075"}),
+    ("mobilenetv2_100", 1.0, {"timm": "mobilenetv2_100", "torchvision": "mobilenet_v2"}),
+    ("mobilenetv2_140", 1.4, {"timm": "mobilenetv2_140"}),
+]

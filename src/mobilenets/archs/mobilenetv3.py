@@ -12,8 +12,6 @@ BatchNorm eps 1e-3 / momentum 0.01 as the paper's TF training and torchvision.
 
 from __future__ import annotations
 
-from ..models.mobilenet import MobileNet
-from ..models.registry import register
 from .spec import HeadSpec, NetSpec, parse_stages
 
 _LARGE = [
@@ -52,22 +50,13 @@ def v3_spec(large: bool = True, reduced_tail: bool = False) -> NetSpec:
         paper="https://arxiv.org/abs/1905.02244")
 
 
-def _register(name: str, large: bool, width: float, reference: dict) -> None:
-    def build(width_mult: float = width, reduced_tail: bool = False, dilated: bool = False,
-              **kw) -> MobileNet:
-        if dilated:
-            kw.setdefault("output_stride", 16)
-        return MobileNet(v3_spec(large, reduced_tail), width_mult=width_mult, **kw)
-
-    build.__doc__ = f"{name}: MobileNetV3-{'Large' if large else 'Small'} x{width}."
-    register(name, "mobilenetv3", build, spec=v3_spec(large), defaults={"width_mult": width},
-             reference=reference)
-
-
-_register("mobilenetv3_large_075", True, 0.75, {"timm": "mobilenetv3_large_075"})
-_register("mobilenetv3_large_100", True, 1.0,
-          {"timm": "mobilenetv3_large_100", "torchvision": "mobilenet_v3_large"})
-_register("mobilenetv3_small_050", False, 0.5, {"timm": "mobilenetv3_small_050"})
-_register("mobilenetv3_small_075", False, 0.75, {"timm": "mobilenetv3_small_075"})
-_register("mobilenetv3_small_100", False, 1.0,
-          {"timm": "mobilenetv3_small_100", "torchvision": "mobilenet_v3_small"})
+#: Registered variants: (name, large, width_mult, same architecture elsewhere).
+VARIANTS = [
+    ("mobilenetv3_large_075", True, 0.75, {"timm": "mobilenetv3_large_075"}),
+    ("mobilenetv3_large_100", True, 1.0,
+     {"timm": "mobilenetv3_large_100", "torchvision": "mobilenet_v3_large"}),
+    ("mobilenetv3_small_050", False, 0.5, {"timm": "mobilenetv3_small_050"}),
+    ("mobilenetv3_small_075", False, 0.75, {"timm": "mobilenetv3_small_075"}),
+    ("mobilenetv3_small_100", False, 1.0,
+     {"timm": "mobilenetv3_small_100", "torchvision": "mobilenet_v3_small"}),
+]

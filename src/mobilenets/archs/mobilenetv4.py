@@ -10,7 +10,6 @@ Width variants scale every block (the last 960 conv included) but keep the 1280 
 
 from __future__ import annotations
 
-from ..models.mobilenet import register_spec
 from .spec import HeadSpec, NetSpec, parse_stages
 
 _PAPER = "https://arxiv.org/abs/2404.10518"
@@ -96,13 +95,15 @@ SPECS = {
     "conv_aa_large": _spec(CONV_LARGE, 24, aa="avg"),
 }
 
-for _name, _base, _width in [
-    ("conv_small", "conv_small", 1.0), ("conv_small_035", "conv_small", 0.35),
-    ("conv_small_050", "conv_small", 0.5), ("conv_medium", "conv_medium", 1.0),
-    ("conv_large", "conv_large", 1.0), ("hybrid_medium", "hybrid_medium", 1.0),
-    ("hybrid_medium_075", "hybrid_medium", 0.75), ("hybrid_large", "hybrid_large", 1.0),
-    ("hybrid_large_075", "hybrid_large", 0.75), ("conv_aa_medium", "conv_aa_medium", 1.0),
-    ("conv_blur_medium", "conv_blur_medium", 1.0), ("conv_aa_large", "conv_aa_large", 1.0),
-]:
-    register_spec(f"mobilenetv4_{_name}", SPECS[_base], _width,
-                  reference={"timm": f"mobilenetv4_{_name}"})
+#: Registered variants: (name, spec key in ``SPECS``, width_mult); timm names them the same.
+VARIANTS = [
+    ("mobilenetv4_conv_small", "conv_small", 1.0), ("mobilenetv4_conv_small_035", "conv_small", 0.35),
+    ("mobilenetv4_conv_small_050", "conv_small", 0.5), ("mobilenetv4_conv_medium", "conv_medium", 1.0),
+    ("mobilenetv4_conv_large", "conv_large", 1.0), ("mobilenetv4_hybrid_medium", "hybrid_medium", 1.0),
+    ("mobilenetv4_hybrid_medium_075", "hybrid_medium", 0.75),
+    ("mobilenetv4_hybrid_large", "hybrid_large", 1.0),
+    ("mobilenetv4_hybrid_large_075", "hybrid_large", 0.75),
+    ("mobilenetv4_conv_aa_medium", "conv_aa_medium", 1.0),
+    ("mobilenetv4_conv_blur_medium", "conv_blur_medium", 1.0),
+    ("mobilenetv4_conv_aa_large", "conv_aa_large", 1.0),
+]

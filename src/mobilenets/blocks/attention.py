@@ -56,9 +56,19 @@ class MultiQueryAttention2d(nn.Module):
         self.v_down = kv_down()
         self.v = nn.Conv2d(dim, value_dim, 1, bias=False)
         self.proj = nn.Conv2d(num_heads * value_dim, out_chs, 1, bias=False)
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        """Xavier-uniform q / k / v / output projections (keeps the tiny-layer-scale hybrids
+        stable from scratch, TF Model Garden init); the K/V downsampling convs keep PyTorch's
+        default. The model's initialisation calls this instead of its own rules."""
         for m in (self.q, self.k, self.v, self.proj):
-            # Xavier keeps the tiny-layer-scale hybrids stable from scratch (TF Model Garden init).
             nn.init.xavier_uniform_(m.weight)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d) and m not in (self.q, self.k, self.v, self.proj):
+                m.reset_parameters()
+            elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.reset_parameters()
 
     def attention_weights(self, x: torch.Tensor) -> torch.Tensor:
         """Softmax attention weights ``(B, heads, Nq, Nkv)`` (for inspection and tests)."""
@@ -82,27 +92,20 @@ class MultiQueryAttention2d(nn.Module):
         q, k, v, hw = self._project(x)
         return q.transpose(-1, -2), k.transpose(-1, -2).unsqueeze(1), v.transpose(-1, -2).unsqueeze(1), hw
 
-    def _attend_channel_major(self, x: torch.Tensor) -> torch.Tensor:
-        """The same attention computed transposed, for export: ``P^T = softmax_M(k^T q)`` and
-        ``o = v P^T`` keep every tensor channel-major, so the only layout change is one
-        transpose of the (small) key; the shared k / v broadcast in MatMul (no Expand), and the
-        heads come out in the conv's channel order with a plain Reshape."""
+    def attend(self, x: torch.Tensor) -> torch.Tensor:
+        """The attention output ``(B, heads * value_dim, qh, qw)`` before the upsampling and the
+        output projection, with PyTorch's fused kernels (flash / memory-efficient on GPU).
+        Export swaps in a layout-friendly formulation of the same math
+        (:mod:`mobilenets.deploy.export_swaps`)."""
         B = x.shape[0]
-        q, k, v, (qh, qw) = self._project(x)
-        p_t = torch.softmax(k.transpose(1, 2).unsqueeze(1) @ (q * self.scale), dim=2)  # (B, h, Nkv, Nq)
-        o = v.unsqueeze(1) @ p_t  # (B, h, vd, Nq)
-        return o.reshape(B, self.num_heads * self.value_dim, qh, qw)
+        q, k, v, (qh, qw) = self._qkv(x)
+        h = self.num_heads
+        o = F.scaled_dot_product_attention(q, k.expand(B, h, -1, -1), v.expand(B, h, -1, -1))
+        # (B, h, N, vd) -> (B, h*vd, qh, qw), head-major channels
+        return o.transpose(-1, -2).reshape(B, h * self.value_dim, qh, qw)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B = x.shape[0]
-        if torch.onnx.is_in_onnx_export():
-            o = self._attend_channel_major(x)
-        else:  # fused attention kernels (flash / memory-efficient on GPU)
-            q, k, v, (qh, qw) = self._qkv(x)
-            h = self.num_heads
-            o = F.scaled_dot_product_attention(q, k.expand(B, h, -1, -1), v.expand(B, h, -1, -1))
-            # (B, h, N, vd) -> (B, h*vd, qh, qw), head-major channels
-            o = o.transpose(-1, -2).reshape(B, h * self.value_dim, qh, qw)
+        o = self.attend(x)
         if self.query_stride > 1:
             o = F.interpolate(o, size=x.shape[-2:], mode="bilinear", align_corners=False)
         return self.proj(o)

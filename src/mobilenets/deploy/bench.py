@@ -421,7 +421,7 @@ class BenchReport:
         return out
 
     def table(self, markdown: bool = False) -> str:
-        from ..clitools import table
+        from ..textutil import table
 
         headers = ["model", "batch", "MMACs", "path", "ms", "p25-p75", "x timm ORT", "x timm eager", "x roofline", "note"]
         body = []

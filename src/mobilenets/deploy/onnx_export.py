@@ -1,12 +1,14 @@
 """ONNX export, verified with ONNX Runtime.
 
-The graph is exported from the fused model (BatchNorms folded, no-ops removed) with the
-TorchScript-based exporter; the file is written atomically (temp file + rename), so an
+The graph is exported from the fused model (BatchNorms folded, no-ops removed), with the
+export forms of its modules swapped in (:mod:`.export_swaps`), by the TorchScript-based
+exporter; the file is written atomically (temp file + rename), so an
 interrupted or failed export never leaves a half-written model behind.
 """
 
 from __future__ import annotations
 
+import copy
 import warnings
 from pathlib import Path
 from typing import Optional, Sequence, Union
@@ -15,6 +17,7 @@ import torch
 import torch.nn as nn
 
 from ..weights.io import atomic_write
+from .export_swaps import swap_for_export
 from .fuse import fuse
 
 MIN_OPSET, MAX_OPSET = 13, 20
@@ -48,11 +51,12 @@ def export_onnx(model: nn.Module, path: Union[str, Path], input_size: Sequence[i
     path = Path(path)
     if path.suffix.lower() != ".onnx":
         raise ValueError(f"output file must end in .onnx, got {path.name!r}")
-    net = fuse(model) if fused else model.eval()
+    net = fuse(model) if fused else copy.deepcopy(model).eval()
     in_chans = getattr(model, "in_chans", 3)
     x = torch.randn(2 if dynamic_batch else 1, in_chans, *input_size)
     with torch.no_grad():
-        ref = net(x)
+        ref = net(x)  # the eager modules: verification checks the export forms against them
+    swap_for_export(net, inplace=True)
     multi = isinstance(ref, (list, tuple))
     out_names = [f"features_{i}" for i in range(len(ref))] if multi else ["logits"]
     axes = None

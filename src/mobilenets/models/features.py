@@ -13,7 +13,7 @@ class FeatureExtractor(nn.Module):
     level of ``model.feature_info``), as a list, shallow to deep.
 
     Any model works that offers ``feature_info`` (dicts with ``module``, ``num_chs``,
-    ``reduction``), ``forward_intermediates(x, indices)`` (the maps at those levels) and
+    ``reduction``), ``_feature_maps(x, levels)`` (the maps at those levels) and
     ``prune_for_features(max_index)`` (drop the classifier and everything deeper than that
     level, so unused stages are neither stored nor run).
 
@@ -43,4 +43,4 @@ class FeatureExtractor(nn.Module):
         self.model = model
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return self.model.forward_intermediates(x, self.out_indices)
+        return self.model._feature_maps(x, self.out_indices)

@@ -5,40 +5,35 @@ contract out (shared/DESIGN.md principle 4)."""
 from __future__ import annotations
 
 from functools import partial
-from typing import TYPE_CHECKING, Optional, Sequence, Union
+from typing import Optional, Union
 
 import torch
 import torch.nn as nn
 
+from ..archs.mobileformer import MobileFormerRow, MobileFormerSpec
 from ..blocks.mobileformer import (LiteBottleneck, MergedHead, MobileBottleneck, MobileDownsample,
                                    MobileFormerBlock, MobileToFormer)
 from ..layers import ConvNormAct, make_divisible
-from .mobilenet import check_input
+from .base import Backbone, MapAndTokens, check_options, feature_levels
 
-if TYPE_CHECKING:  # the arch module imports this one to register its models
-    from ..archs.mobileformer import MobileFormerRow, MobileFormerSpec
-
-#: Name of the attribute that carries the tokens on the map :meth:`MobileFormer.forward_features`
-#: returns (so ``forward_head(forward_features(x))`` works).
-TOKENS_ATTR = "mobileformer_tokens"
-
-Features = Union[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]
+#: What :meth:`MobileFormer.forward_head` accepts: :class:`MapAndTokens` or any ``(map, tokens)`` pair.
+Features = Union[MapAndTokens, tuple[torch.Tensor, torch.Tensor]]
 
 
 class MobileFormerStage(nn.Sequential):
     """Blocks at one resolution; ``forward(x, tokens) -> (x, tokens)``. Token-free blocks
     (``takes_tokens = False``, the lite bottleneck) get the map only."""
 
-    def forward(self, x: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, tokens: torch.Tensor) -> MapAndTokens:
         for blk in self:
             if blk.takes_tokens:
                 x, tokens = blk(x, tokens)
             else:
                 x = blk(x)
-        return x, tokens
+        return MapAndTokens(x, tokens)
 
 
-class MobileFormer(nn.Module):
+class MobileFormer(Backbone):
     """Mobile-Former: a MobileNet and a token transformer in parallel, joined by two
     cross-attention bridges (paper section 3).
 
@@ -73,12 +68,7 @@ class MobileFormer(nn.Module):
                  drop_path_rate: float = 0.0, norm_eps: Optional[float] = None,
                  norm_momentum: Optional[float] = None):
         super().__init__()
-        if width_mult <= 0:
-            raise ValueError(f"width_mult must be > 0, got {width_mult}")
-        if not 0.0 <= drop_path_rate < 1.0:
-            raise ValueError(f"drop_path_rate must be in [0, 1), got {drop_path_rate}")
-        if in_chans < 1:
-            raise ValueError(f"in_chans must be >= 1, got {in_chans}")
+        check_options(width_mult, drop_path_rate, in_chans)
         self.spec, self.num_classes, self.in_chans = spec, num_classes, in_chans
         self.width_mult, self.drop_path_rate = width_mult, drop_path_rate
         eps = spec.norm_eps if norm_eps is None else norm_eps
@@ -105,9 +95,7 @@ class MobileFormer(nn.Module):
             stages.append(MobileFormerStage(*blocks))
             points.append(dict(module=f"stages.{si}", num_chs=in_chs, reduction=reduction, stage=si))
         self.stages = nn.Sequential(*stages)
-        # One feature level per resolution: the last point at each reduction.
-        last_at = {p["reduction"]: p for p in points}
-        self.feature_info = [dict(p) for p in points if last_at[p["reduction"]] is p]
+        self.feature_info = feature_levels(points)
         self.num_features = in_chs
 
         # The last Mobile->Former feeds the head's token (official `local_global`).
@@ -137,18 +125,7 @@ class MobileFormer(nn.Module):
         # The official initialisation: convs N(0, sqrt(2 / (k*k*out))) (He, fan-out), linears
         # N(0, 0.01) with zero bias, norms (1, 0), tokens N(0, 1) (nn.Embedding's default).
         nn.init.normal_(self.tokens, 0.0, 1.0)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d, nn.LayerNorm)):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0, 0.01)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
+        super()._init_weights()
 
     # --- the model contract -------------------------------------------------------------
     def initial_tokens(self, batch_size: int) -> torch.Tensor:
@@ -159,104 +136,48 @@ class MobileFormer(nn.Module):
         (``FlopCounterMode``'s module tracker)."""
         return self.tokens.unsqueeze(0).repeat(batch_size, 1, 1)
 
-    def forward_features(self, x: torch.Tensor, return_tokens: bool = False) -> Features:
-        """Backbone output ``(N, num_features, H/32, W/32)``; with ``return_tokens=True``, the
-        pair ``(map, tokens)``, tokens ``(N, M, d)`` after the final Mobile->Former (what the
-        head reads).
+    # --- the stage protocol (see models/base.py): the state is (map, tokens) -------------------
+    def _begin(self, x: torch.Tensor) -> MapAndTokens:
+        return MapAndTokens(self.stem(x), self.initial_tokens(x.shape[0]))
 
-        The merged head needs the tokens, so the map returned by default carries them as the
-        attribute ``mobileformer_tokens``: ``forward_head(forward_features(x))`` works. A new
-        tensor derived from the map (``clone()``, ``.to()``, slicing) does not carry them; pass
-        the ``(map, tokens)`` pair then.
+    def _run_stage(self, stage: nn.Module, state: MapAndTokens) -> MapAndTokens:
+        return stage(state.map, state.tokens)
+
+    def _finish(self, state: MapAndTokens) -> MapAndTokens:
+        # the final Mobile->Former feeds the head's token (gone once the head is pruned)
+        if self.to_former is None:
+            return state
+        return MapAndTokens(state.map, self.to_former(state.map, state.tokens))
+
+    def _drop_head(self) -> None:
+        self.to_former = None
+        self.head = None
+
+    def forward_features(self, x: torch.Tensor, return_tokens: bool = False) -> MapAndTokens:
+        """Backbone output: :class:`~mobilenets.models.base.MapAndTokens` ``(map, tokens)``, the
+        map ``(N, num_features, H/32, W/32)`` and the tokens ``(N, M, d)`` after the final
+        Mobile->Former (what the head reads); ``forward_head(forward_features(x))`` works, and
+        ``.shape`` is the map's.
+
+        Args:
+            x: ``(N, in_chans, H, W)`` input, H, W >= 32.
+            return_tokens: kept for compatibility; the result always carries the tokens.
         """
-        check_input(x, self.in_chans)
-        tokens = self.initial_tokens(x.shape[0])
-        x = self.stem(x)
-        for stage in self.stages:
-            x, tokens = stage(x, tokens)
-        tokens = self.to_former(x, tokens)
-        if return_tokens:
-            return x, tokens
-        setattr(x, TOKENS_ATTR, tokens)
-        return x
+        return super().forward_features(x)
 
     def forward_head(self, x: Features, pre_logits: bool = False) -> torch.Tensor:
-        """The merged head on what :meth:`forward_features` returns: the ``(map, tokens)`` pair
-        or the map carrying its tokens. ``pre_logits=True`` returns the ``head_hidden_size``
-        vector.
+        """The merged head on what :meth:`forward_features` returns (or any ``(map, tokens)``
+        pair).
+
+        Args:
+            x: ``(map, tokens)``. pre_logits: return the ``head_hidden_size`` vector.
 
         Raises:
             ValueError: a bare map without tokens.
         """
-        if isinstance(x, (tuple, list)):
-            x, tokens = x
-        else:
-            tokens = getattr(x, TOKENS_ATTR, None)
-            if tokens is None:
-                raise ValueError(
-                    "Mobile-Former's head needs the tokens: pass forward_features(x, return_tokens=True) "
-                    "(a (map, tokens) pair) or the map forward_features(x) returned, unchanged")
-        return self.head(x, tokens, pre_logits=pre_logits)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x, return_tokens=True))
-
-    def reset_classifier(self, num_classes: int) -> None:
-        """Replace the final Linear with a fresh one (0: remove it)."""
-        self.num_classes = num_classes
-        self.head.reset(num_classes)
-
-    def get_classifier(self) -> nn.Module:
-        return self.head.fc
-
-    def _level_positions(self) -> list[int]:
-        # feature level -> 0 (stem) or stage index + 1
-        return [0 if f["module"] == "stem" else f["stage"] + 1 for f in self.feature_info]
-
-    def stage_outputs(self, x: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
-        """``[("stem", map), ("stages.0", map), ...]`` for one input (what ``stage_shapes`` prints)."""
-        check_input(x, self.in_chans)
-        tokens = self.initial_tokens(x.shape[0])
-        x = self.stem(x)
-        out = [("stem", x)]
-        for i, stage in enumerate(self.stages):
-            x, tokens = stage(x, tokens)
-            out.append((f"stages.{i}", x))
-        return out
-
-    def forward_intermediates(self, x: torch.Tensor, indices: Sequence[int]) -> list[torch.Tensor]:
-        """Feature maps at the given feature levels (indices into ``feature_info``), shallow to
-        deep; stops after the deepest requested level."""
-        check_input(x, self.in_chans)
-        pos = self._level_positions()
-        take = sorted(pos[i] for i in indices)
-        tokens = self.initial_tokens(x.shape[0])
-        x = self.stem(x)
-        outs = [x] if 0 in take else []
-        for i, stage in enumerate(self.stages[: take[-1]], start=1):
-            x, tokens = stage(x, tokens)
-            if i in take:
-                outs.append(x)
-        return outs
-
-    def prune_for_features(self, max_index: int) -> None:
-        """Drop the head, the final Mobile->Former and the stages deeper than feature level
-        ``max_index``."""
-        keep = self._level_positions()[max_index]  # stem + stages[:keep] are needed
-        self.stages = self.stages[:keep]
-        self.to_former = None
-        self.head = None
-
-    def fuse(self) -> "MobileFormer":
-        """Fold BatchNorms and drop inference no-ops in place (see :func:`mobilenets.deploy.fuse`)."""
-        from ..deploy import fuse
-        return fuse(self, inplace=True)
-
-    def set_bn(self, eps: Optional[float] = None, momentum: Optional[float] = None) -> None:
-        """Set eps / momentum of every BatchNorm (checkpoints from other sources expect theirs)."""
-        for m in self.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                if eps is not None:
-                    m.eps = eps
-                if momentum is not None:
-                    m.momentum = momentum
+        if not isinstance(x, (tuple, list)):
+            raise ValueError(
+                "Mobile-Former's head needs the tokens: pass what forward_features(x) returns "
+                f"(a (map, tokens) pair), got a {type(x).__name__}")
+        fmap, tokens = x
+        return self.head(fmap, tokens, pre_logits=pre_logits)

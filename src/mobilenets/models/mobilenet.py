@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 from functools import partial
-from typing import Optional, Sequence
+from typing import Optional
 
 import torch
 import torch.nn as nn
 
-from ..archs.spec import BlockSpec, HeadSpec, NetSpec
+from ..archs.spec import BlockSpec, NetSpec
 from ..blocks import (ConvBlock, DepthwiseSeparable, FusedIB, InvertedResidual, MobileMQA,
                       UniversalInvertedBottleneck)
 from ..layers import ConvNormAct, get_act, make_divisible
+from .base import MIN_INPUT_SIZE, Backbone, check_input, check_options, feature_levels
 
-MIN_INPUT_SIZE = 32
+__all__ = ["MIN_INPUT_SIZE", "ClassifierHead", "MobileNet", "build_block", "check_input", "register_spec"]
 
 
 class ClassifierHead(nn.Module):
@@ -40,27 +41,15 @@ class ClassifierHead(nn.Module):
         self.fc = nn.Linear(self.hidden_size, num_classes) if num_classes > 0 else nn.Identity()
 
     def reset(self, num_classes: int) -> None:
+        """Replace the final Linear (``num_classes`` 0: remove it)."""
         self.fc = nn.Linear(self.hidden_size, num_classes) if num_classes > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        if isinstance(x, torch.fx.Proxy) or x.ndim == 4:  # (a traced input is the 4-D feature map)
-            x = x.mean((2, 3))
-        x = self.act(self.norm(self.hidden(x)))
+        """Logits from the ``(N, C, H, W)`` feature map (``pre_logits``: the hidden vector)."""
+        x = self.act(self.norm(self.hidden(x.mean((2, 3)))))
         if pre_logits:
             return x
         return self.fc(self.drop(x))
-
-
-def check_input(x: torch.Tensor, in_chans: int, min_size: int = MIN_INPUT_SIZE) -> None:
-    """Raise ``ValueError`` naming the expected and given shape for a bad input batch."""
-    if isinstance(x, torch.fx.Proxy):  # symbolic tracing (FX quantization): no shape to check
-        return
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"expected a torch.Tensor of shape (N, {in_chans}, H, W), got {type(x).__name__}")
-    if x.ndim != 4 or x.shape[1] != in_chans or x.shape[2] < min_size or x.shape[3] < min_size:
-        raise ValueError(
-            f"expected input of shape (N, {in_chans}, H, W) with H, W >= {min_size}, "
-            f"got {tuple(x.shape)}")
 
 
 def _scaled(b: BlockSpec, width_mult: float) -> int:
@@ -103,7 +92,7 @@ def build_block(b: BlockSpec, in_chs: int, out_chs: int, stride: int, dilation: 
     raise ValueError(f"unknown block kind {b.kind!r}")  # pragma: no cover - BlockSpec validates
 
 
-class MobileNet(nn.Module):
+class MobileNet(Backbone):
     """MobileNet V1-V4 from a :class:`NetSpec`.
 
     Args:
@@ -123,14 +112,9 @@ class MobileNet(nn.Module):
                  drop_path_rate: float = 0.0, output_stride: int = 32,
                  norm_eps: Optional[float] = None, norm_momentum: Optional[float] = None):
         super().__init__()
-        if width_mult <= 0:
-            raise ValueError(f"width_mult must be > 0, got {width_mult}")
+        check_options(width_mult, drop_path_rate, in_chans)
         if output_stride not in (8, 16, 32):
             raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride}")
-        if not 0.0 <= drop_path_rate < 1.0:
-            raise ValueError(f"drop_path_rate must be in [0, 1), got {drop_path_rate}")
-        if in_chans < 1:
-            raise ValueError(f"in_chans must be >= 1, got {in_chans}")
         self.spec, self.num_classes, self.in_chans = spec, num_classes, in_chans
         self.width_mult, self.drop_path_rate, self.output_stride = width_mult, drop_path_rate, output_stride
         eps = spec.norm_eps if norm_eps is None else norm_eps
@@ -163,9 +147,7 @@ class MobileNet(nn.Module):
             stages.append(nn.Sequential(*blocks))
             points.append(dict(module=f"stages.{si}", num_chs=in_chs, reduction=cur_stride, stage=si))
         self.stages = nn.Sequential(*stages)
-        # One feature level per resolution: the last point at each reduction.
-        last_at = {p["reduction"]: p for p in points}
-        self.feature_info = [dict(p) for p in points if last_at[p["reduction"]] is p]
+        self.feature_info = feature_levels(points)
         self.num_features = in_chs
         self.head = ClassifierHead(in_chs, num_classes, spec.head.hidden, spec.head.norm,
                                    spec.head.act or spec.act,
@@ -173,83 +155,13 @@ class MobileNet(nn.Module):
         self.head_hidden_size = self.head.hidden_size
         self._init_weights()
 
-    def _init_weights(self) -> None:
-        for name, m in self.named_modules():
-            if isinstance(m, nn.Conv2d):
-                if ".attn." in f".{name}.":
-                    continue  # attention projections keep their Xavier init
-                nn.init.kaiming_normal_(m.weight, mode="fan_out")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d)):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0, 0.01)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-
-    # --- the model contract -------------------------------------------------------------
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Backbone output before pooling: ``(N, num_features, H/32, W/32)``."""
-        check_input(x, self.in_chans)
-        return self.stages(self.stem(x))
-
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Pool + classifier; ``pre_logits=True`` returns the ``head_hidden_size`` vector."""
+        """Pool + classifier on the ``forward_features`` map.
+
+        Args:
+            x: ``(N, num_features, h, w)`` map. pre_logits: return the ``head_hidden_size`` vector.
+        """
         return self.head(x, pre_logits=pre_logits)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    def reset_classifier(self, num_classes: int) -> None:
-        """Replace the final Linear with a fresh one (0: remove it)."""
-        self.num_classes = num_classes
-        self.head.reset(num_classes)
-
-    def get_classifier(self) -> nn.Module:
-        return self.head.fc
-
-    def feature_modules(self) -> list[nn.Module]:
-        """The sequence the feature levels index into: stem, then each stage."""
-        return [self.stem, *self.stages]
-
-    def _level_positions(self) -> list[int]:
-        # feature level -> index into feature_modules() (0 = stem, i + 1 = stage i)
-        return [0 if f["module"] == "stem" else f["stage"] + 1 for f in self.feature_info]
-
-    def forward_intermediates(self, x: torch.Tensor, indices: Sequence[int]) -> list[torch.Tensor]:
-        """Feature maps at the given feature levels (indices into ``feature_info``), shallow
-        to deep; stops after the deepest requested level."""
-        check_input(x, self.in_chans)
-        pos = self._level_positions()
-        take = sorted(pos[i] for i in indices)
-        outs = []
-        for i, m in enumerate(self.feature_modules()[: take[-1] + 1]):
-            x = m(x)
-            if i in take:
-                outs.append(x)
-        return outs
-
-    def prune_for_features(self, max_index: int) -> None:
-        """Drop the classifier and the stages deeper than feature level ``max_index``."""
-        keep = self._level_positions()[max_index]  # modules [0, keep] are needed
-        self.stages = self.stages[:keep]
-        self.head = None
-
-    def fuse(self) -> "MobileNet":
-        """Fold BatchNorms and drop inference no-ops in place (see :func:`mobilenets.deploy.fuse`)."""
-        from ..deploy import fuse
-        return fuse(self, inplace=True)
-
-    def set_bn(self, eps: Optional[float] = None, momentum: Optional[float] = None) -> None:
-        """Set eps / momentum of every BatchNorm (checkpoints from other sources expect theirs)."""
-        for m in self.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                if eps is not None:
-                    m.eps = eps
-                if momentum is not None:
-                    m.momentum = momentum
 
 
 def register_spec(name: str, spec: NetSpec, width_mult: float = 1.0,

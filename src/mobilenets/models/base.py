@@ -1,0 +1,269 @@
+"""The backbone contract every model family shares (shared/DESIGN.md principle 4), held once.
+
+A :class:`Backbone` is a stem, a sequence of stages and a head. What a stage carries from one
+to the next (its *state*) depends on the family: a feature map for MobileNet V1-V4, a
+:class:`MapAndTokens` pair for Mobile-Former. Subclasses say how the state starts
+(:meth:`Backbone._begin`), how a stage runs on it (:meth:`Backbone._run_stage`), what
+``forward_features`` returns (:meth:`Backbone._finish`) and how the head reads it
+(:meth:`Backbone.forward_head`); everything else (forward, stage iteration, feature levels,
+timm's intermediate-feature API, pruning, fuse, BatchNorm settings, initialisation, input
+checks) lives here.
+
+Protocol for consumers (detection / segmentation heads, feature extractors):
+
+* ``forward_features(x)``: the final backbone output (a tensor, or :class:`MapAndTokens`);
+  ``forward_head(forward_features(x))`` is ``forward(x)``.
+* ``stage_outputs(x)``: one :class:`StageOutput` ``(name, map, tokens)`` for the stem and each
+  stage (``tokens`` is ``None`` for families without tokens).
+* ``feature_info``, ``forward_intermediates(...)``, ``prune_intermediate_layers(...)``: the
+  feature levels (one per resolution) with timm's semantics (see :mod:`.intermediates`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Optional, Sequence, Union
+
+import torch
+import torch.nn as nn
+
+from .fuse import fuse as _fuse
+
+MIN_INPUT_SIZE = 32
+
+
+class MapAndTokens(NamedTuple):
+    """A feature map with the global tokens that travel beside it (Mobile-Former).
+
+    A plain tuple ``(map, tokens)``: it unpacks, survives ``.clone()`` / ``.to()`` of its parts
+    and goes through ``torch.export`` / ``torch.compile``. ``shape`` is the map's (so code that
+    reads the feature-map shape works for every family).
+
+    Attributes:
+        map: ``(N, C, H, W)`` feature map.
+        tokens: ``(N, M, d)`` tokens.
+    """
+
+    map: torch.Tensor
+    tokens: torch.Tensor
+
+    @property
+    def shape(self) -> torch.Size:
+        """The map's shape."""
+        return self.map.shape
+
+
+class StageOutput(NamedTuple):
+    """The output of the stem or of one stage.
+
+    Attributes:
+        name: ``"stem"`` or ``"stages.<i>"`` (the module path).
+        map: the ``(N, C, H, W)`` feature map.
+        tokens: the ``(N, M, d)`` tokens after that stage (``None`` for families without tokens).
+    """
+
+    name: str
+    map: torch.Tensor
+    tokens: Optional[torch.Tensor] = None
+
+
+State = Union[torch.Tensor, MapAndTokens]
+
+
+def split_state(state: Any) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """``(map, tokens)`` of a stage state (a map alone has ``tokens = None``)."""
+    if isinstance(state, MapAndTokens):
+        return state.map, state.tokens
+    return state, None
+
+
+def check_input(x: torch.Tensor, in_chans: int, min_size: int = MIN_INPUT_SIZE) -> None:
+    """Raise ``ValueError`` naming the expected and given shape for a bad input batch.
+
+    Args:
+        x: the input batch. in_chans: expected channels. min_size: smallest height / width.
+
+    Under ``torch.fx`` symbolic tracing this function is a leaf (``torch.fx.wrap``): it becomes
+    one call in the graph and checks the real input when the traced module runs.
+    """
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"expected a torch.Tensor of shape (N, {in_chans}, H, W), got {type(x).__name__}")
+    if x.ndim != 4 or x.shape[1] != in_chans or x.shape[2] < min_size or x.shape[3] < min_size:
+        raise ValueError(
+            f"expected input of shape (N, {in_chans}, H, W) with H, W >= {min_size}, "
+            f"got {tuple(x.shape)}")
+
+
+torch.fx.wrap("check_input")  # FX graph-mode quantization traces the models (benchmarks/bench_int8.py)
+
+
+def check_options(width_mult: float, drop_path_rate: float, in_chans: int) -> None:
+    """The constructor options every family shares; ``ValueError`` naming the bad value."""
+    if width_mult <= 0:
+        raise ValueError(f"width_mult must be > 0, got {width_mult}")
+    if not 0.0 <= drop_path_rate < 1.0:
+        raise ValueError(f"drop_path_rate must be in [0, 1), got {drop_path_rate}")
+    if in_chans < 1:
+        raise ValueError(f"in_chans must be >= 1, got {in_chans}")
+
+
+def feature_levels(points: list[dict]) -> list[dict]:
+    """One feature level per resolution: the last point at each reduction."""
+    last_at = {p["reduction"]: p for p in points}
+    return [dict(p) for p in points if last_at[p["reduction"]] is p]
+
+
+def default_init(module: nn.Module) -> None:
+    """The library's default initialisation of a subtree (He fan-out convs, N(0, 0.01)
+    linears, unit / zero norms). A submodule with an ``init_weights()`` method initialises
+    itself (and its children) instead."""
+    for child in module.children():
+        if callable(getattr(child, "init_weights", None)):
+            child.init_weights()
+            continue
+        if isinstance(child, nn.Conv2d):
+            nn.init.kaiming_normal_(child.weight, mode="fan_out")
+            if child.bias is not None:
+                nn.init.zeros_(child.bias)
+        elif isinstance(child, (nn.BatchNorm2d, nn.BatchNorm1d, nn.LayerNorm)):
+            nn.init.ones_(child.weight)
+            nn.init.zeros_(child.bias)
+        elif isinstance(child, nn.Linear):
+            nn.init.normal_(child.weight, 0, 0.01)
+            if child.bias is not None:
+                nn.init.zeros_(child.bias)
+        default_init(child)
+
+
+class Backbone(nn.Module):
+    """Base of every model: stem -> stages -> head.
+
+    Subclasses set ``stem``, ``stages`` (an ``nn.Sequential``), ``head``, ``in_chans``,
+    ``num_classes``, ``num_features``, ``head_hidden_size`` and ``feature_info`` (dicts with
+    ``module``, ``num_chs``, ``reduction``, ``stage``: -1 for the stem, else the stage index),
+    and implement :meth:`forward_head`; families whose stages carry more than a map override
+    :meth:`_begin`, :meth:`_run_stage` and :meth:`_finish`.
+    """
+
+    in_chans: int
+    num_classes: int
+    feature_info: list[dict]
+
+    # --- what a family provides ---------------------------------------------------------
+    def _begin(self, x: torch.Tensor) -> State:
+        """The state after the stem."""
+        return self.stem(x)
+
+    def _run_stage(self, stage: nn.Module, state: State) -> State:
+        """One stage on the state."""
+        return stage(state)
+
+    def _finish(self, state: State) -> Any:
+        """What :meth:`forward_features` returns, from the state after the last stage."""
+        return state
+
+    def _drop_head(self) -> None:
+        """Remove the classifier (and whatever only it reads)."""
+        self.head = None
+
+    def forward_head(self, x: Any, pre_logits: bool = False) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    # --- the contract ---------------------------------------------------------------------
+    def forward_features(self, x: torch.Tensor) -> Any:
+        """Backbone output before pooling: ``(N, num_features, H/32, W/32)`` (with its tokens,
+        as :class:`MapAndTokens`, for families that have them).
+
+        Args:
+            x: ``(N, in_chans, H, W)`` input, H, W >= 32.
+        """
+        check_input(x, self.in_chans)
+        state = self._begin(x)
+        for stage in self.stages:
+            state = self._run_stage(stage, state)
+        return self._finish(state)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``(N, num_classes)`` (the head's hidden vector when ``num_classes == 0``)."""
+        return self.forward_head(self.forward_features(x))
+
+    def stage_outputs(self, x: torch.Tensor, depth: Optional[int] = None) -> list[StageOutput]:
+        """The stem's and each stage's output for one input batch.
+
+        Args:
+            x: ``(N, in_chans, H, W)`` input.
+            depth: run only the first ``depth`` stages (default: all).
+
+        Returns:
+            ``[StageOutput("stem", map, tokens), StageOutput("stages.0", ...), ...]``.
+        """
+        check_input(x, self.in_chans)
+        state = self._begin(x)
+        out = [StageOutput("stem", *split_state(state))]
+        for i, stage in enumerate(self.stages[:depth]):
+            state = self._run_stage(stage, state)
+            out.append(StageOutput(f"stages.{i}", *split_state(state)))
+        return out
+
+    def feature_modules(self) -> list[nn.Module]:
+        """The modules the feature levels index into: stem, then each stage."""
+        return [self.stem, *self.stages]
+
+    def _level_positions(self) -> list[int]:
+        # feature level -> index into stage_outputs() (0 = stem, i + 1 = stage i)
+        return [f["stage"] + 1 for f in self.feature_info]
+
+    def _feature_maps(self, x: torch.Tensor, levels: Sequence[int]) -> list[torch.Tensor]:
+        """Maps at the given feature levels (indices into ``feature_info``), shallow to deep;
+        runs only the stages up to the deepest requested level."""
+        check_input(x, self.in_chans)
+        take = sorted(self._level_positions()[i] for i in levels)
+        state = self._begin(x)
+        outs = [split_state(state)[0]] if 0 in take else []
+        for i, stage in enumerate(self.stages[: take[-1]], start=1):
+            state = self._run_stage(stage, state)
+            if i in take:
+                outs.append(split_state(state)[0])
+        return outs
+
+    def prune_for_features(self, max_index: int) -> None:
+        """Drop the classifier and the stages deeper than feature level ``max_index``.
+
+        Args:
+            max_index: index into ``feature_info`` of the deepest level still needed.
+        """
+        self.stages = self.stages[: self._level_positions()[max_index]]
+        self._drop_head()
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace the final Linear with a fresh one.
+
+        Args:
+            num_classes: outputs of the new classifier (0: none, ``forward`` returns the
+                ``head_hidden_size`` vector).
+        """
+        self.num_classes = num_classes
+        self.head.reset(num_classes)
+
+    def get_classifier(self) -> nn.Module:
+        """The final Linear (``nn.Identity`` without classifier)."""
+        return self.head.fc
+
+    def fuse(self) -> "Backbone":
+        """Fold BatchNorms and drop inference no-ops in place (see :func:`mobilenets.deploy.fuse`)."""
+        return _fuse(self, inplace=True)
+
+    def set_bn(self, eps: Optional[float] = None, momentum: Optional[float] = None) -> None:
+        """Set eps / momentum of every BatchNorm (checkpoints from other sources expect theirs).
+
+        Args:
+            eps: new epsilon (``None``: keep). momentum: new momentum (``None``: keep).
+        """
+        for m in self.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                if eps is not None:
+                    m.eps = eps
+                if momentum is not None:
+                    m.momentum = momentum
+
+    def _init_weights(self) -> None:
+        default_init(self)

@@ -1,0 +1,54 @@
+"""Registration: binds every model name to its spec (:mod:`mobilenets.archs`, pure data) and
+its builder (:mod:`mobilenets.models`). This is the only module that imports both, so the
+dependency order stays one-way: archs -> layers -> blocks -> models -> zoo.
+
+Importing :mod:`mobilenets` imports this module, which registers every model.
+"""
+
+from __future__ import annotations
+
+from .archs import mobileformer, mobilenetv1, mobilenetv2, mobilenetv3, mobilenetv4
+from .archs.mobileformer import MobileFormerSpec
+from .models.mobileformer import MobileFormer
+from .models.mobilenet import MobileNet, register_spec
+from .models.registry import register
+
+
+def _register_v3(name: str, large: bool, width: float, reference: dict) -> None:
+    def build(width_mult: float = width, reduced_tail: bool = False, dilated: bool = False,
+              **kw) -> MobileNet:
+        if dilated:
+            kw.setdefault("output_stride", 16)
+        return MobileNet(mobilenetv3.v3_spec(large, reduced_tail), width_mult=width_mult, **kw)
+
+    build.__doc__ = f"{name}: MobileNetV3-{'Large' if large else 'Small'} x{width}."
+    register(name, "mobilenetv3", build, spec=mobilenetv3.v3_spec(large), defaults={"width_mult": width},
+             reference=reference)
+
+
+def _register_mobileformer(spec: MobileFormerSpec) -> None:
+    defaults = {"width_mult": 1.0}
+
+    def build(**kw) -> MobileFormer:
+        return MobileFormer(spec, **{**defaults, **kw})
+
+    build.__doc__ = f"{spec.name}: Mobile-Former ({spec.paper}), {spec.num_tokens} tokens x {spec.token_dim}."
+    register(spec.name, spec.family, build, spec=spec, defaults=defaults,
+             reference={"official": spec.official_name})
+
+
+def register_all() -> None:
+    """Register every model (once; called on import)."""
+    for spec in mobileformer.SPECS.values():
+        _register_mobileformer(spec)
+    for name, width, ref in mobilenetv1.VARIANTS:
+        register_spec(name, mobilenetv1.V1, width, reference=ref)
+    for name, width, ref in mobilenetv2.VARIANTS:
+        register_spec(name, mobilenetv2.V2, width, reference=ref)
+    for name, large, width, ref in mobilenetv3.VARIANTS:
+        _register_v3(name, large, width, ref)
+    for name, key, width in mobilenetv4.VARIANTS:
+        register_spec(name, mobilenetv4.SPECS[key], width, reference={"timm": name})
+
+
+register_all()

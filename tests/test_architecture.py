@@ -1,0 +1,132 @@
+"""The import graph of the library is acyclic and follows the layer order
+
+    textutil -> archs (pure data) -> layers -> blocks -> models -> zoo (registration) -> weights -> factory
+    -> analysis, train -> deploy -> the package root -> the command-line interface
+
+(an arrow reads "is imported by"): a module imports only from its own package or from lower
+layers, including imports inside functions. Checked on the source with ``ast``, so nothing
+runs but the parse.
+"""
+
+import ast
+import importlib
+import pkgutil
+from pathlib import Path
+
+import pytest
+
+import mobilenets
+
+ROOT = Path(mobilenets.__file__).parent
+LAYERS = ["textutil", "archs", "layers", "blocks", "models", "zoo", "weights", "factory",
+          ("analysis", "train"), "deploy", "__init__", "cli"]
+RANK = {name: i for i, layer in enumerate(LAYERS) for name in ((layer,) if isinstance(layer, str) else layer)}
+CLI = {"cli", "clitools", "__main__"}  # the command line: modules nothing in the library may import
+
+# Known exceptions, to remove: a lazy ``import mobilenets`` inside a function (the public API
+# at call time: create_model, get_entry, __version__), which cannot cycle at import time.
+ALLOWED = {("train.loop", "__init__"), ("train.checkpoint", "__init__"), ("train.distill", "__init__"),
+           ("deploy.bench", "__init__")}
+
+
+def _module_name(path: Path) -> str:
+    rel = path.relative_to(ROOT).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__" and len(parts) > 1:
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def _layer(module: str) -> str:
+    head = module.split(".")[0]
+    if head in CLI or module.split(".")[-1] in CLI:
+        return "cli"
+    return head
+
+
+def _imports(path: Path, module: str):
+    """(target module, at module level?) for every import of a mobilenets module."""
+    tree = ast.parse(path.read_text(), str(path))
+    if module == "__init__":
+        pkg = []
+    else:
+        pkg = module.split(".") if path.name == "__init__.py" else module.split(".")[:-1]
+    top_level = {id(n) for n in tree.body}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = pkg[: len(pkg) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+            elif node.module and node.module.split(".")[0] == "mobilenets":
+                target = node.module.partition(".")[2]
+            else:
+                continue
+            if not node.module:  # from . import a, b: submodules, or names of the package
+                for a in node.names:
+                    sub = ".".join(filter(None, [target, a.name]))
+                    is_module = (ROOT / sub.replace(".", "/")).with_suffix(".py").exists() or \
+                        (ROOT / sub.replace(".", "/")).is_dir()
+                    yield (sub if is_module else target or "__init__"), id(node) in top_level
+            else:
+                yield target or "__init__", id(node) in top_level
+        elif isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name.split(".")[0] == "mobilenets":
+                    yield a.name.partition(".")[2] or "__init__", id(node) in top_level
+
+
+def _graph():
+    edges = {}
+    for path in sorted(ROOT.rglob("*.py")):
+        mod = _module_name(path)
+        edges[mod] = [(t, top) for t, top in _imports(path, mod) if t != mod]
+    return edges
+
+
+def test_every_subpackage_imports():
+    for info in pkgutil.walk_packages([str(ROOT)], "mobilenets."):
+        if not info.name.endswith("__main__"):
+            importlib.import_module(info.name)
+
+
+def test_imports_follow_the_layer_order():
+    bad = []
+    for mod, targets in _graph().items():
+        src = _layer(mod)
+        for target, top in targets:
+            dst = _layer(target)
+            if dst == src or ((mod, dst) in ALLOWED and not top):
+                continue
+            if dst == "cli" or RANK[dst] >= RANK[src]:
+                bad.append(f"{mod} imports {target}")
+    assert not bad, "imports going up the layer order:\n" + "\n".join(bad)
+
+
+def test_library_never_imports_the_command_line():
+    bad = [f"{mod} imports {t}" for mod, ts in _graph().items() if _layer(mod) != "cli"
+           for t, _ in ts if _layer(t) == "cli"]
+    assert not bad, bad
+
+
+def test_no_import_cycle():
+    """Module-level imports (what runs at import time) form no cycle, package by package too."""
+    graph = {m: {t for t, top in ts if top} for m, ts in _graph().items()}
+    state = {}
+
+    def visit(m, stack):
+        state[m] = "open"
+        for t in graph.get(m, ()):
+            if state.get(t) == "open":
+                pytest.fail("import cycle: " + " -> ".join(stack[stack.index(t):] + [t]))
+            if t not in state:
+                visit(t, stack + [t])
+        state[m] = "done"
+
+    for m in graph:
+        if m not in state:
+            visit(m, [m])
+
+
+def test_no_type_checking_guards():
+    hits = [str(p.relative_to(ROOT)) for p in ROOT.rglob("*.py") if "TYPE_CHECKING" in p.read_text()]
+    assert not hits, f"TYPE_CHECKING import guards hide import cycles: {hits}"
