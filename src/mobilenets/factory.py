@@ -17,8 +17,8 @@ Pretrained = Union[None, bool, str, Path, dict]
 
 def create_model(name: str, pretrained: Pretrained = None, num_classes: int = 1000,
                  in_chans: int = 3, features_only: bool = False,
-                 out_indices: Optional[Sequence[int]] = None, strict: bool = True,
-                 **kwargs) -> nn.Module:
+                 out_indices: Optional[Sequence[int]] = None, feature_location: str = "",
+                 strict: bool = True, **kwargs) -> nn.Module:
     """Build a registered model.
 
     Args:
@@ -30,6 +30,9 @@ def create_model(name: str, pretrained: Pretrained = None, num_classes: int = 10
         num_classes: classifier outputs (0: none). in_chans: input channels.
         features_only: return a :class:`FeatureExtractor` giving one map per feature level.
         out_indices: the feature levels to return (default: all).
+        feature_location: with ``features_only``: ``""`` (each level's output) or
+            ``"expansion"`` (the expanded map inside each level's last block; see
+            :class:`FeatureExtractor`).
         strict: passed to :func:`mobilenets.load_weights`.
         **kwargs: model options: ``width_mult``, ``drop_rate``, ``drop_path_rate``,
             ``output_stride``, and family options (V3: ``reduced_tail``, ``dilated``).
@@ -50,10 +53,11 @@ def create_model(name: str, pretrained: Pretrained = None, num_classes: int = 10
     if pretrained is not None and pretrained is not False:
         load_weights(model, pretrained, strict=strict)
     if features_only:
-        model = FeatureExtractor(model, out_indices)
+        model = FeatureExtractor(model, out_indices, feature_location)
         model.name = name
-    elif out_indices is not None:
-        raise ValueError("out_indices is only used with features_only=True")
+    elif out_indices is not None or feature_location:
+        raise ValueError(f"out_indices and feature_location are only used with features_only=True, "
+                         f"got out_indices={out_indices}, feature_location={feature_location!r}")
     return model
 
 

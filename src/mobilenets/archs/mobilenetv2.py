@@ -25,6 +25,9 @@ V2 = NetSpec(
     head=HeadSpec(hidden=0),
     drop_rate=0.2,
     paper="https://arxiv.org/abs/1801.04381",
+    # The 1280 conv is the head's (timm's conv_head): the stride-32 feature level is the
+    # 320-channel last block, as in timm's feature_info.
+    last_stage_is_head=True,
 )
 
 #: Registered variants: (name, width_mult, same architecture elsewhere).

@@ -161,6 +161,8 @@ class NetSpec:
         norm_eps, norm_momentum: BatchNorm settings.
         drop_rate: default classifier dropout.
         paper: reference link.
+        last_stage_is_head: the last stage is the head's pre-pool conv (V2's 1x1 to 1280,
+            timm's ``conv_head``): ``forward_features`` runs it, but it is no feature level.
     """
 
     family: str
@@ -178,6 +180,7 @@ class NetSpec:
     norm_momentum: float = 0.1
     drop_rate: float = 0.2
     paper: str = ""
+    last_stage_is_head: bool = False
 
     def blocks(self) -> list[BlockSpec]:
         return [b for s in self.stages for b in s]

@@ -31,6 +31,15 @@ class ResidualBlock(nn.Module):
     def branch(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def expansion_tap(self) -> Optional[tuple[str, str, int]]:
+        """Where ``feature_location="expansion"`` reads this block: ``(submodule, hook type,
+        channels)``, by default the input of its ``project`` conv (the expanded map after the
+        depthwise conv and SE, timm's tap); ``None`` (the block output) without one."""
+        project = getattr(self, "project", None)
+        if project is None:
+            return None
+        return "project", "forward_pre", project.conv.in_channels
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.layer_scale(self.branch(x))
         if self.has_skip:
@@ -72,6 +81,11 @@ class DepthwiseSeparable(ResidualBlock):
 
     def branch(self, x: torch.Tensor) -> torch.Tensor:
         return self.pw(self.se(self.dw(x)))
+
+    def expansion_tap(self) -> tuple[str, str, int]:
+        """Where ``feature_location="expansion"`` reads this block: the input of the pointwise
+        conv (after the depthwise conv and SE)."""
+        return "pw", "forward_pre", self.pw.conv.in_channels
 
 
 class InvertedResidual(ResidualBlock):

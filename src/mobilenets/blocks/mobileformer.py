@@ -299,6 +299,10 @@ class MobileBottleneck(nn.Module):
         x = self.act2(self.dw(x), tokens)
         return self.shuffle2(self.project(x))
 
+    def expansion_tap(self) -> tuple[str, str, int]:
+        """Where ``feature_location="expansion"`` reads this block: the projection's input."""
+        return "project", "forward_pre", self.project.conv.in_channels
+
 
 class MobileDownsample(nn.Module):
     """The stride-2 Mobile sub-block (official ``DnaBlock3``; paper Fig. 4 / section 4 draws it
@@ -341,6 +345,10 @@ class MobileDownsample(nn.Module):
         y = self.pw2(self.act2(self.shuffle2(self.dw2(x)), tokens))
         return self.drop_path(y) + x
 
+    def expansion_tap(self) -> tuple[str, str, int]:
+        """Where ``feature_location="expansion"`` reads this block: the last projection's input."""
+        return "pw2", "forward_pre", self.pw2.conv.in_channels
+
 
 class LiteBottleneck(nn.Module):
     """The token-free block after the stem (paper Table 1 "bneck-lite"): 3x3 depthwise with
@@ -369,6 +377,10 @@ class LiteBottleneck(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.project(self.shuffle(self.dw(x)))
         return y + x if self.has_skip else y
+
+    def expansion_tap(self) -> tuple[str, str, int]:
+        """Where ``feature_location="expansion"`` reads this block: the projection's input."""
+        return "project", "forward_pre", self.project.conv.in_channels
 
 
 class MobileFormerBlock(nn.Module):
@@ -412,6 +424,11 @@ class MobileFormerBlock(nn.Module):
         if self.has_skip:
             y = self.drop_path(y) + x
         return self.to_mobile(y, tokens), tokens
+
+    def expansion_tap(self) -> tuple[str, str, int]:
+        """Where ``feature_location="expansion"`` reads this block: its Mobile sub-block's tap."""
+        rel, hook, chs = self.mobile.expansion_tap()
+        return f"mobile.{rel}", hook, chs
 
 
 class MergedHead(nn.Module):

@@ -21,79 +21,21 @@ Protocol for consumers (detection / segmentation heads, feature extractors):
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Optional, Sequence, Union
+from typing import Any, Optional, Sequence
 
 import torch
 import torch.nn as nn
 
 from .fuse import fuse as _fuse
+from .intermediates import IntermediatesMixin
+from .state import MIN_INPUT_SIZE, MapAndTokens, State, StageOutput, check_input, split_state
 
-MIN_INPUT_SIZE = 32
+__all__ = ["MIN_INPUT_SIZE", "Backbone", "MapAndTokens", "State", "StageOutput", "check_input",
+           "check_options", "default_init", "feature_levels", "split_state"]
 
-
-class MapAndTokens(NamedTuple):
-    """A feature map with the global tokens that travel beside it (Mobile-Former).
-
-    A plain tuple ``(map, tokens)``: it unpacks, survives ``.clone()`` / ``.to()`` of its parts
-    and goes through ``torch.export`` / ``torch.compile``. ``shape`` is the map's (so code that
-    reads the feature-map shape works for every family).
-
-    Attributes:
-        map: ``(N, C, H, W)`` feature map.
-        tokens: ``(N, M, d)`` tokens.
-    """
-
-    map: torch.Tensor
-    tokens: torch.Tensor
-
-    @property
-    def shape(self) -> torch.Size:
-        """The map's shape."""
-        return self.map.shape
-
-
-class StageOutput(NamedTuple):
-    """The output of the stem or of one stage.
-
-    Attributes:
-        name: ``"stem"`` or ``"stages.<i>"`` (the module path).
-        map: the ``(N, C, H, W)`` feature map.
-        tokens: the ``(N, M, d)`` tokens after that stage (``None`` for families without tokens).
-    """
-
-    name: str
-    map: torch.Tensor
-    tokens: Optional[torch.Tensor] = None
-
-
-State = Union[torch.Tensor, MapAndTokens]
-
-
-def split_state(state: Any) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """``(map, tokens)`` of a stage state (a map alone has ``tokens = None``)."""
-    if isinstance(state, MapAndTokens):
-        return state.map, state.tokens
-    return state, None
-
-
-def check_input(x: torch.Tensor, in_chans: int, min_size: int = MIN_INPUT_SIZE) -> None:
-    """Raise ``ValueError`` naming the expected and given shape for a bad input batch.
-
-    Args:
-        x: the input batch. in_chans: expected channels. min_size: smallest height / width.
-
-    Under ``torch.fx`` symbolic tracing this function is a leaf (``torch.fx.wrap``): it becomes
-    one call in the graph and checks the real input when the traced module runs.
-    """
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"expected a torch.Tensor of shape (N, {in_chans}, H, W), got {type(x).__name__}")
-    if x.ndim != 4 or x.shape[1] != in_chans or x.shape[2] < min_size or x.shape[3] < min_size:
-        raise ValueError(
-            f"expected input of shape (N, {in_chans}, H, W) with H, W >= {min_size}, "
-            f"got {tuple(x.shape)}")
-
-
-torch.fx.wrap("check_input")  # FX graph-mode quantization traces the models (benchmarks/bench_int8.py)
+# FX graph-mode quantization traces the models (benchmarks/bench_int8.py): the input check is
+# a leaf call in the traced graph instead of Python branching on a traced shape.
+torch.fx.wrap("check_input")
 
 
 def check_options(width_mult: float, drop_path_rate: float, in_chans: int) -> None:
@@ -134,7 +76,7 @@ def default_init(module: nn.Module) -> None:
         default_init(child)
 
 
-class Backbone(nn.Module):
+class Backbone(IntermediatesMixin, nn.Module):
     """Base of every model: stem -> stages -> head.
 
     Subclasses set ``stem``, ``stages`` (an ``nn.Sequential``), ``head``, ``in_chans``,

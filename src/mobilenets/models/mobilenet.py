@@ -147,7 +147,7 @@ class MobileNet(Backbone):
             stages.append(nn.Sequential(*blocks))
             points.append(dict(module=f"stages.{si}", num_chs=in_chs, reduction=cur_stride, stage=si))
         self.stages = nn.Sequential(*stages)
-        self.feature_info = feature_levels(points)
+        self.feature_info = feature_levels(points[:-1] if spec.last_stage_is_head else points)
         self.num_features = in_chs
         self.head = ClassifierHead(in_chs, num_classes, spec.head.hidden, spec.head.norm,
                                    spec.head.act or spec.act,

@@ -1,0 +1,155 @@
+"""timm's intermediate-feature API (``forward_intermediates``, ``prune_intermediate_layers``)
+and the ``feature_location="expansion"`` taps, for every :class:`~mobilenets.models.base.Backbone`.
+
+Index space: the feature levels of ``model.feature_info`` (one per resolution; the stem is
+level 0 when it is the stride-2 level), the same as timm's for the models timm has. An
+``int`` ``n`` takes the last ``n`` levels; a sequence takes those levels (negative ones count
+from the end). The maps come back in execution order, each once: duplicates collapse and an
+unsorted sequence comes back sorted, as timm's loops do. The returned index list (of
+``prune_intermediate_layers``) is the resolved list as given, duplicates and order kept.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence, Union
+
+import torch
+import torch.nn as nn
+
+from .state import check_input, split_state
+
+Indices = Optional[Union[int, Sequence[int]]]
+LOCATIONS = ("", "bottleneck", "expansion")
+
+
+def take_indices(num_levels: int, indices: Indices) -> tuple[list[int], int]:
+    """Resolve ``indices`` against ``num_levels`` levels: ``(absolute indices, deepest)``.
+
+    Args:
+        num_levels: how many levels there are.
+        indices: ``None`` (all), an ``int`` n (the last n) or a sequence (negative: from the end).
+
+    Raises:
+        ValueError: an index out of range, or an empty / non-integer selection.
+    """
+    if indices is None:
+        indices = num_levels
+    if isinstance(indices, int):
+        if not 0 < indices <= num_levels:
+            raise ValueError(f"last-n indices must be in 1..{num_levels} for this model "
+                             f"({num_levels} feature levels), got {indices}")
+        taken = list(range(num_levels - indices, num_levels))
+    else:
+        taken = []
+        for i in indices:
+            if not isinstance(i, int) or not -num_levels <= i < num_levels:
+                raise ValueError(f"feature indices must be integers in [{-num_levels}, {num_levels - 1}] "
+                                 f"({num_levels} feature levels), got {list(indices)}")
+            taken.append(i % num_levels)
+        if not taken:
+            raise ValueError("expected at least one feature index, got an empty sequence")
+    return taken, max(taken)
+
+
+class IntermediatesMixin:
+    """``forward_intermediates`` / ``prune_intermediate_layers`` / expansion taps over the
+    backbone's stage protocol (``_begin``, ``_run_stage``, ``_finish``, ``_drop_head``)."""
+
+    def forward_intermediates(self, x: torch.Tensor, indices: Indices = None, norm: bool = False,
+                              stop_early: bool = False, output_fmt: str = "NCHW",
+                              intermediates_only: bool = False) -> Any:
+        """Feature maps at the selected feature levels, with timm's semantics.
+
+        Args:
+            x: ``(N, in_chans, H, W)`` input.
+            indices: ``None`` (every level), ``int`` n (the last n) or a sequence of levels.
+            norm: accepted for timm compatibility (these models have no final norm to apply).
+            stop_early: run only the stages up to the deepest selected level.
+            output_fmt: ``"NCHW"`` (the only layout).
+            intermediates_only: return the list of maps only.
+
+        Returns:
+            ``(final, maps)``: ``final`` what :meth:`forward_features` returns (after a
+            ``stop_early`` that stopped short: the state at the deepest selected level), or
+            ``maps`` alone with ``intermediates_only``.
+        """
+        if output_fmt != "NCHW":
+            raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
+        taken, deepest = take_indices(len(self.feature_info), indices)
+        positions = self._level_positions()
+        wanted = {positions[i] for i in taken}
+        stages = self.stages[: positions[deepest]] if stop_early else self.stages
+        check_input(x, self.in_chans)
+        state = self._begin(x)
+        maps = [split_state(state)[0]] if 0 in wanted else []
+        for i, stage in enumerate(stages, start=1):
+            state = self._run_stage(stage, state)
+            if i in wanted:
+                maps.append(split_state(state)[0])
+        if intermediates_only:
+            return maps
+        final = self._finish(state) if len(stages) == len(self.stages) else state
+        return final, maps
+
+    def prune_intermediate_layers(self, indices: Indices = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
+        """Drop what the selected levels do not need: the stages after the deepest one and,
+        with ``prune_head`` or when stages go, the head (as timm).
+
+        Args:
+            indices: the levels to keep (see :meth:`forward_intermediates`).
+            prune_norm: accepted for timm compatibility (no final norm here).
+            prune_head: remove the classifier.
+
+        Returns:
+            The resolved level indices (as timm: order and duplicates as given).
+        """
+        taken, deepest = take_indices(len(self.feature_info), indices)
+        keep = self._level_positions()[deepest]  # stem + stages[:keep]
+        if keep < len(self.stages) and (prune_head or deepest < len(self.feature_info) - 1):
+            self.stages = self.stages[:keep]
+            self.num_features = self.feature_info[deepest]["num_chs"]
+            self._drop_head()
+        elif prune_head:
+            self._drop_head()
+        return taken
+
+    def expansion_info(self) -> list[dict]:
+        """``feature_info`` for ``feature_location="expansion"``: per level, the expanded map
+        of the level's last block (the input of its projection conv, timm's tap; the block
+        output for blocks without one), with ``module`` the tapped module's path and
+        ``hook_type`` ``"forward_pre"`` (its input) or ``"forward"`` (its output)."""
+        out = []
+        for f in self.feature_info:
+            info = dict(f, hook_type="forward")
+            if f["stage"] >= 0:
+                last = len(self.stages[f["stage"]]) - 1
+                tap = getattr(self.stages[f["stage"]][last], "expansion_tap", None)
+                tap = tap() if tap is not None else None
+                path = f"stages.{f['stage']}.{last}"
+                if tap is not None:
+                    rel, hook, chs = tap
+                    info.update(module=".".join(filter(None, [path, rel])), hook_type=hook, num_chs=chs)
+                else:
+                    info["module"] = path
+            out.append(info)
+        return out
+
+
+def capture(model: nn.Module, taps: Sequence[dict], run) -> list[torch.Tensor]:
+    """Run ``run()`` with temporary hooks on ``taps`` (``expansion_info`` dicts); the tapped
+    tensors in tap order. Hooks live only for the call (deep copies and exports stay clean)."""
+    got: dict[int, torch.Tensor] = {}
+    handles = []
+    for i, t in enumerate(taps):
+        mod = model.get_submodule(t["module"])
+        if t["hook_type"] == "forward_pre":
+            handles.append(mod.register_forward_pre_hook(lambda m, a, i=i: got.__setitem__(i, a[0])))
+        else:
+            handles.append(mod.register_forward_hook(lambda m, a, o, i=i: got.__setitem__(i, o)))
+    try:
+        run()
+    finally:
+        for h in handles:
+            h.remove()
+    return [got[i] for i in range(len(taps))]
