@@ -11,6 +11,10 @@ from typing import Iterable, Optional, Sequence, Union
 import numpy as np
 import torch
 
+from ..data import (DIGITS_CROP_PCT, DIGITS_MEAN, DIGITS_SPLIT_SEED, DIGITS_STD, DIGITS_VAL_FRACTION,
+                    IMAGENET_CROP_PCT, IMAGENET_MEAN, IMAGENET_STD, IMG_EXTENSIONS, eval_transform,
+                    load_digits_tensors, read_rgb, stratified_split)
+
 CALIB_SOURCES = ("digits", "fake")
 NO_CALIBRATION = ("INT8 post-training quantization needs calibration data: pass calibration=<a tensor "
                   "of images (N, C, H, W) or a DataLoader>, e.g. calibration_batches('digits' | 'fake' | "
@@ -40,8 +44,6 @@ def calibration_batches(data: Union[str, os.PathLike] = "digits", count: int = 1
             the model was trained with.
         seed: which images are drawn.
     """
-    from ..train.recipe import RECIPES, Recipe
-
     if isinstance(input_size, int):
         input_size = (input_size, input_size)
     if len(input_size) != 2 or min(input_size) < 1:
@@ -51,16 +53,15 @@ def calibration_batches(data: Union[str, os.PathLike] = "digits", count: int = 1
     if in_chans < 1:
         raise ValueError(f"in_chans must be >= 1, got {in_chans}")
     key = str(data)
-    base = RECIPES["digits"] if key == "digits" else Recipe()
-    mean = tuple(base.mean if mean is None else mean)
-    std = tuple(base.std if std is None else std)
-    crop_pct = base.crop_pct if crop_pct is None else crop_pct
+    digits = key == "digits"
+    mean = tuple((DIGITS_MEAN if digits else IMAGENET_MEAN) if mean is None else mean)
+    std = tuple((DIGITS_STD if digits else IMAGENET_STD) if std is None else std)
+    crop_pct = (DIGITS_CROP_PCT if digits else IMAGENET_CROP_PCT) if crop_pct is None else crop_pct
     g = torch.Generator().manual_seed(seed)
     h, w = int(input_size[0]), int(input_size[1])
-    if key == "digits":
-        from ..train.data import load_digits_tensors, stratified_split
+    if digits:
         x, y = load_digits_tensors(max(h, w))  # as build_datasets: load at the size, then transform
-        train_idx, _ = stratified_split(y.tolist(), base.val_fraction, base.seed)
+        train_idx, _ = stratified_split(y.tolist(), DIGITS_VAL_FRACTION, DIGITS_SPLIT_SEED)
         pick = torch.tensor(train_idx)[torch.randperm(len(train_idx), generator=g)[:count]]
         imgs = x[pick]
     elif key == "fake":
@@ -76,25 +77,11 @@ def calibration_batches(data: Union[str, os.PathLike] = "digits", count: int = 1
         imgs = imgs[:, :1].expand(-1, in_chans, -1, -1)  # grey digits / noise: any channel count
     if len(mean) != in_chans:
         mean, std = (mean[0],) * in_chans, (std[0],) * in_chans
-    return _eval_transform(imgs, (h, w), crop_pct, mean, std).contiguous()
-
-
-def _eval_transform(imgs: torch.Tensor, size: tuple[int, int], crop_pct: float, mean, std) -> torch.Tensor:
-    """The training code's evaluation transform (:func:`mobilenets.train.data.eval_transform`)
-    for any ``(H, W)``: resize the short side to ``max(H, W) / crop_pct``, center crop, scale to
-    [0, 1], normalize. uint8 (N, C, h, w) in, float out."""
-    from torchvision.transforms import v2
-
-    short = int(round(max(size) / crop_pct))
-    return v2.Compose([v2.Resize(short, antialias=True), v2.CenterCrop(list(size)),
-                       v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))])(imgs)
+    return eval_transform((h, w), crop_pct, mean, std)(imgs).contiguous()
 
 
 def _folder_images(root: Path, count: int, g: torch.Generator) -> torch.Tensor:
-    from PIL import Image
     from torchvision.transforms.v2 import functional as F
-
-    from ..train.data import IMG_EXTENSIONS
 
     if not root.is_dir():
         raise ValueError(f"calibration data must be one of {list(CALIB_SOURCES)} or an image folder; "
@@ -110,12 +97,11 @@ def _folder_images(root: Path, count: int, g: torch.Generator) -> torch.Tensor:
         if len(out) == count:
             break
         try:
-            with Image.open(files[i]) as im:
-                x = F.pil_to_tensor(im.convert("RGB"))
+            x = read_rgb(files[i])
         except OSError:
             skipped += 1
             continue
-        # a common size before stacking; the final resize / crop happens in _eval_transform
+        # a common size before stacking; the final resize / crop is the eval transform's
         out.append(F.center_crop(F.resize(x, 256, antialias=True), [256, 256]))
     if skipped:
         warnings.warn(f"{root}: skipped {skipped} unreadable image(s) while building calibration data",
