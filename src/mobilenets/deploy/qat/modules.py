@@ -90,7 +90,12 @@ class _QuantWeightMixin:
     rounded bias, so the fake-quant model adds it too)."""
 
     qmax = 127
-    _input_fq: list  # [the ActFakeQuant whose output feeds this layer], set by prepare_qat
+    input_quant: Optional["ActFakeQuant"] = None  # the quantizer whose output this layer reads
+
+    def bind_input(self, fq: "ActFakeQuant") -> None:
+        """Round the bias on ``fq``'s grid: ``fq`` produces this layer's input. Kept as a plain
+        reference, not a submodule, since ``fq`` belongs to (and is saved with) the layer before."""
+        object.__setattr__(self, "input_quant", fq)
 
     def quantized_params(self) -> tuple[torch.Tensor, torch.Tensor]:
         scale = getattr(self, "_frozen_scale", None)
@@ -101,7 +106,7 @@ class _QuantWeightMixin:
         if b is not None:  # export: the rounded bias as a constant
             return w, b
         b = self.bias
-        fq = self._input_fq[0] if getattr(self, "_input_fq", None) else None
+        fq = self.input_quant
         if fq is not None and fq.enabled and fq.initialized:
             bs = fq.qparams()[0] * scale
             b = b + (torch.round(b.detach() / bs) * bs - b.detach())  # straight-through
@@ -171,14 +176,20 @@ class _QActivation(nn.Module):
 
 
 class QConvNormAct(nn.Module):
-    """A folded ConvNormAct for QAT: quantized conv -> activation -> fake-quant (-> pool)."""
+    """A folded ConvNormAct for QAT: quantized conv -> activation -> fake-quant (-> pool).
+    ``fed_by``: the quantizer that produces its input."""
 
-    def __init__(self, m: nn.Module, qmax: int = 127):
+    def __init__(self, m: nn.Module, qmax: int, fed_by: ActFakeQuant):
         super().__init__()
         self.conv = QConv2d.from_float(m.conv, qmax)
+        self.conv.bind_input(fed_by)
         self.act = _QActivation(m.act)
         self.aa = m.aa
         self.fq_aa = None if isinstance(m.aa, nn.Identity) else ActFakeQuant()
+
+    @property
+    def output_quant(self) -> ActFakeQuant:
+        return self.act.fq_out if self.fq_aa is None else self.fq_aa
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.act(self.conv(x))
@@ -195,8 +206,10 @@ class QSqueezeExcite(nn.Module):
         super().__init__()
         self.fq_pool = ActFakeQuant()
         self.fc1 = QConv2d.from_float(m.fc1, qmax)
+        self.fc1.bind_input(self.fq_pool)
         self.act = _QActivation(m.act)
         self.fc2 = QConv2d.from_float(m.fc2, qmax)
+        self.fc2.bind_input(self.act.fq_out)
         self.gate = _QActivation(m.gate)
         self.fq_out = ActFakeQuant()
 
@@ -206,7 +219,10 @@ class QSqueezeExcite(nn.Module):
 
 
 class QResidual(nn.Module):
-    """A residual block for QAT: its branch (already converted) plus a fake-quantized sum."""
+    """A residual block for QAT: the block itself (its layers already converted; its own
+    ``forward`` adds the shortcut) followed by a fake-quantized sum, which ONNX Runtime's
+    ``QLinearAdd`` writes. Blocks without a shortcut get no quantizer: their last layer's
+    output is already quantized."""
 
     def __init__(self, block: nn.Module):
         super().__init__()
@@ -214,11 +230,8 @@ class QResidual(nn.Module):
         self.fq_sum = ActFakeQuant() if block.has_skip else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b = self.block
-        y = b.layer_scale(b.branch(x))
-        if self.fq_sum is not None:
-            y = self.fq_sum(b.drop_path(y) + x)
-        return y
+        y = self.block(x)
+        return y if self.fq_sum is None else self.fq_sum(y)
 
 
 class QHead(nn.Module):
@@ -229,11 +242,19 @@ class QHead(nn.Module):
         super().__init__()
         self.fq_pool = ActFakeQuant()
         has_hidden = isinstance(m.hidden, nn.Linear)
-        self.hidden = QLinear.from_float(m.hidden, qmax) if has_hidden else nn.Identity()
         if has_hidden and not isinstance(m.norm, nn.Identity):
             raise ValueError("the head's BatchNorm1d must be folded before QAT (prepare_qat does this)")
-        self.act = _QActivation(m.act) if has_hidden else nn.Identity()
+        fc_input = self.fq_pool
+        if has_hidden:
+            self.hidden = QLinear.from_float(m.hidden, qmax)
+            self.hidden.bind_input(self.fq_pool)
+            self.act = _QActivation(m.act)
+            fc_input = self.act.fq_out
+        else:
+            self.hidden = self.act = nn.Identity()
         self.fc = QLinear.from_float(m.fc, qmax) if isinstance(m.fc, nn.Linear) else nn.Identity()
+        if isinstance(self.fc, QLinear):
+            self.fc.bind_input(fc_input)
 
     def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         # keepdim, then flatten after the quantizer: exported as DQ -> pool -> Q, which ONNX

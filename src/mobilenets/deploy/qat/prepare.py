@@ -7,8 +7,7 @@ from typing import Iterable, Optional, Union
 import torch
 import torch.nn as nn
 
-from .modules import (ActFakeQuant, QATModel, QConv2d, QConvNormAct, QHead, QLinear, QResidual,
-                      QSqueezeExcite)
+from .modules import ActFakeQuant, QATModel, QConvNormAct, QHead, QResidual, QSqueezeExcite
 
 
 def _unsupported(model: nn.Module, why: str) -> ValueError:
@@ -18,7 +17,17 @@ def _unsupported(model: nn.Module, why: str) -> ValueError:
                       f"(CLI: mobilenets export --int8 --calib DIR), which quantizes it with ONNX Runtime")
 
 
-def _convert(module: nn.Module, root: nn.Module, qmax: int) -> None:
+def _convert(module: nn.Module, root: nn.Module, qmax: int, fed_by: ActFakeQuant) -> ActFakeQuant:
+    """In place, as :func:`~mobilenets.deploy.fuse` folds: swap each float layer of ``module``
+    for its QAT counterpart, and return the quantizer that produces ``module``'s output.
+
+    ``fed_by`` is the quantizer that produces ``module``'s input; it is threaded through the
+    children in order, so each quantized conv / linear learns which quantizer feeds it (its
+    bias is rounded on that grid). This relies on a container's children being registered in
+    the order its forward runs them, which holds for every convolutional block of this library
+    (the residual blocks' ``branch`` and the MobileNet stem -> stages -> head); a model where
+    it did not would fail :func:`export_qat_onnx`'s comparison with ONNX Runtime.
+    """
     from ...blocks import ResidualBlock
     from ...layers import ConvNormAct, SqueezeExcite
     from ...models.mobilenet import ClassifierHead
@@ -28,60 +37,29 @@ def _convert(module: nn.Module, root: nn.Module, qmax: int) -> None:
             if not isinstance(child.bn, nn.Identity):
                 raise _unsupported(root, f"{name}: a normalization layer that cannot be folded "
                                          f"({type(child.bn).__name__})")
-            setattr(module, name, QConvNormAct(child, qmax))
+            q = QConvNormAct(child, qmax, fed_by)
+            fed_by = q.output_quant
         elif isinstance(child, SqueezeExcite):
-            setattr(module, name, QSqueezeExcite(child, qmax))
+            q = QSqueezeExcite(child, qmax)
+            fed_by = q.fq_out
         elif isinstance(child, ResidualBlock):
             if not isinstance(child.layer_scale, nn.Identity):
                 raise _unsupported(root, "its blocks use layer scale (hybrid models)")
-            _convert(child, root, qmax)
-            setattr(module, name, QResidual(child))
+            branch_out = _convert(child, root, qmax, fed_by)
+            q = QResidual(child)
+            fed_by = q.fq_sum or branch_out
         elif isinstance(child, ClassifierHead):
-            setattr(module, name, QHead(child, qmax))
+            q = QHead(child, qmax)
         elif isinstance(child, (nn.Sequential, nn.ModuleList)):
-            _convert(child, root, qmax)
+            fed_by = _convert(child, root, qmax, fed_by)
+            continue
         elif isinstance(child, (nn.Conv2d, nn.Linear)) or any(True for _ in child.parameters()):
             raise _unsupported(root, f"it contains {type(child).__name__} ({name}), which has no INT8 QAT "
                                      f"mapping")
-
-
-@torch.no_grad()
-def _link_inputs(qat: QATModel) -> None:
-    """Tell every quantized layer which fake-quantizer produces its input (its bias is
-    quantized with that scale): one forward pass with pass-through quantizers, matching the
-    tensor objects a quantizer returns with those a layer receives."""
-    fqs = qat.fake_quantizers()
-    produced: dict[int, ActFakeQuant] = {}
-    keep: list = []  # keeps the tensors alive, so their ids are not reused during the pass
-
-    def after_fq(mod, inp, out):
-        for t in (out, out._base):  # a layer may receive a view (the head's flatten)
-            if t is not None:
-                produced[id(t)] = mod
-                keep.append(t)
-
-    def before_layer(mod, inp):
-        x = inp[0]
-        src = produced.get(id(x)) or (produced.get(id(x._base)) if x._base is not None else None)
-        if src is None:
-            raise RuntimeError(f"internal error: no fake-quantizer feeds {type(mod).__name__}")
-        mod._input_fq = [src]  # a list: not registered as a submodule
-
-    layers = [m for m in qat.modules() if isinstance(m, (QConv2d, QLinear))]
-    handles = [f.register_forward_hook(after_fq) for f in fqs]
-    handles += [m.register_forward_pre_hook(before_layer) for m in layers]
-    state = [(f.enabled, f.calibrating) for f in fqs]
-    was_training = qat.training
-    for f in fqs:
-        f.enabled, f.calibrating = False, False
-    try:
-        qat.eval()(torch.zeros(1, qat.in_chans, 64, 64))
-    finally:
-        for h in handles:
-            h.remove()
-        for f, (e, c) in zip(fqs, state):
-            f.enabled, f.calibrating = e, c
-        qat.train(was_training)
+        else:
+            continue
+        setattr(module, name, q)
+    return fed_by
 
 
 def prepare_qat(model: nn.Module, example_input: Optional[Union[torch.Tensor, Iterable]] = None,
@@ -122,10 +100,9 @@ def prepare_qat(model: nn.Module, example_input: Optional[Union[torch.Tensor, It
     if any(isinstance(m, MobileMQA) for m in model.modules()):
         raise _unsupported(model, "its Mobile MQA attention blocks (batched matmuls, softmax) have no "
                                   "fake-quant mapping here")
-    net = fuse(model)  # a deep copy in eval mode: BN folded, dropout / drop-path removed
-    _convert(net, model, 64 if reduce_range else 127)
-    qat = QATModel(net, getattr(model, "name", type(model).__name__))
-    _link_inputs(qat)
+    # a deep copy in eval mode (BN folded, dropout / drop-path removed), converted in place
+    qat = QATModel(fuse(model), getattr(model, "name", type(model).__name__))
+    _convert(qat.net, model, 64 if reduce_range else 127, qat.fq_input)
     if example_input is not None:
         qat.calibrate(example_input)
     qat.train()
