@@ -306,8 +306,7 @@ def build_paths(name: str, batch: int, size: int = 224, threads: int = 2,
     add("ort_fp32", ort_fp32)
 
     def ort_int8():
-        from .calibration import calibration_batches
-        from .ptq import quantize_onnx
+        from . import calibration_batches, quantize_onnx
         data = calibration_batches(calib, count=calib_count, input_size=(size, size), in_chans=in_chans)
         out = tmp / "ours_int8.onnx"
         quantize_onnx(fp32_file if fp32_file.exists() else model, out, data, input_size=(size, size),

@@ -45,8 +45,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     size = tuple(args.input_size) if args.input_size else (info["img_size"] or 224,) * 2
     out = Path(args.out)
     if args.int8:
-        from .calibration import calibration_batches
-        from .ptq import quantize_onnx
+        from . import calibration_batches, quantize_onnx
         data = calibration_batches(args.calib, count=args.calib_count, input_size=size,
                                    in_chans=getattr(model, "in_chans", 3))
         path = quantize_onnx(model, out, data, input_size=size, dynamic_batch=args.dynamic_batch,
