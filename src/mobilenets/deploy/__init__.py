@@ -6,8 +6,10 @@ __all__ = ["fold_bn_after", "fold_bn_before", "fuse"]
 from .onnx_export import export_onnx  # noqa: E402
 
 __all__ += ["export_onnx"]
-from .quantize import (QATModel, agreement, calibration_batches, cosine, export_qat_onnx,  # noqa: E402
-                       int8_op_counts, onnx_logits, ort_session, prepare_qat, quantize_onnx)
+from .calibration import calibration_batches  # noqa: E402
+from .ort import agreement, cosine, int8_op_counts, onnx_logits, ort_session  # noqa: E402
+from .ptq import quantize_onnx  # noqa: E402
+from .qat import QATModel, export_qat_onnx, prepare_qat  # noqa: E402
 
 __all__ += ["quantize_onnx", "calibration_batches", "prepare_qat", "export_qat_onnx", "QATModel", "agreement",
             "cosine", "int8_op_counts", "onnx_logits", "ort_session"]

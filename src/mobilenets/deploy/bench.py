@@ -182,7 +182,7 @@ def reference_models(name: str) -> tuple[Optional[nn.Module], Optional[nn.Module
 def _ort_session(path: str, threads: int):
     # ORT's worker threads spin after each run by default; interleaved with PyTorch paths they
     # would steal the cores from the next path (eager measured ~100x slower), so no spinning
-    from .quantize import ort_session
+    from .ort import ort_session
 
     return ort_session(path, threads=threads, spinning=False)
 
@@ -306,7 +306,7 @@ def build_paths(name: str, batch: int, size: int = 224, threads: int = 2,
     add("ort_fp32", ort_fp32)
 
     def ort_int8():
-        from .quantize import calibration_batches, quantize_onnx
+        from . import calibration_batches, quantize_onnx
         data = calibration_batches(calib, count=calib_count, input_size=(size, size), in_chans=in_chans)
         out = tmp / "ours_int8.onnx"
         quantize_onnx(fp32_file if fp32_file.exists() else model, out, data, input_size=(size, size),

@@ -27,7 +27,7 @@ def load_for_export(source: str, model_name: str | None = None, num_classes: int
         mobilenets.get_entry(source)  # not a file either: UnknownModelError naming close matches
     if weights:
         raise UserError("--weights goes with a model name; a checkpoint path already holds weights")
-    from ..train.checkpoint import model_from_checkpoint
+    from ..weights.checkpoint import model_from_checkpoint
     model, info = model_from_checkpoint(path, model_name=model_name, num_classes=num_classes)
     recipe = info.get("recipe") or {}
     return model, {"name": recipe.get("model") or model_name or path.stem, "img_size": recipe.get("img_size")}
@@ -45,7 +45,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     size = tuple(args.input_size) if args.input_size else (info["img_size"] or 224,) * 2
     out = Path(args.out)
     if args.int8:
-        from .quantize import calibration_batches, quantize_onnx
+        from . import calibration_batches, quantize_onnx
         data = calibration_batches(args.calib, count=args.calib_count, input_size=size,
                                    in_chans=getattr(model, "in_chans", 3))
         path = quantize_onnx(model, out, data, input_size=size, dynamic_batch=args.dynamic_batch,

@@ -8,7 +8,8 @@
   warning and counted (``dataset.skipped``).
 * ``fake``: random images for throughput measurements.
 
-Transforms use ``torchvision.transforms.v2``. Batch-level MixUp / CutMix come from
+Transforms use ``torchvision.transforms.v2``; the digits, image reading and the evaluation
+transform live in :mod:`mobilenets.data`, shared with deployment. Batch-level MixUp / CutMix come from
 :func:`batch_mixer`.
 """
 
@@ -23,35 +24,16 @@ from typing import Callable, Optional, Sequence
 import torch
 from torch.utils.data import Dataset
 
+from ..data import IMG_EXTENSIONS, load_digits_tensors, read_rgb, stratified_split
+from ..data import eval_transform as _eval_transform
 from .recipe import Recipe
 
-IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
-
+__all__ = ["IMG_EXTENSIONS", "DataBundle", "DatasetError", "FakeDataset", "ImageFolderDataset", "Subset",
+           "TensorImageDataset", "batch_mixer", "build_datasets", "check_classes", "eval_transform",
+           "load_digits_tensors", "stratified_split", "train_transform"]
 
 class DatasetError(ValueError):
     """A dataset that cannot be trained on (empty, one class, unreadable)."""
-
-
-def stratified_split(labels: Sequence[int], val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """Indices (train, val): every class is split in the same proportion, deterministically
-    for a given seed (each class is shuffled with its own seeded generator)."""
-    labels = [int(y) for y in labels]
-    by_class: dict[int, list[int]] = {}
-    for i, y in enumerate(labels):
-        by_class.setdefault(y, []).append(i)
-    train, val = [], []
-    for c in sorted(by_class):
-        idx = by_class[c]
-        g = torch.Generator().manual_seed(seed * 1000003 + c)
-        perm = [idx[j] for j in torch.randperm(len(idx), generator=g).tolist()]
-        n_val = int(round(len(idx) * val_fraction))
-        if len(idx) > 1:
-            n_val = min(max(n_val, 1), len(idx) - 1)
-        else:
-            n_val = 0
-        val += perm[:n_val]
-        train += perm[n_val:]
-    return sorted(train), sorted(val)
 
 
 def check_classes(labels: Sequence[int], num_classes: int, what: str) -> None:
@@ -84,17 +66,6 @@ class TensorImageDataset(Dataset):
         if self.transform is not None:
             x = self.transform(x)
         return x, int(self.labels[i])
-
-
-def load_digits_tensors(img_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """All 1797 digits as uint8 RGB (N, 3, img_size, img_size) and labels."""
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    x = torch.as_tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0  # (N,1,8,8) in [0,1]
-    x = torch.nn.functional.interpolate(x, size=(img_size, img_size), mode="bilinear", align_corners=False)
-    x = (x.clamp(0, 1) * 255).round().to(torch.uint8).expand(-1, 3, -1, -1).contiguous()
-    return x, torch.as_tensor(d.target, dtype=torch.long)
 
 
 class ImageFolderDataset(Dataset):
@@ -145,12 +116,8 @@ class ImageFolderDataset(Dataset):
         return len(self.samples)
 
     def __getitem__(self, i: int):
-        from PIL import Image
-        from torchvision.transforms.v2 import functional as F
-
         path, y = self.samples[i]
-        with Image.open(path) as im:
-            x = F.pil_to_tensor(im.convert("RGB"))
+        x = read_rgb(path)
         if self.transform is not None:
             x = self.transform(x)
         return x, y
@@ -212,12 +179,9 @@ def train_transform(r: Recipe) -> Callable:
 
 
 def eval_transform(r: Recipe) -> Callable:
-    """Resize the short side to ``img_size / crop_pct``, center crop ``img_size``, normalize."""
-    from torchvision.transforms import v2
-
-    resize = int(round(r.img_size / r.crop_pct))
-    return v2.Compose([v2.Resize(resize, antialias=True), v2.CenterCrop(r.img_size),
-                       v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(r.mean), list(r.std))])
+    """Resize the short side to ``img_size / crop_pct``, center crop ``img_size``, normalize
+    (:func:`mobilenets.data.eval_transform`, the one calibration uses too)."""
+    return _eval_transform(r.img_size, r.crop_pct, r.mean, r.std)
 
 
 def batch_mixer(r: Recipe, num_classes: int) -> Optional[Callable]:

@@ -9,7 +9,7 @@ import torch
 
 from .checkpoint import model_from_checkpoint
 from .data import ImageFolderDataset, build_datasets, eval_transform
-from .loop import evaluate
+from .evaluate import evaluate
 from .recipe import Recipe
 
 

@@ -24,8 +24,9 @@ from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 import torch
 import torch.nn as nn
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from ..data import (DIGITS_CROP_PCT, DIGITS_MEAN, DIGITS_SPLIT_SEED, DIGITS_STD, DIGITS_VAL_FRACTION,
+                    IMAGENET_CROP_PCT, IMAGENET_MEAN, IMAGENET_STD)
+
 
 OPTIMIZERS = ("sgd", "adamw", "rmsprop")
 SCHEDULES = ("cosine", "step", "constant")
@@ -45,7 +46,7 @@ class Recipe:
     data_dir: Optional[str] = None            # imagefolder root (class sub-folders, or train/ + val/)
     val_fraction: float = 0.2                 # held-out share when the data has no val/ split
     img_size: int = 64                        # train/eval resolution
-    crop_pct: float = 0.875                   # eval: resize to img_size / crop_pct, center crop
+    crop_pct: float = IMAGENET_CROP_PCT       # eval: resize to img_size / crop_pct, center crop
     mean: tuple = IMAGENET_MEAN
     std: tuple = IMAGENET_STD
     fake_samples: int = 512                   # size of the 'fake' dataset
@@ -150,7 +151,8 @@ RECIPES: dict[str, Recipe] = {
     # No flips (a mirrored digit is another glyph); mild crops; short warm-up then cosine.
     "digits": Recipe(img_size=64, epochs=20, batch_size=64, opt="adamw", lr=4e-3, weight_decay=0.05,
                      sched="cosine", warmup_epochs=1, scale_min=0.6, ratio=(0.85, 1.18), hflip=0.0,
-                     label_smoothing=0.1, crop_pct=1.0, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)),
+                     label_smoothing=0.1, crop_pct=DIGITS_CROP_PCT, mean=DIGITS_MEAN, std=DIGITS_STD,
+                     val_fraction=DIGITS_VAL_FRACTION, seed=DIGITS_SPLIT_SEED),
     # torchvision's MobileNetV3-Large recipe (references/classification, REFERENCE.md section 6).
     "torchvision_mnv3": Recipe(
         model="mobilenetv3_large_100", dataset="imagefolder", img_size=224, epochs=600, batch_size=128,

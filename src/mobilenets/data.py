@@ -1,0 +1,80 @@
+"""Images and their evaluation transform, shared by training and deployment.
+
+Training (:mod:`mobilenets.train.data`) and INT8 calibration (:mod:`mobilenets.deploy.calibration`)
+must see images exactly as the model will at inference, and deployment must not depend on the
+training package: both take the built-in digits, the image files and the one evaluation
+transform from here.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable, Sequence, Union
+
+import torch
+
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGENET_CROP_PCT = 0.875
+# The digits are grey strokes on black, upscaled and never cropped: 0.5 maps [0, 1] to [-1, 1].
+DIGITS_MEAN = DIGITS_STD = (0.5, 0.5, 0.5)
+DIGITS_CROP_PCT = 1.0
+# The held-out share and seed of the digits split: calibration draws from the same training split.
+DIGITS_VAL_FRACTION = 0.2
+DIGITS_SPLIT_SEED = 0
+
+
+def stratified_split(labels: Sequence[int], val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Indices (train, val): every class is split in the same proportion, deterministically
+    for a given seed (each class is shuffled with its own seeded generator)."""
+    labels = [int(y) for y in labels]
+    by_class: dict[int, list[int]] = {}
+    for i, y in enumerate(labels):
+        by_class.setdefault(y, []).append(i)
+    train, val = [], []
+    for c in sorted(by_class):
+        idx = by_class[c]
+        g = torch.Generator().manual_seed(seed * 1000003 + c)
+        perm = [idx[j] for j in torch.randperm(len(idx), generator=g).tolist()]
+        n_val = int(round(len(idx) * val_fraction))
+        if len(idx) > 1:
+            n_val = min(max(n_val, 1), len(idx) - 1)
+        else:
+            n_val = 0
+        val += perm[:n_val]
+        train += perm[n_val:]
+    return sorted(train), sorted(val)
+
+
+def load_digits_tensors(img_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """All 1797 digits as uint8 RGB (N, 3, img_size, img_size) and labels."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.as_tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0  # (N,1,8,8) in [0,1]
+    x = torch.nn.functional.interpolate(x, size=(img_size, img_size), mode="bilinear", align_corners=False)
+    x = (x.clamp(0, 1) * 255).round().to(torch.uint8).expand(-1, 3, -1, -1).contiguous()
+    return x, torch.as_tensor(d.target, dtype=torch.long)
+
+
+def read_rgb(path: Union[str, os.PathLike]) -> torch.Tensor:
+    """An image file as a uint8 RGB tensor (3, H, W); PIL's errors (``OSError``) pass through."""
+    from PIL import Image
+    from torchvision.transforms.v2 import functional as F
+
+    with Image.open(path) as im:
+        return F.pil_to_tensor(im.convert("RGB"))
+
+
+def eval_transform(size: Union[int, Sequence[int]], crop_pct: float, mean: Sequence[float],
+                   std: Sequence[float]) -> Callable:
+    """The evaluation transform: resize the short side to ``max(H, W) / crop_pct``, center crop
+    ``size`` (an int or ``(H, W)``), scale to [0, 1], normalize. uint8 images in, float out."""
+    from torchvision.transforms import v2
+
+    crop = [int(size), int(size)] if isinstance(size, int) else [int(s) for s in size]
+    short = int(round(max(crop) / crop_pct))
+    return v2.Compose([v2.Resize(short, antialias=True), v2.CenterCrop(crop),
+                       v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))])

@@ -1,0 +1,209 @@
+"""Post-training static INT8 quantization (:func:`quantize_onnx`): a QDQ ONNX model that ONNX
+Runtime runs with integer kernels.
+
+The pipeline
+    The model is exported fp32 with BatchNorms folded (:func:`~mobilenets.deploy.export_onnx`),
+    pre-processed (``quant_pre_process``: typed tensors let MobileNetV3's h-swish products be
+    quantized too), activation ranges are calibrated by ONNX Runtime on a few hundred images,
+    and ``onnxruntime.quantization.quantize_static`` writes a QDQ model (QuantizeLinear /
+    DequantizeLinear pairs around every Conv / Gemm / Add / Mul). At session start ONNX Runtime
+    rewrites each ``DQ -> Conv -> (Relu|Clip) -> Q`` group into one ``QLinearConv`` (``QGemm``,
+    ``QLinearAdd``, ``QLinearMul`` likewise): :func:`int8_op_counts` shows the rewritten graph.
+
+Data types (measured on the development machine, an AVX2 AMD EPYC "Zen 2" without VNNI, ONNX
+Runtime 1.32, batch 1, 224 px; ``benchmarks/INT8.md``)
+    * activations ``uint8`` (asymmetric), weights ``int8`` (symmetric, per output channel):
+      ONNX Runtime's fast x86 path (``QLinearConv`` u8s8, the symmetric "ConvSym" kernels).
+      ``int8`` activations ran 15-50 % slower than ``uint8``; ``uint8`` weights were no faster
+      and need a zero point per channel.
+    * ``per_channel=True`` (default): same speed as per-tensor within noise, and per-tensor
+      weights lose accuracy on depthwise convs, whose channels have very different ranges.
+    * ``reduce_range=True`` (default): weights on 7 bits (``[-64, 64]``). x86 CPUs without
+      VNNI multiply u8 x s8 with ``vpmaddubsw``, which adds pairs of products in int16 and
+      saturates when both are large (255 x 127 x 2 > 32767). Measured with full-range weights
+      on small MobileNets: ONNX Runtime's integer result differed from the QDQ graph computed
+      exactly by 9-10 % (relative RMS of the logits) on V3 / V4, and the total error against
+      fp32 was 8-10 %; with 7-bit weights the integer kernels are exact (0.0 difference) and the
+      total error 2-2.6 %. 7-bit weights are safe on every CPU; pass ``reduce_range=False``
+      for VNNI / ARM targets, where full 8-bit weights halve the weight rounding error.
+    * Without VNNI an x86 core multiplies u8 x s8 pairs at about the fp32 FMA rate
+      (``vpmaddubsw`` + ``vpmaddwd`` against one ``vfmadd``), so INT8 on this CPU is roughly as
+      fast as ONNX Runtime's very good fp32 NCHWc kernels: the gain is in file size (4x) and
+      memory traffic, not in arithmetic. VNNI / AMX CPUs (Zen 4, Ice Lake and later) and ARM
+      dot-product CPUs are where INT8 pays off.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from collections import Counter
+from pathlib import Path
+from typing import Any, Sequence, Union
+
+import numpy as np
+import torch.nn as nn
+
+from ..weights.io import atomic_write
+from . import onnx_passes
+from .calibration import NO_CALIBRATION, Calibration, _as_batches
+from .onnx_export import MAX_OPSET, export_onnx
+from .onnx_passes import (MIN_QDQ_OPSET, _dequantize_outputs, _drop_unused_initializers, _graph_input,
+                          _repeat_multiplier_dw_inputs, _spatial_means_as_global_pool, _unshare_initializers)
+from .ort import _quiet_ort_python_logging, _require_ort, ort_session
+
+METHODS = ("minmax", "entropy", "percentile")
+ACTIVATION_TYPES = ("uint8", "int8")
+WEIGHT_TYPES = ("int8", "uint8")
+
+
+def _pre_process(src: Path, dst: Path) -> Path:
+    """ONNX Runtime's recommended pre-processing (shape inference + graph optimization). It
+    matters for h-swish: with every tensor typed, the quantizer also quantizes the ``x *
+    hardsigmoid(x)`` product, and MobileNetV3's 19 h-swish ``Mul`` run as ``QLinearMul``
+    instead of float between DQ and Q. Without it the graph is quantized as is."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    try:
+        with _quiet_ort_python_logging():
+            quant_pre_process(str(src), str(dst))
+        return dst
+    except Exception as e:  # noqa: BLE001 - an optional step: quantize the unprocessed graph
+        warnings.warn(f"ONNX Runtime pre-processing failed ({type(e).__name__}: {str(e)[:120]}); quantizing the "
+                      f"graph as exported", stacklevel=3)
+        return src
+
+
+
+def quantize_onnx(model_or_path: Union[nn.Module, str, os.PathLike], out: Union[str, os.PathLike],
+                  calibration: Calibration, input_size: Sequence[int] = (224, 224),
+                  dynamic_batch: bool = False, per_channel: bool = True, method: str = "minmax",
+                  opset: int = 17, *, activation_type: str = "uint8", weight_type: str = "int8",
+                  reduce_range: bool = True, float_output: bool = True,
+                  exclude_nodes: Sequence[str] = (), verify: bool = True) -> Path:
+    """Static post-training INT8 quantization (QDQ format) with ONNX Runtime.
+
+    Args:
+        model_or_path: a model of this library (exported fp32 first, BatchNorms folded) or an
+            fp32 ``.onnx`` file (its own input size and batch are used).
+        out: output ``.onnx`` file, written atomically (nothing is left there on failure).
+        calibration: images normalized as the model expects, ``(N, C, H, W)``: a tensor, or an
+            iterable of tensors or ``(images, labels)`` batches (a DataLoader). A few hundred
+            images of the deployment distribution; :func:`calibration_batches` builds them.
+        input_size: ``(H, W)`` of the export (model input only).
+        dynamic_batch: symbolic batch dimension (model input only).
+        per_channel: per-output-channel weight scales (recommended: depthwise convs need them).
+        method: activation range calibration, one of ``minmax`` (default; safest for ReLU6
+            nets), ``entropy``, ``percentile`` (99.999 %).
+        opset: ONNX opset of the export, 13-20 (per-channel QDQ needs 13).
+        activation_type, weight_type: ``uint8`` / ``int8`` (defaults: u8 activations x s8
+            weights, ONNX Runtime's fast x86 path; see :mod:`mobilenets.deploy.ptq`).
+        reduce_range: 7-bit weights (default): exact on x86 CPUs without VNNI, whose u8s8
+            kernels saturate with full-range weights (see :mod:`mobilenets.deploy.ptq`); ``False`` for
+            VNNI / ARM targets.
+        float_output: keep the last layer's output (the logits) in float rather than uint8.
+        exclude_nodes: ONNX node names to keep in float.
+        verify: run the written model once with ONNX Runtime and check that it contains
+            quantized operators.
+
+    Returns:
+        The path written.
+
+    Raises:
+        ValueError: no / empty / wrongly shaped calibration data, unknown method or type,
+            unsupported opset, bad output name. ImportError: onnxruntime or onnx missing.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown calibration method {method!r}; choose one of {list(METHODS)}")
+    if not MIN_QDQ_OPSET <= int(opset) <= MAX_OPSET:
+        raise ValueError(f"unsupported opset {opset} for INT8 QDQ export; choose one of "
+                         f"{list(range(MIN_QDQ_OPSET, MAX_OPSET + 1))} (17 is a good default)")
+    if activation_type not in ACTIVATION_TYPES or weight_type not in WEIGHT_TYPES:
+        raise ValueError(f"activation_type must be one of {list(ACTIVATION_TYPES)} and weight_type one of "
+                         f"{list(WEIGHT_TYPES)}, got {activation_type!r}, {weight_type!r}")
+    out = Path(out)
+    if out.suffix.lower() != ".onnx":
+        raise ValueError(f"output file must end in .onnx, got {out.name!r}")
+    if calibration is None:
+        raise ValueError(NO_CALIBRATION)
+    _require_ort()
+    import onnx
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                          quantize_static)
+
+    is_module = isinstance(model_or_path, nn.Module)
+    if not is_module:
+        src = Path(model_or_path)
+        if not src.is_file():
+            raise FileNotFoundError(f"fp32 ONNX model not found: {src}")
+    else:
+        if isinstance(input_size, int):
+            input_size = (input_size, input_size)
+        if len(input_size) != 2:
+            raise ValueError(f"input_size must be (H, W), got {tuple(input_size)}")
+        in_chans = getattr(model_or_path, "in_chans", 3)
+        shape = (in_chans, int(input_size[0]), int(input_size[1]))
+        batches = _as_batches(calibration, shape, None if dynamic_batch else 1)  # fail before exporting
+
+    qtype = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
+    cmethod = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+               "percentile": CalibrationMethod.Percentile}[method]
+    with tempfile.TemporaryDirectory(prefix="mobilenets-int8-") as tmpdir:
+        fp32 = Path(tmpdir) / "fp32.onnx"
+        if is_module:
+            export_onnx(model_or_path, fp32, input_size=input_size, opset=opset, dynamic_batch=dynamic_batch)
+        proto = onnx.load(str(fp32 if is_module else src))
+        name, dims = _graph_input(proto)
+        if not is_module:
+            if len(dims) != 4:
+                raise ValueError(f"{src}: expected an image model with a 4-D input, got input {name!r} {dims}")
+            batches = _as_batches(calibration, dims[1:], dims[0])
+        _unshare_initializers(proto)
+        _repeat_multiplier_dw_inputs(proto)
+        _spatial_means_as_global_pool(proto)
+        _drop_unused_initializers(proto)
+        prepared = Path(tmpdir) / "prepared.onnx"
+        onnx.save(proto, str(prepared))
+        prepared = _pre_process(prepared, Path(tmpdir) / "preprocessed.onnx")
+
+        class _Reader(CalibrationDataReader):
+            def __init__(self):
+                self._it = iter([{name: b} for b in batches])
+
+            def get_next(self):
+                return next(self._it, None)
+
+        extra: dict[str, Any] = {}
+        if method == "percentile":
+            extra["CalibPercentile"] = 99.999
+
+        def write(tmp: str) -> None:
+            with _quiet_ort_python_logging():
+                quantize_static(str(prepared), tmp, _Reader(), quant_format=QuantFormat.QDQ,
+                                per_channel=per_channel, reduce_range=reduce_range,
+                                activation_type=qtype[activation_type], weight_type=qtype[weight_type],
+                                calibrate_method=cmethod, nodes_to_exclude=list(exclude_nodes),
+                                extra_options=extra)
+            onnx_passes.finalize_qdq(tmp)  # any bias ONNX Runtime left float would keep its conv in float
+            if float_output:
+                _dequantize_outputs(tmp)
+            if verify:
+                _verify_int8(tmp, name, batches[0])
+
+        return atomic_write(out, write)
+
+
+
+def _verify_int8(path: str, input_name: str, batch: np.ndarray) -> None:
+    import onnx
+
+    m = onnx.load(path)
+    ops = Counter(n.op_type for n in m.graph.node)
+    if not ops.get("DequantizeLinear"):
+        raise RuntimeError(f"quantization produced no quantized operators (ops: {dict(ops)})")
+    sess = ort_session(path, threads=1)
+    outs = sess.run(None, {input_name: batch})
+    if not all(np.isfinite(o).all() for o in outs):
+        raise RuntimeError("the INT8 model produced non-finite outputs on the calibration images")
+
