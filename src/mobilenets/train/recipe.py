@@ -177,10 +177,18 @@ RECIPES: dict[str, Recipe] = {
 }
 
 
+class UnknownRecipeError(KeyError, ValueError):
+    """Unknown recipe name. A ``KeyError`` (lookup) and a ``ValueError`` (bad argument)."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0])
+
+
 def get_recipe(name: str) -> Recipe:
-    """A copy of a named recipe (``KeyError`` listing the names for an unknown one)."""
+    """A copy of a named recipe (:class:`UnknownRecipeError`, a ``KeyError``, listing the names
+    for an unknown one)."""
     if name not in RECIPES:
-        raise KeyError(f"unknown recipe {name!r}; choose from {sorted(RECIPES)}")
+        raise UnknownRecipeError(f"unknown recipe {name!r}; choose from {sorted(RECIPES)}")
     return copy.deepcopy(RECIPES[name])
 
 
