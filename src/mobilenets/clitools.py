@@ -79,11 +79,13 @@ class _SizeAction(argparse.Action):
 
 
 def add_input_size(p: argparse.ArgumentParser, default: Optional[tuple[int, int]] = None,
-                   help: str = "input size: N (square) or H W", dest: str = "input_size") -> None:
+                   help: str = "input size", square: bool = False, dest: str = "input_size") -> None:
     """``--input-size N | H W`` (aliases ``--img-size``, ``--size``): ``args.<dest>`` is an
-    ``(H, W)`` tuple, or ``default``."""
+    ``(H, W)`` tuple, or ``default``. ``square``: the command takes N only (the help says so;
+    the handler checks with :func:`square_size`)."""
     p.add_argument(*INPUT_SIZE_FLAGS, dest=dest, nargs="+", type=int, action=_SizeAction,
-                   default=default, metavar="N", help=help + " (N, or H W)")
+                   default=default, metavar="N",
+                   help=help + ("; square: N" if square else "; N (square) or H W"))
 
 
 def square_size(size: Optional[tuple[int, int]], command: str) -> Optional[int]:

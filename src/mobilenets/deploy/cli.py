@@ -129,7 +129,7 @@ def add_commands(subparsers) -> None:
     b.add_argument("names", nargs="+", metavar="NAME", help="registry names or patterns")
     add_batch_size(b, default=[1, 32], multiple=True, help="batch sizes (default 1 32)")
     b.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
-    add_input_size(b, default=(224, 224), help="input resolution N, square (default 224)")
+    add_input_size(b, default=(224, 224), square=True, help="input resolution (default 224)")
     b.add_argument("--paths", help=f"comma-separated subset of {','.join(ALL_PATHS)}")
     b.add_argument("--skip", nargs="+", choices=ALL_PATHS, help="paths to leave out (e.g. compile)")
     b.add_argument("--repeats", type=int, default=None, help="timed iterations per path (default: auto)")
