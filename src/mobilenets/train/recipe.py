@@ -146,7 +146,8 @@ class Recipe:
 
 # --- named recipes -------------------------------------------------------------------------------
 RECIPES: dict[str, Recipe] = {
-    # Tuned on 2 CPU cores: 1437 training images (80 %, stratified), 64 px, ~25 s per epoch.
+    # Tuned on 2 CPU cores: 1437 training images (80 %, stratified), 64 px (epoch time:
+    # benchmarks/RESULTS.md).
     # No flips (a mirrored digit is another glyph); mild crops; short warm-up then cosine.
     "digits": Recipe(img_size=64, epochs=20, batch_size=64, opt="adamw", lr=4e-3, weight_decay=0.05,
                      sched="cosine", warmup_epochs=1, scale_min=0.6, ratio=(0.85, 1.18), hflip=0.0,
