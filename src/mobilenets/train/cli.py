@@ -185,7 +185,8 @@ def _user_errors() -> tuple:
 
 
 def handle(args: argparse.Namespace) -> int:
-    """Run a parsed command with the shared user-error handling (exit 2, one stderr line)."""
+    """Run a parsed command with the shared handling: user errors exit 2 with their message, bugs 1
+    with a traceback (:func:`mobilenets.clitools.run_handler`)."""
     return run_handler(args.func, args)
 
 
