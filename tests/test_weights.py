@@ -182,3 +182,13 @@ def test_save_is_atomic(tmp_path, small, monkeypatch):
         save_weights(small, path)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["w.safetensors"]
+
+
+def test_layouts_have_named_fields():
+    from mobilenets.weights.convert import LAYOUTS, Layout
+    tv = LAYOUTS["torchvision"]
+    assert isinstance(tv, Layout) and tv.mapper is not None and LAYOUTS["mobilenets"].mapper is None
+    assert tv.bn_settings("mobilenetv3") == (1e-3, 0.01) and tv.bn_settings("mobilenetv2") == (1e-5, 0.1)
+    assert tv.detect({"features.0.0.weight", "features.1.conv.0.weight"})
+    detect, mapper, bn_settings = tv  # still unpacks as a 3-tuple
+    assert (detect, mapper, bn_settings) == (tv.detect, tv.mapper, tv.bn_settings)

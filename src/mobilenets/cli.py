@@ -3,18 +3,19 @@
 Commands: ``list`` (models with params and MACs), ``info`` (per-stage shapes and feature
 levels), ``profile`` and ``roofline`` (hardware-aware analysis), ``train``, ``eval`` and
 ``predict`` (training), ``export`` and ``bench`` (deployment). Every handler returns an exit
-code; user errors print one line on stderr and exit with 2.
+code; user errors print their message on stderr and exit with 2, bugs a traceback and 1 (see
+:func:`mobilenets.clitools.run_handler`). Every command spells the shared options the same
+way (:mod:`mobilenets.clitools`): ``--json [FILE]``, ``--input-size N | H W``, ``--batch-size``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from typing import Optional, Sequence
 
-from .clitools import UserError, run_handler, table
+from .clitools import UserError, add_input_size, add_json, emit_json, json_only, run_handler, table
 
 
 def list_rows(pattern: str = "*", family: Optional[str] = None, macs: bool = True) -> list[dict]:
@@ -39,8 +40,8 @@ def list_rows(pattern: str = "*", family: Optional[str] = None, macs: bool = Tru
 
 def _cmd_list(args: argparse.Namespace) -> int:
     rows = list_rows(args.pattern, args.family, macs=not args.no_macs)
-    if args.json:
-        print(json.dumps(rows, indent=2))
+    emit_json(args, rows)
+    if json_only(args):
         return 0
     headers = ["name", "family", "params (M)"] + ([] if args.no_macs else ["MACs @224 (M)"])
     body = [[r["name"], r["family"], f"{r['params_m']:.3f}"]
@@ -88,13 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("list", help="registered models with params and MACs")
     p.add_argument("pattern", nargs="?", default="*", help="shell glob, e.g. 'mobilenetv4*'")
     p.add_argument("--family", help="only this family (mobilenetv1 ... mobileformer)")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_json(p, "the rows")
     p.add_argument("--no-macs", action="store_true", help="skip the MACs column (faster)")
     p.set_defaults(func=_cmd_list)
 
     p = sub.add_parser("info", help="per-stage output shapes and feature levels of a model")
     p.add_argument("name")
-    p.add_argument("--input-size", nargs=2, type=int, default=(224, 224), metavar=("H", "W"))
+    add_input_size(p, default=(224, 224), help="input size of the forward pass (default 224)")
     p.add_argument("--num-classes", type=int, default=1000)
     p.set_defaults(func=_cmd_info)
 

@@ -7,19 +7,20 @@ The main CLI wires them in with :func:`add_commands`::
     args = parser.parse_args()
     return args.func(args)          # every handler returns an exit code
 
-User errors (unknown model, bad sizes, bad numbers, matplotlib missing) print one line to
-stderr and return 2.
+User errors (unknown model, bad sizes, bad numbers, matplotlib missing) print their message
+on stderr and return 2 (:func:`mobilenets.clitools.run_handler`). Both commands take the shared
+``--json [FILE]`` and ``--input-size N | H W``; ``profile`` also ``--batch-size``.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
-import json
 import math
 from typing import Optional, Sequence
 
-from ..clitools import UserError, run_handler as _run, table as _table
+from ..clitools import (UserError, add_batch_size, add_input_size, add_json, emit_json, json_only,
+                        run_handler as _run, table as _table)
 from .accuracy import ACCURACY
 from .profile import DTYPE_BYTES, Profile, profile
 from .roofline import DEFAULT_PEAK_MACS, DEFAULT_RPS, sweep
@@ -123,8 +124,8 @@ def _cmd_profile(args: argparse.Namespace) -> int:
             for g in d["stages"]:
                 g["out_shape"] = list(g["out_shape"])
             del d["layers"]
-        print(json.dumps(d, indent=1))
-    else:
+        emit_json(args, d, indent=1)
+    if not json_only(args):
         print(format_profile(prof, args.by))
         if args.plot:
             print(f"wrote {args.plot}")
@@ -163,8 +164,9 @@ def _cmd_roofline(args: argparse.Namespace) -> int:
                 name=p.model, input_size=list(p.input_size), macs=p.macs, bytes=p.bytes,
                 top1=acc.get(p.model), times_ms={str(rp): sw.times(rp)[p.model] * 1e3 for rp in rps},
                 pareto_at=[rp for rp in rps if p.model in fronts[rp]]))
-        print(json.dumps(out, indent=1))
-        return 0
+        emit_json(args, out, indent=1)
+        if json_only(args):
+            return 0
     headers = ["model", "size", "MACs", "MiB", "top-1"] + [f"RP={rp} ms" for rp in rps]
     rows = []
     for p in sorted(profiles, key=lambda p: sw.times(rps[0])[p.model]):
@@ -187,14 +189,13 @@ def add_commands(subparsers) -> None:
                               description="Per-layer MACs, parameters and bytes moved "
                                           "(mobilenets.analysis.profile).")
     p.add_argument("name", help="registry name (see `mobilenets list`)")
-    p.add_argument("--input-size", nargs=2, type=int, metavar=("H", "W"), default=None,
-                   help="input height and width (default 224 224; at least 32)")
-    p.add_argument("--batch-size", type=int, default=1)
+    add_input_size(p, help="input size (default 224; at least 32)")
+    add_batch_size(p, default=1, help="batch size of the byte counts (default 1)")
     p.add_argument("--by", choices=("stage", "layer"), default="layer",
                    help="one row per layer (default) or per stage")
     p.add_argument("--dtype", choices=tuple(DTYPE_BYTES), default="fp32",
                    help="bytes per element for the byte columns (MACs do not change)")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_json(p, "the profile")
     p.add_argument("--plot", metavar="FILE.png", help="write a per-layer operational-intensity chart")
     p.set_defaults(func=lambda a: _run(_cmd_profile, a), command="profile")
 
@@ -207,9 +208,9 @@ def add_commands(subparsers) -> None:
                    help="comma-separated ridge points in MACs/byte (default 0,10,50,100,500)")
     r.add_argument("--peak-macs", default=None,
                    help="peak MAC/s, e.g. 1e12 or 500G (default 1T; rankings do not depend on it)")
-    r.add_argument("--input-size", nargs=2, type=int, metavar=("H", "W"), default=None,
-                   help="profile every model at this size (default: each model's accuracy resolution)")
+    add_input_size(r, help="profile every model at this size (default: each model's accuracy "
+                           "resolution)")
     r.add_argument("--dtype", choices=tuple(DTYPE_BYTES), default="fp32")
-    r.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_json(r, "the latencies")
     r.add_argument("--plot", metavar="FILE.png", help="write latency-vs-accuracy panels, one per RP")
     r.set_defaults(func=lambda a: _run(_cmd_roofline, a), command="roofline")

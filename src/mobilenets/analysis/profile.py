@@ -43,7 +43,6 @@ is ``sum(p.numel())`` over the whole model, as the papers' tables report it.
 
 from __future__ import annotations
 
-import json
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from typing import Iterable, Optional, Sequence, Union
@@ -201,9 +200,6 @@ class Profile:
             layers.append(d)
         return dict(model=self.model, input_size=list(self.input_size), batch_size=self.batch_size,
                     dtype=self.dtype, totals=self.totals(), layers=layers)
-
-    def to_json(self, **kw) -> str:
-        return json.dumps(self.to_dict(), **kw)
 
     def __repr__(self) -> str:
         return (f"Profile({self.model!r}, input_size={self.input_size}, dtype={self.dtype!r}, "

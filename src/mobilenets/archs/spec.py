@@ -18,7 +18,7 @@ channels never scale.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from typing import Optional
 
 BLOCK_KINDS = ("cn", "ds", "dsa", "ir", "er", "uir", "mqa")
@@ -155,7 +155,6 @@ class NetSpec:
         act: default activation. stem_act: stem activation (default ``act``).
         fix_stem_below: the stem keeps its width when ``width_mult`` is below this.
         head: classifier head.
-        se_act, se_gate: squeeze-excite activations.
         layer_scale: init value of layer scale on ``uir`` and ``mqa`` blocks (``None``: off).
         aa: anti-aliasing layer on strided blocks (``None``, ``"avg"``, ``"blurpc"``).
         norm_eps, norm_momentum: BatchNorm settings.
@@ -172,8 +171,6 @@ class NetSpec:
     head: HeadSpec = field(default_factory=HeadSpec)
     stem_act: Optional[str] = None
     fix_stem_below: float = 0.0
-    se_act: str = "relu"
-    se_gate: str = "hard_sigmoid"
     layer_scale: Optional[float] = None
     aa: Optional[str] = None
     norm_eps: float = 1e-5
@@ -191,7 +188,3 @@ class NetSpec:
 
     def replace(self, **kw) -> "NetSpec":
         return replace(self, **kw)
-
-
-def spec_fields(cls) -> list[str]:
-    return [f.name for f in fields(cls)]

@@ -181,7 +181,7 @@ def reference_models(name: str) -> tuple[Optional[nn.Module], Optional[nn.Module
 
 def _ort_session(path: str, threads: int):
     # ORT's worker threads spin after each run by default; interleaved with PyTorch paths they
-    # would steal the cores from the next path (eager measured ~100x slower), so no spinning
+    # would steal the cores from the next path (measured: benchmarks/RESULTS.md), so no spinning
     from .ort import ort_session
 
     return ort_session(path, threads=threads, spinning=False)

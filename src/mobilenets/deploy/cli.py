@@ -1,13 +1,18 @@
-"""``mobilenets export`` and ``mobilenets bench``: deployment from the command line."""
+"""``mobilenets export`` and ``mobilenets bench``: deployment from the command line.
+
+Both take the shared ``--input-size`` (:mod:`mobilenets.clitools`; ``bench`` square only, its
+old ``--size N`` an alias); ``bench`` also ``--batch-size B [B ...]`` (alias ``--batch``) and
+``--json [FILE]``.
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-from ..clitools import UserError
+from ..clitools import (UserError, add_batch_size, add_input_size, add_json, emit_json, json_only,
+                        square_size)
 
 
 def load_for_export(source: str, model_name: str | None = None, num_classes: int | None = None,
@@ -75,20 +80,22 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if args.paths:
         paths = [p.strip() for p in args.paths.split(",") if p.strip()]
     log = (lambda s: None) if args.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
-    report = bench(names, batches=args.batch, threads=args.threads, size=args.size, paths=paths,
+    size = square_size(args.input_size, "bench")
+    report = bench(names, batches=args.batch_size, threads=args.threads, size=size, paths=paths,
                    repeats=args.repeats, calib=args.calib, log=log, seconds=args.seconds)
+    if json_only(args):
+        emit_json(args, report.as_dict())
+        return 0
     m = report.machine
     print(f"\n{m['cpu']}, {m['threads']} threads, torch {m['torch']}"
           + "".join(f", {k} {m[k]}" for k in ("onnxruntime", "timm") if k in m)
-          + f"; input {args.size}x{args.size}; peak {report.peak_macs / 1e9:.1f} GMAC/s (fp32 matmul)")
+          + f"; input {size}x{size}; peak {report.peak_macs / 1e9:.1f} GMAC/s (fp32 matmul)")
     print(report.table(markdown=args.markdown))
     print("\nms: median per batch; p25-p75: quartiles of the timed iterations. x timm ORT / x timm eager: "
           "ratio of medians in this run (< 1: faster); x roofline: ms / (MACs / measured peak MAC rate).")
     for line in report.goals():
         print("goal " + line)
-    if args.json:
-        Path(args.json).write_text(json.dumps(report.as_dict(), indent=2, default=float))
-        print(f"wrote {args.json}")
+    emit_json(args, report.as_dict())
     return 0
 
 
@@ -107,13 +114,12 @@ def add_commands(subparsers) -> None:
     p.add_argument("--calib", help="calibration images for --int8: digits | fake | DIR (image folder)")
     p.add_argument("--calib-count", type=int, default=128, help="calibration images (default 128)")
     p.add_argument("--dynamic-batch", action="store_true", help="symbolic batch dimension")
-    p.add_argument("--input-size", nargs=2, type=int, metavar=("H", "W"),
-                   help="traced input size (default: the checkpoint's training size, else 224 224)")
+    add_input_size(p, help="traced input size (default: the checkpoint's training size, else 224)")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset, 13-20 (default 17)")
     p.add_argument("--weights", help="weights for a registry name (file or hf-hub:org/name)")
     p.add_argument("--model", help="architecture, for a plain weights file given as CHECKPOINT")
     p.add_argument("--num-classes", type=int, default=None, help="classifier size (default: from the weights, else 1000)")
-    p.set_defaults(func=_cmd_export, user_errors=_user_errors())
+    p.set_defaults(func=_cmd_export)
 
     b = subparsers.add_parser("bench", help="CPU latency of our deployment paths vs timm / torchvision",
                               description="Times our paths (eager, fused + channels_last, fused + oneDNN "
@@ -121,20 +127,15 @@ def add_commands(subparsers) -> None:
                                           "ONNX Runtime, torchvision eager) in one interleaved run and prints "
                                           "ratios of medians and the roofline limit.")
     b.add_argument("names", nargs="+", metavar="NAME", help="registry names or patterns")
-    b.add_argument("--batch", nargs="+", type=int, default=[1, 32], help="batch sizes (default 1 32)")
+    add_batch_size(b, default=[1, 32], multiple=True, help="batch sizes (default 1 32)")
     b.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
-    b.add_argument("--size", type=int, default=224, help="input resolution (default 224)")
+    add_input_size(b, default=(224, 224), square=True, help="input resolution (default 224)")
     b.add_argument("--paths", help=f"comma-separated subset of {','.join(ALL_PATHS)}")
     b.add_argument("--skip", nargs="+", choices=ALL_PATHS, help="paths to leave out (e.g. compile)")
     b.add_argument("--repeats", type=int, default=None, help="timed iterations per path (default: auto)")
     b.add_argument("--seconds", type=float, default=4.0, help="auto repeats: ~seconds per path (default 4)")
     b.add_argument("--calib", default="fake", help="INT8 calibration data: fake | digits | DIR")
-    b.add_argument("--json", metavar="FILE", help="write every measurement as JSON")
+    add_json(b, "every measurement")
     b.add_argument("--markdown", action="store_true", help="print the table as markdown")
     b.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
-    b.set_defaults(func=_cmd_bench, user_errors=_user_errors())
-
-
-def _user_errors() -> tuple:
-    from ..weights.io import CheckpointError
-    return (CheckpointError,)
+    b.set_defaults(func=_cmd_bench)

@@ -9,10 +9,9 @@ output. :func:`optimize_for_cpu` removes both: every folded ``ConvNormAct`` beco
 activation applied as a post-op (``torch.ops.mkldnn._convolution_pointwise``; the kernels
 ``torch.compile`` uses on CPU, called from eager). The model is also put in channels-last.
 
-Measured on a 2-core AMD EPYC, batch 1, 224 px, 2 threads, interleaved, against timm eager:
-MNv4-Conv-S 0.73 -> 0.57, MNv4-Conv-M 0.81 -> 0.62, MobileNetV2 0.74 -> 0.55 (fused +
-channels-last -> this). Outputs equal the fused model's to float rounding (same kernels, same
-arithmetic).
+How much faster than fused + channels-last and than timm eager: ``mobilenets bench`` (the
+``fused_onednn`` path) measures it; figures in ``benchmarks/RESULTS.md``. Outputs equal the fused
+model's to float rounding (same kernels, same arithmetic).
 
 The result is for fp32 CPU inference only: the packed weights do not follow ``.to()`` or
 ``.cuda()``, cannot be trained, and ``state_dict()`` still holds the plain (folded) weights of

@@ -7,7 +7,7 @@ hard-sigmoid gate in SE, V4 uses ReLU (GELU in Hybrid-L). Names are the ones peo
 from __future__ import annotations
 
 from functools import partial
-from typing import Callable, Optional, Union
+from typing import Callable, Union
 
 import torch.nn as nn
 
@@ -57,9 +57,3 @@ def get_act(act: ActLike, inplace: bool = False) -> nn.Module:
         return act(inplace=True)
     return act()
 
-
-def act_name(act: ActLike) -> Optional[str]:
-    """Canonical short name of an activation spec (for printing)."""
-    if act is None or isinstance(act, str):
-        return act
-    return getattr(act, "__name__", type(act).__name__)

@@ -2,7 +2,9 @@
 
 The main CLI wires them in with :func:`add_commands`; ``python -m mobilenets.train`` (and so
 ``torchrun --nproc_per_node=2 -m mobilenets.train ...``) runs them directly. Every handler returns
-an exit code; user errors print one line on stderr and return 2.
+an exit code; user errors print their message on stderr and return 2
+(:func:`mobilenets.clitools.run_handler`). ``train`` and ``eval`` take the shared
+``--input-size N`` (square; old spelling ``--img-size``) and ``--batch-size`` (alias ``--batch``).
 """
 
 from __future__ import annotations
@@ -14,7 +16,10 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Optional, Sequence
 
-from ..clitools import UserError, run_handler
+from ..clitools import UserError, add_batch_size, add_input_size, run_handler, square_size
+
+# recipe fields with a shared CLI flag (clitools) instead of a generated one
+_SHARED_FIELDS = ("img_size", "batch_size")
 
 
 def _recipe_flags(p: argparse.ArgumentParser) -> None:
@@ -22,10 +27,20 @@ def _recipe_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("recipe fields (override the chosen --recipe; same as --set FIELD=VALUE)")
     for f in fields(Recipe):
         flag = "--" + f.name.replace("_", "-")
-        if flag in ("--model", "--teacher"):
+        if flag in ("--model", "--teacher") or f.name in _SHARED_FIELDS:
             continue
         g.add_argument(flag, dest=f"r_{f.name}", default=None, metavar="V",
                        help=f"default {f.default if not callable(getattr(f, 'default_factory', None)) else '...'}")
+
+
+def _flag_overrides(args: argparse.Namespace) -> dict:
+    """Recipe fields given as flags: the generated ``--<field>`` ones and the shared size / batch."""
+    over = {k[2:]: v for k, v in vars(args).items() if k.startswith("r_") and v is not None}
+    if args.input_size is not None:
+        over["img_size"] = square_size(args.input_size, "train")
+    if args.batch_size is not None:
+        over["batch_size"] = args.batch_size
+    return over
 
 
 def _training_recipe(args: argparse.Namespace):
@@ -39,9 +54,7 @@ def _training_recipe(args: argparse.Namespace):
             over["dataset"] = args.data
         else:
             over.update(dataset="imagefolder", data_dir=args.data)
-    for k, v in vars(args).items():
-        if k.startswith("r_") and v is not None:
-            over[k[2:]] = v
+    over.update(_flag_overrides(args))
     if args.teacher:
         over["teacher"] = args.teacher
     r = apply_overrides(r, {k: v for k, v in over.items() if k not in ("model", "data_dir", "teacher", "dataset")})
@@ -65,8 +78,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         ck = load_checkpoint(args.resume)
         from .recipe import apply_overrides
         r = Recipe.from_dict(ck.get("recipe") or {})
-        over = {k[2:]: v for k, v in vars(args).items() if k.startswith("r_") and v is not None}
-        r = apply_overrides(apply_overrides(r, over), args.set or [])
+        r = apply_overrides(apply_overrides(r, _flag_overrides(args)), args.set or [])
         out = Path(args.out) if args.out else Path(args.resume).parent
     else:
         r = _training_recipe(args)
@@ -102,7 +114,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from .infer import eval_checkpoint
     png = args.confusion or str(Path(args.checkpoint).with_name(Path(args.checkpoint).stem + "_confusion.png"))
     res = eval_checkpoint(args.checkpoint, args.data, args.batch_size, use_ema=not args.no_ema,
-                          img_size=args.img_size, confusion_png=png, model_name=args.model)
+                          img_size=square_size(args.input_size, "eval"), confusion_png=png,
+                          model_name=args.model)
     print(f"{args.checkpoint} on {args.data}: top-1 {res['top1']:.2f}%  top-5 {res['top5']:.2f}%  "
           f"loss {res['loss']:.4f}  ({res['n']} images)")
     if res.get("confusion_png"):
@@ -138,14 +151,16 @@ def add_commands(subparsers) -> None:
     p.add_argument("--set", action="append", metavar="FIELD=VALUE", help="override any recipe field")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_input_size(p, square=True, help="train/eval resolution (default: the recipe's img_size)")
+    add_batch_size(p, help="batch size per process (default: the recipe's batch_size)")
     _recipe_flags(p)
     p.set_defaults(func=_cmd_train)
 
     p = subparsers.add_parser("eval", help="top-1/top-5 and a confusion matrix of a checkpoint")
     p.add_argument("checkpoint")
     p.add_argument("--data", default="digits", help="digits | fake | PATH to an image folder")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--img-size", type=int, default=None)
+    add_batch_size(p, default=128, help="evaluation batch size (default 128)")
+    add_input_size(p, square=True, help="resolution (default: the checkpoint's training size)")
     p.add_argument("--model", help="architecture for a plain weights file")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights, not the EMA")
     p.add_argument("--confusion", help="confusion-matrix PNG path (default next to the checkpoint)")
@@ -170,7 +185,8 @@ def _user_errors() -> tuple:
 
 
 def handle(args: argparse.Namespace) -> int:
-    """Run a parsed command with the shared user-error handling (exit 2, one stderr line)."""
+    """Run a parsed command with the shared handling: user errors exit 2 with their message, bugs 1
+    with a traceback (:func:`mobilenets.clitools.run_handler`)."""
     return run_handler(args.func, args)
 
 

@@ -147,7 +147,8 @@ class Recipe:
 
 # --- named recipes -------------------------------------------------------------------------------
 RECIPES: dict[str, Recipe] = {
-    # Tuned on 2 CPU cores: 1437 training images (80 %, stratified), 64 px, ~25 s per epoch.
+    # Tuned on 2 CPU cores: 1437 training images (80 %, stratified), 64 px (epoch time:
+    # benchmarks/RESULTS.md).
     # No flips (a mirrored digit is another glyph); mild crops; short warm-up then cosine.
     "digits": Recipe(img_size=64, epochs=20, batch_size=64, opt="adamw", lr=4e-3, weight_decay=0.05,
                      sched="cosine", warmup_epochs=1, scale_min=0.6, ratio=(0.85, 1.18), hflip=0.0,
@@ -179,10 +180,18 @@ RECIPES: dict[str, Recipe] = {
 }
 
 
+class UnknownRecipeError(KeyError, ValueError):
+    """Unknown recipe name. A ``KeyError`` (lookup) and a ``ValueError`` (bad argument)."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0])
+
+
 def get_recipe(name: str) -> Recipe:
-    """A copy of a named recipe (``KeyError`` listing the names for an unknown one)."""
+    """A copy of a named recipe (:class:`UnknownRecipeError`, a ``KeyError``, listing the names
+    for an unknown one)."""
     if name not in RECIPES:
-        raise KeyError(f"unknown recipe {name!r}; choose from {sorted(RECIPES)}")
+        raise UnknownRecipeError(f"unknown recipe {name!r}; choose from {sorted(RECIPES)}")
     return copy.deepcopy(RECIPES[name])
 
 

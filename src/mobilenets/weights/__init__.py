@@ -47,7 +47,7 @@ def _format_problems(missing, unexpected, mismatched, limit: int = 12) -> str:
 
 def _fits(sd: Mapping[str, torch.Tensor], layout: str, model: nn.Module) -> bool:
     """Whether ``sd`` (in ``layout``) maps onto ``model`` with every key and shape."""
-    mapper = LAYOUTS[layout][1]
+    mapper = LAYOUTS[layout].mapper
     try:
         sd, unexpected = mapper(dict(sd), model) if mapper is not None else (dict(sd), [])
     except (AttributeError, KeyError, TypeError, ValueError, IndexError):
@@ -135,7 +135,7 @@ def load_weights(model: nn.Module, source: Source, strict: bool = True) -> LoadR
             f"{where}: {'ambiguous' if layout == 'ambiguous' else 'unrecognised'} key layout "
             f"(first keys: {list(sd)[:5]}); expected a mobilenets, timm, torchvision or official "
             f"Mobile-Former checkpoint of the same architecture")
-    _, mapper, bn_of = LAYOUTS[layout]
+    mapper, bn_settings = LAYOUTS[layout].mapper, LAYOUTS[layout].bn_settings
     raw = sd
     unexpected: list[str] = []
     if mapper is not None:
@@ -161,7 +161,7 @@ def load_weights(model: nn.Module, source: Source, strict: bool = True) -> LoadR
             f"{where} ({layout} layout) does not fit {getattr(model, 'name', type(model).__name__)}:"
             + _format_problems(missing, unexpected, mismatched) + _variant_hint(raw, model))
     model.load_state_dict(fitted, strict=False)
-    eps, mom = bn_of(_family(model))
+    eps, mom = bn_settings(_family(model))
     if layout == "mobilenets" and "bn_eps" in meta:
         eps, mom = float(meta["bn_eps"]), float(meta["bn_momentum"])
     if eps is not None and hasattr(model, "set_bn"):

@@ -15,7 +15,7 @@ same pairs backwards.
 from __future__ import annotations
 
 import re
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 import torch
 import torch.nn as nn
@@ -87,7 +87,7 @@ def _map_timm(sd: StateDict, model: nn.Module) -> tuple[StateDict, list[str]]:
     return out, unmapped
 
 
-def _tv_parts(blk: nn.Module, v3: bool) -> list[str]:
+def _tv_parts(blk: nn.Module) -> list[str]:
     """Our sub-module names in the order of torchvision's block Sequential."""
     has_se = not isinstance(getattr(blk, "se", nn.Identity()), nn.Identity)
     if isinstance(blk, DepthwiseSeparable):
@@ -130,7 +130,7 @@ def _map_tv_block(rest: str, blk: nn.Module, v3: bool) -> Optional[str]:
         return f"{_CNA[mm[1]]}.{mm[2]}" if mm else None
     if not isinstance(blk, (DepthwiseSeparable, InvertedResidual)):
         return None
-    parts = _tv_parts(blk, v3)
+    parts = _tv_parts(blk)
     if v3:  # block.j is a Conv2dNormActivation (j.0 conv, j.1 bn) or the SE (fc1/fc2)
         mm = re.match(r"^block\.(\d+)\.(.+)$", rest)
         if not mm or int(mm[1]) >= len(parts):
@@ -258,17 +258,28 @@ def _is_ours(keys: set[str]) -> bool:
             and not any(k.startswith(_FOREIGN_ROOTS) for k in keys))
 
 
-# layout name -> (detector on the key set, mapper, BatchNorm (eps, momentum) by our family)
-LAYOUTS: dict[str, tuple[Callable[[set[str]], bool], Optional[Callable], Callable[[str], tuple]]] = {
-    "mobilenets": (_is_ours, None, lambda fam: (None, None)),
-    "timm": (lambda ks: "conv_stem.weight" in ks and any(k.startswith("blocks.") for k in ks),
-             _map_timm, lambda fam: (1e-5, 0.1)),
-    "torchvision": (lambda ks: "features.0.0.weight" in ks and any(k.startswith("features.1.") for k in ks),
-                    _map_torchvision,
-                    lambda fam: (1e-3, 0.01) if fam == "mobilenetv3" else (1e-5, 0.1)),
+class Layout(NamedTuple):
+    """How to recognise and read one checkpoint key layout (a tuple, so it also unpacks)."""
+
+    #: True when a state dict's key set is in this layout (the detectors exclude each other).
+    detect: Callable[[set[str]], bool]
+    #: ``(state_dict, model) -> (our state dict, unmapped keys)``; None: already our names.
+    mapper: Optional[Callable]
+    #: our family name -> the BatchNorm ``(eps, momentum)`` the checkpoint was trained with
+    #: (``(None, None)``: keep the model's).
+    bn_settings: Callable[[str], tuple]
+
+
+LAYOUTS: dict[str, Layout] = {
+    "mobilenets": Layout(_is_ours, None, lambda fam: (None, None)),
+    "timm": Layout(lambda ks: "conv_stem.weight" in ks and any(k.startswith("blocks.") for k in ks),
+                   _map_timm, lambda fam: (1e-5, 0.1)),
+    "torchvision": Layout(lambda ks: "features.0.0.weight" in ks and any(k.startswith("features.1.") for k in ks),
+                          _map_torchvision,
+                          lambda fam: (1e-3, 0.01) if fam == "mobilenetv3" else (1e-5, 0.1)),
     # The official Mobile-Former trains with PyTorch's default BatchNorm settings.
-    "mobileformer_official": (_is_mobileformer_official, _map_mobileformer_official,
-                              lambda fam: (1e-5, 0.1)),
+    "mobileformer_official": Layout(_is_mobileformer_official, _map_mobileformer_official,
+                                    lambda fam: (1e-5, 0.1)),
 }
 
 
@@ -276,7 +287,7 @@ def detect_layout(keys) -> str:
     """Name the layout of a state dict from its keys: ``"unknown"`` if none fits,
     ``"ambiguous"`` if several do (the detectors are written to exclude each other)."""
     ks = set(keys)
-    hits = [name for name, (detect, _, _) in LAYOUTS.items() if detect(ks)]
+    hits = [name for name, layout in LAYOUTS.items() if layout.detect(ks)]
     if len(hits) > 1:
         return "ambiguous"
     return hits[0] if hits else "unknown"
