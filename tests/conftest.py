@@ -98,3 +98,10 @@ def activation_scale(model: torch.nn.Module, x: torch.Tensor) -> float:
 @pytest.fixture
 def rand_bn():
     return randomize_bn
+
+
+def pytest_report_header(config):
+    # which CPU kernels this run exercises (the suite must pass under each limit: see Makefile)
+    limits = {k: os.environ[k] for k in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY") if k in os.environ}
+    return (f"ATen CPU capability: {torch.backends.cpu.get_cpu_capability()}; "
+            f"limits: {limits or 'none (native)'}")
