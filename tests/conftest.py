@@ -1,3 +1,4 @@
+import copy
 import os
 
 import pytest
@@ -16,7 +17,8 @@ def _reduce_dims(x: torch.Tensor) -> list[int]:
     return [0, *range(2, x.ndim)]  # every dim but the channel dim
 
 
-def randomize_bn(model: torch.nn.Module, seed: int = 0, calib_size=(224, 224)) -> torch.nn.Module:
+def randomize_bn(model: torch.nn.Module, seed: int = 0, calib_size=(224, 224),
+                 calib: "torch.Tensor | None" = None, calibrate: bool = True) -> torch.nn.Module:
     """Give every BatchNorm non-trivial affine parameters and running statistics, and layer
     scales values far from their 1e-5 init, so a mapping mistake (or a wrong eps) shows up in
     the logits, while keeping the network well conditioned.
@@ -47,7 +49,7 @@ def randomize_bn(model: torch.nn.Module, seed: int = 0, calib_size=(224, 224)) -
                 # layer scale at its 1e-5 init would hide the whole residual branch
                 m.gamma.copy_(torch.rand(m.gamma.shape, generator=g) * 0.5 + 0.5)
         conv = _first_conv(model)
-        if conv is None:
+        if conv is None or not calibrate:
             return model
 
         def calibrate(bn, args):
@@ -63,7 +65,7 @@ def randomize_bn(model: torch.nn.Module, seed: int = 0, calib_size=(224, 224)) -
         hooks = [m.register_forward_pre_hook(calibrate) for m in model.modules() if isinstance(m, _BN)]
         try:
             model.eval()
-            model(torch.randn(4, conv.in_channels, *calib_size, generator=g))
+            model(torch.randn(4, conv.in_channels, *calib_size, generator=g) if calib is None else calib)
         finally:
             for h in hooks:
                 h.remove()
@@ -98,3 +100,38 @@ def activation_scale(model: torch.nn.Module, x: torch.Tensor) -> float:
 @pytest.fixture
 def rand_bn():
     return randomize_bn
+
+
+def pytest_report_header(config):
+    # which CPU kernels this run exercises (the suite must pass under each limit: see Makefile)
+    limits = {k: os.environ[k] for k in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY") if k in os.environ}
+    return (f"ATen CPU capability: {torch.backends.cpu.get_cpu_capability()}; "
+            f"limits: {limits or 'none (native)'}")
+
+
+def rel_max_err(ref: torch.Tensor, other: torch.Tensor) -> float:
+    """max |ref - other| / max |ref| (shapes must agree)."""
+    assert ref.shape == other.shape, (ref.shape, other.shape)
+    return float((ref - other).abs().max() / ref.abs().max())
+
+
+@torch.no_grad()
+def assert_same_function(model: torch.nn.Module, transform, x: torch.Tensor) -> torch.nn.Module:
+    """``transform(model)`` (BN folding, a module swap) computes the same function as ``model``.
+
+    Checked the way it is well conditioned: in float64 (the transform applied to a float64 copy,
+    so folded weights are computed in float64 too) the two agree to 1e-12; in fp32 the
+    transformed model's error against that float64 truth is within twice the original's own fp32
+    error (it costs no precision), and the two fp32 outputs agree to 1e-4 relative. A direct
+    fp32-vs-fp32 bound would add two fp32 errors: ~1e-5 for a 28-layer MobileNetV1.
+    Returns the transformed fp32 model (``transform`` may work in place).
+    """
+    model64 = copy.deepcopy(model).double()
+    truth = model64(x.double())
+    assert rel_max_err(truth, transform(model64)(x.double())) <= 1e-12
+    a = model(x)
+    out = transform(model)
+    b = out(x)
+    assert rel_max_err(truth, b.double()) <= 2 * rel_max_err(truth, a.double()) + 1e-6
+    assert rel_max_err(a, b) <= 1e-4
+    return out

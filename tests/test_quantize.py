@@ -16,7 +16,20 @@ import torch
 import torch.nn as nn
 
 import mobilenets
-from conftest import randomize_bn
+from conftest import randomize_bn as _randomize_bn
+
+
+def randomize_bn(model: nn.Module) -> nn.Module:
+    """Random BatchNorm statistics *not* calibrated to the data (conftest's default for parity).
+
+    With calibrated statistics a random-weight network is input-sensitive and chaotic under
+    per-layer noise: 8-bit rounding at ~50 layers grows to 60-70 % relative RMS on the logits
+    (measured on V2/V3/V4 at 64 px), so no INT8 bound could separate a correct quantizer from
+    a broken one. Uncalibrated statistics keep the per-layer noise from compounding; the bounds
+    below were measured on these. (The logits then vary little between images: accuracy of
+    INT8 on real inputs is checked on trained models in the slow test.)
+    """
+    return _randomize_bn(model, calibrate=False)
 from mobilenets.deploy import (QATModel, agreement, calibration_batches, cosine, export_onnx, export_qat_onnx,
                                int8_op_counts, onnx_logits, ort_session, prepare_qat, quantize_onnx)
 

@@ -25,13 +25,20 @@ def test_make_divisible_never_loses_more_than_10_percent():
 
 @st.composite
 def block_specs(draw):
+    # valid specs only (BlockSpec refuses the rest: tests/test_fuzz_specs.py): kernel 0 and a
+    # start kernel are UIB-only, squeeze-excite is ds/dsa/ir-only, attention does not stride
     kind = draw(st.sampled_from(["cn", "ds", "dsa", "ir", "er", "uir", "mqa"]))
-    kw = dict(kind=kind, out=draw(st.integers(1, 2048)), stride=draw(st.sampled_from([1, 2])),
-              k=draw(st.sampled_from([0, 1, 3, 5, 7])), a=draw(st.sampled_from([0, 3, 5])),
+    uir = kind == "uir"
+    kw = dict(kind=kind, out=draw(st.integers(1, 2048)),
+              stride=draw(st.sampled_from([1] if kind == "mqa" else [1, 2])),
+              k=draw(st.sampled_from([0, 1, 3, 5, 7] if uir else [1, 3, 5, 7])),
+              a=draw(st.sampled_from([0, 3, 5] if uir else [0])),
               e=draw(st.sampled_from([1.0, 2.0, 2.5, 3.67, 4.5, 6.0])),
-              se=draw(st.sampled_from([0.0, 0.25])),
+              se=draw(st.sampled_from([0.0, 0.25] if kind in ("ds", "dsa", "ir") else [0.0])),
               act=draw(st.sampled_from([None, "relu", "hard_swish", "gelu", "relu6", "silu"])),
               width=draw(st.sampled_from(["scale", "max", "fixed"])))
+    if uir and kw["stride"] == 2 and not (kw["a"] or kw["k"]):
+        kw["k"] = 3  # a strided UIB needs a depthwise conv
     if kind == "mqa":
         kw.update(heads=draw(st.integers(1, 16)), key_dim=draw(st.integers(8, 128)),
                   kv_stride=draw(st.sampled_from([1, 2])), query_stride=draw(st.sampled_from([1, 2])))

@@ -58,14 +58,48 @@ class BlockSpec:
     width: str = "scale"
 
     def __post_init__(self):
+        # Every field is checked here, so a bad row fails with its name, not deep inside torch.
         if self.kind not in BLOCK_KINDS:
             raise ValueError(f"unknown block kind {self.kind!r}; expected one of {BLOCK_KINDS}")
+        if self.out < 1:
+            raise ValueError(f"{self.kind} block: output channels (c) must be >= 1, got {self.out}")
         if self.stride not in (1, 2):
-            raise ValueError(f"block stride must be 1 or 2, got {self.stride}")
+            raise ValueError(f"{self.kind} block: stride must be 1 or 2 (s), got {self.stride}")
+        # Kernels are odd: 'same' padding (k - 1) // 2 keeps the residual shapes equal.
+        # Only the UIB may drop a depthwise conv (0); its start kernel ``a`` exists only there.
+        min_k = 0 if self.kind == "uir" else 1
+        if self.k < min_k or (self.k and self.k % 2 == 0):
+            raise ValueError(f"{self.kind} block: kernel (k) must be an odd size >= 1"
+                             f"{' or 0 (none)' if min_k == 0 else ''}, got {self.k}")
+        if self.kind == "uir":
+            if self.a < 0 or (self.a and self.a % 2 == 0):
+                raise ValueError(f"uir block: start depthwise kernel (a) must be 0 or odd, got {self.a}")
+            if self.stride > 1 and not (self.a or self.k):
+                raise ValueError("uir block: stride (s) 2 needs a start (a) or middle (k) depthwise "
+                                 "conv (the FFN form a0 k0 cannot downsample)")
+        elif self.a:
+            raise ValueError(f"{self.kind} block: a start depthwise kernel (a) is a uir option, got a{self.a}")
+        if not self.e > 0:
+            raise ValueError(f"{self.kind} block: expansion (e) must be > 0, got {self.e}")
+        if not 0 <= self.se <= 1:
+            raise ValueError(f"{self.kind} block: squeeze-excite ratio (se) must be in [0, 1], got {self.se}")
+        if self.se and self.kind not in ("ds", "dsa", "ir"):
+            raise ValueError(f"{self.kind} block: squeeze-excite (se) is an option of ds, dsa and ir blocks")
         if self.width not in ("scale", "max", "fixed"):
             raise ValueError(f"width must be 'scale', 'max' or 'fixed', got {self.width!r}")
-        if self.kind == "mqa" and (self.heads <= 0 or self.key_dim <= 0):
-            raise ValueError("an mqa block needs heads (h) and key_dim (d)")
+        if self.kind == "mqa":
+            if self.heads <= 0 or self.key_dim <= 0:
+                raise ValueError(f"an mqa block needs heads (h) and key_dim (d) >= 1, "
+                                 f"got h{self.heads} d{self.key_dim}")
+            if self.stride != 1:
+                raise ValueError("mqa block: stride (s) must be 1 (attention keeps the resolution; "
+                                 f"downsample in the block before), got {self.stride}")
+            for name, v in (("kv_stride (v)", self.kv_stride), ("query_stride (q)", self.query_stride)):
+                if v not in (1, 2):
+                    raise ValueError(f"mqa block: {name} must be 1 or 2, got {v}")
+        elif self.heads or self.key_dim or self.kv_stride != 1 or self.query_stride != 1:
+            raise ValueError(f"{self.kind} block: heads/key_dim/kv_stride/query_stride (h, d, v, q) "
+                             "are mqa options")
 
     def to_string(self, repeat: int = 1) -> str:
         def num(v: float) -> str:
@@ -116,6 +150,11 @@ def parse_block(text: str) -> list[BlockSpec]:
     if "c" not in opts:
         raise ValueError(f"block string {text!r} has no output channels (c...)")
     repeat = int(opts.get("r", 1))
+    if repeat < 1:
+        raise ValueError(f"block string {text!r}: repeat (r) must be >= 1, got {repeat}")
+    for name in ("r", "k", "s", "c", "a", "h", "d", "v", "q"):
+        if name in opts and not opts[name].isdigit():
+            raise ValueError(f"block string {text!r}: {name} takes a whole number, got {opts[name]!r}")
     spec = BlockSpec(
         kind=kind, out=int(opts["c"]), stride=int(opts.get("s", 1)), k=int(opts.get("k", 3)),
         a=int(opts.get("a", 0)), e=float(opts.get("e", 1.0)), se=float(opts.get("se", 0.0)),
@@ -178,6 +217,25 @@ class NetSpec:
     drop_rate: float = 0.2
     paper: str = ""
     last_stage_is_head: bool = False
+
+    def __post_init__(self):
+        if not self.stages or not all(self.stages):
+            raise ValueError(f"{self.family}: stages must be a non-empty tuple of non-empty stages")
+        bad = [b for st in self.stages for b in st if not isinstance(b, BlockSpec)]
+        if bad:
+            raise ValueError(f"{self.family}: every block of stages must be a BlockSpec "
+                             f"(parse_stages turns strings into them), got {type(bad[0]).__name__}")
+        if self.stem < 1:
+            raise ValueError(f"{self.family}: stem channels must be >= 1, got {self.stem}")
+        if self.aa not in (None, "avg", "blurpc"):
+            raise ValueError(f"{self.family}: aa must be None, 'avg' or 'blurpc', got {self.aa!r}")
+        if self.layer_scale is not None and not self.layer_scale > 0:
+            raise ValueError(f"{self.family}: layer_scale must be None or > 0, got {self.layer_scale}")
+        if not self.norm_eps > 0 or not 0 <= self.norm_momentum <= 1:
+            raise ValueError(f"{self.family}: norm_eps must be > 0 and norm_momentum in [0, 1], "
+                             f"got {self.norm_eps}, {self.norm_momentum}")
+        if not 0 <= self.drop_rate < 1:
+            raise ValueError(f"{self.family}: drop_rate must be in [0, 1), got {self.drop_rate}")
 
     def blocks(self) -> list[BlockSpec]:
         return [b for s in self.stages for b in s]

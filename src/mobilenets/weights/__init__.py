@@ -42,7 +42,7 @@ def _format_problems(missing, unexpected, mismatched, limit: int = 12) -> str:
             return ""
         more = f" ... (+{len(items) - limit} more)" if len(items) > limit else ""
         return f"\n  {title} ({len(items)}): " + ", ".join(items[:limit]) + more
-    return fmt("missing", missing) + fmt("unexpected", unexpected) + fmt("mis-shaped", mismatched)
+    return fmt("missing", missing) + fmt("unexpected", unexpected) + fmt("mis-shaped or of the wrong dtype", mismatched)
 
 
 def _fits(sd: Mapping[str, torch.Tensor], layout: str, model: nn.Module) -> bool:
@@ -154,6 +154,10 @@ def load_weights(model: nn.Module, source: Source, strict: bool = True) -> LoadR
         v = adapt_shape(v, target[k].shape)
         if v.shape != target[k].shape:
             mismatched.append(f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(target[k].shape)}")
+        elif v.is_floating_point() != target[k].is_floating_point() or v.is_complex():
+            # fp16/bf16 -> fp32 is a legitimate cast; integers into weights (or floats into
+            # counters) are a broken file, which load_state_dict would cast silently
+            mismatched.append(f"{k}: checkpoint dtype {v.dtype} vs model {target[k].dtype}")
         else:
             fitted[k] = v
     if strict and (missing or unexpected or mismatched):

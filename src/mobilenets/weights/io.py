@@ -90,15 +90,24 @@ def read_checkpoint(path: PathLike) -> tuple[dict[str, torch.Tensor], dict]:
             with allow(list(SAFE_CLASSES)) if allow else contextlib.nullcontext():
                 obj = torch.load(str(p), map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as e:
-            msg = str(e).splitlines()[0] if str(e) else "unsupported object"
             raise CheckpointError(
                 f"{p}: refusing to unpickle objects other than tensors and plain containers "
-                f"(weights_only=True): {msg}") from None
+                f"(nothing in it was run): {_refused_object(str(e))}; re-save the weights as a "
+                f"plain state dict (torch.save(model.state_dict(), ...)) or as .safetensors") from None
         except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
             raise CheckpointError(f"{p}: corrupt or not a PyTorch checkpoint ({e})") from None
         return _unwrap(obj, str(p))
     raise CheckpointError(f"{p}: unknown checkpoint type {suffix!r}; expected one of "
                           f"{TORCH_SUFFIXES + SAFETENSORS_SUFFIXES}")
+
+
+def _refused_object(torch_message: str) -> str:
+    """What torch's weights-only unpickler refused, without its advice to load with
+    ``weights_only=False`` (which would run the code in the file)."""
+    for line in torch_message.splitlines():
+        if "GLOBAL" in line or "Unsupported" in line:
+            return line.strip().rstrip(".")
+    return "an object that is not a tensor or a plain container"
 
 
 _HF = re.compile(r"^hf[-_]hub:(?P<repo>[\w.\-]+/[\w.\-]+)(?:@(?P<rev>[\w.\-/]+))?$")
