@@ -12,7 +12,7 @@ from .factory import count_params, create_model, stage_shapes
 from .models import FeatureExtractor, MobileFormer, MobileNet, UnknownModelError, get_entry, list_models
 from .weights import CheckpointError, load_weights, save_weights
 
-__version__ = "0.1.0"
+from .version import __version__  # noqa: E402
 
 __all__ = ["CheckpointError", "FeatureExtractor", "MobileFormer", "MobileNet", "UnknownModelError",
            "__version__", "count_params", "create_model", "get_entry", "list_models",

@@ -10,7 +10,8 @@ import torch.nn as nn
 
 from .models.features import FeatureExtractor
 from .models.registry import get_entry
-from .weights import load_weights
+from .weights import load_weights, read_checkpoint
+from .weights.checkpoint import CheckpointError, load_checkpoint
 
 Pretrained = Union[None, bool, str, Path, dict]
 
@@ -72,3 +73,37 @@ def stage_shapes(model: nn.Module, input_size=(224, 224)) -> list[tuple[str, tup
     model = model.eval()
     x = torch.zeros(1, model.in_chans, *input_size)
     return [(o.name, tuple(o.map.shape)) for o in model.stage_outputs(x)]
+
+
+def model_from_checkpoint(path: str | Path, use_ema: bool = True, model_name: str | None = None,
+                          num_classes: int | None = None) -> tuple[nn.Module, dict]:
+    """Rebuild the model a training checkpoint describes and load its weights.
+
+    Returns ``(model in eval mode, info)`` with info keys ``recipe`` (dict), ``classes``,
+    ``epoch``, ``best``. Plain weight files (``.safetensors`` or state dicts) need
+    ``model_name`` and ``num_classes``.
+    """
+    p = Path(path)
+    if p.suffix.lower() == ".safetensors":
+        ck: dict = {}
+    else:
+        ck = load_checkpoint(p)
+    recipe = ck.get("recipe") if isinstance(ck.get("recipe"), dict) else {}
+    classes = list(ck.get("classes") or [])
+    name = model_name or recipe.get("model") or (ck.get("mobilenets_meta") or {}).get("arch")
+    if not name:
+        raise CheckpointError(f"{p}: no architecture recorded; pass the model name (--model)")
+    if ck.get("state_dict") is not None and isinstance(ck["state_dict"], dict):
+        sd = ck["state_dict"] if use_ema or ck.get("model") is None else ck["model"]
+    else:
+        sd, _ = read_checkpoint(p)
+    fc = [v for k, v in sd.items() if k.endswith("head.fc.weight")]
+    n = num_classes or (len(classes) if classes else (int(fc[0].shape[0]) if fc else None))
+    if n is None:
+        raise CheckpointError(f"{p}: cannot tell the number of classes; pass num_classes")
+    model = create_model(name, num_classes=n)
+    load_weights(model, sd)
+    model.eval()
+    info = {"recipe": recipe, "classes": classes or [str(i) for i in range(n)],
+            "epoch": ck.get("epoch"), "best": ck.get("best")}
+    return model, info

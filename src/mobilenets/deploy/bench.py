@@ -155,9 +155,11 @@ def randomize_bn_stats(model: nn.Module, seed: int = 0) -> nn.Module:
 def reference_models(name: str) -> tuple[Optional[nn.Module], Optional[nn.Module], dict]:
     """(timm model, torchvision model, notes) for registry model ``name``, random weights; each is
     ``None`` with a note when the library is missing or has no such model."""
-    import mobilenets
+    from ..factory import create_model
+    from ..models import get_entry
+    from ..version import __version__
 
-    ref = mobilenets.get_entry(name).reference
+    ref = get_entry(name).reference
     notes: dict = {}
     timm_model = tv_model = None
     if ref.get("timm"):
@@ -209,7 +211,9 @@ def build_paths(name: str, batch: int, size: int = 224, threads: int = 2,
     ``model``: use this model (e.g. trained weights) instead of one carrying the reference's
     random weights; the references then keep their own random weights and are timed only.
     """
-    import mobilenets
+    from ..factory import create_model
+    from ..models import get_entry
+    from ..version import __version__
     from .fuse import fuse
     from .onnx_export import export_onnx
 
@@ -225,10 +229,10 @@ def build_paths(name: str, batch: int, size: int = 224, threads: int = 2,
         src = timm_model if timm_model is not None else tv_model
         if src is not None:
             randomize_bn_stats(src, seed)
-            model = mobilenets.create_model(name, pretrained=src.state_dict())
+            model = create_model(name, pretrained=src.state_dict())
         else:
             torch.manual_seed(seed)
-            model = randomize_bn_stats(mobilenets.create_model(name), seed)
+            model = randomize_bn_stats(create_model(name), seed)
     model = model.eval()
     in_chans = getattr(model, "in_chans", 3)
     x = torch.randn(batch, in_chans, size, size, generator=torch.Generator().manual_seed(seed + batch))
@@ -445,7 +449,11 @@ class BenchReport:
 def machine_info(threads: int) -> dict:
     import platform
 
-    import mobilenets
+    from ..factory import create_model
+
+    from ..models import get_entry
+
+    from ..version import __version__
     cpu = platform.processor() or platform.machine()
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -453,7 +461,7 @@ def machine_info(threads: int) -> dict:
                 cpu = line.split(":", 1)[1].strip()
                 break
     info = {"cpu": cpu, "logical_cpus": os.cpu_count(), "threads": threads, "torch": torch.__version__,
-            "mobilenets": mobilenets.__version__, "python": platform.python_version(),
+            "mobilenets": __version__, "python": platform.python_version(),
             "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
     for lib in ("timm", "onnxruntime", "torchvision"):
         with contextlib.suppress(ImportError):
@@ -482,13 +490,15 @@ def bench(names: Iterable[str], batches: Sequence[int] = (1, 32), threads: int =
     Raises:
         ValueError: unknown model, path, or non-positive batch / threads / size.
     """
-    import mobilenets
+    from ..factory import create_model
+    from ..models import get_entry
+    from ..version import __version__
     from ..analysis import profile
     from ..analysis.calibrate import measure_peak_macs
 
     names = list(names)
     for n in names:
-        mobilenets.get_entry(n)  # raises UnknownModelError with close matches
+        get_entry(n)  # raises UnknownModelError with close matches
     if not names:
         raise ValueError("bench needs at least one model name")
     if any(int(b) < 1 for b in batches) or threads < 1 or size < 32:
@@ -504,7 +514,7 @@ def bench(names: Iterable[str], batches: Sequence[int] = (1, 32), threads: int =
         log(f"measuring the peak fp32 MAC rate ({threads} threads)...")
         peak = measure_peak_macs()
         log(f"peak {peak / 1e9:.1f} GMAC/s")
-        macs = {n: profile(mobilenets.create_model(n), input_size=(size, size)).macs for n in names}
+        macs = {n: profile(create_model(n), input_size=(size, size)).macs for n in names}
         rows: list[BenchRow] = []
         jobs = [(n, b) for n in names for b in batches]
         for name, batch in (progress(jobs) if progress else jobs):

@@ -32,7 +32,7 @@ def load_for_export(source: str, model_name: str | None = None, num_classes: int
         mobilenets.get_entry(source)  # not a file either: UnknownModelError naming close matches
     if weights:
         raise UserError("--weights goes with a model name; a checkpoint path already holds weights")
-    from ..weights.checkpoint import model_from_checkpoint
+    from ..factory import model_from_checkpoint
     model, info = model_from_checkpoint(path, model_name=model_name, num_classes=num_classes)
     recipe = info.get("recipe") or {}
     return model, {"name": recipe.get("model") or model_name or path.stem, "img_size": recipe.get("img_size")}

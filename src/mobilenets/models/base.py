@@ -118,7 +118,7 @@ class Backbone(IntermediatesMixin, nn.Module):
         Args:
             x: ``(N, in_chans, H, W)`` input, H, W >= 32.
         """
-        check_input(x, self.in_chans)
+        check_input(x, self.in_chans, dtype=self.input_dtype())
         state = self._begin(x)
         for stage in self.stages:
             state = self._run_stage(stage, state)
@@ -138,13 +138,17 @@ class Backbone(IntermediatesMixin, nn.Module):
         Returns:
             ``[StageOutput("stem", map, tokens), StageOutput("stages.0", ...), ...]``.
         """
-        check_input(x, self.in_chans)
+        check_input(x, self.in_chans, dtype=self.input_dtype())
         state = self._begin(x)
         out = [StageOutput("stem", *split_state(state))]
         for i, stage in enumerate(self.stages[:depth]):
             state = self._run_stage(stage, state)
             out.append(StageOutput(f"stages.{i}", *split_state(state)))
         return out
+
+    def input_dtype(self) -> torch.dtype:
+        """The dtype inputs must have: the model's (first floating) parameter dtype."""
+        return next((p.dtype for p in self.parameters() if p.is_floating_point()), torch.float32)
 
     def feature_modules(self) -> list[nn.Module]:
         """The modules the feature levels index into: stem, then each stage."""
@@ -157,7 +161,7 @@ class Backbone(IntermediatesMixin, nn.Module):
     def _feature_maps(self, x: torch.Tensor, levels: Sequence[int]) -> list[torch.Tensor]:
         """Maps at the given feature levels (indices into ``feature_info``), shallow to deep;
         runs only the stages up to the deepest requested level."""
-        check_input(x, self.in_chans)
+        check_input(x, self.in_chans, dtype=self.input_dtype())
         take = sorted(self._level_positions()[i] for i in levels)
         state = self._begin(x)
         outs = [split_state(state)[0]] if 0 in take else []

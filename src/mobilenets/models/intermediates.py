@@ -79,7 +79,7 @@ class IntermediatesMixin:
         positions = self._level_positions()
         wanted = {positions[i] for i in taken}
         stages = self.stages[: positions[deepest]] if stop_early else self.stages
-        check_input(x, self.in_chans)
+        check_input(x, self.in_chans, dtype=self.input_dtype())
         state = self._begin(x)
         maps = [split_state(state)[0]] if 0 in wanted else []
         for i, stage in enumerate(stages, start=1):

@@ -56,11 +56,16 @@ def split_state(state: Any) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     return state, None
 
 
-def check_input(x: torch.Tensor, in_chans: int, min_size: int = MIN_INPUT_SIZE) -> None:
-    """Raise ``ValueError`` naming the expected and given shape for a bad input batch.
+def check_input(x: torch.Tensor, in_chans: int, min_size: int = MIN_INPUT_SIZE,
+                dtype: Optional[torch.dtype] = None) -> None:
+    """Raise ``ValueError`` naming the expected and given shape for a bad input batch, and
+    ``TypeError`` for a non-tensor or a dtype the model cannot take.
 
     Args:
         x: the input batch. in_chans: expected channels. min_size: smallest height / width.
+        dtype: the model's parameter dtype: a floating input of another dtype is refused with
+            the fix (convert the input or the model), except under autocast, which casts itself.
+            Integer images are always refused (they need scaling, not only a cast).
 
     Under ``torch.fx`` symbolic tracing it is a leaf (``torch.fx.wrap`` in :mod:`.base`, where
     ``forward_features`` calls it): one call in the graph, checking the real input when the
@@ -72,5 +77,11 @@ def check_input(x: torch.Tensor, in_chans: int, min_size: int = MIN_INPUT_SIZE) 
         raise ValueError(
             f"expected input of shape (N, {in_chans}, H, W) with H, W >= {min_size}, "
             f"got {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise TypeError(f"expected a floating-point image batch{f' of dtype {dtype}' if dtype else ''}, "
+                        f"got {x.dtype}: convert and scale it first, e.g. x.float() / 255, then normalize")
+    if dtype is not None and x.dtype != dtype and not torch.is_autocast_enabled(x.device.type):
+        raise TypeError(f"expected an input of dtype {dtype} (the model's parameters), got {x.dtype}: "
+                        f"pass x.to({dtype}), or convert the model with model.to({x.dtype})")
 
 

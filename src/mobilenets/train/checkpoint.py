@@ -13,7 +13,7 @@ Layout of ``best.pt`` / ``last.pt``::
 
 ``mobilenets.load_weights(model, "best.pt")`` therefore loads the deployable weights. Reading a
 checkpoint back (:func:`load_checkpoint`, :func:`model_from_checkpoint`) lives in
-:mod:`mobilenets.weights.checkpoint`, so deployment reads them without the training package.
+:mod:`mobilenets.weights.checkpoint` and :func:`mobilenets.factory.model_from_checkpoint`, so deployment reads them without the training package.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ from typing import Any, Mapping
 
 import torch
 
-from ..weights.checkpoint import load_checkpoint, model_from_checkpoint
+from ..factory import model_from_checkpoint
+from ..weights.checkpoint import load_checkpoint
 from ..weights.io import atomic_write
 
 __all__ = ["get_rng_state", "load_checkpoint", "model_from_checkpoint", "save_checkpoint", "set_rng_state"]

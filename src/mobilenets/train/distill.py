@@ -51,7 +51,9 @@ def load_teacher(spec: str, num_classes: int, weights: Optional[str] = None,
         TeacherError: unknown name, unreadable checkpoint, or a class count other than
             ``num_classes``.
     """
-    import mobilenets
+    from ..factory import create_model
+    from ..models import get_entry
+    from ..weights import load_weights
     from ..weights import read_checkpoint
 
     path = Path(spec)
@@ -63,7 +65,7 @@ def load_teacher(spec: str, num_classes: int, weights: Optional[str] = None,
             raise TeacherError(f"teacher {spec}: {str(e).splitlines()[0]}") from None
     else:
         try:
-            mobilenets.get_entry(spec)
+            get_entry(spec)
         except (KeyError, ValueError) as e:
             raise TeacherError(f"teacher: {e.args[0] if e.args else e}") from None
         n = num_classes
@@ -73,9 +75,9 @@ def load_teacher(spec: str, num_classes: int, weights: Optional[str] = None,
                   or k.endswith("classifier.3.weight")]
             if fc:
                 n = int(fc[-1].shape[0])
-        model = mobilenets.create_model(spec, num_classes=n)
+        model = create_model(spec, num_classes=n)
         if weights:
-            mobilenets.load_weights(model, weights)
+            load_weights(model, weights)
     got = classifier_outputs(model)
     if got is not None and got != num_classes:
         raise TeacherError(f"teacher {spec} predicts {got} classes but the dataset has {num_classes}; "

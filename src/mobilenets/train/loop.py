@@ -144,13 +144,15 @@ class _Run:
             from .distill import load_teacher
             self.teacher = load_teacher(r.teacher, self.C, r.teacher_weights, dist.device)
 
-        import mobilenets
+        from ..factory import create_model
+
+        from ..weights import load_weights
         kw: dict[str, Any] = {"drop_path_rate": r.drop_path_rate}
         if r.drop_rate is not None:
             kw["drop_rate"] = r.drop_rate
-        model = mobilenets.create_model(r.model, num_classes=self.C, **kw)
+        model = create_model(r.model, num_classes=self.C, **kw)
         if r.pretrained and self.ck is None:
-            rep = mobilenets.load_weights(model, r.pretrained, strict=False)
+            rep = load_weights(model, r.pretrained, strict=False)
             self.say(f"loaded {rep.loaded} tensors from {r.pretrained} ({rep.layout} layout; "
                      f"{len(rep.missing)} missing, {len(rep.mismatched)} mis-shaped)")
         model.to(dist.device)
@@ -418,9 +420,10 @@ class _Run:
             if dist.enabled:
                 torch.distributed.barrier()
             if len(paths) > 1:
-                import mobilenets
+                from ..factory import create_model
+                from ..weights import load_weights
                 avg = average_state_dicts([load_checkpoint(p)["state_dict"] for p in paths])
-                avg_model = mobilenets.create_model(r.model, num_classes=self.C).to(dist.device)
+                avg_model = create_model(r.model, num_classes=self.C).to(dist.device)
                 avg_model.load_state_dict(avg)
                 a = evaluate(avg_model, self.val_loader, dist.device, self.C, dist, r.channels_last)
                 final.update(avg_val_top1=a["top1"], avg_val_top5=a["top5"], avg_of=len(paths))

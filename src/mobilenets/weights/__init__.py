@@ -42,7 +42,7 @@ def _format_problems(missing, unexpected, mismatched, limit: int = 12) -> str:
             return ""
         more = f" ... (+{len(items) - limit} more)" if len(items) > limit else ""
         return f"\n  {title} ({len(items)}): " + ", ".join(items[:limit]) + more
-    return fmt("missing", missing) + fmt("unexpected", unexpected) + fmt("mis-shaped or of the wrong dtype", mismatched)
+    return fmt("missing", missing) + fmt("unexpected", unexpected) + fmt("mis-shaped", mismatched)
 
 
 def _fits(sd: Mapping[str, torch.Tensor], layout: str, model: nn.Module) -> bool:

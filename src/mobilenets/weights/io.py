@@ -92,7 +92,7 @@ def read_checkpoint(path: PathLike) -> tuple[dict[str, torch.Tensor], dict]:
         except pickle.UnpicklingError as e:
             raise CheckpointError(
                 f"{p}: refusing to unpickle objects other than tensors and plain containers "
-                f"(nothing in it was run): {_refused_object(str(e))}; re-save the weights as a "
+                f"(nothing in it was run): {refused_object(str(e))}; re-save the weights as a "
                 f"plain state dict (torch.save(model.state_dict(), ...)) or as .safetensors") from None
         except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
             raise CheckpointError(f"{p}: corrupt or not a PyTorch checkpoint ({e})") from None
@@ -101,7 +101,7 @@ def read_checkpoint(path: PathLike) -> tuple[dict[str, torch.Tensor], dict]:
                           f"{TORCH_SUFFIXES + SAFETENSORS_SUFFIXES}")
 
 
-def _refused_object(torch_message: str) -> str:
+def refused_object(torch_message: str) -> str:
     """What torch's weights-only unpickler refused, without its advice to load with
     ``weights_only=False`` (which would run the code in the file)."""
     for line in torch_message.splitlines():
