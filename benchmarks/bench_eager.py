@@ -29,7 +29,8 @@ from pathlib import Path
 import torch
 
 import mobilenets
-from mobilenets.deploy.bench import build_paths, interleaved_timings, machine_info, ratio_spread
+from mobilenets.deploy.bench import build_paths
+from mobilenets.deploy.timing import interleaved_timings, machine_info, ratio_spread
 
 DEFAULT_MODELS = [
     "mobilenetv1_100",

@@ -60,8 +60,8 @@ def _repeat_multiplier_dw_inputs(model_proto) -> int:
     -> Reshape``: output channel ``j*k + r`` still reads input channel ``j``, weights unchanged).
 
     ONNX Runtime's integer depthwise kernels only handle multiplier 1; other grouped
-    ``QLinearConv`` fall back to one small GEMM per group. Measured on Mobile-Former-294M
-    (2 threads, 224 px): those 9 convs took 28 ms of an 85 ms INT8 run, against 3 ms in fp32.
+    ``QLinearConv`` fall back to one small GEMM per group, several times slower than fp32
+    (benchmarks/INT8.md, "Design measurements").
     The repeat runs in uint8 (``QLinearConcat``). Returns the number of convs rewritten."""
     from onnx import helper, numpy_helper
 
@@ -103,8 +103,7 @@ def _spatial_means_as_global_pool(model_proto) -> int:
     ``x.mean((2, 3), keepdim=True)``; the head's pooling, ``keepdims=0``, gets a ``Flatten``
     after it) as ``GlobalAveragePool``: the same
     numbers, and ONNX Runtime runs it as ``QLinearGlobalAveragePool`` on the uint8 tensor
-    instead of dequantizing the whole feature map for a float mean. MobileNetV3-Large: 9
-    fewer DequantizeLinear of full feature maps, SE pooling 0.9 -> 0.2 ms (2 threads, 224 px).
+    instead of dequantizing the whole feature map for a float mean (benchmarks/INT8.md, "Design measurements").
     Returns the number of nodes rewritten."""
     from onnx import helper, numpy_helper
 

@@ -10,21 +10,18 @@ The pipeline
     rewrites each ``DQ -> Conv -> (Relu|Clip) -> Q`` group into one ``QLinearConv`` (``QGemm``,
     ``QLinearAdd``, ``QLinearMul`` likewise): :func:`int8_op_counts` shows the rewritten graph.
 
-Data types (measured on the development machine, an AVX2 AMD EPYC "Zen 2" without VNNI, ONNX
-Runtime 1.32, batch 1, 224 px; ``benchmarks/INT8.md``)
+Data types (the measurements behind each default: benchmarks/INT8.md, "Design measurements")
     * activations ``uint8`` (asymmetric), weights ``int8`` (symmetric, per output channel):
       ONNX Runtime's fast x86 path (``QLinearConv`` u8s8, the symmetric "ConvSym" kernels).
-      ``int8`` activations ran 15-50 % slower than ``uint8``; ``uint8`` weights were no faster
-      and need a zero point per channel.
+      ``int8`` activations ran slower than ``uint8``; ``uint8`` weights were no faster and
+      need a zero point per channel.
     * ``per_channel=True`` (default): same speed as per-tensor within noise, and per-tensor
       weights lose accuracy on depthwise convs, whose channels have very different ranges.
     * ``reduce_range=True`` (default): weights on 7 bits (``[-64, 64]``). x86 CPUs without
       VNNI multiply u8 x s8 with ``vpmaddubsw``, which adds pairs of products in int16 and
-      saturates when both are large (255 x 127 x 2 > 32767). Measured with full-range weights
-      on small MobileNets: ONNX Runtime's integer result differed from the QDQ graph computed
-      exactly by 9-10 % (relative RMS of the logits) on V3 / V4, and the total error against
-      fp32 was 8-10 %; with 7-bit weights the integer kernels are exact (0.0 difference) and the
-      total error 2-2.6 %. 7-bit weights are safe on every CPU; pass ``reduce_range=False``
+      saturates when both are large (255 x 127 x 2 > 32767): with full-range weights ONNX
+      Runtime's integer result then differs from the QDQ graph it runs, with 7-bit weights it is
+      exact. 7-bit weights are safe on every CPU; pass ``reduce_range=False``
       for VNNI / ARM targets, where full 8-bit weights halve the weight rounding error.
     * Without VNNI an x86 core multiplies u8 x s8 pairs at about the fp32 FMA rate
       (``vpmaddubsw`` + ``vpmaddwd`` against one ``vfmadd``), so INT8 on this CPU is roughly as

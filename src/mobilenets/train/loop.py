@@ -421,7 +421,6 @@ class _Run:
                 torch.distributed.barrier()
             if len(paths) > 1:
                 from ..factory import create_model
-                from ..weights import load_weights
                 avg = average_state_dicts([load_checkpoint(p)["state_dict"] for p in paths])
                 avg_model = create_model(r.model, num_classes=self.C).to(dist.device)
                 avg_model.load_state_dict(avg)

@@ -38,9 +38,8 @@ def export_qat_onnx(qat_model: QATModel, out: Union[str, os.PathLike], input_siz
             kernels differ from that graph by more than ``rtol`` (saturating u8 x s8 kernels
             with ``reduce_range=False`` on a CPU without VNNI), a warning says so. The two
             compute the same quantized graph, but float summation order flips an occasional
-            value by one quantization step and deep networks carry the flips to the logits:
-            measured up to 2.6 % on single images (MobileNetV3-Large at 224 px, ~1 % on
-            average); an export mistake gives errors of order 1.
+            value by one quantization step and deep networks carry the flips to the logits
+            (measured: benchmarks/INT8.md, "Design measurements"); an export mistake gives errors of order 1.
 
     Raises:
         ValueError: not a QAT model, bad size / opset / file name, uninitialised ranges.

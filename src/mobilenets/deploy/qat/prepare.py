@@ -71,8 +71,7 @@ def prepare_qat(model: nn.Module, example_input: Optional[Union[torch.Tensor, It
     will run them (see :mod:`mobilenets.deploy.qat`). Train it with an ordinary loop (a
     small learning rate: it is fine-tuning), then :func:`export_qat_onnx`. Distilling the fp32
     model (loss :func:`mobilenets.train.distill.kd_loss` of the QAT logits against the fp32
-    model's) keeps top-1 agreement with fp32 highest: on digits, label-only fine-tuning gave
-    98.6-99.2 % agreement, distillation 98.6-100 % (``benchmarks/INT8.md``).
+    model's) keeps top-1 agreement with fp32 highest (measured on digits: ``benchmarks/INT8.md``).
 
     Args:
         model: a convolutional MobileNet of this library (V1, V2, V3, V4 ``conv_*``); the
@@ -82,7 +81,7 @@ def prepare_qat(model: nn.Module, example_input: Optional[Union[torch.Tensor, It
         reduce_range: 7-bit weights (``[-64, 64]``, ONNX Runtime's ``reduce_range``). On x86
             CPUs without VNNI the u8 x s8 kernels add pairs of products in int16 and saturate
             with full-range weights, so ONNX Runtime would not compute what the fake-quant
-            model trained on (measured: up to 8 % of the largest logit); with 7-bit weights it
+            model trained on (benchmarks/INT8.md, "Design measurements"); with 7-bit weights it
             matches exactly, and training adapts to the coarser grid. ``False`` for full
             8-bit weights on VNNI / ARM targets.
 
