@@ -4,6 +4,8 @@ import os
 import pytest
 import torch
 
+from mobilenets.layers.bn_stats import calibrate_bn_stats
+
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 _BN = torch.nn.modules.batchnorm._BatchNorm
@@ -11,10 +13,6 @@ _BN = torch.nn.modules.batchnorm._BatchNorm
 
 def _first_conv(model: torch.nn.Module):
     return next((m for m in model.modules() if isinstance(m, torch.nn.Conv2d)), None)
-
-
-def _reduce_dims(x: torch.Tensor) -> list[int]:
-    return [0, *range(2, x.ndim)]  # every dim but the channel dim
 
 
 def randomize_bn(model: torch.nn.Module, seed: int = 0, calib_size=(224, 224),
@@ -52,24 +50,8 @@ def randomize_bn(model: torch.nn.Module, seed: int = 0, calib_size=(224, 224),
         if conv is None or not calibrate:
             return model
 
-        def calibrate(bn, args):
-            (x,) = args
-            dims = _reduce_dims(x)
-            mean = x.mean(dims)
-            var = x.var(dims, unbiased=False)
-            n = mean.numel()
-            bn.running_mean.copy_(mean + 0.2 * var.sqrt() * (torch.rand(n, generator=g) * 2 - 1))
-            bn.running_var.copy_(var * (torch.rand(n, generator=g) * 0.7 + 0.7))
-
-        was_training = model.training
-        hooks = [m.register_forward_pre_hook(calibrate) for m in model.modules() if isinstance(m, _BN)]
-        try:
-            model.eval()
-            model(torch.randn(4, conv.in_channels, *calib_size, generator=g) if calib is None else calib)
-        finally:
-            for h in hooks:
-                h.remove()
-            model.train(was_training)
+        x = torch.randn(4, conv.in_channels, *calib_size, generator=g) if calib is None else calib
+        calibrate_bn_stats(model, x, g)
     return model
 
 

@@ -71,15 +71,15 @@ class Built:
     temp_dir: Optional[tempfile.TemporaryDirectory] = None
 
 
-def randomize_bn_stats(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Non-trivial BatchNorm running statistics (random weights alone leave mean 0 / var 1)."""
+def randomize_bn_stats(model: nn.Module, seed: int = 0, size: int = 224) -> nn.Module:
+    """Non-trivial BatchNorm running statistics (random weights alone leave mean 0 / var 1),
+    calibrated on a random batch so the model stays well conditioned and the fp32 paths can be
+    checked against each other (:func:`mobilenets.layers.bn_stats.calibrate_bn_stats`)."""
+    from ..layers.bn_stats import calibrate_bn_stats
+
     g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
-                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.1)
-                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
-    return model
+    conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+    return calibrate_bn_stats(model, torch.randn(4, conv.in_channels, size, size, generator=g), g)
 
 
 def reference_models(name: str) -> tuple[Optional[nn.Module], Optional[nn.Module], dict]:
@@ -154,11 +154,11 @@ def build_paths(name: str, batch: int, size: int = 224, threads: int = 2,
     if model is None:
         src = timm_model if timm_model is not None else tv_model
         if src is not None:
-            randomize_bn_stats(src, seed)
+            randomize_bn_stats(src, seed, size)
             model = create_model(name, pretrained=src.state_dict())
         else:
             torch.manual_seed(seed)
-            model = randomize_bn_stats(create_model(name), seed)
+            model = randomize_bn_stats(create_model(name), seed, size)
     model = model.eval()
     in_chans = getattr(model, "in_chans", 3)
     x = torch.randn(batch, in_chans, size, size, generator=torch.Generator().manual_seed(seed + batch))
