@@ -28,13 +28,33 @@ from ..factory import model_from_checkpoint
 from ..weights.checkpoint import load_checkpoint
 from ..weights.io import atomic_write
 
-__all__ = ["get_rng_state", "load_checkpoint", "model_from_checkpoint", "save_checkpoint", "set_rng_state"]
+__all__ = ["CheckpointWriteError", "get_rng_state", "load_checkpoint", "model_from_checkpoint", "save_checkpoint", "set_rng_state"]
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (disk full, no permission); the previous one is kept."""
 
 
 def save_checkpoint(obj: Mapping[str, Any], path: str | Path) -> Path:
-    """``torch.save`` to a temporary file in the same folder, then rename: a crash or signal
-    mid-write never leaves a truncated checkpoint behind."""
-    return atomic_write(path, lambda tmp: torch.save(dict(obj), tmp))
+    """``torch.save`` to a temporary file in the same folder, then rename: a crash, a signal or
+    a full disk mid-write never leaves a truncated checkpoint behind, and the previous file at
+    ``path`` stays as it was.
+
+    Raises:
+        CheckpointWriteError: the write failed (its message names the file and the reason).
+    """
+    try:
+        return atomic_write(path, lambda tmp: torch.save(dict(obj), tmp))
+    except OSError as e:
+        keep = f"the previous {Path(path).name} is kept" if Path(path).exists() else "no earlier checkpoint exists"
+        raise CheckpointWriteError(e.errno, f"cannot write checkpoint {path}: {e.strerror or e}; {keep} "
+                                            f"(free disk space, then resume from it)") from e
+    except RuntimeError as e:  # torch.save reports a failed write of its zip stream this way
+        if "write" not in str(e).lower():
+            raise
+        keep = f"the previous {Path(path).name} is kept" if Path(path).exists() else "no earlier checkpoint exists"
+        raise CheckpointWriteError(None, f"cannot write checkpoint {path}: {str(e).splitlines()[0]}; {keep} "
+                                         f"(free disk space, then resume from it)") from e
 
 
 def get_rng_state() -> dict:

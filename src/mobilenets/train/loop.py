@@ -222,6 +222,14 @@ class _Run:
                 "best": self.best, "world_size": self.dist.world,
                 "mobilenets_meta": {"format": "mobilenets", "arch": self.recipe.model}}
 
+    def save_mid_epoch(self, epoch: int, batch_idx: int, sums: torch.Tensor) -> None:
+        """``last.pt`` after ``batch_idx`` batches of ``epoch``: position, running sums and every
+        rank's RNG state, so a resume continues exactly (the loader order is a function of the
+        seed and epoch)."""
+        rng = self.gather_rng()
+        if self.dist.main:
+            save_checkpoint(self.checkpoint(epoch, batch_idx, sums.tolist(), rng), self.files["last"])
+
     def gather_rng(self) -> list:
         st = get_rng_state()
         if not self.dist.enabled:
@@ -341,12 +349,13 @@ class _Run:
                 bar.set_postfix_str(f"loss {sums[0].item() / max(1, sums[2].item()):.3f} lr {lr:.2e}")
             if flags[1] > 0:
                 sig = self.stop.signum or signal.SIGTERM
-                rng = self.gather_rng()
-                if dist.main:
-                    save_checkpoint(self.checkpoint(epoch, batch_idx, sums.tolist(), rng), files["last"])
+                self.save_mid_epoch(epoch, batch_idx, sums)
                 return self.stop_with(128 + int(sig), f"{signal.Signals(sig).name} received: saved {files['last']} "
                                                       f"at epoch {epoch + 1}, batch {batch_idx}; continue with "
                                                       f"--resume {files['last']}")
+            if r.ckpt_every_steps and self.step % r.ckpt_every_steps == 0 and batch_idx < self.spe:
+                # a kill -9 loses at most ckpt_every_steps steps (the epoch's end writes anyway)
+                self.save_mid_epoch(epoch, batch_idx, sums)
         if bar is not None:
             bar.close()
         row = self.end_of_epoch(epoch, sums, seen, t_epoch)
