@@ -166,3 +166,35 @@ def test_disk_full_while_writing_is_a_clear_error_and_keeps_the_previous_checkpo
     monkeypatch.setattr(torch, "save", real_save)
     load_checkpoint(tmp_path / "last.pt")
     assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".*.tmp"))  # no debris
+
+
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _torchrun(out: Path, *extra: str, timeout: float = 180) -> subprocess.CompletedProcess:
+    r = recipe(epochs=3, dist_timeout_s=60).to_dict()
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
+           str(Path(__file__).parent / "helpers" / "ddp_child.py"), json.dumps(r), str(out), *extra]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                          env=dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1"))
+
+
+def test_ddp_rank_killed_stops_the_job_naming_the_rank_then_resume_works(tmp_path):
+    import time
+    t0 = time.time()
+    # 3 steps an epoch per rank; rank 1 kills itself with SIGKILL at its 9th step (the last of
+    # epoch 3), after last.pt was written at step 8 (ckpt_every_steps=2): no hang, a bounded stop
+    p = _torchrun(tmp_path, "1", "9")
+    elapsed = time.time() - t0
+    assert p.returncode != 0 and elapsed < 150, (p.returncode, elapsed)
+    summary = p.stderr[p.stderr.rfind("Root Cause"):]
+    assert "rank      : 1" in summary and "exitcode  : -9" in summary, p.stderr[-3000:]
+    ck = load_checkpoint(tmp_path / "last.pt")  # the mid-epoch checkpoint of step 8 is intact
+    assert (ck["epoch"], ck["batch_in_epoch"], ck["world_size"]) == (2, 2, 2)
+    done = _torchrun(tmp_path, "--resume")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "rank 0 exit 0 epochs 3" in done.stdout

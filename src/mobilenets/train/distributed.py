@@ -32,7 +32,8 @@ class DistInfo:
 
 def setup_distributed(recipe: Recipe) -> DistInfo:
     """Read torchrun's environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``) and join the
-    process group: NCCL on GPUs, gloo on CPU."""
+    process group: NCCL on GPUs, gloo on CPU. A collective that waits ``recipe.dist_timeout_s``
+    for a hung rank fails (a dead rank's closed connection fails it at once), so no rank hangs."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
@@ -44,9 +45,22 @@ def setup_distributed(recipe: Recipe) -> DistInfo:
         torch.cuda.set_device(device)
     info = DistInfo(rank, world, local, device)
     if world > 1 and not torch.distributed.is_initialized():
-        torch.distributed.init_process_group("nccl" if use_cuda else "gloo")
+        import datetime
+
+        torch.distributed.init_process_group("nccl" if use_cuda else "gloo",
+                                             timeout=datetime.timedelta(seconds=recipe.dist_timeout_s))
         info.initialized_here = True
     return info
+
+
+def is_peer_failure(e: BaseException) -> bool:
+    """A collective failed because another rank died, hung past the timeout or closed its
+    connection (gloo / NCCL report these as ``DistError`` subclasses or plain RuntimeErrors)."""
+    if isinstance(e, getattr(torch.distributed, "DistError", ())):
+        return True
+    text = str(e)
+    return isinstance(e, RuntimeError) and any(k in text for k in (
+        "gloo", "NCCL", "Connection reset", "Connection closed", "Timed out", "timed out", "Socket"))
 
 
 def all_reduce_sum(t: torch.Tensor, dist: DistInfo) -> torch.Tensor:

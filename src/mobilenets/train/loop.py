@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader, Dataset
 from .checkpoint import get_rng_state, load_checkpoint, save_checkpoint, set_rng_state
 from .data import DataBundle, batch_mixer, build_datasets
 from .distributed import (DistInfo, all_reduce_sum, epoch_order, epoch_seed, seed_everything,  # noqa: F401
-                          setup_distributed)
+                          is_peer_failure, setup_distributed)
 from .evaluate import evaluate
 from .recipe import LRSchedule, ModelEma, Recipe, average_state_dicts, create_optimizer
 from .reporting import plot_curves, progress_bar, write_metrics  # called through this module: tests patch them
@@ -270,6 +270,15 @@ class _Run:
                     return self.result
             self.finalize()
             return self.result
+        except RuntimeError as e:
+            if not (dist.enabled and is_peer_failure(e)):
+                raise
+            last = self.files["last"]
+            raise TrainingError(
+                f"rank {dist.rank} of {dist.world}: another rank died or stopped responding "
+                f"({str(e).splitlines()[0][:200]}); torchrun's summary names the failed rank. The last "
+                f"complete checkpoint is {last if last.exists() else 'not written yet'}: restart with "
+                f"--resume {last}") from None
         finally:
             self.stop.restore()
             res = self.result

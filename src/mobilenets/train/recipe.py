@@ -99,6 +99,7 @@ class Recipe:
     device: str = "auto"                      # auto | cpu | cuda
     eval_every: int = 1
     ckpt_every_steps: int = 0                 # also write last.pt every N steps (0: at epoch ends only)
+    dist_timeout_s: float = 300.0             # DDP: a collective waiting longer for a hung rank fails
 
     def validate(self) -> "Recipe":
         """Raise ``ValueError`` naming the field for an impossible setting."""
@@ -123,6 +124,7 @@ class Recipe:
         need(0 <= self.distill_alpha <= 1, f"distill_alpha must be in [0, 1], got {self.distill_alpha}")
         need(self.distill_temp > 0, f"distill_temp must be > 0, got {self.distill_temp}")
         need(self.avg_last_k >= 0, f"avg_last_k must be >= 0, got {self.avg_last_k}")
+        need(self.dist_timeout_s > 0, f"dist_timeout_s must be > 0, got {self.dist_timeout_s}")
         need(self.ckpt_every_steps >= 0, f"ckpt_every_steps must be >= 0 (0: off), got {self.ckpt_every_steps}")
         need(0 <= self.reprob <= 1 and 0 <= self.hflip <= 1, "reprob and hflip are probabilities in [0, 1]")
         need(self.mixup >= 0 and self.cutmix >= 0, "mixup and cutmix alphas must be >= 0")
