@@ -4,7 +4,7 @@ import os
 import pytest
 import torch
 
-from mobilenets.layers.bn_stats import calibrate_bn_stats
+from mobilenets.layers.bn_stats import calibrate_bn_stats, eval_pass_with_hooks
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
@@ -67,15 +67,7 @@ def activation_scale(model: torch.nn.Module, x: torch.Tensor) -> float:
             if isinstance(t, torch.Tensor) and t.is_floating_point() and t.numel():
                 worst = max(worst, float(t.double().pow(2).mean().sqrt()))
 
-    hooks = [m.register_forward_hook(record) for m in model.modules()]
-    was_training = model.training
-    try:
-        model.eval()
-        model(x)
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
+    eval_pass_with_hooks(model, x, lambda m: m.register_forward_hook(record))
     return worst
 
 

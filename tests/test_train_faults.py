@@ -19,9 +19,9 @@ import torch
 from mobilenets.train import Recipe, load_checkpoint, train
 from mobilenets.train import loop as loop_mod
 from mobilenets.train.checkpoint import CheckpointWriteError
+from test_train import metrics, same_state  # the same comparison as the resume tests
 
 CHILD = Path(__file__).parent / "helpers" / "train_child.py"
-TIMING = ("epoch_time_s", "train_img_per_s")
 
 
 @pytest.fixture(autouse=True)
@@ -39,15 +39,6 @@ def recipe(**kw) -> Recipe:
                 ema_decay=0.9, reprob=0.25, ckpt_every_steps=2)
     base.update(kw)
     return Recipe(**base)
-
-
-def metrics(history):
-    return [{k: v for k, v in h.items() if k not in TIMING} for h in history]
-
-
-def same_state(a, b) -> bool:
-    sa, sb = a.state_dict(), b.state_dict()
-    return list(sa) == list(sb) and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
 @pytest.fixture(scope="module")

@@ -3,10 +3,11 @@ weights, which must stay numerically well conditioned."""
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn as nn
+from torch.utils.hooks import RemovableHandle
 
 _BN = nn.modules.batchnorm._BatchNorm
 
@@ -33,9 +34,19 @@ def calibrate_bn_stats(model: nn.Module, x: torch.Tensor, generator: Optional[to
         bn.running_mean.copy_(mean + mean_jitter * var.sqrt() * (torch.rand(n, generator=generator) * 2 - 1))
         bn.running_var.copy_(var * (torch.rand(n, generator=generator) * (hi - lo) + lo))
 
+    eval_pass_with_hooks(model, x, lambda m: m.register_forward_pre_hook(calibrate)
+                         if isinstance(m, _BN) and m.running_mean is not None else None)
+    return model
+
+
+@torch.no_grad()
+def eval_pass_with_hooks(model: nn.Module, x: torch.Tensor,
+                         register: Callable[[nn.Module], Optional[RemovableHandle]]) -> None:
+    """One eval-mode forward pass of ``x`` with the hooks ``register(module)`` installs (a
+    handle, or None to skip the module); the hooks are removed and the train/eval mode restored
+    afterwards, whatever happens."""
     was_training = model.training
-    hooks = [m.register_forward_pre_hook(calibrate) for m in model.modules()
-             if isinstance(m, _BN) and m.running_mean is not None]
+    hooks = [h for h in map(register, model.modules()) if h is not None]
     try:
         model.eval()
         model(x)
@@ -43,4 +54,3 @@ def calibrate_bn_stats(model: nn.Module, x: torch.Tensor, generator: Optional[to
         for h in hooks:
             h.remove()
         model.train(was_training)
-    return model
