@@ -176,3 +176,18 @@ def test_garbage_bytes_are_refused(model, tmp_path):
     _refused(_write(tmp_path, "empty.safetensors", b""), model)
     with pytest.raises(FileNotFoundError, match="missing.pth"):
         read_checkpoint(tmp_path / "missing.pth")
+
+
+@pytest.mark.parametrize("content", [b"not an onnx file at all", b"", b"\x08\x07\x12\x03abc"], ids=["text", "empty", "no-graph"])
+def test_an_onnx_file_that_is_not_onnx_is_refused_naming_it(content, tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    from mobilenets.deploy import OnnxFileError, ort_session, quantize_onnx, read_onnx
+    path = _write(tmp_path, "model.onnx", content)
+    for call in (lambda: read_onnx(path), lambda: ort_session(path),
+                 lambda: quantize_onnx(path, tmp_path / "q.onnx", torch.zeros(2, 3, 32, 32))):
+        with pytest.raises(OnnxFileError, match="model.onnx"):
+            call()
+    assert not (tmp_path / "q.onnx").exists()
+    with pytest.raises(FileNotFoundError, match="missing.onnx"):
+        ort_session(tmp_path / "missing.onnx")

@@ -64,7 +64,37 @@ def ort_session(path: Union[str, Path], threads: int = 0, optimized_path: Option
                                    else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
     if optimized_path:
         so.optimized_model_filepath = optimized_path
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"ONNX model not found: {path}")
+    try:
+        return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    except Exception as e:  # noqa: BLE001 - ORT raises its own classes (InvalidProtobuf, Fail, ...)
+        if not type(e).__module__.startswith("onnxruntime"):
+            raise
+        raise OnnxFileError(f"{path}: ONNX Runtime cannot load it as a model "
+                            f"({str(e).splitlines()[0][:300]})") from None
+
+
+class OnnxFileError(ValueError):
+    """An ``.onnx`` file that is not a loadable ONNX model (corrupt, empty, not ONNX)."""
+
+
+def read_onnx(path: Union[str, Path]):
+    """``onnx.load`` with the errors a user can act on: a missing file, or an
+    :class:`OnnxFileError` naming a file that is not an ONNX model with a graph."""
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"ONNX model not found: {p}")
+    try:
+        proto = onnx.load(str(p))
+    except (DecodeError, ValueError, RuntimeError) as e:
+        raise OnnxFileError(f"{p}: not an ONNX model ({str(e).splitlines()[0][:200] if str(e) else type(e).__name__})") from None
+    if not proto.graph.node or not proto.graph.input:
+        raise OnnxFileError(f"{p}: not an ONNX model with a graph (no nodes or no inputs)")
+    return proto
 
 
 def onnx_logits(model: Union[str, Path, Any], images: torch.Tensor, batch_size: int = 64,

@@ -48,7 +48,7 @@ from .calibration import NO_CALIBRATION, Calibration, _as_batches
 from .onnx_export import MAX_OPSET, export_onnx
 from .onnx_passes import (MIN_QDQ_OPSET, _dequantize_outputs, _drop_unused_initializers, _graph_input,
                           _repeat_multiplier_dw_inputs, _spatial_means_as_global_pool, _unshare_initializers)
-from .ort import _quiet_ort_python_logging, _require_ort, ort_session
+from .ort import _quiet_ort_python_logging, _require_ort, ort_session, read_onnx
 
 METHODS = ("minmax", "entropy", "percentile")
 ACTIVATION_TYPES = ("uint8", "int8")
@@ -132,8 +132,7 @@ def quantize_onnx(model_or_path: Union[nn.Module, str, os.PathLike], out: Union[
     is_module = isinstance(model_or_path, nn.Module)
     if not is_module:
         src = Path(model_or_path)
-        if not src.is_file():
-            raise FileNotFoundError(f"fp32 ONNX model not found: {src}")
+        read_onnx(src)  # a missing file or one that is not ONNX fails here, naming the file
     else:
         if isinstance(input_size, int):
             input_size = (input_size, input_size)
