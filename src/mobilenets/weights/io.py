@@ -15,7 +15,6 @@ import os
 import pickle
 import re
 import tempfile
-import zipfile
 from pathlib import Path
 from typing import Any, Mapping, Optional, Union
 
@@ -94,8 +93,10 @@ def read_checkpoint(path: PathLike) -> tuple[dict[str, torch.Tensor], dict]:
                 f"{p}: refusing to unpickle objects other than tensors and plain containers "
                 f"(nothing in it was run): {refused_object(str(e))}; re-save the weights as a "
                 f"plain state dict (torch.save(model.state_dict(), ...)) or as .safetensors") from None
-        except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
-            raise CheckpointError(f"{p}: corrupt or not a PyTorch checkpoint ({e})") from None
+        except Exception as e:  # noqa: BLE001 - a corrupt archive surfaces as any error of the unpickler
+            # (KeyError from its memo, AssertionError, struct.error, EOFError, BadZipFile, ...)
+            raise CheckpointError(f"{p}: corrupt or not a PyTorch checkpoint "
+                                  f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})") from None
         return _unwrap(obj, str(p))
     raise CheckpointError(f"{p}: unknown checkpoint type {suffix!r}; expected one of "
                           f"{TORCH_SUFFIXES + SAFETENSORS_SUFFIXES}")
