@@ -46,15 +46,17 @@ def save_checkpoint(obj: Mapping[str, Any], path: str | Path) -> Path:
     try:
         return atomic_write(path, lambda tmp: torch.save(dict(obj), tmp))
     except OSError as e:
-        keep = f"the previous {Path(path).name} is kept" if Path(path).exists() else "no earlier checkpoint exists"
-        raise CheckpointWriteError(e.errno, f"cannot write checkpoint {path}: {e.strerror or e}; {keep} "
-                                            f"(free disk space, then resume from it)") from e
+        raise _write_error(path, e.errno, e.strerror or str(e)) from e
     except RuntimeError as e:  # torch.save reports a failed write of its zip stream this way
         if "write" not in str(e).lower():
             raise
-        keep = f"the previous {Path(path).name} is kept" if Path(path).exists() else "no earlier checkpoint exists"
-        raise CheckpointWriteError(None, f"cannot write checkpoint {path}: {str(e).splitlines()[0]}; {keep} "
-                                         f"(free disk space, then resume from it)") from e
+        raise _write_error(path, None, str(e).splitlines()[0]) from e
+
+
+def _write_error(path: str | Path, errno: int | None, reason: str) -> CheckpointWriteError:
+    keep = f"the previous {Path(path).name} is kept" if Path(path).exists() else "no earlier checkpoint exists"
+    return CheckpointWriteError(errno, f"cannot write checkpoint {path}: {reason}; {keep} "
+                                       f"(free disk space, then resume from it)")
 
 
 def get_rng_state() -> dict:
