@@ -70,6 +70,18 @@ def test_corrupted_bytes_never_escape_as_other_errors(pos, byte, suffix, model, 
         assert str(path) in str(e)
 
 
+@pytest.mark.parametrize("meta", [{"bn_eps": "1eA05", "bn_momentum": "0.1"}, {"bn_eps": "1e-05"},
+                                  {"bn_eps": "1e-05", "bn_momentum": "7"}, {"bn_eps": "nan", "bn_momentum": "0.1"}],
+                         ids=["unparsable", "missing", "out-of-range", "nan"])
+def test_damaged_bn_metadata_is_refused_naming_the_file(meta, model, tmp_path):
+    # found by the byte-flip fuzzer: a flipped byte in our own metadata escaped as ValueError/KeyError
+    from safetensors.torch import save_file
+    path = tmp_path / "meta.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, path,
+              metadata={"format": "mobilenets", "arch": NAME, **meta})
+    assert "damaged metadata" in str(_refused(path, model))
+
+
 def _safetensors(header: dict, payload: bytes, header_len=None) -> bytes:
     h = json.dumps(header).encode()
     return struct.pack("<Q", len(h) if header_len is None else header_len) + h + payload

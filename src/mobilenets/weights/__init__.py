@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Union
+from typing import Mapping, Optional, Union
 
 import torch
 import torch.nn as nn
@@ -96,6 +96,23 @@ def _variant_hint(sd: Mapping[str, torch.Tensor], model: nn.Module) -> str:
             f"create that model instead")
 
 
+def _bn_from_meta(meta: Mapping, where: str) -> tuple[float, Optional[float]]:
+    """The BatchNorm eps / momentum our files carry as metadata (written by :func:`save_weights`;
+    momentum ``None`` is PyTorch's cumulative average). A missing, unreadable or out-of-range
+    value (a damaged file) is a CheckpointError naming the file."""
+    raw_eps, raw_mom = meta.get("bn_eps"), meta.get("bn_momentum")
+    try:
+        eps = float(raw_eps)
+        mom = None if raw_mom == "None" else float(raw_mom)
+    except (TypeError, ValueError):
+        raise CheckpointError(f"{where}: damaged metadata: bn_eps={raw_eps!r}, bn_momentum={raw_mom!r} "
+                              f"(expected numbers, as save_weights writes them)") from None
+    if not (0.0 < eps < 1.0) or (mom is not None and not 0.0 <= mom <= 1.0):
+        raise CheckpointError(f"{where}: damaged metadata: bn_eps={eps!r} (expected 0 < eps < 1), "
+                              f"bn_momentum={mom!r} (expected None or 0..1)")
+    return eps, mom
+
+
 def load_weights(model: nn.Module, source: Source, strict: bool = True) -> LoadReport:
     """Load a checkpoint into ``model``, in place.
 
@@ -167,7 +184,7 @@ def load_weights(model: nn.Module, source: Source, strict: bool = True) -> LoadR
     model.load_state_dict(fitted, strict=False)
     eps, mom = bn_settings(_family(model))
     if layout == "mobilenets" and "bn_eps" in meta:
-        eps, mom = float(meta["bn_eps"]), float(meta["bn_momentum"])
+        eps, mom = _bn_from_meta(meta, where)
     if eps is not None and hasattr(model, "set_bn"):
         model.set_bn(eps, mom)
     return LoadReport(layout, len(fitted), missing, unexpected, mismatched)
