@@ -2,7 +2,7 @@
 
     textutil, version -> archs (pure data) -> layers -> blocks -> models -> zoo (registration) -> weights
     -> data -> factory
-    -> analysis, train -> deploy -> the package root -> the command-line interface
+    -> analysis, train -> deploy -> tasks -> the package root -> the command-line interface
 
 (an arrow reads "is imported by"): a module imports only from its own package or from lower
 layers, including imports inside functions. Checked on the source with ``ast``, so nothing
@@ -20,7 +20,7 @@ import mobilenets
 
 ROOT = Path(mobilenets.__file__).parent
 LAYERS = [("textutil", "version"), "archs", "layers", "blocks", "models", "zoo", "weights", "data", "factory",
-          ("analysis", "train"), "deploy", "__init__", "cli"]
+          ("analysis", "train"), "deploy", "tasks", "__init__", "cli"]
 RANK = {name: i for i, layer in enumerate(LAYERS) for name in ((layer,) if isinstance(layer, str) else layer)}
 CLI = {"cli", "clitools", "__main__"}  # the command line: modules nothing in the library may import
 
