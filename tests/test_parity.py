@@ -27,7 +27,7 @@ timm = pytest.importorskip("timm")
 torchvision = pytest.importorskip("torchvision")
 
 SIZES = [(224, 224), (193, 161)]
-TIMM_MODELS = [n for n in mobilenets.list_models() if mobilenets.get_entry(n).reference.get("timm")]
+TIMM_MODELS = [n for n in mobilenets.list_models(task="classification") if mobilenets.get_entry(n).reference.get("timm")]
 
 
 def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -53,7 +53,7 @@ def _assert_same_logits(ref, ours, sizes=SIZES):
 def test_every_timm_architecture_is_covered():
     # every issue model timm also defines has a parity test
     assert len(TIMM_MODELS) == 24
-    assert set(n for n in mobilenets.list_models() if n not in TIMM_MODELS) == {
+    assert set(n for n in mobilenets.list_models(task="classification") if n not in TIMM_MODELS) == {
         "mobilenetv1_025", "mobilenetv1_050", "mobilenetv1_075",  # timm has no such models
         # nor Mobile-Former: its reference is the official code (tests/test_mobileformer.py)
         *mobilenets.list_models(family="mobileformer")}

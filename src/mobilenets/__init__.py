@@ -8,6 +8,7 @@
 
 from . import zoo  # noqa: F401  (registers every model)
 from . import analysis, deploy  # noqa: F401  (mobilenets.analysis.profile, mobilenets.deploy.fuse)
+from .tasks import zoo as _task_zoo  # noqa: F401  (registers the detectors)
 from .factory import count_params, create_model, stage_shapes
 from .models import FeatureExtractor, MobileFormer, MobileNet, UnknownModelError, get_entry, list_models
 from .weights import CheckpointError, load_weights, save_weights

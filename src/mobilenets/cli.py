@@ -18,35 +18,47 @@ from typing import Optional, Sequence
 from .clitools import UserError, add_input_size, add_json, emit_json, json_only, run_handler, table
 
 
-def list_rows(pattern: str = "*", family: Optional[str] = None, macs: bool = True) -> list[dict]:
-    """One dict per matching model: name, family, params (M) and MACs at 224 (M)."""
+def list_rows(pattern: str = "*", family: Optional[str] = None, macs: bool = True,
+              task: str = "classification") -> list[dict]:
+    """One dict per matching model: name, family, params (M) and MACs (M; at 224 for
+    classification, at 320 for detectors: one image through backbone, neck and heads)."""
     import mobilenets
     from .analysis.cli import macs_at_224
 
-    names = mobilenets.list_models(pattern, family=family)
+    names = mobilenets.list_models(pattern, family=family, task=task)
     if not names:
-        raise UserError(f"no model matches {pattern!r}" + (f" in family {family!r}" if family else "")
-                        + f"; families: {sorted({mobilenets.get_entry(n).family for n in mobilenets.list_models()})}")
+        families = sorted({mobilenets.get_entry(n).family for n in mobilenets.list_models(task=task)})
+        what = "model" if task == "classification" else f"{task} model"
+        raise UserError(f"no {what} matches {pattern!r}" + (f" in family {family!r}" if family else "")
+                        + f"; families: {families}")
     rows = []
     for n in names:
+        entry = mobilenets.get_entry(n)
         m = mobilenets.create_model(n)
-        row = {"name": n, "family": mobilenets.get_entry(n).family,
-               "params_m": round(mobilenets.count_params(m) / 1e6, 3)}
+        row = {"name": n, "family": entry.family, "params_m": round(mobilenets.count_params(m) / 1e6, 3)}
+        if task != "classification":
+            row["backbone"] = entry.defaults.get("backbone", "")
         if macs:
-            row["macs_m_224"] = round(macs_at_224(n) / 1e6, 1)
+            if task == "classification":
+                row["macs_m_224"] = round(macs_at_224(n) / 1e6, 1)
+            else:
+                from .tasks.detection.cost import detector_macs
+                row["macs_m_320"] = round(detector_macs(m) / 1e6, 1)
         rows.append(row)
     return rows
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    rows = list_rows(args.pattern, args.family, macs=not args.no_macs)
+    rows = list_rows(args.pattern, args.family, macs=not args.no_macs, task=args.task)
     emit_json(args, rows)
     if json_only(args):
         return 0
-    headers = ["name", "family", "params (M)"] + ([] if args.no_macs else ["MACs @224 (M)"])
-    body = [[r["name"], r["family"], f"{r['params_m']:.3f}"]
-            + ([] if args.no_macs else [f"{r['macs_m_224']:.1f}"]) for r in rows]
-    print(table(headers, body, [False, False, True, True][: len(headers)]))
+    at = "224" if args.task == "classification" else "320"
+    extra = [] if args.task == "classification" else ["backbone"]
+    headers = ["name", "family"] + extra + ["params (M)"] + ([] if args.no_macs else [f"MACs @{at} (M)"])
+    body = [[r["name"], r["family"]] + [r[k] for k in extra] + [f"{r['params_m']:.3f}"]
+            + ([] if args.no_macs else [f"{r[f'macs_m_{at}']:.1f}"]) for r in rows]
+    print(table(headers, body, [False] * (2 + len(extra)) + [True, True][: len(headers) - 2 - len(extra)]))
     print(f"{len(rows)} model(s)")
     return 0
 
@@ -88,7 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("list", help="registered models with params and MACs")
     p.add_argument("pattern", nargs="?", default="*", help="shell glob, e.g. 'mobilenetv4*'")
-    p.add_argument("--family", help="only this family (mobilenetv1 ... mobileformer)")
+    p.add_argument("--family", help="only this family (mobilenetv1 ... mobileformer; ssdlite, fasterrcnn, retinanet)")
+    p.add_argument("--task", choices=("classification", "detection", "segmentation"), default="classification",
+                   help="which models: the backbones (default) or the task models on them")
     add_json(p, "the rows")
     p.add_argument("--no-macs", action="store_true", help="skip the MACs column (faster)")
     p.set_defaults(func=_cmd_list)

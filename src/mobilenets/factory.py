@@ -16,7 +16,7 @@ from .weights.checkpoint import CheckpointError, load_checkpoint
 Pretrained = Union[None, bool, str, Path, dict]
 
 
-def create_model(name: str, pretrained: Pretrained = None, num_classes: int = 1000,
+def create_model(name: str, pretrained: Pretrained = None, num_classes: Optional[int] = None,
                  in_chans: int = 3, features_only: bool = False,
                  out_indices: Optional[Sequence[int]] = None, feature_location: str = "",
                  strict: bool = True, **kwargs) -> nn.Module:
@@ -28,7 +28,9 @@ def create_model(name: str, pretrained: Pretrained = None, num_classes: int = 10
             (``.pth/.pt/.bin/.safetensors``), ``"hf-hub:org/name"`` or a state dict, in our,
             timm's, torchvision's or the official Mobile-Former layout. No weights are
             downloaded implicitly.
-        num_classes: classifier outputs (0: none). in_chans: input channels.
+        num_classes: classifier outputs (0: none; default 1000). For detectors: classes
+            including the background, as torchvision counts them (default 91, COCO).
+        in_chans: input channels.
         features_only: return a :class:`FeatureExtractor` giving one map per feature level.
         out_indices: the feature levels to return (default: all).
         feature_location: with ``features_only``: ``""`` (each level's output) or
@@ -36,7 +38,10 @@ def create_model(name: str, pretrained: Pretrained = None, num_classes: int = 10
             :class:`FeatureExtractor`).
         strict: passed to :func:`mobilenets.load_weights`.
         **kwargs: model options: ``width_mult``, ``drop_rate``, ``drop_path_rate``,
-            ``output_stride``, and family options (V3: ``reduced_tail``, ``dilated``).
+            ``output_stride``, and family options (V3: ``reduced_tail``, ``dilated``). Task
+            models (``ssdlite320_*``, ``fasterrcnn_*``, ``retinanet_*``) take their own options,
+            e.g. ``pretrained_backbone=``, ``trainable_backbone_layers=`` (see
+            :mod:`mobilenets.tasks.detection`).
 
     Raises:
         KeyError/ValueError: unknown name (with the closest matches) or bad options.
@@ -46,6 +51,20 @@ def create_model(name: str, pretrained: Pretrained = None, num_classes: int = 10
         raise ValueError(
             f"pretrained=True: mobilenets downloads nothing implicitly; pass a checkpoint path or "
             f"'hf-hub:org/name' (e.g. a timm repo for {entry.reference.get('timm', name)})")
+    if entry.task != "classification":
+        if features_only or out_indices is not None or feature_location or in_chans != 3:
+            raise ValueError(f"{name} is a {entry.task} model: features_only, out_indices, "
+                             f"feature_location and in_chans are backbone options (pass them to a "
+                             f"classification model)")
+        if num_classes is not None:
+            kwargs["num_classes"] = num_classes
+        try:
+            model = entry.builder(pretrained=pretrained or None, strict=strict, **kwargs)
+        except TypeError as e:
+            raise TypeError(f"{name}: {e}") from None
+        model.name = name
+        return model
+    num_classes = 1000 if num_classes is None else num_classes
     try:
         model = entry.builder(num_classes=num_classes, in_chans=in_chans, **kwargs)
     except TypeError as e:

@@ -40,11 +40,33 @@ class ResidualBlock(nn.Module):
             return None
         return "project", "forward_pre", project.conv.in_channels
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.layer_scale(self.branch(x))
+    def _shortcut(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        y = self.layer_scale(y)
         if self.has_skip:
             y = self.drop_path(y) + x
         return y
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._shortcut(self.branch(x), x)
+
+    def expands_before_stride(self) -> bool:
+        """Whether the block has a 1x1 expansion that runs at the input resolution, before its
+        stride (inverted residuals, and UIBs whose stride sits on the middle depthwise): SSDLite
+        reads that expanded map as its stride-16 feature (torchvision's "C4 expansion")."""
+        return False
+
+    def forward_expansion(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(expanded map, block output)`` in one pass, for blocks that
+        :meth:`expands_before_stride`: the expansion conv's output (after its activation) and
+        what ``forward(x)`` returns."""
+        e = self._expand(x)
+        return e, self._shortcut(self._after_expansion(e), x)
+
+    def _expand(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise TypeError(f"{type(self).__name__} has no expansion before its stride")
+
+    def _after_expansion(self, e: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise TypeError(f"{type(self).__name__} has no expansion before its stride")
 
 
 class ConvBlock(ConvNormAct):
@@ -107,7 +129,16 @@ class InvertedResidual(ResidualBlock):
         self.project = ConvNormAct(mid_chs, out_chs, 1, norm=norm, act=None)
 
     def branch(self, x: torch.Tensor) -> torch.Tensor:
-        return self.project(self.se(self.dw(self.expand(x))))
+        return self._after_expansion(self._expand(x))
+
+    def expands_before_stride(self) -> bool:
+        return True
+
+    def _expand(self, x: torch.Tensor) -> torch.Tensor:
+        return self.expand(x)
+
+    def _after_expansion(self, e: torch.Tensor) -> torch.Tensor:
+        return self.project(self.se(self.dw(e)))
 
 
 class FusedIB(ResidualBlock):
@@ -164,4 +195,14 @@ class UniversalInvertedBottleneck(ResidualBlock):
                 (False, False): "FFN"}[(bool(self.start_k), bool(self.mid_k))]
 
     def branch(self, x: torch.Tensor) -> torch.Tensor:
-        return self.project(self.dw_mid(self.expand(self.dw_start(x))))
+        return self._after_expansion(self._expand(x))
+
+    def expands_before_stride(self) -> bool:
+        # the stride sits on the middle depthwise when there is one (else on the start one)
+        return bool(self.mid_k) or self.stride == 1
+
+    def _expand(self, x: torch.Tensor) -> torch.Tensor:
+        return self.expand(self.dw_start(x))
+
+    def _after_expansion(self, e: torch.Tensor) -> torch.Tensor:
+        return self.project(self.dw_mid(e))

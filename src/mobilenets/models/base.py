@@ -99,6 +99,11 @@ class Backbone(IntermediatesMixin, nn.Module):
         """One stage on the state."""
         return stage(state)
 
+    def _run_block(self, block: nn.Module, state: State) -> State:
+        """One block of a stage on the state (task heads that tap inside stages run blocks
+        one by one; :meth:`_run_stage` runs a whole stage)."""
+        return block(state)
+
     def _finish(self, state: State) -> Any:
         """What :meth:`forward_features` returns, from the state after the last stage."""
         return state
@@ -145,6 +150,13 @@ class Backbone(IntermediatesMixin, nn.Module):
             state = self._run_stage(stage, state)
             out.append(StageOutput(f"stages.{i}", *split_state(state)))
         return out
+
+    def blocks(self) -> list[tuple[str, nn.Module]]:
+        """Every block in execution order, flattened over the stages: ``(path, module)``
+        (``path`` is ``"stages.<i>.<j>"``). With the stem first, this is torchvision's
+        ``features`` index space for MobileNetV2/V3."""
+        return [(f"stages.{si}.{bi}", blk) for si, stage in enumerate(self.stages)
+                for bi, blk in enumerate(stage)]
 
     def input_dtype(self) -> torch.dtype:
         """The dtype inputs must have: the model's (first floating) parameter dtype."""

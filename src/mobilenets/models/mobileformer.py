@@ -25,12 +25,17 @@ class MobileFormerStage(nn.Sequential):
     (``takes_tokens = False``, the lite bottleneck) get the map only."""
 
     def forward(self, x: torch.Tensor, tokens: torch.Tensor) -> MapAndTokens:
+        state = MapAndTokens(x, tokens)
         for blk in self:
-            if blk.takes_tokens:
-                x, tokens = blk(x, tokens)
-            else:
-                x = blk(x)
-        return MapAndTokens(x, tokens)
+            state = run_block(blk, state)
+        return state
+
+
+def run_block(blk: nn.Module, state: MapAndTokens) -> MapAndTokens:
+    """One Mobile-Former block on ``(map, tokens)``; token-free blocks get the map only."""
+    if blk.takes_tokens:
+        return MapAndTokens(*blk(state.map, state.tokens))
+    return MapAndTokens(blk(state.map), state.tokens)
 
 
 class MobileFormer(Backbone):
@@ -142,6 +147,9 @@ class MobileFormer(Backbone):
 
     def _run_stage(self, stage: nn.Module, state: MapAndTokens) -> MapAndTokens:
         return stage(state.map, state.tokens)
+
+    def _run_block(self, block: nn.Module, state: MapAndTokens) -> MapAndTokens:
+        return run_block(block, state)
 
     def _finish(self, state: MapAndTokens) -> MapAndTokens:
         # the final Mobile->Former feeds the head's token (gone once the head is pruned)

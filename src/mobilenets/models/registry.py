@@ -20,6 +20,8 @@ class ModelEntry:
         spec: the architecture spec the builder uses (when it has one).
         defaults: keyword defaults passed to the builder (e.g. ``width_mult``).
         reference: ``{"timm": name, "torchvision": name}`` of the same architecture elsewhere.
+        task: ``"classification"`` (the backbones), ``"detection"`` or ``"segmentation"``
+            (task models on a backbone; their builders take ``pretrained`` themselves).
     """
 
     name: str
@@ -28,25 +30,34 @@ class ModelEntry:
     spec: Any = None
     defaults: dict = field(default_factory=dict)
     reference: dict = field(default_factory=dict)
+    task: str = "classification"
 
 
+TASKS = ("classification", "detection", "segmentation")
 _REGISTRY: dict[str, ModelEntry] = {}
 
 
 def register(name: str, family: str, builder: Callable[..., nn.Module], spec: Any = None,
-             defaults: Optional[dict] = None, reference: Optional[dict] = None) -> ModelEntry:
+             defaults: Optional[dict] = None, reference: Optional[dict] = None,
+             task: str = "classification") -> ModelEntry:
     """Register a model name. Raises ``ValueError`` if the name is taken."""
     if name in _REGISTRY:
         raise ValueError(f"model {name!r} is already registered (family {_REGISTRY[name].family})")
-    entry = ModelEntry(name, family, builder, spec, dict(defaults or {}), dict(reference or {}))
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    entry = ModelEntry(name, family, builder, spec, dict(defaults or {}), dict(reference or {}), task)
     _REGISTRY[name] = entry
     return entry
 
 
-def list_models(pattern: str = "*", family: Optional[str] = None) -> list[str]:
-    """Sorted registered names matching a shell-style ``pattern`` (and ``family``)."""
+def list_models(pattern: str = "*", family: Optional[str] = None, task: Optional[str] = None) -> list[str]:
+    """Sorted registered names matching a shell-style ``pattern`` (and ``family``, and ``task``:
+    ``"classification"``, ``"detection"`` or ``"segmentation"``; ``None``: every task)."""
+    if task is not None and task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
     return sorted(n for n, e in _REGISTRY.items()
-                  if fnmatch.fnmatch(n, pattern) and (family is None or e.family == family))
+                  if fnmatch.fnmatch(n, pattern) and (family is None or e.family == family)
+                  and (task is None or e.task == task))
 
 
 def get_entry(name: str) -> ModelEntry:

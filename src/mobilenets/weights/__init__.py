@@ -14,7 +14,7 @@ from .io import (WRAPPER_KEYS, CheckpointError, read_checkpoint, resolve_hf_hub,
                  write_checkpoint)
 
 __all__ = ["CheckpointError", "LoadReport", "detect_layout", "export_mobileformer_official",
-           "find_matching_models", "load_weights", "read_checkpoint", "resolve_hf_hub",
+           "find_matching_models", "format_key_problems", "load_weights", "read_checkpoint", "resolve_hf_hub",
            "save_weights", "write_checkpoint"]
 
 Source = Union[str, Path, Mapping[str, torch.Tensor]]
@@ -36,7 +36,8 @@ def _family(model: nn.Module) -> str:
     return getattr(spec, "family", "") or ""
 
 
-def _format_problems(missing, unexpected, mismatched, limit: int = 12) -> str:
+def format_key_problems(missing, unexpected, mismatched, limit: int = 12) -> str:
+    """The missing / unexpected / mis-shaped keys of a checkpoint that does not fit, one line each."""
     def fmt(title, items):
         if not items:
             return ""
@@ -180,7 +181,7 @@ def load_weights(model: nn.Module, source: Source, strict: bool = True) -> LoadR
     if strict and (missing or unexpected or mismatched):
         raise CheckpointError(
             f"{where} ({layout} layout) does not fit {getattr(model, 'name', type(model).__name__)}:"
-            + _format_problems(missing, unexpected, mismatched) + _variant_hint(raw, model))
+            + format_key_problems(missing, unexpected, mismatched) + _variant_hint(raw, model))
     model.load_state_dict(fitted, strict=False)
     eps, mom = bn_settings(_family(model))
     if layout == "mobilenets" and "bn_eps" in meta:
