@@ -23,7 +23,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn as nn
@@ -31,11 +31,12 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from .checkpoint import get_rng_state, load_checkpoint, save_checkpoint, set_rng_state
-from .data import DataBundle, batch_mixer, build_datasets
+from .data import DataBundle
 from .distributed import (DistInfo, all_reduce_sum, epoch_order, epoch_seed, seed_everything,  # noqa: F401
                           is_peer_failure, setup_distributed)
 from .evaluate import evaluate
 from .recipe import LRSchedule, ModelEma, Recipe, average_state_dicts, create_optimizer
+from .task import get_task
 from .reporting import plot_curves, progress_bar, write_metrics  # called through this module: tests patch them
 
 __all__ = ["DistInfo", "TrainResult", "TrainingError", "build_criterion", "evaluate", "plot_curves",
@@ -103,10 +104,11 @@ def _shard(ds: Dataset, dist: DistInfo) -> Dataset:
 
 
 def _loader(ds: Dataset, recipe: Recipe, indices=None, batch_size=None, drop_last=False,
-            seed: Optional[int] = None, device: Optional[torch.device] = None) -> DataLoader:
+            seed: Optional[int] = None, device: Optional[torch.device] = None,
+            collate_fn: Optional[Callable] = None) -> DataLoader:
     g = torch.Generator().manual_seed(seed) if seed is not None else None
     return DataLoader(ds, batch_size=batch_size or recipe.batch_size, sampler=indices, shuffle=False,
-                      num_workers=recipe.workers, drop_last=drop_last, generator=g,
+                      num_workers=recipe.workers, drop_last=drop_last, generator=g, collate_fn=collate_fn,
                       pin_memory=device is not None and device.type == "cuda",
                       persistent_workers=False)
 
@@ -131,9 +133,9 @@ class _Run:
         """Data, teacher, model, optimizer, EMA, schedule; ``ValueError`` for bad data first."""
         r, dist = self.recipe, self.dist
         seed_everything(r.seed)
-        self.data = data = data or build_datasets(r)
-        from .data import check_classes
-        check_classes(data.train.targets, data.num_classes, f"{r.dataset} training set")
+        self.task = task = get_task(r.task)
+        self.data = data = data or task.build_data(r)
+        task.check_data(data, r)
         if len(data.val) == 0:
             raise ValueError(f"{r.dataset}: the validation set is empty")
         if data.skipped:
@@ -144,17 +146,9 @@ class _Run:
             from .distill import load_teacher
             self.teacher = load_teacher(r.teacher, self.C, r.teacher_weights, dist.device)
 
-        from ..factory import create_model
-
-        from ..weights import load_weights
-        kw: dict[str, Any] = {"drop_path_rate": r.drop_path_rate}
-        if r.drop_rate is not None:
-            kw["drop_rate"] = r.drop_rate
-        model = create_model(r.model, num_classes=self.C, **kw)
+        model = task.build_model(r, self.C)
         if r.pretrained and self.ck is None:
-            rep = load_weights(model, r.pretrained, strict=False)
-            self.say(f"loaded {rep.loaded} tensors from {r.pretrained} ({rep.layout} layout; "
-                     f"{len(rep.missing)} missing, {len(rep.mismatched)} mis-shaped)")
+            self.say(task.load_pretrained(model, r.pretrained))
         model.to(dist.device)
         if r.channels_last:
             model.to(memory_format=torch.channels_last)
@@ -198,13 +192,12 @@ class _Run:
         if dist.enabled:
             self.model = nn.parallel.DistributedDataParallel(
                 self.raw, device_ids=[dist.device.index] if dist.device.type == "cuda" else None)
-        self.criterion = build_criterion(r, self.teacher)
-        self.mixer = batch_mixer(r, self.C)
+        self.task.prepare(r, self.C, self.teacher)
         self.use_amp = r.amp and dist.device.type == "cuda"
         self.amp_dtype = torch.bfloat16 if self.use_amp and torch.cuda.is_bf16_supported() else torch.float16
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and self.amp_dtype == torch.float16)
-        self.val_loader = _loader(_shard(self.data.val, dist), r, batch_size=max(r.batch_size, 128),
-                                  device=dist.device)
+        self.val_loader = _loader(_shard(self.data.val, dist), r, batch_size=self.task.val_batch_size(r),
+                                  device=dist.device, collate_fn=self.task.collate_fn)
 
     def close(self) -> None:
         if self.dist.initialized_here:
@@ -288,26 +281,20 @@ class _Run:
             res.model, res.ema = self.raw, (self.ema.module if self.ema is not None else None)
             self.close()
 
-    def step_batch(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
-        """One optimizer step, unless a rank saw a non-finite loss. Returns ``(loss, logits,
+    def step_batch(self, x, y) -> tuple[torch.Tensor, float, int, torch.Tensor, float]:
+        """One optimizer step, unless a rank saw a non-finite loss. Returns ``(loss, correct, n,
         flags, lr)``; ``flags``: [any rank non-finite, any rank signalled], summed over ranks."""
         r, dist, opt = self.recipe, self.dist, self.opt
         lr = self.sched(self.step)
         for g in opt.param_groups:
             g["lr"] = lr
-        x, y = x.to(dist.device, non_blocking=True), y.to(dist.device, non_blocking=True)
-        if r.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        target = y
-        if self.mixer is not None:
-            x, target = self.mixer(x, y)
+        x, y = self.task.to_device(x, y, dist.device, r.channels_last)
         with torch.autocast(dist.device.type, dtype=self.amp_dtype, enabled=self.use_amp):
-            logits = self.model(x)
-            loss = self.criterion(logits, x, target)
+            loss, correct, n = self.task.loss(self.model, x, y)
         flags = torch.tensor([0.0 if torch.isfinite(loss).item() else 1.0, float(self.stop.signum > 0)])
         all_reduce_sum(flags, dist)
         if flags[0] > 0:
-            return loss, logits, flags, lr
+            return loss, correct, n, flags, lr
         opt.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         if r.clip_grad > 0:
@@ -318,7 +305,7 @@ class _Run:
         if self.ema is not None:
             self.ema.update(self.raw)
         self.step += 1
-        return loss, logits, flags, lr
+        return loss, correct, n, flags, lr
 
     def epoch(self, epoch: int) -> bool:
         """Train one epoch, validate, checkpoint, log. ``True``: the run stops (``self.result``
@@ -333,7 +320,8 @@ class _Run:
         first = self.skip_batches if resumed_mid else 0
         order = order[first * r.batch_size:]
         loader = _loader(self.data.train, r, indices=order, drop_last=True,
-                         seed=epoch_seed(r.seed, epoch, dist.rank), device=dist.device)
+                         seed=epoch_seed(r.seed, epoch, dist.rank), device=dist.device,
+                         collate_fn=self.task.collate_fn)
         sums = torch.zeros(3, dtype=torch.float64)  # loss*n, correct, n
         if resumed_mid and self.partial is not None:
             sums += torch.as_tensor(self.partial, dtype=torch.float64)
@@ -344,15 +332,14 @@ class _Run:
         t_epoch, seen = time.time(), 0
         batch_idx = first
         for x, y in loader:
-            loss, logits, flags, lr = self.step_batch(x, y)
+            loss, correct, n, flags, lr = self.step_batch(x, y)
             if flags[0] > 0:
                 return self.stop_with(1, f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, batch "
                                          f"{batch_idx + 1} (step {self.step}); stopping. The last good checkpoint "
                                          f"is kept: {files['last'] if files['last'].exists() else 'none written yet'}")
             batch_idx += 1
-            n = len(y)
             seen += n
-            sums += torch.tensor([loss.item() * n, (logits.argmax(1) == y).sum().item(), n], dtype=torch.float64)
+            sums += torch.tensor([loss.item() * n, correct, n], dtype=torch.float64)
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix_str(f"loss {sums[0].item() / max(1, sums[2].item()):.3f} lr {lr:.2e}")
@@ -392,11 +379,11 @@ class _Run:
                "train_loss": sums[0].item() / max(1.0, sums[2].item()),
                "train_top1": 100 * sums[1].item() / max(1.0, sums[2].item())}
         if (epoch + 1) % r.eval_every == 0 or epoch + 1 == r.epochs:
-            v = evaluate(raw, self.val_loader, dist.device, self.C, dist, r.channels_last)
-            row.update(val_loss=v["loss"], val_top1=v["top1"], val_top5=v["top5"], val_n=v["n"])
+            v = self.task.evaluate(raw, self.val_loader, dist.device, self.C, dist, r.channels_last)
+            row.update({f"val_{k}": x for k, x in v.items()})
             if ema is not None:
-                e = evaluate(ema.module, self.val_loader, dist.device, self.C, dist, r.channels_last)
-                row.update(ema_val_loss=e["loss"], ema_val_top1=e["top1"], ema_val_top5=e["top5"])
+                e = self.task.evaluate(ema.module, self.val_loader, dist.device, self.C, dist, r.channels_last)
+                row.update({f"ema_val_{k}": x for k, x in e.items() if k != "n"})
         row.update(epoch_time_s=round(time.time() - t_epoch, 3),
                    train_img_per_s=round(seen_t.item() / max(1e-9, train_time), 1))
         return row
@@ -405,7 +392,7 @@ class _Run:
         """Record the row, keep the best, write checkpoints and metrics, log the epoch."""
         r, out = self.recipe, self.out
         self.history.append(row)
-        metric = row.get("ema_val_top1" if self.ema is not None else "val_top1")
+        metric = row.get(f"ema_val_{self.task.metric}" if self.ema is not None else f"val_{self.task.metric}")
         is_best = metric is not None and metric > self.best["top1"]
         if is_best:
             self.best = {"top1": metric, "epoch": epoch + 1}
@@ -422,11 +409,14 @@ class _Run:
             if old.exists():
                 old.unlink()
         write_metrics(self.history, out, self.summary())
-        self.say(f"epoch {epoch + 1}/{r.epochs}: train loss {row['train_loss']:.4f} "
-                 f"top-1 {row['train_top1']:.2f}%"
-                 + (f" | val loss {row['val_loss']:.4f} top-1 {row['val_top1']:.2f}% top-5 {row['val_top5']:.2f}%"
-                    if "val_top1" in row else "")
-                 + (f" | EMA top-1 {row['ema_val_top1']:.2f}%" if "ema_val_top1" in row else "")
+        task, m = self.task, self.task.metric
+        val = {k[4:]: v for k, v in row.items() if k.startswith("val_")}
+        ema = {k[8:]: v for k, v in row.items() if k.startswith("ema_val_")}
+        self.say(f"epoch {epoch + 1}/{r.epochs}: train loss {row['train_loss']:.4f}"
+                 + (f" top-1 {row['train_top1']:.2f}%" if task.name == "classify" else "")
+                 + (f" | {task.describe(val)}" if m in val else "")
+                 + (f" | EMA {m} {ema[m]:.{2 if m == 'top1' else 4}f}{'%' if m == 'top1' else ''}"
+                    if m in ema else "")
                  + f" | {row['epoch_time_s']:.1f}s, {row['train_img_per_s']:.0f} img/s")
 
     def finalize(self) -> None:
@@ -438,17 +428,16 @@ class _Run:
             if dist.enabled:
                 torch.distributed.barrier()
             if len(paths) > 1:
-                from ..factory import create_model
                 avg = average_state_dicts([load_checkpoint(p)["state_dict"] for p in paths])
-                avg_model = create_model(r.model, num_classes=self.C).to(dist.device)
+                avg_model = self.task.build_model(r, self.C).to(dist.device)
                 avg_model.load_state_dict(avg)
-                a = evaluate(avg_model, self.val_loader, dist.device, self.C, dist, r.channels_last)
-                final.update(avg_val_top1=a["top1"], avg_val_top5=a["top5"], avg_of=len(paths))
+                a = self.task.evaluate(avg_model, self.val_loader, dist.device, self.C, dist, r.channels_last)
+                final.update({f"avg_val_{k}": v for k, v in a.items() if k not in ("loss", "n")}, avg_of=len(paths))
                 if dist.main:
                     from ..weights import save_weights
                     avg_model.name = r.model
                     files["averaged"] = save_weights(avg_model, out / "averaged.pth")
-                    self.say(f"average of the last {len(paths)} epochs: val top-1 {a['top1']:.2f}%")
+                    self.say(f"average of the last {len(paths)} epochs: {self.task.describe(a)}")
         self.result.final = final
         if dist.main:
             s = self.summary()

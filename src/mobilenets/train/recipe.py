@@ -31,7 +31,9 @@ from ..data import (DIGITS_CROP_PCT, DIGITS_MEAN, DIGITS_SPLIT_SEED, DIGITS_STD,
 OPTIMIZERS = ("sgd", "adamw", "rmsprop")
 SCHEDULES = ("cosine", "step", "constant")
 AUTO_AUGMENTS = ("none", "autoaugment", "randaugment", "trivialaugment")
-DATASETS = ("digits", "imagefolder", "fake")
+DATASETS = ("digits", "imagefolder", "fake", "digit-scenes", "folder")
+#: which datasets each training task reads ("folder": a COCO or YOLO detection folder in data_dir)
+TASK_DATASETS = {"classify": ("digits", "imagefolder", "fake"), "detect": ("digit-scenes", "folder")}
 
 
 @dataclass
@@ -40,6 +42,7 @@ class Recipe:
     line (``--set lr=0.01`` or ``--lr 0.01``)."""
 
     # model and data
+    task: str = "classify"                    # classify | detect
     model: str = "mobilenetv4_conv_small"
     pretrained: Optional[str] = None          # checkpoint to start from (classifier may differ)
     dataset: str = "digits"                   # digits | imagefolder | fake
@@ -51,6 +54,8 @@ class Recipe:
     std: tuple = IMAGENET_STD
     fake_samples: int = 512                   # size of the 'fake' dataset
     fake_classes: int = 10
+    scene_images: int = 2000                  # digit-scenes: training canvases (generated)
+    scene_val_images: int = 500               # digit-scenes: validation canvases
     # augmentation
     scale_min: float = 0.08                   # RandomResizedCrop scale lower bound
     ratio: tuple = (3 / 4, 4 / 3)
@@ -110,9 +115,12 @@ class Recipe:
         need(self.sched in SCHEDULES, f"sched must be one of {SCHEDULES}, got {self.sched!r}")
         need(self.auto_augment in AUTO_AUGMENTS,
              f"auto_augment must be one of {AUTO_AUGMENTS}, got {self.auto_augment!r}")
-        need(self.dataset in DATASETS, f"dataset must be one of {DATASETS}, got {self.dataset!r}")
-        need(self.dataset != "imagefolder" or bool(self.data_dir),
-             "dataset 'imagefolder' needs data_dir (--data-dir PATH)")
+        need(self.task in TASK_DATASETS, f"task must be one of {tuple(TASK_DATASETS)}, got {self.task!r}")
+        need(self.dataset in TASK_DATASETS.get(self.task, DATASETS),
+             f"dataset must be one of {TASK_DATASETS.get(self.task, DATASETS)} for task {self.task!r}, "
+             f"got {self.dataset!r}")
+        need(self.dataset not in ("imagefolder", "folder") or bool(self.data_dir),
+             f"dataset {self.dataset!r} needs data_dir (--data PATH)")
         need(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
         need(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         need(self.lr > 0 and math.isfinite(self.lr), f"lr must be a positive number, got {self.lr}")
