@@ -3,7 +3,8 @@ detectors ``ssdlite320_<backbone>``, ``fasterrcnn_<backbone>_fpn``,
 ``fasterrcnn_<backbone>_320_fpn`` and ``retinanet_<backbone>_fpn`` (``create_model`` builds
 them; ``list_models("ssdlite*")`` / ``list_models(task="detection")`` lists them).
 
-The builders import torchvision's detection modules only when a model is built.
+The builders import torchvision's detection modules only when a model is built. Importing this
+module also registers the ``"detect"`` training task (:mod:`.detection.training`).
 """
 
 from __future__ import annotations
@@ -43,3 +44,5 @@ def register_all() -> None:
 
 
 register_all()
+
+from .detection import training as _training  # noqa: E402,F401  (registers the "detect" training task)

@@ -43,14 +43,24 @@ def _flag_overrides(args: argparse.Namespace) -> dict:
     return over
 
 
+# the recipe a task starts from when --recipe is not given
+_TASK_RECIPES = {"classify": "digits", "detect": "digit_scenes"}
+
+
 def _training_recipe(args: argparse.Namespace):
     from .recipe import apply_overrides, get_recipe
-    r = get_recipe(args.recipe)
+    r = get_recipe(args.recipe or _TASK_RECIPES[args.task or "classify"])
+    if args.task and r.task != args.task:
+        raise UserError(f"recipe {args.recipe!r} is for task {r.task!r}, not {args.task!r}; "
+                        f"see --list-recipes")
     over: dict = {}
     if args.model:
         over["model"] = args.model
     if args.data:
-        if args.data in ("digits", "fake"):
+        if r.task == "detect":
+            over.update(dataset="digit-scenes") if args.data == "digit-scenes" else \
+                over.update(dataset="folder", data_dir=args.data)
+        elif args.data in ("digits", "fake"):
             over["dataset"] = args.data
         else:
             over.update(dataset="imagefolder", data_dir=args.data)
@@ -69,7 +79,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     if args.list_recipes:
         for name, r in RECIPES.items():
-            print(f"{name:18s} {r.model:26s} {r.opt:8s} lr {r.lr:<8g} {r.sched:7s} {r.epochs:4d} epochs  {r.img_size}px")
+            print(f"{name:16s} {r.task:8s} {r.model:36s} {r.opt:7s} lr {r.lr:<8.4g} {r.sched:7s} "
+                  f"{r.epochs:4d} epochs  {r.img_size}px")
         return 0
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -98,12 +109,18 @@ def _cmd_train(args: argparse.Namespace) -> int:
     mins, secs = divmod(res.elapsed_s, 60)
     print("\n=== training summary ===")
     print(f"model {r.model} on {r.dataset}, {len(res.history)} epochs in {int(mins)}m{secs:04.1f}s")
+    if "val_map" in f:
+        print(f"final val mAP {f['val_map']:.4f}  mAP50 {f['val_map50']:.4f}  mAP75 {f['val_map75']:.4f}"
+              + (f"  (EMA mAP {f['ema_val_map']:.4f})" if "ema_val_map" in f else ""))
     if "val_top1" in f:
         print(f"final val top-1 {f['val_top1']:.2f}%  top-5 {f['val_top5']:.2f}%"
               + (f"  (EMA top-1 {f['ema_val_top1']:.2f}%)" if "ema_val_top1" in f else ""))
     if "avg_val_top1" in f:
         print(f"average of the last {f['avg_of']} epochs: top-1 {f['avg_val_top1']:.2f}%")
-    print(f"best val top-1 {res.best_top1:.2f}% at epoch {res.best_epoch}")
+    if r.task == "classify":
+        print(f"best val top-1 {res.best_top1:.2f}% at epoch {res.best_epoch}")
+    else:
+        print(f"best val mAP {res.best_top1:.4f} at epoch {res.best_epoch}")
     for k in ("best", "last", "averaged", "metrics_csv", "metrics_json", "curves"):
         if k in res.files:
             print(f"{k:13s} {res.files[k]}")
@@ -140,11 +157,14 @@ def add_commands(subparsers) -> None:
                               description="Train a model. Defaults: mobilenetv4_conv_small on the built-in "
                                           "digits dataset with the 'digits' recipe. Distributed: "
                                           "torchrun --nproc_per_node=N -m mobilenets.train ...")
-    p.add_argument("--recipe", default="digits", help="named recipe (see --list-recipes)")
+    p.add_argument("--task", choices=("classify", "detect"), default=None,
+                   help="classify (default) or detect; picks the default recipe (digits / digit_scenes)")
+    p.add_argument("--recipe", default=None, help="named recipe (see --list-recipes; default: the task's)")
     p.add_argument("--list-recipes", action="store_true", help="list the named recipes and exit")
     p.add_argument("--print-recipe", action="store_true", help="print the resolved recipe and exit")
     p.add_argument("--model", help="model name (default: the recipe's)")
-    p.add_argument("--data", help="digits | fake | PATH to an image folder")
+    p.add_argument("--data", help="classify: digits | fake | PATH to an image folder; "
+                                  "detect: digit-scenes | PATH to a COCO or YOLO folder")
     p.add_argument("--out", help="output folder (default runs/<model>-<dataset>-<time>)")
     p.add_argument("--resume", help="continue from a last.pt")
     p.add_argument("--teacher", help="distill from a registry name or checkpoint")

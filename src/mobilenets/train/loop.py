@@ -234,7 +234,8 @@ class _Run:
     def summary(self) -> dict:
         r = self.recipe
         return {"model": r.model, "dataset": r.dataset, "recipe": r.to_dict(),
-                "classes": list(self.data.classes), "best_top1": self.best["top1"],
+                "classes": list(self.data.classes), "task": r.task, "best_metric": self.task.metric,
+                "best_top1": self.best["top1"],
                 "best_epoch": self.best["epoch"], "world_size": self.dist.world,
                 "elapsed_s": round(time.time() - self.t_start, 2)}
 
@@ -376,8 +377,9 @@ class _Run:
                         all_reduce_sum(b.data, dist).div_(dist.world)
         seen_t = all_reduce_sum(torch.tensor([float(seen)]), dist)
         row = {"epoch": epoch + 1, "lr": self.sched(max(0, self.step - 1)),
-               "train_loss": sums[0].item() / max(1.0, sums[2].item()),
-               "train_top1": 100 * sums[1].item() / max(1.0, sums[2].item())}
+               "train_loss": sums[0].item() / max(1.0, sums[2].item())}
+        if self.task.name == "classify":
+            row["train_top1"] = 100 * sums[1].item() / max(1.0, sums[2].item())
         if (epoch + 1) % r.eval_every == 0 or epoch + 1 == r.epochs:
             v = self.task.evaluate(raw, self.val_loader, dist.device, self.C, dist, r.channels_last)
             row.update({f"val_{k}": x for k, x in v.items()})

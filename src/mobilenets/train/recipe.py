@@ -189,6 +189,25 @@ RECIPES: dict[str, Recipe] = {
         model="mobileformer_294m", dataset="imagefolder", img_size=224, epochs=450, batch_size=128,
         opt="adamw", lr=8e-4, weight_decay=0.08, sched="cosine", warmup_epochs=20,
         auto_augment="randaugment", ra_magnitude=9, reprob=0.2, label_smoothing=0.1),
+    # --- detection (--task detect) ---
+    # The digit-scenes goal: SSDLite on MobileNetV4-Conv-S, backbone from the digits classifier
+    # (--set pretrained=runs/<digits run>/best.pt), on 2 CPU cores (benchmarks/DETECTION.md).
+    "digit_scenes": Recipe(
+        task="detect", model="ssdlite320_mobilenetv4_conv_small", dataset="digit-scenes", img_size=320,
+        epochs=12, batch_size=16, opt="sgd", lr=0.05, momentum=0.9, weight_decay=4e-5, sched="cosine",
+        warmup_epochs=0.5, hflip=0.0, label_smoothing=0.0, scene_images=2000, scene_val_images=500),
+    # torchvision's SSDLite320-MobileNetV3 COCO recipe (references/detection: 660 epochs, cosine,
+    # lr 0.15 for 8 GPUs x 24 images, weight decay 4e-5), its lr scaled to one process of 24.
+    "ssdlite": Recipe(
+        task="detect", model="ssdlite320_mobilenetv3_large_100", dataset="folder", img_size=320, epochs=660,
+        batch_size=24, opt="sgd", lr=0.15 * 24 / 192, momentum=0.9, weight_decay=4e-5, sched="cosine",
+        warmup_epochs=0, hflip=0.0, label_smoothing=0.0),
+    # torchvision's Faster R-CNN MobileNetV3-FPN COCO recipe (26 epochs, lr 0.02 for 8 GPUs x 2
+    # images, weight decay 1e-4; its steps at 16 and 22 become a cosine), lr scaled to one process of 2.
+    "fasterrcnn": Recipe(
+        task="detect", model="fasterrcnn_mobilenetv3_large_100_fpn", dataset="folder", img_size=800, epochs=26,
+        batch_size=2, opt="sgd", lr=0.02 * 2 / 16, momentum=0.9, weight_decay=1e-4, sched="cosine",
+        warmup_epochs=0.1, hflip=0.0, label_smoothing=0.0),
 }
 
 

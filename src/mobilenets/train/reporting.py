@@ -60,24 +60,36 @@ def write_metrics(history: list[dict], out_dir: Path, summary: dict) -> tuple[Pa
     return csv_path, json_path
 
 
+#: the accuracy-like curves a history may have: row key -> legend label (what is present is drawn)
+CURVES = {"train_top1": "train top-1 (%)", "val_top1": "val top-1 (%)", "ema_val_top1": "EMA val top-1 (%)",
+          "val_map": "val mAP", "val_map50": "val mAP50", "ema_val_map": "EMA val mAP",
+          "ema_val_map50": "EMA val mAP50"}
+
+
 def plot_curves(history: list[dict], path: Path) -> Optional[Path]:
-    """Loss and accuracy per epoch; ``None`` if matplotlib is not installed."""
+    """Loss (train, val) and the accuracy-like metrics the rows have (top-1 for classification,
+    mAP / mAP50 for detection) per epoch; epochs without validation are skipped. ``None`` if
+    matplotlib is not installed."""
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    ep = [h["epoch"] for h in history]
+
+    def series(key):
+        pts = [(h["epoch"], h[key]) for h in history if key in h]
+        return [p[0] for p in pts], [p[1] for p in pts]
+
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
-    a.plot(ep, [h["train_loss"] for h in history], label="train")
-    a.plot(ep, [h["val_loss"] for h in history], label="val")
+    for key, label in (("train_loss", "train"), ("val_loss", "val")):
+        if any(key in h for h in history):
+            a.plot(*series(key), marker=".", label=label)
     a.set_xlabel("epoch"), a.set_ylabel("loss"), a.legend(), a.grid(alpha=0.3)
-    b.plot(ep, [h["train_top1"] for h in history], label="train top-1")
-    b.plot(ep, [h["val_top1"] for h in history], label="val top-1")
-    if "ema_val_top1" in history[0]:
-        b.plot(ep, [h["ema_val_top1"] for h in history], label="EMA val top-1")
-    b.set_xlabel("epoch"), b.set_ylabel("accuracy (%)"), b.legend(), b.grid(alpha=0.3)
+    for key, label in CURVES.items():
+        if any(key in h for h in history):
+            b.plot(*series(key), marker=".", label=label)
+    b.set_xlabel("epoch"), b.set_ylabel("accuracy (top-1 %, or mAP)"), b.legend(), b.grid(alpha=0.3)
     fig.tight_layout()
     from ..weights.io import atomic_write
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))

@@ -1,0 +1,162 @@
+"""Training detectors on the library's one training loop (:mod:`mobilenets.train.loop`: exact
+resume, DDP, AMP, EMA, progress bars, atomic checkpoints, curves): the ``"detect"`` task.
+
+``mobilenets train --task detect --model ssdlite320_mobilenetv4_conv_small --data digit-scenes``
+(or a COCO / YOLO folder). Validation is COCO mAP from torchmetrics' ``MeanAveragePrecision``
+with the faster_coco_eval backend (never a hand-written mAP); the best checkpoint is the one
+with the highest mAP@[.5:.95].
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn as nn
+
+from ...train.data import DataBundle, DatasetError
+from ...train.task import register_task
+from ..data import DigitScenes, detection_collate, detection_transforms, open_detection_data
+
+BACKGROUND = "__background__"
+
+
+def _classes(ds) -> list[str]:
+    """The dataset's class names with the background first (torchvision's label 0)."""
+    names = list(getattr(ds, "classes", []) or [])
+    return names if names and names[0] == BACKGROUND else [BACKGROUND] + names
+
+
+class DetectionTask:
+    """Object detection: batches of ``(list of images, list of targets)``, the detector's own
+    losses (torchvision's: box regression + classification, RPN losses for Faster R-CNN),
+    validation mAP / mAP50 / mAP75 and per-class AP."""
+
+    name = "detect"
+    metric = "map"
+    collate_fn = staticmethod(detection_collate)
+
+    def build_data(self, recipe) -> DataBundle:
+        size = recipe.img_size
+        spec = "digit-scenes" if recipe.dataset == "digit-scenes" else recipe.data_dir
+        fill = list(DigitScenes.mean) if recipe.dataset == "digit-scenes" else None
+        extra = {}
+        if recipe.dataset == "digit-scenes":
+            extra = {"size": size, "seed": recipe.seed}
+        train = open_detection_data(spec, "train", transforms=detection_transforms(True, size, fill=fill),
+                                    **({**extra, "num_images": recipe.scene_images} if extra else {}))
+        val = open_detection_data(spec, "val", transforms=detection_transforms(False, size),
+                                  **({**extra, "num_images": recipe.scene_val_images} if extra else {}))
+        return DataBundle(train, val, _classes(train))
+
+    def check_data(self, data: DataBundle, recipe) -> None:
+        if len(data.train) == 0:
+            raise DatasetError(f"{recipe.data_dir or recipe.dataset}: the training set has no images")
+        if data.num_classes < 2:
+            raise DatasetError(f"{recipe.data_dir or recipe.dataset}: no object classes found")
+
+    def build_model(self, recipe, num_classes: int) -> nn.Module:
+        """The detector, its backbone initialised from ``recipe.pretrained`` (a classification
+        checkpoint, e.g. the digits main job's ``best.pt``) when given."""
+        from ...factory import create_model
+        from ...models.registry import get_entry
+
+        if get_entry(recipe.model).task != "detection":
+            raise ValueError(f"--task detect needs a detection model (ssdlite320_*, fasterrcnn_*_fpn, "
+                             f"retinanet_*_fpn), got {recipe.model!r}")
+        kw = {"backbone_kwargs": {"drop_path_rate": recipe.drop_path_rate}} if recipe.drop_path_rate else {}
+        return create_model(recipe.model, num_classes=num_classes, pretrained_backbone=recipe.pretrained, **kw)
+
+    def load_pretrained(self, model: nn.Module, path: str) -> str:
+        return f"backbone initialised from {path}"  # done by build_model (it shapes the detector)
+
+    def val_batch_size(self, recipe) -> int:
+        return recipe.batch_size
+
+    def prepare(self, recipe, num_classes: int, teacher: Optional[nn.Module]) -> None:
+        if teacher is not None:
+            raise ValueError("distillation (--teacher) is for classification; detection trains on its own losses")
+        if recipe.mixup or recipe.cutmix:
+            raise ValueError("mixup / cutmix are classification augmentations; set them to 0 for detection")
+
+    def to_device(self, images, targets, device: torch.device, channels_last: bool):
+        images = [im.to(device, non_blocking=True) for im in images]
+        if channels_last:
+            images = [im.contiguous(memory_format=torch.channels_last) for im in images]
+        targets = [{k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v)
+                    for k, v in t.items() if k != "masks"} for t in targets]
+        return images, targets
+
+    def loss(self, model: nn.Module, images, targets) -> tuple[torch.Tensor, float, int]:
+        losses = model(images, targets)
+        return sum(losses.values()), 0.0, len(images)
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, loader, device: torch.device, num_classes: int, dist,
+                 channels_last: bool) -> dict:
+        """COCO mAP over the whole (sharded) validation set; ``map``, ``map50``, ``map75`` in
+        [0, 1] and ``n`` images (per-class AP: :func:`evaluate_detector`)."""
+        res = evaluate_detector(model, loader, device, channels_last, dist)
+        return {k: res[k] for k in ("map", "map50", "map75", "n")}
+
+    def describe(self, v: dict, prefix: str = "") -> str:
+        return f"{prefix}val mAP {v['map']:.4f} mAP50 {v['map50']:.4f} mAP75 {v['map75']:.4f}"
+
+
+def mean_average_precision(class_metrics: bool = True):
+    """torchmetrics' ``MeanAveragePrecision`` (boxes, xyxy) with the faster_coco_eval backend
+    (REFERENCE.md section 7: pycocotools' backend returns -1 for non-default thresholds)."""
+    try:
+        from torchmetrics.detection import MeanAveragePrecision
+    except ImportError:  # pragma: no cover - an optional extra
+        raise ImportError("detection metrics need torchmetrics and faster-coco-eval: "
+                          "pip install 'mobilenets[detect]'") from None
+    return MeanAveragePrecision(box_format="xyxy", iou_type="bbox", class_metrics=class_metrics,
+                                backend="faster_coco_eval")
+
+
+@torch.no_grad()
+def evaluate_detector(model: nn.Module, loader, device: torch.device = torch.device("cpu"),
+                      channels_last: bool = False, dist=None) -> dict:
+    """COCO metrics of ``model`` on a loader of ``(images, targets)`` batches.
+
+    Returns:
+        ``{"map", "map50", "map75", "map_small", "map_medium", "map_large", "mar_100",
+        "per_class": {label: AP}, "n": images}`` (floats in [0, 1]; -1 where COCO has no
+        instance of that kind). Under DDP torchmetrics gathers every rank's detections.
+    """
+    was = model.training
+    model.eval()
+    metric = mean_average_precision().to(device)
+    n = 0
+    try:
+        for images, targets in loader:
+            images = [im.to(device) for im in images]
+            if channels_last:
+                images = [im.contiguous(memory_format=torch.channels_last) for im in images]
+            preds = model(images)
+            metric.update([{k: p[k].float() if k != "labels" else p[k] for k in ("boxes", "scores", "labels")}
+                           for p in preds],
+                          [{"boxes": t["boxes"].to(device).float(), "labels": t["labels"].to(device)}
+                           for t in targets])
+            n += len(images)
+        out = metric.compute()
+    finally:
+        model.train(was)
+    classes = out.get("classes")
+    per_class = {}
+    if classes is not None and out.get("map_per_class") is not None:
+        cl = classes.reshape(-1).tolist()
+        ap = out["map_per_class"].reshape(-1).tolist()
+        per_class = dict(zip(cl, ap))
+    res = {k: float(out[k]) for k in ("map", "map_50", "map_75", "map_small", "map_medium", "map_large", "mar_100")}
+    res["map50"], res["map75"] = res.pop("map_50"), res.pop("map_75")
+    res["per_class"] = per_class
+    total = torch.tensor([float(n)])
+    if dist is not None and getattr(dist, "enabled", False):  # pragma: no cover - DDP only
+        torch.distributed.all_reduce(total)
+    res["n"] = int(total.item())
+    return res
+
+
+register_task("detect", DetectionTask)
