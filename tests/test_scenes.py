@@ -46,12 +46,28 @@ def test_items_are_deterministic_per_index_and_seed():
     _assert_same_item(first, a[7])                       # same object, twice
     _assert_same_item(first, b[7])                       # another object, another length
     _assert_same_item(a[3], DigitScenes("train", num_images=5)[-2])  # negative index, same item
-    assert not torch.equal(first[0], a[6][0])            # other items differ
+    assert len({a[i][0].sum().item() for i in range(20)}) == 20  # every item its own scene
     assert not torch.equal(first[0], DigitScenes("train", seed=1)[7][0])  # the seed matters
     assert not torch.equal(first[0], DigitScenes("val")[7][0])  # so does the split
     assert len(DigitScenes("train")) == 2000 and len(DigitScenes("val")) == 500
     with pytest.raises(IndexError):
         b[8]
+
+
+def test_items_are_pinned_and_independent_of_the_global_rng():
+    """Labels, boxes and masks are computed in integers from a seeded generator: these values
+    hold on every machine (a change to the generator shows up here first)."""
+    torch.manual_seed(123)
+    _, t = DigitScenes("val")[0]
+    torch.manual_seed(456)
+    _assert_same_item(DigitScenes("val")[0], (_, t))
+    assert t["labels"].tolist() == [7, 8, 4, 7]
+    assert t["boxes"].int().tolist() == [[62, 115, 130, 198], [175, 240, 196, 268], [208, 180, 252, 254],
+                                         [117, 64, 179, 158]]
+    assert [int(m.sum()) for m in t["masks"]] == [3994, 363, 1950, 3587]
+    image, t = DigitScenes("train", seed=3)[123]
+    assert t["labels"].tolist() == [1, 1, 10, 3] and [int(m.sum()) for m in t["masks"]] == [383, 567, 257, 479]
+    assert abs(image.mean().item() - 0.254) < 2e-3
 
 
 def test_train_and_val_digits_never_mix():
@@ -359,12 +375,22 @@ def test_coco_unknown_category_is_an_error(tmp_path):
         CocoDetection(path)
 
 
-def test_coco_category_ids_map_to_contiguous_labels(tmp_path):
-    path = _coco(tmp_path, [_ann(1, 1, [1, 1, 5, 5], cat=90), _ann(2, 1, [9, 9, 5, 5], cat=3)],
-                 categories=[{"id": 90, "name": "toaster"}, {"id": 3, "name": "car"}])
+@pytest.mark.parametrize("backend", ["pycocotools", "faster_coco_eval"])
+def test_coco_category_ids_map_to_contiguous_labels_and_polygons_to_masks(tmp_path, backend, monkeypatch):
+    if backend == "faster_coco_eval":  # the fallback when pycocotools is not installed
+        pytest.importorskip("faster_coco_eval")
+        monkeypatch.setitem(sys.modules, "pycocotools", None)
+        monkeypatch.setitem(sys.modules, "pycocotools.coco", None)
+    anns = [_ann(1, 1, [1, 1, 5, 5], cat=90), _ann(2, 1, [10, 8, 20, 10], cat=3)]
+    anns[0]["segmentation"] = [[1, 1, 6, 1, 6, 6, 1, 6]]
+    anns[1]["segmentation"] = [[10, 8, 30, 8, 30, 18, 10, 18]]
+    path = _coco(tmp_path, anns, categories=[{"id": 90, "name": "toaster"}, {"id": 3, "name": "car"}])
     ds = CocoDetection(path)
+    assert backend in type(ds.coco).__module__
     assert ds.classes == ["__background__", "car", "toaster"] and ds.category_ids == [3, 90]
-    assert ds[0][1]["labels"].tolist() == [2, 1]
+    _, t = ds[0]
+    assert t["labels"].tolist() == [2, 1] and t["masks"].shape == (2, 40, 50)
+    assert (_mask_boxes(t["masks"]) - t["boxes"]).abs().max() <= 1
 
 
 @pytest.mark.parametrize("drop", ["images", "annotations", "categories"])

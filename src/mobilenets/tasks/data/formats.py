@@ -237,6 +237,9 @@ def _coco_json_for(root: Path, split: Optional[str]) -> Path:
         for t in tried:
             if t.is_file():
                 return t
+        dated = sorted((root / "annotations").glob(f"instances_{split}*.json"))  # e.g. instances_val2017
+        if len(dated) == 1:
+            return dated[0]
         raise FileNotFoundError(f"COCO folder {root}: no annotations for split '{split}' (looked for "
                                 f"{', '.join(str(t) for t in tried)}; found {[str(f) for f in found]}); "
                                 f"pass the .json file itself to read another one")
@@ -268,8 +271,9 @@ class CocoDetection(_FileDetection):
     """A COCO instances file and its images, read with pycocotools (or faster-coco-eval).
 
     Layouts found without ``images_dir``: ``root/annotations/instances_<split>.json`` with
-    ``root/images/<split>/`` (what :func:`write_coco` writes) or ``root/<split>/`` (COCO 2017),
-    and ``root/instances.json`` with ``root/images/``. Crowd annotations (``iscrowd: 1``) are
+    ``root/images/<split>/`` (what :func:`write_coco` writes) or ``root/<split>/`` (COCO 2017:
+    ``split="val"`` also finds the one ``instances_val*.json``, e.g. ``instances_val2017.json``
+    with ``val2017/``), and ``root/instances.json`` with ``root/images/``. Crowd annotations (``iscrowd: 1``) are
     left out (counted in ``dataset.crowd``). Category ids map to contiguous labels 1..K in
     increasing id order (``dataset.category_ids[label - 1]`` is the file's id). ``masks`` are
     in the targets when every annotation has a ``segmentation`` (polygons or RLE).
