@@ -116,6 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_analysis(sub)
     add_train(sub)
     add_deploy(sub)
+    from .tasks.data.cli import register as add_data
+    add_data(sub)
     return parser
 
 

@@ -27,7 +27,7 @@ def _recipe_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("recipe fields (override the chosen --recipe; same as --set FIELD=VALUE)")
     for f in fields(Recipe):
         flag = "--" + f.name.replace("_", "-")
-        if flag in ("--model", "--teacher") or f.name in _SHARED_FIELDS:
+        if flag in ("--model", "--teacher", "--task") or f.name in _SHARED_FIELDS:
             continue
         g.add_argument(flag, dest=f"r_{f.name}", default=None, metavar="V",
                        help=f"default {f.default if not callable(getattr(f, 'default_factory', None)) else '...'}")

@@ -111,8 +111,10 @@ def mean_average_precision(class_metrics: bool = True):
     except ImportError:  # pragma: no cover - an optional extra
         raise ImportError("detection metrics need torchmetrics and faster-coco-eval: "
                           "pip install 'mobilenets[detect]'") from None
-    return MeanAveragePrecision(box_format="xyxy", iou_type="bbox", class_metrics=class_metrics,
-                                backend="faster_coco_eval")
+    metric = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", class_metrics=class_metrics,
+                                  backend="faster_coco_eval")
+    metric.warn_on_many_detections = False  # COCO's AP reads the top 100 per image, as intended
+    return metric
 
 
 @torch.no_grad()
