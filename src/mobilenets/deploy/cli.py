@@ -46,6 +46,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if args.int8 and not args.calib:
         raise UserError("--int8 needs calibration data: add --calib digits|fake|DIR (a folder of your "
                         "own images, ideally ~100-500 of the deployment distribution)")
+    det = _load_detector(args)
+    if det is not None:
+        return _export_detector(args, *det)
     model, info = load_for_export(args.source, args.model, args.num_classes, args.weights)
     size = tuple(args.input_size) if args.input_size else (info["img_size"] or 224,) * 2
     out = Path(args.out)
@@ -63,6 +66,36 @@ def _cmd_export(args: argparse.Namespace) -> int:
     print(f"wrote {path} ({mb:.1f} MiB): {info['name']}, {kind}, input "
           f"{'N' if args.dynamic_batch else '1'}x{getattr(model, 'in_chans', 3)}x{size[0]}x{size[1]}, "
           f"opset {args.opset}" + ("" if args.int8 else ", checked with ONNX Runtime"))
+    return 0
+
+
+def _load_detector(args: argparse.Namespace):
+    """``(detector, name, img_size)`` when the source is a detection model name or a detection
+    training checkpoint, else None."""
+    import mobilenets
+    from ..models.registry import is_model
+    from ..tasks.detection.infer import is_detection_checkpoint, load_detector_checkpoint
+
+    if is_model(args.source) and mobilenets.get_entry(args.source).task == "detection":
+        model = mobilenets.create_model(args.source, num_classes=args.num_classes, pretrained=args.weights)
+        return model.eval(), args.source, 320
+    if Path(args.source).is_file() and is_detection_checkpoint(args.source):
+        model, info = load_detector_checkpoint(args.source)
+        return model, info["recipe"].model, info["recipe"].img_size
+    return None
+
+
+def _export_detector(args: argparse.Namespace, model, name: str, img_size: int) -> int:
+    from ..tasks.detection.export import export_detector_onnx
+
+    if args.int8 or args.dynamic_batch:
+        raise UserError("detectors export one fp32 image at a time with NMS in the graph: "
+                        "--int8 and --dynamic-batch are for classifiers")
+    size = tuple(args.input_size) if args.input_size else (img_size, img_size)
+    path = export_detector_onnx(model, args.out, input_size=size, opset=args.opset)
+    print(f"wrote {path} ({path.stat().st_size / 2 ** 20:.1f} MiB): {name}, fp32, BatchNorm folded, "
+          f"decode + NMS in the graph, input image 3x{size[0]}x{size[1]} in [0, 1], opset {args.opset}, "
+          f"checked with ONNX Runtime (boxes within 1e-3 px)")
     return 0
 
 

@@ -127,7 +127,29 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _detection_checkpoint(path: str) -> bool:
+    from ..tasks.detection.infer import is_detection_checkpoint
+    return is_detection_checkpoint(path)
+
+
+def _cmd_eval_detection(args: argparse.Namespace) -> int:
+    from ..tasks.detection.infer import eval_detector_checkpoint
+    data = None if args.data == "digits" else args.data  # default: the run's own validation data
+    res = eval_detector_checkpoint(args.checkpoint, data, batch_size=min(args.batch_size, 16),
+                                   use_ema=not args.no_ema)
+    print(f"{args.checkpoint} on {data or 'its validation data'} ({res['n']} images): mAP {res['map']:.4f}  "
+          f"mAP50 {res['map50']:.4f}  mAP75 {res['map75']:.4f}  mAR@100 {res['mar_100']:.4f}")
+    names = res["class_names"]
+    rows = [[names[c] if c < len(names) else str(c), f"{ap:.4f}"] for c, ap in sorted(res["per_class"].items())]
+    if rows:
+        from ..clitools import table
+        print(table(["class", "AP"], rows, [False, True]))
+    return 0
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
+    if _detection_checkpoint(args.checkpoint):
+        return _cmd_eval_detection(args)
     from .infer import eval_checkpoint
     png = args.confusion or str(Path(args.checkpoint).with_name(Path(args.checkpoint).stem + "_confusion.png"))
     res = eval_checkpoint(args.checkpoint, args.data, args.batch_size, use_ema=not args.no_ema,
@@ -141,6 +163,14 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
+    if _detection_checkpoint(args.checkpoint):
+        from ..tasks.detection.infer import predict_detections
+        for r in predict_detections(args.checkpoint, args.images, args.out_dir, args.score_thresh,
+                                    use_ema=not args.no_ema):
+            print(f"{r['image']}: {len(r['detections'])} detection(s) -> {r['output']}")
+            for d in r["detections"]:
+                print(f"  {d['score'] * 100:6.2f}%  {d['label']:>8s}  box {d['box']}")
+        return 0
     from .infer import predict
     if args.topk < 1:
         raise UserError(f"--topk must be >= 1, got {args.topk}")
@@ -176,7 +206,8 @@ def add_commands(subparsers) -> None:
     _recipe_flags(p)
     p.set_defaults(func=_cmd_train)
 
-    p = subparsers.add_parser("eval", help="top-1/top-5 and a confusion matrix of a checkpoint")
+    p = subparsers.add_parser("eval", help="top-1/top-5 and a confusion matrix of a checkpoint "
+                                           "(detection: COCO mAP and per-class AP)")
     p.add_argument("checkpoint")
     p.add_argument("--data", default="digits", help="digits | fake | PATH to an image folder")
     add_batch_size(p, default=128, help="evaluation batch size (default 128)")
@@ -186,10 +217,12 @@ def add_commands(subparsers) -> None:
     p.add_argument("--confusion", help="confusion-matrix PNG path (default next to the checkpoint)")
     p.set_defaults(func=_cmd_eval)
 
-    p = subparsers.add_parser("predict", help="top-k classes of image files")
+    p = subparsers.add_parser("predict", help="top-k classes of image files (detection: boxes drawn on them)")
     p.add_argument("checkpoint")
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--topk", type=int, default=5)
+    p.add_argument("--score-thresh", type=float, default=0.5, help="detection: lowest score drawn (default 0.5)")
+    p.add_argument("--out-dir", help="detection: where the drawn images go (default: beside each image)")
     p.add_argument("--model", help="architecture for a plain weights file")
     p.add_argument("--no-ema", action="store_true")
     p.set_defaults(func=_cmd_predict)

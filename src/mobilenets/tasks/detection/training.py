@@ -27,6 +27,20 @@ def _classes(ds) -> list[str]:
     return names if names and names[0] == BACKGROUND else [BACKGROUND] + names
 
 
+def architecture(recipe) -> dict:
+    """The builder options that shape a trained detector and that torchvision derives from
+    whether backbone weights were given: SSDLite's MobileNetV3 ``reduced_tail`` (torchvision
+    reduces the tail only when training from scratch). Passing them explicitly rebuilds the same
+    architecture for inference without the backbone checkpoint."""
+    from ...models.registry import get_entry
+
+    entry = get_entry(recipe.model)
+    backbone = entry.defaults.get("backbone")
+    if entry.family == "ssdlite" and backbone and get_entry(backbone).family == "mobilenetv3":
+        return {"reduced_tail": recipe.pretrained is None}
+    return {}
+
+
 class DetectionTask:
     """Object detection: batches of ``(list of images, list of targets)``, the detector's own
     losses (torchvision's: box regression + classification, RPN losses for Faster R-CNN),
@@ -65,7 +79,8 @@ class DetectionTask:
             raise ValueError(f"--task detect needs a detection model (ssdlite320_*, fasterrcnn_*_fpn, "
                              f"retinanet_*_fpn), got {recipe.model!r}")
         kw = {"backbone_kwargs": {"drop_path_rate": recipe.drop_path_rate}} if recipe.drop_path_rate else {}
-        return create_model(recipe.model, num_classes=num_classes, pretrained_backbone=recipe.pretrained, **kw)
+        return create_model(recipe.model, num_classes=num_classes, pretrained_backbone=recipe.pretrained,
+                            **architecture(recipe), **kw)
 
     def load_pretrained(self, model: nn.Module, path: str) -> str:
         return f"backbone initialised from {path}"  # done by build_model (it shapes the detector)

@@ -1,0 +1,150 @@
+"""Detectors to ONNX with their post-processing in the graph (box decoding, score threshold, NMS,
+a fixed maximum of detections: torchvision's own ops, traced), checked in ONNX Runtime.
+
+The exported graph takes one ``(3, H, W)`` float image in [0, 1] of the exported size (``image``;
+resize images to it first: the resize inside torchvision's detectors is traced with that size's
+scale factors, so another size would map boxes back wrongly) and returns the model's detection
+dict as outputs in its order (``boxes`` xyxy pixels, ``labels``, ``scores``; at most
+``detections_per_img`` rows). BatchNorm is folded first (torchvision's
+``FrozenBatchNorm2d`` too), so the file runs the same convolutions as the fused eager model.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import torch
+import torch.nn as nn
+
+from ...deploy.export_swaps import swap_for_export
+from ...deploy.fuse import fuse
+from ...weights.io import atomic_write
+
+
+def unfreeze_batchnorm(module: nn.Module) -> nn.Module:
+    """Replace torchvision's ``FrozenBatchNorm2d`` by an eval-mode ``BatchNorm2d`` computing the
+    same function (so :func:`mobilenets.deploy.fuse` folds it), in place."""
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    for name, child in module.named_children():
+        if isinstance(child, FrozenBatchNorm2d):
+            bn = nn.BatchNorm2d(child.weight.numel(), eps=child.eps).eval()
+            with torch.no_grad():
+                for k in ("weight", "bias", "running_mean", "running_var"):
+                    getattr(bn, k).copy_(getattr(child, k))
+            setattr(module, name, bn)
+        else:
+            unfreeze_batchnorm(child)
+    return module
+
+
+def fuse_detector(model: nn.Module) -> nn.Module:
+    """A fused copy for inference: every BatchNorm (frozen ones included) folded, inference
+    no-ops removed, export forms swapped in; eval mode."""
+    net = unfreeze_batchnorm(copy.deepcopy(model).eval())
+    net = fuse(net, inplace=True)
+    swap_for_export(net, inplace=True)
+    return net
+
+
+def export_detector_onnx(model: nn.Module, path: Union[str, Path], input_size: Sequence[int] = (320, 320),
+                         opset: int = 17, verify: bool = True, images: Optional[Sequence[torch.Tensor]] = None,
+                         box_tol: float = 1e-3) -> Path:
+    """Export a detector to ONNX (post-processing included), check it in ONNX Runtime, write
+    it atomically.
+
+    Args:
+        model: a detector from :func:`mobilenets.create_model` (``ssdlite320_*``,
+            ``fasterrcnn_*``, ``retinanet_*``).
+        path: the ``.onnx`` file.
+        input_size: ``(H, W)`` of the image the graph takes (fixed).
+        opset: ONNX opset (11-20; 17 by default).
+        verify: run the file in ONNX Runtime on ``images`` (default: two random images, one of
+            ``input_size``) and require the eager detections: the same count, each eager detection
+            matched by one of the same label with its box within ``box_tol`` pixels and its
+            score within 1e-4.
+
+    Raises:
+        ValueError: bad arguments. RuntimeError: verification failed (no file is left).
+    """
+    if not 11 <= int(opset) <= 20:
+        raise ValueError(f"unsupported opset {opset}; expected 11..20 (17 is a good default)")
+    if len(input_size) != 2 or min(input_size) < 32:
+        raise ValueError(f"input_size must be (H, W) with H, W >= 32, got {tuple(input_size)}")
+    path = Path(path)
+    if path.suffix.lower() != ".onnx":
+        raise ValueError(f"output file must end in .onnx, got {path.name!r}")
+    net = fuse_detector(model)
+    g = torch.Generator().manual_seed(0)
+    example = torch.rand(3, *input_size, generator=g)
+    with torch.no_grad():
+        names = list(net([example])[0])
+    checks = list(images) if images is not None else [torch.rand(3, *input_size, generator=g) for _ in range(2)]
+    for im in checks:
+        if tuple(im.shape) != (3, *input_size):
+            raise ValueError(f"verification images must be (3, {input_size[0]}, {input_size[1]}) (the exported "
+                             f"size), got {tuple(im.shape)}")
+
+    def write(tmp: str) -> None:
+        with warnings.catch_warnings():  # torchvision's tracer warnings about Python scalars
+            warnings.simplefilter("ignore")
+            torch.onnx.export(net, ([example],), tmp, input_names=["image"], output_names=names,
+                              opset_version=int(opset), do_constant_folding=True, dynamo=False,
+                              dynamic_axes={n: {0: "detections"} for n in names})
+        if verify:
+            verify_detector_onnx(tmp, net, checks, box_tol)
+
+    return atomic_write(path, write)
+
+
+def _match(got: dict, ref: dict) -> tuple[float, float]:
+    """Largest box (px) and score difference between two sets of detections, each eager
+    detection paired with the runtime's detection of the same label whose box is nearest (near-
+    equal scores may come out in another order); ``inf`` when a label has no partner."""
+    import numpy as np
+
+    rb, rl, rs = ref["boxes"].numpy(), ref["labels"].numpy(), ref["scores"].numpy()
+    gb, gl, gs = got["boxes"], got["labels"], got["scores"]
+    worst_box = worst_score = 0.0
+    for b, lab, sc in zip(rb, rl, rs):
+        same = np.nonzero(gl == lab)[0]
+        if not len(same):
+            return float("inf"), float("inf")
+        dist = np.abs(gb[same] - b).max(axis=1)
+        j = int(dist.argmin())
+        worst_box = max(worst_box, float(dist[j]))
+        worst_score = max(worst_score, float(abs(gs[same][j] - sc)))
+    return worst_box, worst_score
+
+
+@torch.no_grad()
+def verify_detector_onnx(file: Union[str, Path], model: nn.Module, images: Sequence[torch.Tensor],
+                         box_tol: float = 1e-3) -> float:
+    """Run ``file`` in ONNX Runtime on each image and compare with ``model`` (eval); the largest
+    box difference in pixels. ``RuntimeError`` when the count, labels, boxes (``box_tol``) or
+    scores (1e-4) differ; skipped (``nan``) without onnxruntime."""
+    try:
+        import onnxruntime as ort
+    except ImportError:  # pragma: no cover - an optional extra
+        return float("nan")
+    sess = ort.InferenceSession(str(file), providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    worst = 0.0
+    model.eval()
+    for i, img in enumerate(images):
+        got = dict(zip(names, sess.run(None, {"image": img.numpy()})))
+        ref = model([img])[0]
+        where = f"image {i} ({tuple(img.shape[1:])})"
+        if got["boxes"].shape != tuple(ref["boxes"].shape):
+            raise RuntimeError(f"ONNX Runtime found {got['boxes'].shape[0]} detections on {where}, eager "
+                               f"{ref['boxes'].shape[0]}")
+        if len(ref["boxes"]):
+            d, s = _match(got, ref)
+            if d > box_tol or s > 1e-4:
+                raise RuntimeError(f"ONNX Runtime detections differ from eager on {where}: boxes by {d:.2e} px "
+                                   f"(allowed {box_tol:g}), scores by {s:.2e}")
+            worst = max(worst, d)
+    return worst
