@@ -100,14 +100,17 @@ def export_detector_onnx(model: nn.Module, path: Union[str, Path], input_size: S
     return atomic_write(path, write)
 
 
-def _match(got: dict, ref: dict) -> tuple[float, float]:
-    """Largest box (px) and score difference between two sets of detections, each eager
-    detection paired with the runtime's detection of the same label whose box is nearest (near-
-    equal scores may come out in another order); ``inf`` when a label has no partner."""
+def match_detections(got: dict, ref: dict) -> tuple[float, float]:
+    """Largest box (px) and score difference between two sets of detections (dicts of tensors
+    or arrays: ``boxes``, ``labels``, ``scores``), each of ``ref``'s detections paired with
+    ``got``'s detection of the same label whose box is nearest (near-equal scores may come out in
+    another order); ``inf`` when a label has no partner or the counts differ."""
     import numpy as np
 
-    rb, rl, rs = ref["boxes"].numpy(), ref["labels"].numpy(), ref["scores"].numpy()
-    gb, gl, gs = got["boxes"], got["labels"], got["scores"]
+    rb, rl, rs = (np.asarray(ref[k]) for k in ("boxes", "labels", "scores"))
+    gb, gl, gs = (np.asarray(got[k]) for k in ("boxes", "labels", "scores"))
+    if len(rb) != len(gb):
+        return float("inf"), float("inf")
     worst_box = worst_score = 0.0
     for b, lab, sc in zip(rb, rl, rs):
         same = np.nonzero(gl == lab)[0]
@@ -142,7 +145,7 @@ def verify_detector_onnx(file: Union[str, Path], model: nn.Module, images: Seque
             raise RuntimeError(f"ONNX Runtime found {got['boxes'].shape[0]} detections on {where}, eager "
                                f"{ref['boxes'].shape[0]}")
         if len(ref["boxes"]):
-            d, s = _match(got, ref)
+            d, s = match_detections(got, ref)
             if d > box_tol or s > 1e-4:
                 raise RuntimeError(f"ONNX Runtime detections differ from eager on {where}: boxes by {d:.2e} px "
                                    f"(allowed {box_tol:g}), scores by {s:.2e}")
