@@ -44,13 +44,7 @@ def export_onnx(model: nn.Module, path: Union[str, Path], input_size: Sequence[i
     Raises:
         ValueError: unsupported opset or input size. RuntimeError: verification failed.
     """
-    if not MIN_OPSET <= int(opset) <= MAX_OPSET:
-        raise ValueError(f"unsupported opset {opset}; expected {MIN_OPSET}..{MAX_OPSET} (17 is a good default)")
-    if len(input_size) != 2 or min(input_size) < 32:
-        raise ValueError(f"input_size must be (H, W) with H, W >= 32, got {tuple(input_size)}")
-    path = Path(path)
-    if path.suffix.lower() != ".onnx":
-        raise ValueError(f"output file must end in .onnx, got {path.name!r}")
+    path = check_export_args(path, input_size, opset)
     net = fuse(model) if fused else copy.deepcopy(model).eval()
     in_chans = getattr(model, "in_chans", 3)
     x = torch.randn(2 if dynamic_batch else 1, in_chans, *input_size)
@@ -76,6 +70,20 @@ def export_onnx(model: nn.Module, path: Union[str, Path], input_size: Sequence[i
                           dynamo=False)
 
     return atomic_write(path, write)
+
+
+def check_export_args(path: Union[str, Path], input_size: Sequence[int], opset: int,
+                      min_opset: int = MIN_OPSET) -> Path:
+    """The output path, after ``ValueError`` for an opset outside ``min_opset..MAX_OPSET``, an
+    input size that is not ``(H, W)`` with H, W >= 32, or a file name not ending in ``.onnx``."""
+    if not min_opset <= int(opset) <= MAX_OPSET:
+        raise ValueError(f"unsupported opset {opset}; expected {min_opset}..{MAX_OPSET} (17 is a good default)")
+    if len(input_size) != 2 or min(input_size) < 32:
+        raise ValueError(f"input_size must be (H, W) with H, W >= 32, got {tuple(input_size)}")
+    path = Path(path)
+    if path.suffix.lower() != ".onnx":
+        raise ValueError(f"output file must end in .onnx, got {path.name!r}")
+    return path
 
 
 def _verify(file: str, x: torch.Tensor, refs: list[torch.Tensor], atol_rel: float) -> Optional[float]:

@@ -624,6 +624,24 @@ def _items(dataset: Dataset, progress: Optional[Callable[[int], None]]):
             progress(1)
 
 
+def _written_items(dataset: Dataset, images_dir: Path, names: Sequence[str],
+                   progress: Optional[Callable[[int], None]], who: str):
+    """Save every image as ``images_dir/<index:06d>.png`` and yield ``(index, width, height,
+    target, objects)``, ``objects`` a list of ``(k, [x1, y1, x2, y2], label)`` whose labels are
+    checked against ``names`` (``ValueError`` naming the image)."""
+    for i, image, target in _items(dataset, progress):
+        h, w = int(image.shape[-2]), int(image.shape[-1])
+        _save_png(image, images_dir / f"{i:06d}.png")
+        boxes = torch.as_tensor(target["boxes"], dtype=torch.float64).reshape(-1, 4)
+        objects = []
+        for k, (box, label) in enumerate(zip(boxes.tolist(), torch.as_tensor(target["labels"]).tolist())):
+            if not 1 <= label <= len(names):
+                raise ValueError(f"{who}: image {i} has label {label}, outside 1..{len(names)} "
+                                 f"(dataset.classes has {len(names)} classes)")
+            objects.append((k, box, label))
+        yield i, w, h, target, objects
+
+
 def write_coco(dataset: Dataset, out_dir: PathLike, split: str,
                progress: Optional[Callable[[int], None]] = None) -> Path:
     """Write a detection dataset as COCO: ``out_dir/images/<split>/<index:06d>.png`` and
@@ -651,17 +669,10 @@ def write_coco(dataset: Dataset, out_dir: PathLike, split: str,
     try:
         (tmp / "images").mkdir()
         images, annotations = [], []
-        for i, image, target in _items(dataset, progress):
-            h, w = int(image.shape[-2]), int(image.shape[-1])
-            name = f"{i:06d}.png"
-            _save_png(image, tmp / "images" / name)
-            images.append({"id": i, "file_name": name, "width": w, "height": h})
-            boxes = torch.as_tensor(target["boxes"], dtype=torch.float64).reshape(-1, 4)
+        for i, w, h, target, objects in _written_items(dataset, tmp / "images", names, progress, "write_coco"):
+            images.append({"id": i, "file_name": f"{i:06d}.png", "width": w, "height": h})
             masks = target.get("masks")
-            for k, (box, label) in enumerate(zip(boxes.tolist(), torch.as_tensor(target["labels"]).tolist())):
-                if not 1 <= label <= len(names):
-                    raise ValueError(f"write_coco: image {i} has label {label}, outside 1..{len(names)} "
-                                     f"(dataset.classes has {len(names)} classes)")
+            for k, box, label in objects:
                 x1, y1, x2, y2 = box
                 ann = {"id": len(annotations) + 1, "image_id": i, "category_id": cat_ids[label - 1],
                        "bbox": [round(x1, 3), round(y1, 3), round(x2 - x1, 3), round(y2 - y1, 3)],
@@ -712,20 +723,12 @@ def write_yolo(dataset: Dataset, out_dir: PathLike, split: str,
     try:
         (tmp / "images").mkdir()
         (tmp / "labels").mkdir()
-        for i, image, target in _items(dataset, progress):
-            h, w = int(image.shape[-2]), int(image.shape[-1])
-            name = f"{i:06d}"
-            _save_png(image, tmp / "images" / f"{name}.png")
+        for i, w, h, _, objects in _written_items(dataset, tmp / "images", names, progress, "write_yolo"):
             lines = []
-            boxes = torch.as_tensor(target["boxes"], dtype=torch.float64).reshape(-1, 4)
-            for box, label in zip(boxes.tolist(), torch.as_tensor(target["labels"]).tolist()):
-                if not 1 <= label <= len(names):
-                    raise ValueError(f"write_yolo: image {i} has label {label}, outside 1..{len(names)} "
-                                     f"(dataset.classes has {len(names)} classes)")
-                x1, y1, x2, y2 = box
+            for _, (x1, y1, x2, y2), label in objects:
                 lines.append(f"{label - 1} {(x1 + x2) / 2 / w:.6f} {(y1 + y2) / 2 / h:.6f} "
                              f"{(x2 - x1) / w:.6f} {(y2 - y1) / h:.6f}")
-            (tmp / "labels" / f"{name}.txt").write_text("".join(line + "\n" for line in lines))
+            (tmp / "labels" / f"{i:06d}.txt").write_text("".join(line + "\n" for line in lines))
         _swap_in(tmp / "labels", out / "labels" / split)
         _swap_in(tmp / "images", out / "images" / split)
         splits = ["train", "val"] + sorted({p.name for p in (out / "images").iterdir()

@@ -21,6 +21,7 @@ import torch.nn as nn
 
 from ...deploy.export_swaps import swap_for_export
 from ...deploy.fuse import fuse
+from ...deploy.onnx_export import check_export_args
 from ...weights.io import atomic_write
 
 
@@ -70,13 +71,7 @@ def export_detector_onnx(model: nn.Module, path: Union[str, Path], input_size: S
     Raises:
         ValueError: bad arguments. RuntimeError: verification failed (no file is left).
     """
-    if not 11 <= int(opset) <= 20:
-        raise ValueError(f"unsupported opset {opset}; expected 11..20 (17 is a good default)")
-    if len(input_size) != 2 or min(input_size) < 32:
-        raise ValueError(f"input_size must be (H, W) with H, W >= 32, got {tuple(input_size)}")
-    path = Path(path)
-    if path.suffix.lower() != ".onnx":
-        raise ValueError(f"output file must end in .onnx, got {path.name!r}")
+    path = check_export_args(path, input_size, opset, min_opset=11)
     net = fuse_detector(model)
     g = torch.Generator().manual_seed(0)
     example = torch.rand(3, *input_size, generator=g)
