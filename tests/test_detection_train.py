@@ -112,3 +112,37 @@ def test_onnx_export_with_nms_matches_eager(name, tmp_path):
             p.mul_(1.1)
     with pytest.raises(RuntimeError, match="differ|detections"):
         verify_detector_onnx(path, model, images)
+
+
+def _ddp_worker(rank: int, world: int, port: int, out: str, recipe_dict: dict) -> None:
+    import os
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    res = train(Recipe.from_dict(recipe_dict), out, progress=False, log=lambda s: None)
+    torch.save({"state": res.model.state_dict(), "history": res.history}, f"{out}/rank{rank}.pt")
+
+
+def test_ddp_detection_identical_replicas_and_whole_set_map(tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    from mobilenets.tasks.detection.infer import load_detector_checkpoint
+    from mobilenets.tasks.detection.training import DetectionTask, evaluate_detector
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    r = tiny(epochs=1, scene_images=8, scene_val_images=6)
+    mp.spawn(_ddp_worker, args=(2, port, str(tmp_path), r.to_dict()), nprocs=2, join=True)
+    a, b = (torch.load(tmp_path / f"rank{i}.pt", weights_only=True) for i in range(2))
+    assert all(torch.equal(a["state"][k], b["state"][k]) for k in a["state"])
+    assert _metrics(a["history"]) == _metrics(b["history"])
+    row = a["history"][-1]
+    assert row["val_n"] == 6  # both ranks' validation shards, each image once
+    # the mAP of the sharded, gathered evaluation is the mAP over the whole validation set
+    model, _ = load_detector_checkpoint(tmp_path / "last.pt")
+    data = DetectionTask().build_data(r)
+    loader = torch.utils.data.DataLoader(data.val, batch_size=4, collate_fn=DetectionTask.collate_fn)
+    whole = evaluate_detector(model, loader)
+    assert whole["n"] == 6 and abs(whole["map"] - row["val_map"]) <= 1e-6, (whole["map"], row["val_map"])

@@ -194,7 +194,7 @@ RECIPES: dict[str, Recipe] = {
     # (--set pretrained=runs/<digits run>/best.pt), on 2 CPU cores (benchmarks/DETECTION.md).
     "digit_scenes": Recipe(
         task="detect", model="ssdlite320_mobilenetv4_conv_small", dataset="digit-scenes", img_size=320,
-        epochs=12, batch_size=16, opt="sgd", lr=0.05, momentum=0.9, weight_decay=4e-5, sched="cosine",
+        epochs=7, batch_size=16, opt="sgd", lr=0.05, momentum=0.9, weight_decay=4e-5, sched="cosine",
         warmup_epochs=0.5, hflip=0.0, label_smoothing=0.0, scene_images=2000, scene_val_images=500),
     # torchvision's SSDLite320-MobileNetV3 COCO recipe (references/detection: 660 epochs, cosine,
     # lr 0.15 for 8 GPUs x 24 images, weight decay 4e-5), its lr scaled to one process of 24.

@@ -121,6 +121,9 @@ class Taps(nn.Module):
             if kind not in ("out", "expansion"):
                 raise ValueError(f"tap kind must be 'out' or 'expansion', got {kind!r}")
         self.taps = [tuple(t) for t in taps]
+        self._at: dict[int, list[tuple[int, str]]] = {}  # layer index -> (output position, kind)
+        for n, (kind, i) in enumerate(self.taps):
+            self._at.setdefault(i, []).append((n, kind))
         # keep only what runs: the stem and the blocks up to the deepest tap (module paths, and
         # so checkpoint keys, stay those of the classification backbone)
         backbone._drop_head()
@@ -135,10 +138,7 @@ class Taps(nn.Module):
     def forward_with_tokens(self, x: torch.Tensor) -> tuple[OrderedDict, Optional[torch.Tensor]]:
         """``(maps, tokens)``: the tapped maps and, for Mobile-Former, the global tokens after
         the deepest tapped block (``None`` for the MobileNets); a head may use or ignore them."""
-        body = self.body
-        wanted = {}
-        for n, (kind, i) in enumerate(self.taps):
-            wanted.setdefault(i, []).append((n, kind))
+        body, wanted = self.body, self._at
         out: dict[int, torch.Tensor] = {}
         state = body._begin(x)
         for n, kind in wanted.get(0, []):
