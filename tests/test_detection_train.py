@@ -146,3 +146,16 @@ def test_ddp_detection_identical_replicas_and_whole_set_map(tmp_path):
     loader = torch.utils.data.DataLoader(data.val, batch_size=4, collate_fn=DetectionTask.collate_fn)
     whole = evaluate_detector(model, loader)
     assert whole["n"] == 6 and abs(whole["map"] - row["val_map"]) <= 1e-6, (whole["map"], row["val_map"])
+
+
+def test_model_kwargs_reach_the_detector_and_its_checkpoint(tmp_path):
+    from mobilenets.train import apply_overrides
+    from mobilenets.tasks.detection.infer import load_detector_checkpoint
+    r = apply_overrides(tiny(epochs=1, scene_images=4, scene_val_images=2), ['model_kwargs={"anchor_ratios": [0.1, 0.5]}'])
+    assert r.model_kwargs == {"anchor_ratios": [0.1, 0.5]}
+    with pytest.raises(ValueError, match="expected a JSON object"):
+        apply_overrides(r, ["model_kwargs=anchor_ratios"])
+    res = train(r, tmp_path, progress=False)
+    assert res.model.anchor_generator.scales[0] == pytest.approx(0.1)
+    model, _ = load_detector_checkpoint(tmp_path / "best.pt")  # rebuilt with the same anchors
+    assert model.anchor_generator.scales[0] == pytest.approx(0.1)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
 import torch
@@ -44,6 +44,7 @@ class Recipe:
     # model and data
     task: str = "classify"                    # classify | detect
     model: str = "mobilenetv4_conv_small"
+    model_kwargs: dict = field(default_factory=dict)  # more create_model options (JSON on the command line)
     pretrained: Optional[str] = None          # checkpoint to start from (classifier may differ)
     dataset: str = "digits"                   # digits | imagefolder | fake
     data_dir: Optional[str] = None            # imagefolder root (class sub-folders, or train/ + val/)
@@ -192,8 +193,11 @@ RECIPES: dict[str, Recipe] = {
     # --- detection (--task detect) ---
     # The digit-scenes goal: SSDLite on MobileNetV4-Conv-S, backbone from the digits classifier
     # (--set pretrained=runs/<digits run>/best.pt), on 2 CPU cores (benchmarks/DETECTION.md).
+    # Digits are 24-128 px: default boxes from 32 to 160 px (torchvision's 64-304 px miss the
+    # small ones: a 24 px digit has IoU 0.14 with a 64 px box).
     "digit_scenes": Recipe(
-        task="detect", model="ssdlite320_mobilenetv4_conv_small", dataset="digit-scenes", img_size=320,
+        task="detect", model="ssdlite320_mobilenetv4_conv_small", model_kwargs={"anchor_ratios": [0.1, 0.5]},
+        dataset="digit-scenes", img_size=320,
         epochs=7, batch_size=16, opt="sgd", lr=0.05, momentum=0.9, weight_decay=4e-5, sched="cosine",
         warmup_epochs=0.5, hflip=0.0, label_smoothing=0.0, scene_images=2000, scene_val_images=500),
     # torchvision's SSDLite320-MobileNetV3 COCO recipe (references/detection: 660 epochs, cosine,
@@ -232,6 +236,15 @@ def _parse_value(text: str, default: Any, name: str) -> Any:
     low = t.lower()
     if low in ("none", "null") and name in _OPTIONAL_FIELDS:
         return None
+    if isinstance(default, dict):
+        import json
+        try:
+            value = json.loads(t)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{name}: expected a JSON object, e.g. '{{\"width_mult\": 0.75}}', got {text!r} ({e})") from None
+        if not isinstance(value, dict):
+            raise ValueError(f"{name}: expected a JSON object, got {text!r}")
+        return value
     if isinstance(default, bool):
         if low in ("1", "true", "yes", "on"):
             return True

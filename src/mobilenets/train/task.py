@@ -38,7 +38,7 @@ class ClassificationTask:
     def build_model(self, recipe, num_classes: int) -> nn.Module:
         from ..factory import create_model
 
-        kw: dict[str, Any] = {"drop_path_rate": recipe.drop_path_rate}
+        kw: dict[str, Any] = {"drop_path_rate": recipe.drop_path_rate, **recipe.model_kwargs}
         if recipe.drop_rate is not None:
             kw["drop_rate"] = recipe.drop_rate
         return create_model(recipe.model, num_classes=num_classes, **kw)

@@ -81,7 +81,8 @@ def _freeze(body: nn.Module, is_trained: bool, value: Optional[int], default: Op
 def ssdlite320(backbone: str, num_classes: int = 91, pretrained: Any = None, strict: bool = True,
                pretrained_backbone: Any = None, trainable_backbone_layers: Optional[int] = None,
                width_mult: Optional[float] = None, reduced_tail: Optional[bool] = None,
-               backbone_kwargs: Optional[dict] = None, **kwargs) -> nn.Module:
+               backbone_kwargs: Optional[dict] = None, anchor_ratios: tuple[float, float] = (0.2, 0.95),
+               **kwargs) -> nn.Module:
     """SSDLite at 320x320 (MobileNetV3 paper section 6.2; torchvision's
     ``ssdlite320_mobilenet_v3_large`` on MobileNetV3-Large) on ``backbone``.
 
@@ -96,6 +97,9 @@ def ssdlite320(backbone: str, num_classes: int = 91, pretrained: Any = None, str
         reduced_tail: MobileNetV3 only: halve the last stage (default: when no backbone
             weights are given, as torchvision builds its COCO model).
         backbone_kwargs: more backbone options (``drop_path_rate``, ``output_stride``, ...).
+        anchor_ratios: ``(min_ratio, max_ratio)`` of the default boxes over the six maps, as a
+            fraction of 320 (torchvision's 0.2, 0.95: 64 to 304 px); lower the first for small
+            objects (the digit-scenes recipe uses 0.1: 32 px).
         **kwargs: ``torchvision.models.detection.SSD`` options (``score_thresh``, ``nms_thresh``,
             ``detections_per_img``, ``topk_candidates``, ...; torchvision's SSDLite defaults).
     """
@@ -118,7 +122,10 @@ def ssdlite320(backbone: str, num_classes: int = 91, pretrained: Any = None, str
     _freeze(body, pretrained_backbone is not None or pretrained is not None, trainable_backbone_layers, None)
     features = SSDLiteFeatures(Taps(body, ssdlite_taps(body)), body.width_mult)
     norm = partial(nn.BatchNorm2d, **SSDLITE_BN)
-    anchors = DefaultBoxGenerator([[2, 3] for _ in range(6)], min_ratio=0.2, max_ratio=0.95)
+    lo, hi = anchor_ratios
+    if not 0 < lo < hi <= 1:
+        raise ValueError(f"anchor_ratios must be (min, max) with 0 < min < max <= 1, got {tuple(anchor_ratios)}")
+    anchors = DefaultBoxGenerator([[2, 3] for _ in range(6)], min_ratio=lo, max_ratio=hi)
     head = SSDLiteHead(features.out_channels, anchors.num_anchors_per_location(), num_classes, norm)
     model = SSD(features, anchors, SSDLITE_SIZE, num_classes, head=head, **{**SSDLITE_DEFAULTS, **kwargs})
     return _finish(model, backbone, "ssdlite", pretrained, strict)

@@ -28,17 +28,18 @@ def _classes(ds) -> list[str]:
 
 
 def architecture(recipe) -> dict:
-    """The builder options that shape a trained detector and that torchvision derives from
-    whether backbone weights were given: SSDLite's MobileNetV3 ``reduced_tail`` (torchvision
-    reduces the tail only when training from scratch). Passing them explicitly rebuilds the same
-    architecture for inference without the backbone checkpoint."""
+    """The builder options that shape a trained detector: the recipe's ``model_kwargs`` and what
+    torchvision derives from whether backbone weights were given (SSDLite's MobileNetV3
+    ``reduced_tail``: reduced only when training from scratch). Passing them explicitly rebuilds
+    the same architecture for inference without the backbone checkpoint."""
     from ...models.registry import get_entry
 
     entry = get_entry(recipe.model)
     backbone = entry.defaults.get("backbone")
+    arch = dict(recipe.model_kwargs)
     if entry.family == "ssdlite" and backbone and get_entry(backbone).family == "mobilenetv3":
-        return {"reduced_tail": recipe.pretrained is None}
-    return {}
+        arch.setdefault("reduced_tail", recipe.pretrained is None)
+    return arch
 
 
 class DetectionTask:
