@@ -60,7 +60,9 @@ def trained_like(model: torch.nn.Module, num_classes: int, seed: int = 0) -> tor
 
 def _ort_runner(model, image, tmp: Path, name: str):
     import onnxruntime as ort
-    path = export_detector_onnx(model, tmp / f"{name}.onnx", tuple(image.shape[1:]), images=[image])
+    # the export is verified on the image (1e-2 px here: random-weight boxes span the whole image and
+    # the 28-layer V1 reaches 1.4e-3 px of fp32 noise; tests/test_detection_train.py holds 1e-3 px)
+    path = export_detector_onnx(model, tmp / f"{name}.onnx", tuple(image.shape[1:]), images=[image], box_tol=1e-2)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = torch.get_num_threads()
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
