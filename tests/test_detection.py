@@ -216,3 +216,16 @@ def test_bad_options_are_clear_errors():
         mobilenets.create_model("retinanet_mobilenetv4_conv_small_fpn", backbone_kwargs={"output_stride": 16})
     with pytest.raises(TypeError, match="did you mean box_score_thresh"):
         mobilenets.create_model("fasterrcnn_mobilenetv2_050_fpn", box_score_thres=0.3)
+
+
+def test_cli_list_and_info_for_detectors(capsys):
+    from mobilenets.cli import main
+    assert main(["list", "ssdlite320_mobilenetv3_large_1*", "--task", "detection", "--json"]) == 0
+    import json
+    rows = json.loads(capsys.readouterr().out)
+    assert rows == [{"name": "ssdlite320_mobilenetv3_large_100", "family": "ssdlite",
+                     "params_m": 3.44, "backbone": "mobilenetv3_large_100", "macs_m_320": pytest.approx(583.2, abs=1)}]
+    assert main(["info", "ssdlite320_mobilenetv3_large_100"]) == 0
+    out = capsys.readouterr().out
+    assert "expansion of layer 13" in out and "672" in out and "3.440 M" in out
+    assert main(["list", "nothing*", "--task", "detection"]) == 2

@@ -67,6 +67,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
     import mobilenets
 
     entry = mobilenets.get_entry(args.name)
+    if entry.task != "classification":
+        return _task_info(args, entry)
     model = mobilenets.create_model(args.name, num_classes=args.num_classes)
     h, w = args.input_size
     shapes = mobilenets.stage_shapes(model, (h, w))
@@ -85,6 +87,24 @@ def _cmd_info(args: argparse.Namespace) -> int:
     print("\nfeature levels (features_only=True, out_indices):")
     rows = [[i, f["module"], f["num_chs"], f["reduction"]] for i, f in enumerate(model.feature_info)]
     print(table(["index", "module", "channels", "reduction"], rows, [True, False, True, True]))
+    return 0
+
+
+def _task_info(args: argparse.Namespace, entry) -> int:
+    """``info`` for a detector: its backbone, parameters, MACs at 320 and the maps its neck reads."""
+    import mobilenets
+    from .tasks.detection.cost import detector_macs
+
+    model = mobilenets.create_model(args.name).eval()
+    print(f"{args.name}  ({entry.task}, family {entry.family}, backbone {entry.defaults.get('backbone')})")
+    if entry.reference:
+        print("same architecture in: " + ", ".join(f"{k} {v}" for k, v in entry.reference.items()))
+    print(f"params: {mobilenets.count_params(model) / 1e6:.3f} M   MACs at 320x320: "
+          f"{detector_macs(model) / 1e6:.1f} M   classes (incl. background): {model.num_classes}")
+    taps = model.backbone.body
+    rows = [[i, f"{kind} of layer {layer}", ch] for i, ((kind, layer), ch) in enumerate(zip(taps.taps, taps.channels))]
+    print("\nbackbone maps the neck reads (layer 0 = stem, i = block i-1):")
+    print(table(["map", "tap", "channels"], rows, [True, False, True]))
     return 0
 
 
