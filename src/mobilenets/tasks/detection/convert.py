@@ -107,7 +107,10 @@ def load_detector_weights(model: nn.Module, source: Any, strict: bool = True) ->
     if strict and (missing or unexpected or mismatched):
         raise CheckpointError(f"{where} ({layout} layout) does not fit {getattr(model, 'name', type(model).__name__)}:"
                               + format_key_problems(missing, unexpected, mismatched)
-                              + "\n  (a detector checkpoint fits only the same backbone, width and num_classes)")
+                              + "\n  (a detector checkpoint fits only the same backbone, width, num_classes and "
+                                "builder options, e.g. an SSDLite on MobileNetV3 trained from a pretrained "
+                                "backbone needs reduced_tail=False; mobilenets.tasks.detection.infer."
+                                "load_detector_checkpoint rebuilds a training run's model from its recipe)")
     bad = {m.split(":")[0] for m in mismatched}
     model.load_state_dict({k: v for k, v in sd.items() if k in target and k not in bad}, strict=False)
     return {"layout": layout, "missing": missing, "unexpected": unexpected, "mismatched": mismatched}
