@@ -114,15 +114,6 @@ def test_onnx_export_with_nms_matches_eager(name, tmp_path):
         verify_detector_onnx(path, model, images)
 
 
-def _ddp_worker(rank: int, world: int, port: int, out: str, recipe_dict: dict) -> None:
-    import os
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
-    res = train(Recipe.from_dict(recipe_dict), out, progress=False, log=lambda s: None)
-    torch.save({"state": res.model.state_dict(), "history": res.history}, f"{out}/rank{rank}.pt")
-
-
 def test_ddp_detection_identical_replicas_and_whole_set_map(tmp_path):
     import socket
 
@@ -130,6 +121,7 @@ def test_ddp_detection_identical_replicas_and_whole_set_map(tmp_path):
 
     from mobilenets.tasks.detection.infer import load_detector_checkpoint
     from mobilenets.tasks.detection.training import DetectionTask, evaluate_detector
+    from test_train import _ddp_worker  # the same worker as the classification DDP test
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
