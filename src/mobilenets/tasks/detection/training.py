@@ -53,15 +53,15 @@ class DetectionTask:
 
     def build_data(self, recipe) -> DataBundle:
         size = recipe.img_size
-        spec = "digit-scenes" if recipe.dataset == "digit-scenes" else recipe.data_dir
-        fill = list(DigitScenes.mean) if recipe.dataset == "digit-scenes" else None
-        extra = {}
-        if recipe.dataset == "digit-scenes":
-            extra = {"size": size, "seed": recipe.seed}
+        if recipe.dataset == "digit-scenes":  # generated at the training size, the recipe's counts
+            spec, fill = "digit-scenes", list(DigitScenes.mean)
+            per_split = {"train": {"size": size, "seed": recipe.seed, "num_images": recipe.scene_images},
+                         "val": {"size": size, "seed": recipe.seed, "num_images": recipe.scene_val_images}}
+        else:  # a COCO or YOLO folder
+            spec, fill, per_split = recipe.data_dir, None, {"train": {}, "val": {}}
         train = open_detection_data(spec, "train", transforms=detection_transforms(True, size, fill=fill),
-                                    **({**extra, "num_images": recipe.scene_images} if extra else {}))
-        val = open_detection_data(spec, "val", transforms=detection_transforms(False, size),
-                                  **({**extra, "num_images": recipe.scene_val_images} if extra else {}))
+                                    **per_split["train"])
+        val = open_detection_data(spec, "val", transforms=detection_transforms(False, size), **per_split["val"])
         return DataBundle(train, val, _classes(train))
 
     def check_data(self, data: DataBundle, recipe) -> None:
