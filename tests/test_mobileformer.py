@@ -354,6 +354,34 @@ def test_options():
             create_model("mobileformer_26m", **kwargs)
 
 
+@pytest.mark.parametrize("name", ["mobileformer_26m", "mobileformer_294m"])
+def test_output_stride_dilates_the_later_blocks(name):
+    """output_stride 16 / 8 (segmentation): the downsampling blocks past it run at stride 1,
+    their depthwise convs and every later one's dilated (the MobileNets' rule), with the same
+    weights as the classification model (its checkpoints load strictly) and no shortcut where
+    the row itself downsamples."""
+    ref = create_model(name)
+    x = torch.randn(1, 3, 96, 128)
+    for os_, dil in ((16, [2]), (8, [2, 4])):
+        m = create_model(name, output_stride=os_).eval()
+        m.load_state_dict(ref.state_dict())  # identical keys and shapes
+        assert m.output_stride == os_
+        assert [f["reduction"] for f in m.feature_info] == [r for r in (2, 4, 8, 16, 32) if r <= os_]
+        with torch.no_grad():
+            fmap, tokens = m.forward_features(x)
+        assert fmap.shape[-2:] == (96 // os_, 128 // os_) and tokens.shape[1:] == ref.tokens.shape
+        blocks = [b for st in m.stages for b in st if isinstance(b, MobileFormerBlock)]
+        downs = [b for b in blocks if isinstance(b.mobile, MobileDownsample)]
+        dilated = [b for b in downs if b.mobile.dw1.conv.dilation != (1, 1)]
+        assert [b.mobile.dw1.conv.dilation[0] for b in dilated] == dil
+        assert all(b.stride == 1 and b.mobile.dw1.conv.stride == (1, 1) and not b.has_skip for b in dilated)
+        after = blocks[blocks.index(dilated[0]):]  # every later depthwise conv is dilated too
+        assert all(mod.dilation[0] >= 2 for b in after for mod in b.modules()
+                   if isinstance(mod, torch.nn.Conv2d) and mod.kernel_size == (3, 3))
+    with pytest.raises(ValueError, match="output_stride must be 8, 16 or 32"):
+        create_model(name, output_stride=4)
+
+
 def test_stage_shapes_for_info():
     shapes = mobilenets.stage_shapes(create_model("mobileformer_96m"), (224, 160))
     assert shapes[0] == ("stem", (1, 12, 112, 80)) and shapes[-1] == ("stages.4", (1, 128, 7, 5))

@@ -276,20 +276,21 @@ class MobileBottleneck(nn.Module):
         groups: groups of the 1x1 convs.
         reduction: dynamic-ReLU MLP squeeze ratio.
         norm: norm layer factory.
+        dilation: of the depthwise conv (``output_stride < 32``; not in the paper).
     """
 
     takes_tokens = True
 
     def __init__(self, in_chs: int, out_chs: int, expand: float, token_dim: int, stride: int = 1,
                  kernel_size: int = 3, groups: int = 1, reduction: int = 4,
-                 norm: NormLayer = nn.BatchNorm2d):
+                 norm: NormLayer = nn.BatchNorm2d, dilation: int = 1):
         super().__init__()
         mid = round(in_chs * expand)
         self.in_chs, self.out_chs, self.mid_chs, self.stride = in_chs, out_chs, mid, stride
         self.expand = ConvNormAct(in_chs, mid, 1, groups=groups, norm=norm, act=None)
         self.shuffle1 = _shuffle(groups, groups > 1)
         self.act1 = DynamicReLU(mid, token_dim, reduction)
-        self.dw = ConvNormAct(mid, mid, kernel_size, stride, groups=mid, norm=norm, act=None)
+        self.dw = ConvNormAct(mid, mid, kernel_size, stride, dilation, groups=mid, norm=norm, act=None)
         self.act2 = DynamicReLU(mid, token_dim, reduction)
         self.project = ConvNormAct(mid, out_chs, 1, groups=groups, norm=norm, act=None)
         self.shuffle2 = _shuffle(groups, groups > 1)
@@ -320,21 +321,25 @@ class MobileDownsample(nn.Module):
         groups: groups of the 1x1 convs. reduction: dynamic-ReLU squeeze ratio.
         drop_path: stochastic depth on the inner residual branch.
         norm: norm layer factory.
+        dilation: of both depthwise convs (``output_stride < 32``: the block then runs at
+            stride 1 with the larger dilation already, torchvision's dilated MobileNetV3
+            convention; not in the paper).
     """
 
     takes_tokens = True
 
     def __init__(self, in_chs: int, out_chs: int, token_dim: int, expand1: float = 6,
                  expand2: float = 4, stride: int = 2, kernel_size: int = 3, groups: int = 1,
-                 reduction: int = 4, drop_path: float = 0.0, norm: NormLayer = nn.BatchNorm2d):
+                 reduction: int = 4, drop_path: float = 0.0, norm: NormLayer = nn.BatchNorm2d,
+                 dilation: int = 1):
         super().__init__()
         mid1, mid2 = round(in_chs * expand1), round(out_chs * expand2)
         self.in_chs, self.out_chs, self.stride = in_chs, out_chs, stride
-        self.dw1 = ConvNormAct(in_chs, mid1, kernel_size, stride, groups=in_chs, norm=norm, act=None)
+        self.dw1 = ConvNormAct(in_chs, mid1, kernel_size, stride, dilation, groups=in_chs, norm=norm, act=None)
         self.shuffle1 = _shuffle(in_chs, groups > 1)
         self.act1 = DynamicReLU(mid1, token_dim, reduction)
         self.pw1 = ConvNormAct(mid1, out_chs, 1, groups=groups, norm=norm, act=None)
-        self.dw2 = ConvNormAct(out_chs, mid2, kernel_size, 1, groups=out_chs, norm=norm, act=None)
+        self.dw2 = ConvNormAct(out_chs, mid2, kernel_size, 1, dilation, groups=out_chs, norm=norm, act=None)
         self.shuffle2 = _shuffle(out_chs, groups > 1)
         self.act2 = DynamicReLU(mid2, token_dim, reduction)
         self.pw2 = ConvNormAct(mid2, out_chs, 1, groups=groups, norm=norm, act=None)
@@ -402,16 +407,19 @@ class MobileFormerBlock(nn.Module):
         bridge_heads: heads of both bridges (2). former_heads: Former heads (4).
         ffn_expand: Former FFN expansion (2).
         drop_path: stochastic depth of the bridges, the Former and the shortcut.
+        skip: the identity shortcut (default: ``stride == 1 and in == out``; a downsampling
+            block whose stride became a dilation keeps none, as in the MobileNets).
     """
 
     takes_tokens = True
 
     def __init__(self, mobile: nn.Module, token_dim: int, bridge_heads: int = 2,
-                 former_heads: int = 4, ffn_expand: int = 2, drop_path: float = 0.0):
+                 former_heads: int = 4, ffn_expand: int = 2, drop_path: float = 0.0,
+                 skip: Optional[bool] = None):
         super().__init__()
         in_chs, out_chs, stride = mobile.in_chs, mobile.out_chs, mobile.stride
         self.in_chs, self.out_chs, self.stride = in_chs, out_chs, stride
-        self.has_skip = stride == 1 and in_chs == out_chs
+        self.has_skip = (stride == 1 and in_chs == out_chs) if skip is None else skip
         self.to_former = MobileToFormer(in_chs, token_dim, bridge_heads, drop_path)
         self.former = Former(token_dim, former_heads, ffn_expand, drop_path)
         self.mobile = mobile

@@ -58,6 +58,10 @@ class MobileFormer(Backbone):
         drop_path_rate: stochastic depth, growing linearly over the rows to this rate (the final
             Mobile->Former gets the full rate), as the official code schedules it.
         norm_eps, norm_momentum: BatchNorm settings (default: PyTorch's, as the official code).
+        output_stride: 32 (default, the paper's), 16 or 8: the later downsampling blocks run at
+            stride 1 and their depthwise convs (and those of every later block) are dilated
+            instead, as :class:`~mobilenets.models.MobileNet` does (segmentation heads; not in
+            the paper, so no checkpoint was trained that way).
 
     Attributes:
         tokens: the learned ``(M, d)`` token table.
@@ -71,9 +75,12 @@ class MobileFormer(Backbone):
     def __init__(self, spec: MobileFormerSpec, num_classes: int = 1000, in_chans: int = 3,
                  width_mult: float = 1.0, drop_rate: Optional[float] = None,
                  drop_path_rate: float = 0.0, norm_eps: Optional[float] = None,
-                 norm_momentum: Optional[float] = None):
+                 norm_momentum: Optional[float] = None, output_stride: int = 32):
         super().__init__()
         check_options(width_mult, drop_path_rate, in_chans)
+        if output_stride not in (8, 16, 32):
+            raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride}")
+        self.output_stride = output_stride
         self.spec, self.num_classes, self.in_chans = spec, num_classes, in_chans
         self.width_mult, self.drop_path_rate = width_mult, drop_path_rate
         eps = spec.norm_eps if norm_eps is None else norm_eps
@@ -86,7 +93,7 @@ class MobileFormer(Backbone):
 
         rows = spec.rows()
         divisor = 8 if width_mult > 1.01 else 4
-        idx, in_chs, reduction = 0, spec.stem, 2
+        idx, in_chs, reduction, dilation = 0, spec.stem, 2, 1
         points = [dict(module="stem", num_chs=spec.stem, reduction=2, stage=-1)]
         stages = []
         for si, stage in enumerate(spec.stages):
@@ -94,9 +101,12 @@ class MobileFormer(Backbone):
             for row in stage:
                 out = make_divisible(row.out * width_mult, divisor if idx > 0 else 4)
                 dp = drop_path_rate * (idx + 1) / len(rows)
-                blocks.append(self._build_row(row, in_chs, out, dp, norm))
+                stride = row.stride
+                if stride > 1 and reduction * stride > output_stride:
+                    dilation, stride = dilation * stride, 1  # as MobileNet (models/mobilenet.py)
+                blocks.append(self._build_row(row, in_chs, out, dp, norm, stride, dilation))
                 in_chs, idx = out, idx + 1
-                reduction *= row.stride
+                reduction *= stride
             stages.append(MobileFormerStage(*blocks))
             points.append(dict(module=f"stages.{si}", num_chs=in_chs, reduction=reduction, stage=si))
         self.stages = nn.Sequential(*stages)
@@ -112,19 +122,24 @@ class MobileFormer(Backbone):
         self._init_weights()
 
     def _build_row(self, row: MobileFormerRow, in_chs: int, out: int, drop_path: float,
-                   norm) -> nn.Module:
+                   norm, stride: int, dilation: int) -> nn.Module:
+        """One row; ``stride`` / ``dilation``: the row's after ``output_stride`` (the
+        shortcut follows the row's own stride, as in the MobileNets)."""
         s = self.spec
         if row.kind == "lite":
-            return LiteBottleneck(in_chs, out, int(row.expand), row.stride, s.groups, norm)
+            if dilation > 1:  # pragma: no cover - the lite row ends at stride <= 4
+                raise ValueError("the lite bottleneck cannot be dilated")
+            return LiteBottleneck(in_chs, out, int(row.expand), stride, s.groups, norm)
         if row.kind == "down":
-            mobile = MobileDownsample(in_chs, out, s.token_dim, row.expand, row.expand2, row.stride,
+            mobile = MobileDownsample(in_chs, out, s.token_dim, row.expand, row.expand2, stride,
                                       groups=s.groups, reduction=s.dyrelu_reduction,
-                                      drop_path=drop_path, norm=norm)
+                                      drop_path=drop_path, norm=norm, dilation=dilation)
         else:
-            mobile = MobileBottleneck(in_chs, out, row.expand, s.token_dim, row.stride,
-                                      groups=s.groups, reduction=s.dyrelu_reduction, norm=norm)
+            mobile = MobileBottleneck(in_chs, out, row.expand, s.token_dim, stride,
+                                      groups=s.groups, reduction=s.dyrelu_reduction, norm=norm,
+                                      dilation=dilation)
         return MobileFormerBlock(mobile, s.token_dim, s.bridge_heads, s.former_heads, s.ffn_expand,
-                                 drop_path)
+                                 drop_path, skip=row.stride == 1 and in_chs == out)
 
     def _init_weights(self) -> None:
         # The official initialisation: convs N(0, sqrt(2 / (k*k*out))) (He, fan-out), linears
