@@ -24,6 +24,7 @@ import torch.nn as nn
 
 from ...layers import make_divisible
 from ...models.registry import get_entry
+from ..backbone import build_backbone
 from .backbone import Taps, fpn_taps, freeze_layers, frozen_batchnorm, ssdlite_taps, stride_taps, units
 
 SSDLITE_SIZE = (320, 320)
@@ -36,33 +37,6 @@ FRCNN_DEFAULTS = dict(rpn_score_thresh=0.05)
 FRCNN_320_DEFAULTS = dict(min_size=320, max_size=640, rpn_pre_nms_top_n_test=150,
                           rpn_post_nms_top_n_test=150, rpn_score_thresh=0.05)
 FPN_CHANNELS = 256
-
-
-def _backbone(name: str, pretrained_backbone: Any, width_mult: Optional[float], norm_eps: float,
-              norm_momentum: float, backbone_kwargs: Optional[dict] = None, **kwargs) -> nn.Module:
-    """The classification backbone ``name`` without classifier, its BatchNorm set to the
-    detector's ``norm_eps`` / ``norm_momentum`` (also after loading ``pretrained_backbone``: a
-    classification checkpoint, e.g. the main job's ``best.pt``, or a timm / torchvision file,
-    whose classifier may have any class count), as torchvision builds its detection backbones."""
-    from ...factory import create_model
-    from ...weights import CheckpointError, load_weights
-
-    entry = get_entry(name)
-    if entry.task != "classification":
-        raise ValueError(f"backbone {name!r} is a {entry.task} model; expected a classification backbone")
-    kwargs.update(backbone_kwargs or {})
-    if width_mult is not None:
-        kwargs["width_mult"] = width_mult
-    model = create_model(name, num_classes=0, norm_eps=norm_eps, norm_momentum=norm_momentum, **kwargs)
-    if pretrained_backbone is not None:
-        report = load_weights(model, pretrained_backbone, strict=False)
-        bad = report.missing + report.mismatched
-        if bad:
-            raise CheckpointError(f"{pretrained_backbone}: not a checkpoint of the backbone {name}: "
-                                  f"{len(report.missing)} weights missing, {len(report.mismatched)} "
-                                  f"mis-shaped (e.g. {bad[:4]})")
-        model.set_bn(norm_eps, norm_momentum)
-    return model
 
 
 def _freeze(body: nn.Module, is_trained: bool, value: Optional[int], default: Optional[int]) -> None:
@@ -115,7 +89,7 @@ def ssdlite320(backbone: str, num_classes: int = 91, pretrained: Any = None, str
     elif reduced_tail:
         raise ValueError(f"reduced_tail is a MobileNetV3 option; {backbone} has none")
     _check_options(SSD, kwargs)
-    body = _backbone(backbone, pretrained_backbone, width_mult, SSDLITE_BN["eps"], SSDLITE_BN["momentum"],
+    body = build_backbone(backbone, pretrained_backbone, width_mult, SSDLITE_BN["eps"], SSDLITE_BN["momentum"],
                      backbone_kwargs, **tail)
     if pretrained_backbone is None:
         _normal_init(body)
@@ -210,7 +184,7 @@ def _fpn_backbone(backbone: str, taps_of, extra_blocks, pretrained: Any, pretrai
                   frozen_bn: Optional[bool], backbone_kwargs: Optional[dict]) -> BackboneFPN:
     # torchvision builds its MobileNetV3 for detection with the norm layer's own eps (1e-5),
     # frozen (FrozenBatchNorm2d) when weights are loaded
-    body = _backbone(backbone, pretrained_backbone, width_mult, 1e-5, 0.1, backbone_kwargs)
+    body = build_backbone(backbone, pretrained_backbone, width_mult, 1e-5, 0.1, backbone_kwargs)
     is_trained = pretrained_backbone is not None or pretrained is not None
     _freeze(body, is_trained, trainable_backbone_layers, 3)
     taps = Taps(body, taps_of(body))
