@@ -2,7 +2,6 @@
 (reader, writer, labelmap.txt) with their bad-input handling, the v2 segmentation transforms,
 the collate, open_segmentation_data and ``mobilenets data digit-scenes --format voc``."""
 
-import argparse
 import json
 import warnings
 from pathlib import Path
@@ -19,6 +18,7 @@ from mobilenets.tasks.data import (IGNORE_INDEX, VOC_CLASSES, DataWarning, Digit
                                    segmentation_transforms, semantic_mask, voc_colormap, write_coco, write_voc,
                                    write_yolo)
 from mobilenets.train.data import DatasetError
+from test_scenes import _cli, _Exploding, _tree, _walk  # the same helpers as the detection data
 
 DIGIT_NAMES = ["__background__"] + [str(d) for d in range(10)]
 
@@ -193,34 +193,19 @@ def test_write_voc_rejects_bad_masks_and_other_classes(tmp_path):
     write_voc(_Masks([(8, 8)], _ramp, classes=("__background__", "x", "y", "z")), tmp_path / "new", "val")
 
 
-class _Exploding:
-    classes = DIGIT_NAMES
-
-    def __init__(self, n_ok):
-        self.inner, self.n_ok = SceneSegmentation("val", size=48, num_images=5), n_ok
-
-    def __len__(self):
-        return 5
-
-    def __getitem__(self, i):
-        if i >= self.n_ok:
-            raise KeyboardInterrupt  # as Ctrl-C in the middle of a split
-        return self.inner[i]
-
-
-def _tree(root: Path) -> dict:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+def _exploding(n_ok):
+    return _Exploding(n_ok, SceneSegmentation("val", size=48, num_images=5))
 
 
 def test_write_voc_is_atomic_per_split_and_replaces_a_split_whole(tmp_path):
     with pytest.raises(KeyboardInterrupt):
-        write_voc(_Exploding(2), tmp_path, "val")
+        write_voc(_exploding(2), tmp_path, "val")
     assert _tree(tmp_path) == {}
-    write_voc(_Exploding(5), tmp_path, "val")
+    write_voc(_exploding(5), tmp_path, "val")
     write_voc(SceneSegmentation("train", size=48, num_images=2), tmp_path, "train")
     before = _tree(tmp_path)
     with pytest.raises(KeyboardInterrupt):
-        write_voc(_Exploding(3), tmp_path, "val")  # over a complete split: it stays whole
+        write_voc(_exploding(3), tmp_path, "val")  # over a complete split: it stays whole
     assert _tree(tmp_path) == before
     assert not [p for p in tmp_path.rglob(".*")]  # no temp or old folders left
     # a new, smaller val replaces the old one entirely and leaves train alone
@@ -437,12 +422,6 @@ def test_open_segmentation_data_explains_what_a_folder_needs(tmp_path):
 
 
 # --- transforms -----------------------------------------------------------------------------------
-def _walk(t):
-    yield t
-    for child in getattr(t, "transforms", []) or []:
-        yield from _walk(child)
-
-
 def test_no_flip_in_the_segmentation_pipelines():
     from torchvision.transforms import v2
 
@@ -578,16 +557,6 @@ def test_dataloader_over_a_folder_of_varied_sizes(tmp_path):
 
 
 # --- the CLI --------------------------------------------------------------------------------------
-def _cli(argv):
-    from mobilenets.clitools import run_handler
-    from mobilenets.tasks.data.cli import register
-
-    parser = argparse.ArgumentParser(prog="mobilenets")
-    register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(argv)
-    return run_handler(args.func, args)
-
-
 def test_cli_writes_voc(tmp_path, capsys):
     out = tmp_path / "voc"
     assert _cli(["data", "digit-scenes", "--format", "voc", "--out", str(out), "--train-images", "3",
