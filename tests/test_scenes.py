@@ -295,13 +295,14 @@ def test_collate_and_dataloader(coco_dir):
 
 
 class _Exploding:
-    classes = DigitScenes.classes
+    """``inner`` (default: 5 scenes), raising KeyboardInterrupt at item ``n_ok``."""
 
-    def __init__(self, n_ok):
-        self.inner, self.n_ok = DigitScenes("val", size=64, num_images=5), n_ok
+    def __init__(self, n_ok, inner=None):
+        self.inner = inner if inner is not None else DigitScenes("val", size=64, num_images=5)
+        self.classes, self.n_ok = self.inner.classes, n_ok
 
     def __len__(self):
-        return 5
+        return len(self.inner)
 
     def __getitem__(self, i):
         if i >= self.n_ok:

@@ -1,5 +1,7 @@
-"""Detection data: the built-in ``digit-scenes``, COCO / YOLO readers and writers, the detection
-augmentations and the DataLoader collate.
+"""Detection and segmentation data: the built-in ``digit-scenes``, COCO / YOLO / VOC readers and
+writers, the augmentations and the DataLoader collates.
+
+Detection:
 
 - :class:`DigitScenes`: scenes of scikit-learn digits with boxes, labels and instance masks,
   generated deterministically on the fly (train / val digits never mix).
@@ -11,16 +13,39 @@ augmentations and the DataLoader collate.
 - :func:`open_detection_data`: ``"digit-scenes"`` | COCO folder | YOLO folder -> a dataset;
   :func:`detection_collate` for the DataLoader.
 
-Every dataset yields ``(image, target)``: float32 (3, H, W) in [0, 1], and a dict with
+Every detection dataset yields ``(image, target)``: float32 (3, H, W) in [0, 1], and a dict with
 ``boxes`` float32 (N, 4) xyxy pixels, ``labels`` int64 (N,) with 0 the background (torchvision's
 convention), ``image_id`` and, where known, ``masks`` uint8 (N, H, W).
+
+Semantic segmentation:
+
+- :class:`SceneSegmentation`: digit-scenes as class maps (the scenes' :func:`semantic_mask`:
+  digit ``d`` -> class ``d + 1``, 11 classes with the background), same determinism and no leak.
+- :class:`VocSegmentation`: a VOC-style folder (``JPEGImages/``, ``SegmentationClass/``
+  class-index PNGs, ``ImageSets/Segmentation/<split>.txt``, optional ``labelmap.txt``; VOC's 21
+  classes by default, :data:`VOC_CLASSES`), with counted skips or errors naming the file for
+  bad input; :func:`write_voc` writes any segmentation dataset in that layout.
+- :func:`segmentation_transforms`: ``torchvision.transforms.v2`` pipelines on ``(image, mask)``
+  (train: photometric, random resize 0.5-2x, random crop padded with 255; eval: shorter side
+  resized; masks nearest-neighbour; never a flip).
+- :func:`open_segmentation_data`: ``"digit-scenes"`` | VOC folder -> a dataset;
+  :func:`segmentation_collate` stacks a batch, padding varied sizes (masks with 255).
+
+Every segmentation dataset yields ``(image, mask)``: float32 (3, H, W) in [0, 1] and int64
+(H, W) class indices, :data:`IGNORE_INDEX` (255) for pixels that count for nothing; ``.classes``
+lists the names, background first, and ``.colors`` one ``(r, g, b)`` per class
+(:func:`voc_colormap` unless the folder's labelmap gives them).
 """
 
 from .formats import (CocoDetection, DataWarning, YoloDetection, detection_collate, open_detection_data,
                       write_coco, write_yolo)
 from .scenes import DIGIT_CLASSES, DigitScenes, semantic_mask
-from .transforms import detection_transforms, to_tv_tensors
+from .segmentation import SceneSegmentation, open_segmentation_data, segmentation_collate
+from .transforms import detection_transforms, segmentation_transforms, to_tv_tensors
+from .voc import IGNORE_INDEX, VOC_CLASSES, VocSegmentation, voc_colormap
+from .writers import write_voc
 
-__all__ = ["DIGIT_CLASSES", "CocoDetection", "DataWarning", "DigitScenes", "YoloDetection", "detection_collate",
-           "detection_transforms", "open_detection_data", "semantic_mask", "to_tv_tensors", "write_coco",
-           "write_yolo"]
+__all__ = ["DIGIT_CLASSES", "IGNORE_INDEX", "VOC_CLASSES", "CocoDetection", "DataWarning", "DigitScenes",
+           "SceneSegmentation", "VocSegmentation", "YoloDetection", "detection_collate", "detection_transforms",
+           "open_detection_data", "open_segmentation_data", "segmentation_collate", "segmentation_transforms",
+           "semantic_mask", "to_tv_tensors", "voc_colormap", "write_coco", "write_voc", "write_yolo"]

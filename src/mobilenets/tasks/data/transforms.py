@@ -1,10 +1,13 @@
-"""Detection augmentations from ``torchvision.transforms.v2``, on ``(image, target)`` pairs.
+"""Detection and segmentation augmentations from ``torchvision.transforms.v2``, on
+``(image, target)`` and ``(image, mask)`` pairs.
 
-The pipeline follows torchvision's SSD reference (photometric distortion, zoom out, IoU crop)
-without its horizontal flip: a mirrored 2 is not a 2, so no flip of any kind is used.
-Boxes travel as ``tv_tensors.BoundingBoxes`` and masks as ``tv_tensors.Mask``, so every
-geometric step moves them with the image, and ``SanitizeBoundingBoxes`` drops the boxes a crop
-made degenerate together with their ``labels`` and ``masks``.
+The detection pipeline follows torchvision's SSD reference (photometric distortion, zoom out,
+IoU crop) and the segmentation one torchvision's segmentation reference (random resize, pad,
+random crop), both without their horizontal flip: a mirrored 2 is not a 2, so no flip of any
+kind is used. Boxes travel as ``tv_tensors.BoundingBoxes`` and masks as ``tv_tensors.Mask``, so
+every geometric step moves them with the image (masks always resampled nearest-neighbour, so
+they keep their class values), and ``SanitizeBoundingBoxes`` drops the boxes a crop made
+degenerate together with their ``labels`` and ``masks``.
 """
 
 from __future__ import annotations
@@ -14,8 +17,9 @@ from typing import Any, Optional, Sequence, Union
 import torch
 
 from ...data import IMAGENET_MEAN
+from .voc import IGNORE_INDEX
 
-__all__ = ["detection_transforms", "to_tv_tensors"]
+__all__ = ["detection_transforms", "segmentation_transforms", "to_tv_tensors"]
 
 
 def to_tv_tensors(image: torch.Tensor, target: dict) -> tuple[Any, dict]:
@@ -94,5 +98,66 @@ def detection_transforms(train: bool, size: Union[int, Sequence[int], None] = 32
         steps += [v2.Resize(size, antialias=True)]
     if train:
         steps += [v2.ClampBoundingBoxes(), v2.SanitizeBoundingBoxes()]
+    steps += [v2.ToPureTensor()]
+    return v2.Compose(steps)
+
+
+class _ToSegTensors:
+    """Step one of the segmentation pipelines: the image as ``tv_tensors.Image``, the mask as an
+    int64 ``tv_tensors.Mask``."""
+
+    def __call__(self, image: torch.Tensor, mask: torch.Tensor) -> tuple[Any, Any]:
+        from torchvision import tv_tensors
+
+        return tv_tensors.Image(image), tv_tensors.Mask(torch.as_tensor(mask).to(torch.int64))
+
+    def __repr__(self) -> str:
+        return "ToSegTensors()"
+
+
+def segmentation_transforms(train: bool, size: int, fill: Optional[Sequence[float]] = None, *,
+                            scale: tuple[float, float] = (0.5, 2.0)):
+    """The segmentation transform on ``(image, mask)``: a float (3, H, W) image in [0, 1] and an
+    integer (H, W) mask in, plain tensors out (the mask int64, its values those it came with,
+    plus 255 = ignore where padded).
+
+    Train (torchvision's segmentation reference, without its flip):
+    ``RandomPhotometricDistort`` -> ``RandomResize`` of the shorter side to a random length in
+    ``[scale[0] * size, scale[1] * size]`` (the scale jitter) -> ``RandomCrop`` of
+    ``size x size``, padding a side shorter than ``size`` first: the image with ``fill``, the mask
+    with 255 (ignored by the loss and the metrics). A padded image lies wholly inside the crop,
+    at a random place. Output always ``size x size``. No flips.
+
+    Eval: ``Resize`` of the shorter side to ``size`` (the aspect ratio is kept, as torchvision's
+    segmentation reference and its weights' transforms do; outputs of a folder of varied
+    sizes differ in the longer side, which :func:`segmentation_collate` pads). Masks are
+    resampled nearest-neighbour, never interpolated. An image whose shorter side already is
+    ``size`` passes unchanged (digit-scenes at their native size).
+
+    Args:
+        train: the augmenting pipeline (True) or the evaluation one (False).
+        size: the crop side (train) and the shorter side (eval), in pixels.
+        fill: per-channel fill of the train padding (default the ImageNet mean;
+            :attr:`SceneSegmentation.mean <mobilenets.tasks.data.SceneSegmentation.mean>` for the scenes).
+        scale: the range of the random resize, as multiples of ``size``.
+    """
+    from torchvision import tv_tensors
+    from torchvision.transforms import v2
+
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ValueError(f"segmentation_transforms: size must be a positive int, got {size!r}")
+    lo, hi = (float(s) for s in scale)
+    if not 0 < lo <= hi:
+        raise ValueError(f"segmentation_transforms: scale must be (min, max) with 0 < min <= max, got {scale!r}")
+    fill = [float(f) for f in (IMAGENET_MEAN if fill is None else fill)]
+    steps: list = [_ToSegTensors()]
+    if train:
+        shortest, longest = max(1, round(lo * size)), max(1, round(hi * size))
+        steps += [v2.RandomPhotometricDistort(p=0.5),
+                  v2.RandomResize(shortest, longest + 1, antialias=True),  # draws from [min, max)
+                  v2.RandomCrop(size, pad_if_needed=True,
+                                fill={tv_tensors.Image: fill, tv_tensors.Mask: IGNORE_INDEX})]
+    else:
+        steps += [v2.Resize(size, antialias=True)]
     steps += [v2.ToPureTensor()]
     return v2.Compose(steps)

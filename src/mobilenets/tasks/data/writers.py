@@ -1,5 +1,5 @@
-"""Writing detection datasets to disk as COCO (:func:`write_coco`) or YOLO (:func:`write_yolo`),
-atomically per split (see :mod:`.formats`)."""
+"""Writing datasets to disk, atomically per split: detection as COCO (:func:`write_coco`) or YOLO
+(:func:`write_yolo`) (see :mod:`.formats`), segmentation as a VOC-style folder (:func:`write_voc`)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .files import PathLike
+from .voc import IGNORE_INDEX, LABELMAP, format_labelmap, parse_labelmap, read_labelmap, voc_colormap
 
 
 def _as_uint8(image: torch.Tensor) -> torch.Tensor:
@@ -24,10 +25,15 @@ def _as_uint8(image: torch.Tensor) -> torch.Tensor:
     return (image.float().clamp(0, 1) * 255).round().to(torch.uint8)
 
 
-def _save_png(image: torch.Tensor, path: Path) -> None:
+def _save_image(image: torch.Tensor, path: Path) -> None:
+    """A (3, H, W) image (float in [0, 1] or uint8) as PNG (lossless) or JPEG (quality 95), by suffix."""
     from PIL import Image
 
-    Image.fromarray(_as_uint8(image).permute(1, 2, 0).contiguous().numpy()).save(path, compress_level=6)
+    im = Image.fromarray(_as_uint8(image).permute(1, 2, 0).contiguous().numpy())
+    if path.suffix.lower() in (".jpg", ".jpeg"):
+        im.save(path, quality=95)
+    else:
+        im.save(path, compress_level=6)
 
 
 def _rle(mask: torch.Tensor) -> dict:
@@ -84,7 +90,7 @@ def _written_items(dataset: Dataset, images_dir: Path, names: Sequence[str],
     checked against ``names`` (``ValueError`` naming the image)."""
     for i, image, target in _items(dataset, progress):
         h, w = int(image.shape[-2]), int(image.shape[-1])
-        _save_png(image, images_dir / f"{i:06d}.png")
+        _save_image(image, images_dir / f"{i:06d}.png")
         boxes = torch.as_tensor(target["boxes"], dtype=torch.float64).reshape(-1, 4)
         objects = []
         for k, (box, label) in enumerate(zip(boxes.tolist(), torch.as_tensor(target["labels"]).tolist())):
@@ -192,6 +198,109 @@ def write_yolo(dataset: Dataset, out_dir: PathLike, split: str,
                 + f"nc: {len(names)}\nnames:\n"
                 + "".join(f"  {k}: {_yaml_str(n)}\n" for k, n in enumerate(names)))
         return atomic_write(out / "data.yaml", lambda t: Path(t).write_text(text, encoding="utf-8"))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _voc_palette(dataset: Dataset, who: str) -> tuple[list[str], list[tuple[int, int, int]]]:
+    """The dataset's class names and colours (``dataset.colors`` or VOC's colour map)."""
+    names = list(getattr(dataset, "classes", None) or [])
+    if not names or len(names) > IGNORE_INDEX:
+        raise ValueError(f"{who}: a dataset to write needs .classes, 1 to {IGNORE_INDEX} class names with "
+                         f"the background first, got {getattr(dataset, 'classes', None)!r}")
+    colors = getattr(dataset, "colors", None)
+    if colors is None or len(colors) != len(names):
+        colors = voc_colormap(len(names))
+    return names, [tuple(int(v) for v in c) for c in colors]
+
+
+def _save_mask(mask: torch.Tensor, path: Path, palette: Sequence[int], num_classes: int, where: str) -> None:
+    """An (H, W) class-index mask as a palette PNG (mode "P"), its values checked."""
+    from PIL import Image
+
+    m = torch.as_tensor(mask)
+    if m.ndim != 2 or m.is_floating_point():
+        raise ValueError(f"{where}: expected an integer mask (H, W), got {m.dtype} {tuple(m.shape)}")
+    bad = m[(m < 0) | ((m >= num_classes) & (m != IGNORE_INDEX))]
+    if bad.numel():
+        raise ValueError(f"{where}: mask values {bad.unique().tolist()[:20]} outside the {num_classes} "
+                         f"classes (valid: 0..{num_classes - 1}, and {IGNORE_INDEX} = ignore)")
+    im = Image.fromarray(m.to(torch.uint8).numpy())
+    im.putpalette(palette)
+    im.save(path, optimize=True)
+
+
+def write_voc(dataset: Dataset, out_dir: PathLike, split: str,
+              progress: Optional[Callable[[int], None]] = None, *, image_format: str = "png") -> Path:
+    """Write a segmentation dataset as a VOC-style folder (read back by
+    :class:`~mobilenets.tasks.data.VocSegmentation`): item ``i`` has the id ``<split>/<i:06d>``,
+    its image ``out_dir/JPEGImages/<split>/<i:06d>.png`` and its mask
+    ``out_dir/SegmentationClass/<split>/<i:06d>.png``, a palette PNG (mode "P", pixel value =
+    class index, 255 = ignore, colours ``dataset.colors`` or VOC's colour map);
+    ``out_dir/ImageSets/Segmentation/<split>.txt`` lists the ids and ``out_dir/labelmap.txt`` the
+    classes (``name:r,g,b::``, background first).
+
+    Images are PNG by default: lossless, so a written then read dataset gives back exactly the
+    8-bit images (and always exactly the masks); ``image_format="jpg"`` writes JPEG (quality 95)
+    for tools that only read ``JPEGImages/<id>.jpg`` (torchvision's ``VOCSegmentation``), at the
+    price of compression artefacts. Ids carry the split as a folder so that each split's files
+    sit in their own folders: atomic per split as :func:`write_coco` (images and masks go to a
+    temporary folder in ``out_dir``, are renamed into place when complete, then labelmap.txt and
+    the split list are written atomically), and an existing split is replaced whole.
+
+    Args:
+        dataset: items ``(image, mask)``: float (3, H, W) in [0, 1] (or uint8) and integer (H, W)
+            masks with values in ``[0, len(classes))`` or 255; ``.classes`` (background first).
+        out_dir: the output folder (created).
+        split: the split name (``train``, ``val``).
+        progress: called with 1 after each image (e.g. a tqdm bar's ``update``).
+        image_format: ``"png"`` or ``"jpg"``.
+
+    Returns:
+        The split list ``ImageSets/Segmentation/<split>.txt``.
+
+    Raises:
+        ValueError: a mask value outside the classes (naming the item), or ``out_dir`` already
+            holds other splits with a different class list.
+    """
+    from ...weights.io import atomic_write
+
+    _check_split(split)
+    if image_format not in ("png", "jpg"):
+        raise ValueError(f"write_voc: image_format must be 'png' or 'jpg', got {image_format!r}")
+    names, colors = _voc_palette(dataset, "write_voc")
+    labelmap = format_labelmap(names, colors)
+    out = Path(out_dir)
+    sets = out / "ImageSets" / "Segmentation"
+    others = sorted(p.stem for p in sets.glob("*.txt")) if sets.is_dir() else []
+    others = [o for o in others if o != split]
+    if others and (out / LABELMAP).is_file():
+        have, _ = read_labelmap(out / LABELMAP)
+        if have != parse_labelmap(labelmap)[0]:
+            raise ValueError(f"write_voc: {out} already holds the splits {others} with the classes {have}, "
+                             f"not {names}; write into another folder (or delete those splits)")
+    palette = [v for c in colors for v in c]
+    rest = voc_colormap(256)[len(colors):]
+    palette += [v for c in rest for v in c]
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-voc-{split}-", dir=out))
+    try:
+        (tmp / "images").mkdir()
+        (tmp / "masks").mkdir()
+        ids = []
+        for i, image, mask in _items(dataset, progress):
+            if torch.as_tensor(mask).shape != image.shape[-2:]:
+                raise ValueError(f"write_voc: item {i}: mask {tuple(mask.shape)} is not the image's size "
+                                 f"{tuple(image.shape[-2:])}")
+            _save_image(image, tmp / "images" / f"{i:06d}.{image_format}")
+            _save_mask(mask, tmp / "masks" / f"{i:06d}.png", palette, len(names), f"write_voc: item {i}")
+            ids.append(f"{split}/{i:06d}")
+        _swap_in(tmp / "masks", out / "SegmentationClass" / split)
+        _swap_in(tmp / "images", out / "JPEGImages" / split)
+        atomic_write(out / LABELMAP, lambda t: Path(t).write_text(labelmap, encoding="utf-8"))
+        sets.mkdir(parents=True, exist_ok=True)
+        text = "".join(f"{i}\n" for i in ids)
+        return atomic_write(sets / f"{split}.txt", lambda t: Path(t).write_text(text, encoding="utf-8"))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
