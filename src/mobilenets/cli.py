@@ -21,7 +21,8 @@ from .clitools import UserError, add_input_size, add_json, emit_json, json_only,
 def list_rows(pattern: str = "*", family: Optional[str] = None, macs: bool = True,
               task: str = "classification") -> list[dict]:
     """One dict per matching model: name, family, params (M) and MACs (M; at 224 for
-    classification, at 320 for detectors: one image through backbone, neck and heads)."""
+    classification, at 320 for detectors and 520 for segmenters: one image through backbone,
+    neck and heads; ``macs_m_<size>``)."""
     import mobilenets
     from .analysis.cli import macs_at_224
 
@@ -42,8 +43,8 @@ def list_rows(pattern: str = "*", family: Optional[str] = None, macs: bool = Tru
             if task == "classification":
                 row["macs_m_224"] = round(macs_at_224(n) / 1e6, 1)
             else:
-                from .tasks.detection.cost import detector_macs
-                row["macs_m_320"] = round(detector_macs(m) / 1e6, 1)
+                from .tasks.cost import COST_SIZE, task_macs
+                row[f"macs_m_{COST_SIZE[task]}"] = round(task_macs(m, task) / 1e6, 1)
         rows.append(row)
     return rows
 
@@ -53,7 +54,8 @@ def _cmd_list(args: argparse.Namespace) -> int:
     emit_json(args, rows)
     if json_only(args):
         return 0
-    at = "224" if args.task == "classification" else "320"
+    from .tasks.cost import COST_SIZE
+    at = str(COST_SIZE.get(args.task, 224))
     extra = [] if args.task == "classification" else ["backbone"]
     headers = ["name", "family"] + extra + ["params (M)"] + ([] if args.no_macs else [f"MACs @{at} (M)"])
     body = [[r["name"], r["family"]] + [r[k] for k in extra] + [f"{r['params_m']:.3f}"]
@@ -91,19 +93,23 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _task_info(args: argparse.Namespace, entry) -> int:
-    """``info`` for a detector: its backbone, parameters, MACs at 320 and the maps its neck reads."""
+    """``info`` for a detector or segmenter: its backbone, parameters, MACs (at 320 / 520) and
+    the maps its neck / heads read."""
     import mobilenets
-    from .tasks.detection.cost import detector_macs
+    from .tasks.cost import COST_SIZE, find_taps, task_macs
 
     model = mobilenets.create_model(args.name).eval()
+    s = COST_SIZE[entry.task]
     print(f"{args.name}  ({entry.task}, family {entry.family}, backbone {entry.defaults.get('backbone')})")
     if entry.reference:
         print("same architecture in: " + ", ".join(f"{k} {v}" for k, v in entry.reference.items()))
-    print(f"params: {mobilenets.count_params(model) / 1e6:.3f} M   MACs at 320x320: "
-          f"{detector_macs(model) / 1e6:.1f} M   classes (incl. background): {model.num_classes}")
-    taps = model.backbone.body
-    rows = [[i, f"{kind} of layer {layer}", ch] for i, ((kind, layer), ch) in enumerate(zip(taps.taps, taps.channels))]
-    print("\nbackbone maps the neck reads (layer 0 = stem, i = block i-1):")
+    print(f"params: {mobilenets.count_params(model) / 1e6:.3f} M   MACs at {s}x{s}: "
+          f"{task_macs(model, entry.task) / 1e6:.1f} M   classes (incl. background): {model.num_classes}")
+    taps = find_taps(model)
+    rows = [[name, f"{kind} of layer {layer}", ch]
+            for name, (kind, layer), ch in zip(taps.names, taps.taps, taps.channels)]
+    print(f"\nbackbone maps the {'neck' if entry.task == 'detection' else 'heads'} read"
+          f"{'s' if entry.task == 'detection' else ''} (layer 0 = stem, i = block i-1):")
     print(table(["map", "tap", "channels"], rows, [True, False, True]))
     return 0
 
