@@ -49,6 +49,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
     det = _load_detector(args)
     if det is not None:
         return _export_detector(args, *det)
+    seg = _load_segmenter(args)
+    if seg is not None:
+        return _export_segmenter(args, *seg)
     model, info = load_for_export(args.source, args.model, args.num_classes, args.weights)
     size = tuple(args.input_size) if args.input_size else (info["img_size"] or 224,) * 2
     out = Path(args.out)
@@ -83,6 +86,38 @@ def _load_detector(args: argparse.Namespace):
         model, info = load_detector_checkpoint(args.source)
         return model, info["recipe"].model, info["recipe"].img_size
     return None
+
+
+def _load_segmenter(args: argparse.Namespace):
+    """``(segmenter, name, img_size, normalization)`` when the source is a segmentation model
+    name or a segmentation training checkpoint, else None."""
+    import mobilenets
+    from ..models.registry import is_model
+    from ..tasks.segmentation.infer import is_segmentation_checkpoint, load_segmenter_checkpoint
+
+    if is_model(args.source) and mobilenets.get_entry(args.source).task == "segmentation":
+        model = mobilenets.create_model(args.source, num_classes=args.num_classes or 21, pretrained=args.weights)
+        return model.eval(), args.source, 520, None
+    if Path(args.source).is_file() and is_segmentation_checkpoint(args.source):
+        model, info = load_segmenter_checkpoint(args.source)
+        r = info["recipe"]
+        return model, r.model, r.img_size, (tuple(r.mean), tuple(r.std))
+
+
+def _export_segmenter(args: argparse.Namespace, model, name: str, img_size: int, norm) -> int:
+    from . import export_onnx
+
+    if args.int8:
+        raise UserError("--int8 is for classifiers; segmenters export in fp32 (BatchNorm folded)")
+    size = tuple(args.input_size) if args.input_size else (img_size, img_size)
+    path = export_onnx(model, args.out, input_size=size, opset=args.opset, dynamic_batch=args.dynamic_batch)
+    outs = "out, aux" if getattr(model, "aux_loss", False) else "out"
+    print(f"wrote {path} ({path.stat().st_size / 2 ** 20:.1f} MiB): {name}, fp32, BatchNorm folded, input "
+          f"{'N' if args.dynamic_batch else '1'}x3x{size[0]}x{size[1]}"
+          + (f" normalized with mean {norm[0]} std {norm[1]}" if norm else " (normalized)")
+          + f", outputs {outs} (N x {model.num_classes} x H x W logits), opset {args.opset}, "
+            f"checked with ONNX Runtime (1e-4 relative)")
+    return 0
 
 
 def _export_detector(args: argparse.Namespace, model, name: str, img_size: int) -> int:

@@ -29,7 +29,8 @@ def export_onnx(model: nn.Module, path: Union[str, Path], input_size: Sequence[i
     """Export ``model`` to ONNX at ``path``.
 
     Args:
-        model: any model of this library (a classifier or a ``features_only`` extractor).
+        model: any model of this library: a classifier (output ``logits``), a ``features_only``
+            extractor (``features_<i>``) or a segmenter (its dict's keys: ``out``, ``aux``).
         path: output ``.onnx`` file (written atomically).
         input_size: ``(H, W)`` of the traced input (the graph is fixed to it unless dynamic).
         opset: ONNX opset, 13-20.
@@ -51,8 +52,12 @@ def export_onnx(model: nn.Module, path: Union[str, Path], input_size: Sequence[i
     with torch.no_grad():
         ref = net(x)  # the eager modules: verification checks the export forms against them
     swap_for_export(net, inplace=True)
-    multi = isinstance(ref, (list, tuple))
-    out_names = [f"features_{i}" for i in range(len(ref))] if multi else ["logits"]
+    if isinstance(ref, dict):  # a segmenter: its outputs, in order, under their own names
+        out_names, refs = list(ref), list(ref.values())
+    elif isinstance(ref, (list, tuple)):
+        out_names, refs = [f"features_{i}" for i in range(len(ref))], list(ref)
+    else:
+        out_names, refs = ["logits"], [ref]
     axes = None
     if dynamic_batch:
         axes = {"input": {0: "batch"}, **{n: {0: "batch"} for n in out_names}}
@@ -62,7 +67,7 @@ def export_onnx(model: nn.Module, path: Union[str, Path], input_size: Sequence[i
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
             _export(tmp)
         if verify:
-            _verify(tmp, x, list(ref) if multi else [ref], atol_rel)
+            _verify(tmp, x, refs, atol_rel)
 
     def _export(tmp: str) -> None:
         torch.onnx.export(net, (x,), tmp, input_names=["input"], output_names=out_names,

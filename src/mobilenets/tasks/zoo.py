@@ -55,3 +55,4 @@ def register_all() -> None:
 register_all()
 
 from .detection import training as _detection_training  # noqa: E402,F401  (registers the "detect" task)
+from .segmentation import training as _segmentation_training  # noqa: E402,F401  (registers "segment")

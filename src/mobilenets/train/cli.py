@@ -44,7 +44,7 @@ def _flag_overrides(args: argparse.Namespace) -> dict:
 
 
 # the recipe a task starts from when --recipe is not given
-_TASK_RECIPES = {"classify": "digits", "detect": "digit_scenes"}
+_TASK_RECIPES = {"classify": "digits", "detect": "digit_scenes", "segment": "digit_scenes_seg"}
 
 
 def _training_recipe(args: argparse.Namespace):
@@ -57,7 +57,7 @@ def _training_recipe(args: argparse.Namespace):
     if args.model:
         over["model"] = args.model
     if args.data:
-        if r.task == "detect":
+        if r.task in ("detect", "segment"):
             over.update(dataset="digit-scenes") if args.data == "digit-scenes" else \
                 over.update(dataset="folder", data_dir=args.data)
         elif args.data in ("digits", "fake"):
@@ -112,6 +112,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if "val_map" in f:
         print(f"final val mAP {f['val_map']:.4f}  mAP50 {f['val_map50']:.4f}  mAP75 {f['val_map75']:.4f}"
               + (f"  (EMA mAP {f['ema_val_map']:.4f})" if "ema_val_map" in f else ""))
+    if "val_miou" in f:
+        print(f"final val mIoU {f['val_miou']:.4f}  pixel accuracy {f['val_pixel_acc']:.4f}"
+              + (f"  (EMA mIoU {f['ema_val_miou']:.4f})" if "ema_val_miou" in f else ""))
     if "val_top1" in f:
         print(f"final val top-1 {f['val_top1']:.2f}%  top-5 {f['val_top5']:.2f}%"
               + (f"  (EMA top-1 {f['ema_val_top1']:.2f}%)" if "ema_val_top1" in f else ""))
@@ -120,16 +123,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if r.task == "classify":
         print(f"best val top-1 {res.best_top1:.2f}% at epoch {res.best_epoch}")
     else:
-        print(f"best val mAP {res.best_top1:.4f} at epoch {res.best_epoch}")
+        print(f"best val {'mAP' if r.task == 'detect' else 'mIoU'} {res.best_top1:.4f} at epoch {res.best_epoch}")
     for k in ("best", "last", "averaged", "metrics_csv", "metrics_json", "curves"):
         if k in res.files:
             print(f"{k:13s} {res.files[k]}")
     return 0
 
 
-def _detection_checkpoint(path: str) -> bool:
-    from ..tasks.detection.infer import is_detection_checkpoint
-    return is_detection_checkpoint(path)
+def _checkpoint_task(path: str) -> str | None:
+    """The task of a training checkpoint (``None``: not a training checkpoint)."""
+    from ..tasks.checkpoint import checkpoint_task
+    return checkpoint_task(path)
 
 
 def _cmd_eval_detection(args: argparse.Namespace) -> int:
@@ -147,9 +151,28 @@ def _cmd_eval_detection(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_eval_segmentation(args: argparse.Namespace) -> int:
+    from ..tasks.segmentation.infer import eval_segmenter_checkpoint
+    data = None if args.data == "digits" else args.data  # default: the run's own validation data
+    size = square_size(args.input_size, "eval")
+    res = eval_segmenter_checkpoint(args.checkpoint, data, batch_size=min(args.batch_size, 16),
+                                    use_ema=not args.no_ema, img_size=size)
+    print(f"{args.checkpoint} on {data or 'its validation data'} ({res['n']} images"
+          + (f" at {size}px" if size else "") + f"): mIoU {res['miou']:.4f}  pixel accuracy "
+          f"{res['pixel_acc']:.4f}  loss {res['loss']:.4f}")
+    names = res["class_names"]
+    rows = [[names[c], "absent" if iou is None else f"{iou:.4f}"] for c, iou in enumerate(res["per_class"])]
+    from ..clitools import table
+    print(table(["class", "IoU"], rows, [False, True]))
+    return 0
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
-    if _detection_checkpoint(args.checkpoint):
+    task = _checkpoint_task(args.checkpoint)
+    if task == "detect":
         return _cmd_eval_detection(args)
+    if task == "segment":
+        return _cmd_eval_segmentation(args)
     from .infer import eval_checkpoint
     png = args.confusion or str(Path(args.checkpoint).with_name(Path(args.checkpoint).stem + "_confusion.png"))
     res = eval_checkpoint(args.checkpoint, args.data, args.batch_size, use_ema=not args.no_ema,
@@ -163,7 +186,14 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    if _detection_checkpoint(args.checkpoint):
+    task = _checkpoint_task(args.checkpoint)
+    if task == "segment":
+        from ..tasks.segmentation.infer import predict_segmentation
+        for r in predict_segmentation(args.checkpoint, args.images, args.out_dir, use_ema=not args.no_ema):
+            shares = ", ".join(f"{k} {v * 100:.1f}%" for k, v in r["classes"].items())
+            print(f"{r['image']}: {shares} -> {r['output']}")
+        return 0
+    if task == "detect":
         from ..tasks.detection.infer import predict_detections
         for r in predict_detections(args.checkpoint, args.images, args.out_dir, args.score_thresh,
                                     use_ema=not args.no_ema):
@@ -187,14 +217,16 @@ def add_commands(subparsers) -> None:
                               description="Train a model. Defaults: mobilenetv4_conv_small on the built-in "
                                           "digits dataset with the 'digits' recipe. Distributed: "
                                           "torchrun --nproc_per_node=N -m mobilenets.train ...")
-    p.add_argument("--task", choices=("classify", "detect"), default=None,
-                   help="classify (default) or detect; picks the default recipe (digits / digit_scenes)")
+    p.add_argument("--task", choices=("classify", "detect", "segment"), default=None,
+                   help="classify (default), detect or segment; picks the default recipe "
+                        "(digits / digit_scenes / digit_scenes_seg)")
     p.add_argument("--recipe", default=None, help="named recipe (see --list-recipes; default: the task's)")
     p.add_argument("--list-recipes", action="store_true", help="list the named recipes and exit")
     p.add_argument("--print-recipe", action="store_true", help="print the resolved recipe and exit")
     p.add_argument("--model", help="model name (default: the recipe's)")
     p.add_argument("--data", help="classify: digits | fake | PATH to an image folder; "
-                                  "detect: digit-scenes | PATH to a COCO or YOLO folder")
+                                  "detect: digit-scenes | PATH to a COCO or YOLO folder; "
+                                  "segment: digit-scenes | PATH to a VOC-style folder")
     p.add_argument("--out", help="output folder (default runs/<model>-<dataset>-<time>)")
     p.add_argument("--resume", help="continue from a last.pt")
     p.add_argument("--teacher", help="distill from a registry name or checkpoint")
@@ -207,7 +239,8 @@ def add_commands(subparsers) -> None:
     p.set_defaults(func=_cmd_train)
 
     p = subparsers.add_parser("eval", help="top-1/top-5 and a confusion matrix of a checkpoint "
-                                           "(detection: COCO mAP and per-class AP)")
+                                           "(detection: COCO mAP and per-class AP; segmentation: mIoU, "
+                                           "pixel accuracy, per-class IoU)")
     p.add_argument("checkpoint")
     p.add_argument("--data", default="digits", help="digits | fake | PATH to an image folder")
     add_batch_size(p, default=128, help="evaluation batch size (default 128)")
@@ -217,12 +250,14 @@ def add_commands(subparsers) -> None:
     p.add_argument("--confusion", help="confusion-matrix PNG path (default next to the checkpoint)")
     p.set_defaults(func=_cmd_eval)
 
-    p = subparsers.add_parser("predict", help="top-k classes of image files (detection: boxes drawn on them)")
+    p = subparsers.add_parser("predict", help="top-k classes of image files (detection: boxes drawn on them; "
+                                              "segmentation: the mask overlaid, with a legend)")
     p.add_argument("checkpoint")
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--topk", type=int, default=5)
     p.add_argument("--score-thresh", type=float, default=0.5, help="detection: lowest score drawn (default 0.5)")
-    p.add_argument("--out-dir", help="detection: where the drawn images go (default: beside each image)")
+    p.add_argument("--out-dir", help="detection / segmentation: where the drawn images go (default: beside "
+                                     "each image)")
     p.add_argument("--model", help="architecture for a plain weights file")
     p.add_argument("--no-ema", action="store_true")
     p.set_defaults(func=_cmd_predict)

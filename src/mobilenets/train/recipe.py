@@ -29,11 +29,13 @@ from ..data import (DIGITS_CROP_PCT, DIGITS_MEAN, DIGITS_SPLIT_SEED, DIGITS_STD,
 
 
 OPTIMIZERS = ("sgd", "adamw", "rmsprop")
-SCHEDULES = ("cosine", "step", "constant")
+SCHEDULES = ("cosine", "step", "poly", "constant")
 AUTO_AUGMENTS = ("none", "autoaugment", "randaugment", "trivialaugment")
 DATASETS = ("digits", "imagefolder", "fake", "digit-scenes", "folder")
-#: which datasets each training task reads ("folder": a COCO or YOLO detection folder in data_dir)
-TASK_DATASETS = {"classify": ("digits", "imagefolder", "fake"), "detect": ("digit-scenes", "folder")}
+#: which datasets each training task reads
+#: ("folder": a COCO or YOLO detection folder / a VOC segmentation folder in data_dir)
+TASK_DATASETS = {"classify": ("digits", "imagefolder", "fake"), "detect": ("digit-scenes", "folder"),
+                 "segment": ("digit-scenes", "folder")}
 
 
 @dataclass
@@ -42,7 +44,7 @@ class Recipe:
     line (``--set lr=0.01`` or ``--lr 0.01``)."""
 
     # model and data
-    task: str = "classify"                    # classify | detect
+    task: str = "classify"                    # classify | detect | segment
     model: str = "mobilenetv4_conv_small"
     model_kwargs: dict = field(default_factory=dict)  # more create_model options (JSON on the command line)
     pretrained: Optional[str] = None          # checkpoint to start from (classifier may differ)
@@ -77,7 +79,8 @@ class Recipe:
     opt_eps: float = 1e-8                     # PyTorch convention (added outside the sqrt)
     tf_eps: Optional[float] = None            # TF-convention eps (inside the sqrt): overrides opt_eps
     rmsprop_alpha: float = 0.9
-    sched: str = "cosine"                     # cosine | step | constant
+    sched: str = "cosine"                     # cosine | step | poly | constant
+    poly_power: float = 0.9                   # poly schedule: lr * (1 - t)^power (torchvision's segmentation)
     warmup_epochs: float = 0.0
     warmup_lr_factor: float = 0.01            # warm-up starts at lr x this
     min_lr_factor: float = 0.0                # cosine floor, as a fraction of lr
@@ -86,6 +89,7 @@ class Recipe:
     lr_noise: float = 0.0                     # std of multiplicative LR noise (0: off)
     lr_noise_range: tuple = (0.5, 1.0)        # fraction of training where noise is applied
     label_smoothing: float = 0.1
+    aux_loss_weight: float = 0.5              # segmentation: weight of the aux head's loss (torchvision's)
     drop_rate: Optional[float] = None         # classifier dropout (None: the model's default)
     drop_path_rate: float = 0.0               # stochastic depth
     ema_decay: float = 0.0                    # EMA of weights (0: off)
@@ -139,6 +143,8 @@ class Recipe:
         need(self.mixup >= 0 and self.cutmix >= 0, "mixup and cutmix alphas must be >= 0")
         need(self.device in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, got {self.device!r}")
         need(self.tf_eps is None or self.tf_eps > 0, f"tf_eps must be > 0, got {self.tf_eps}")
+        need(self.poly_power > 0, f"poly_power must be > 0, got {self.poly_power}")
+        need(self.aux_loss_weight >= 0, f"aux_loss_weight must be >= 0, got {self.aux_loss_weight}")
         return self
 
     def to_dict(self) -> dict:
@@ -212,6 +218,27 @@ RECIPES: dict[str, Recipe] = {
         task="detect", model="fasterrcnn_mobilenetv3_large_100_fpn", dataset="folder", img_size=800, epochs=26,
         batch_size=2, opt="sgd", lr=0.02 * 2 / 16, momentum=0.9, weight_decay=1e-4, sched="cosine",
         warmup_epochs=0.1, hflip=0.0, label_smoothing=0.0),
+    # --- segmentation (--task segment) ---
+    # The digit-scenes goal: LR-ASPP on MobileNetV4-Conv-S, backbone from the digits classifier
+    # (--set pretrained=runs/<digits run>/best.pt), on 2 CPU cores (benchmarks/SEGMENTATION.md).
+    # The digits recipe's normalization (the backbone was trained with it).
+    "digit_scenes_seg": Recipe(
+        task="segment", model="lraspp_mobilenetv4_conv_small", dataset="digit-scenes", img_size=320,
+        epochs=6, batch_size=16, opt="sgd", lr=0.05, momentum=0.9, weight_decay=1e-5, sched="poly",
+        warmup_epochs=0.25, hflip=0.0, label_smoothing=0.0, mean=DIGITS_MEAN, std=DIGITS_STD,
+        scene_images=2000, scene_val_images=500),
+    # torchvision's MobileNetV3 segmentation recipes (references/segmentation: 30 epochs, SGD
+    # momentum 0.9, lr 0.01 for 8 GPUs x 4 images, weight decay 1e-6, poly 0.9; DeepLabV3 with
+    # the aux loss at 0.5), lr scaled to one process of 4; crops of img_size (torchvision: 480
+    # crops, evaluation at 520).
+    "lraspp": Recipe(
+        task="segment", model="lraspp_mobilenetv3_large_100", dataset="folder", img_size=520, epochs=30,
+        batch_size=4, opt="sgd", lr=0.01 * 4 / 32, momentum=0.9, weight_decay=1e-6, sched="poly",
+        warmup_epochs=0, hflip=0.0, label_smoothing=0.0),
+    "deeplabv3": Recipe(
+        task="segment", model="deeplabv3_mobilenetv3_large_100", model_kwargs={"aux_loss": True},
+        dataset="folder", img_size=520, epochs=30, batch_size=4, opt="sgd", lr=0.01 * 4 / 32, momentum=0.9,
+        weight_decay=1e-6, sched="poly", warmup_epochs=0, hflip=0.0, label_smoothing=0.0, aux_loss_weight=0.5),
 }
 
 
@@ -338,7 +365,8 @@ class LRSchedule:
     """The learning rate as a pure function of the optimizer step (so resuming is exact).
 
     Linear warm-up from ``lr * warmup_lr_factor``, then cosine to ``lr * min_lr_factor``, a step
-    decay (``decay_rate`` every ``decay_epochs``) or constant. LR noise (timm's
+    decay (``decay_rate`` every ``decay_epochs``), poly (``lr * (1 - t) ** poly_power``, t the
+    fraction of post-warm-up steps done) or constant. LR noise (timm's
     ``--lr-noise``): inside ``lr_noise_range`` (fractions of training), the epoch's LR is
     multiplied by ``1 + N(0, lr_noise)`` clipped to [0.5, 1.5], drawn from a generator seeded by
     (seed, epoch).
@@ -360,6 +388,9 @@ class LRSchedule:
             lr = r.lr * (r.min_lr_factor + (1 - r.min_lr_factor) * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
         elif r.sched == "step":
             lr = r.lr * r.decay_rate ** math.floor(epoch_f / r.decay_epochs)
+        elif r.sched == "poly":  # torchvision's segmentation reference: PolynomialLR(power 0.9) after warm-up
+            t = (step - self.warmup) / max(1, self.total - self.warmup)
+            lr = r.lr * max(0.0, 1 - min(1.0, t)) ** r.poly_power
         else:
             lr = r.lr
         if r.lr_noise > 0:

@@ -63,12 +63,13 @@ def write_metrics(history: list[dict], out_dir: Path, summary: dict) -> tuple[Pa
 #: the accuracy-like curves a history may have: row key -> legend label (what is present is drawn)
 CURVES = {"train_top1": "train top-1 (%)", "val_top1": "val top-1 (%)", "ema_val_top1": "EMA val top-1 (%)",
           "val_map": "val mAP", "val_map50": "val mAP50", "ema_val_map": "EMA val mAP",
-          "ema_val_map50": "EMA val mAP50"}
+          "ema_val_map50": "EMA val mAP50", "val_miou": "val mIoU", "val_pixel_acc": "val pixel accuracy",
+          "ema_val_miou": "EMA val mIoU"}
 
 
 def plot_curves(history: list[dict], path: Path) -> Optional[Path]:
     """Loss (train, val) and the accuracy-like metrics the rows have (top-1 for classification,
-    mAP / mAP50 for detection) per epoch; epochs without validation are skipped. ``None`` if
+    mAP / mAP50 for detection, mIoU / pixel accuracy for segmentation) per epoch; epochs without validation are skipped. ``None`` if
     matplotlib is not installed."""
     try:
         import matplotlib
@@ -89,7 +90,7 @@ def plot_curves(history: list[dict], path: Path) -> Optional[Path]:
     for key, label in CURVES.items():
         if any(key in h for h in history):
             b.plot(*series(key), marker=".", label=label)
-    b.set_xlabel("epoch"), b.set_ylabel("accuracy (top-1 %, or mAP)"), b.legend(), b.grid(alpha=0.3)
+    b.set_xlabel("epoch"), b.set_ylabel("accuracy (top-1 %, mAP or mIoU)"), b.legend(), b.grid(alpha=0.3)
     fig.tight_layout()
     from ..weights.io import atomic_write
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))

@@ -9,10 +9,7 @@ from typing import Optional, Sequence, Union
 import torch
 import torch.nn as nn
 
-from ...factory import create_model
-from ...train.checkpoint import load_checkpoint
-from ...train.recipe import Recipe
-from ...weights import CheckpointError
+from ..checkpoint import checkpoint_task, load_task_checkpoint
 from .convert import load_detector_weights
 from .training import DetectionTask, architecture, evaluate_detector
 
@@ -21,26 +18,14 @@ PathLike = Union[str, Path]
 
 def is_detection_checkpoint(path: PathLike) -> bool:
     """Whether a training checkpoint was written by a ``--task detect`` run."""
-    try:
-        ck = load_checkpoint(path)
-    except Exception:  # noqa: BLE001 - not a training checkpoint: not ours to handle
-        return False
-    return isinstance(ck.get("recipe"), dict) and ck["recipe"].get("task") == "detect"
+    return checkpoint_task(path) == "detect"
 
 
 def load_detector_checkpoint(path: PathLike, use_ema: bool = True) -> tuple[nn.Module, dict]:
     """``(detector in eval mode, info)`` from a ``mobilenets train --task detect`` checkpoint;
     ``info``: ``recipe`` (a :class:`~mobilenets.train.recipe.Recipe`), ``classes`` (background
     first), ``epoch``, ``best``. The backbone checkpoint the run started from is not needed."""
-    ck = load_checkpoint(path)
-    if not isinstance(ck.get("recipe"), dict) or ck["recipe"].get("task") != "detect":
-        raise CheckpointError(f"{path}: not a detection training checkpoint (no recipe with task 'detect')")
-    recipe = Recipe.from_dict(ck["recipe"])
-    classes = list(ck.get("classes") or [])
-    sd = ck["state_dict"] if use_ema or ck.get("model") is None else ck["model"]
-    model = create_model(recipe.model, num_classes=len(classes), **architecture(recipe))
-    load_detector_weights(model, sd)
-    return model.eval(), {"recipe": recipe, "classes": classes, "epoch": ck.get("epoch"), "best": ck.get("best")}
+    return load_task_checkpoint(path, "detect", architecture, load_detector_weights, use_ema)
 
 
 def eval_detector_checkpoint(path: PathLike, data: Optional[str] = None, batch_size: int = 8,

@@ -1,0 +1,55 @@
+"""A trained task model (detector, segmenter) back from its training checkpoint: which task a
+checkpoint is, and the model rebuilt from the run's recipe (the backbone checkpoint the run
+started from is not needed: the builder options that shaped the model are in the recipe)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Optional, Union
+
+import torch.nn as nn
+
+from ..weights import CheckpointError
+from ..weights.checkpoint import load_checkpoint
+
+PathLike = Union[str, Path]
+
+
+def checkpoint_task(path: PathLike) -> Optional[str]:
+    """The ``recipe.task`` of a training checkpoint (``"classify"``, ``"detect"``,
+    ``"segment"``), or ``None`` for a file that is not a training checkpoint."""
+    try:
+        ck = load_checkpoint(path)
+    except Exception:  # noqa: BLE001 - not a training checkpoint: not ours to handle
+        return None
+    recipe = ck.get("recipe")
+    return recipe.get("task", "classify") if isinstance(recipe, dict) else None
+
+
+def load_task_checkpoint(path: PathLike, task: str, architecture: Callable, load: Callable,
+                         use_ema: bool = True) -> tuple[nn.Module, dict]:
+    """``(model in eval mode, info)`` from a ``mobilenets train --task <task>`` checkpoint.
+
+    Args:
+        path: ``best.pt`` / ``last.pt``.
+        task: the task the checkpoint must be (``CheckpointError`` otherwise).
+        architecture: ``recipe -> builder options`` that shape the model.
+        load: ``(model, state dict)`` -> loads the weights, every key checked.
+        use_ema: the deployable (EMA) weights when the run kept an EMA, else the raw ones.
+
+    Returns:
+        ``info``: ``recipe`` (a :class:`~mobilenets.train.recipe.Recipe`), ``classes``
+        (background first), ``epoch``, ``best``.
+    """
+    from ..factory import create_model
+    from ..train.recipe import Recipe
+
+    ck = load_checkpoint(path)
+    if not isinstance(ck.get("recipe"), dict) or ck["recipe"].get("task") != task:
+        raise CheckpointError(f"{path}: not a {task} training checkpoint (no recipe with task {task!r})")
+    recipe = Recipe.from_dict(ck["recipe"])
+    classes = list(ck.get("classes") or [])
+    sd = ck["state_dict"] if use_ema or ck.get("model") is None else ck["model"]
+    model = create_model(recipe.model, num_classes=len(classes), **architecture(recipe))
+    load(model, sd)
+    return model.eval(), {"recipe": recipe, "classes": classes, "epoch": ck.get("epoch"), "best": ck.get("best")}

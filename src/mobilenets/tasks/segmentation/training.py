@@ -1,0 +1,187 @@
+"""Training segmenters on the library's one training loop (:mod:`mobilenets.train.loop`: exact
+resume, DDP, AMP, EMA, progress bars, atomic checkpoints, curves): the ``"segment"`` task.
+
+``mobilenets train --task segment --model lraspp_mobilenetv4_conv_small --data digit-scenes``
+(or a VOC-style folder). The loss is torchvision's segmentation reference's: cross-entropy over
+the pixels (255 ignored) on ``"out"``, plus ``aux_loss_weight`` (0.5) times the same on
+``"aux"``. Validation is mIoU from ONE confusion matrix accumulated over the whole (sharded)
+validation set (torchmetrics ``MulticlassJaccardIndex``, macro average: classes absent from both
+the predictions and the labels are left out, never counted as IoU 0; not torchmetrics'
+per-batch ``MeanIoU``), plus pixel accuracy; the best checkpoint is the one with the highest mIoU.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ...train.data import DataBundle, DatasetError
+from ...train.task import register_task
+from ..data import (IGNORE_INDEX, SceneSegmentation, open_segmentation_data, segmentation_collate,
+                    segmentation_transforms)
+
+
+def segmentation_metrics(num_classes: int):
+    """A torchmetrics ``MetricCollection``: ``miou`` (``MulticlassJaccardIndex``, macro over
+    the classes present), ``iou`` (per class; NaN where a class is absent from predictions and
+    labels) and ``pixel_acc`` (``MulticlassAccuracy``, micro), every one ignoring label 255.
+    ``miou`` and ``iou`` share one confusion matrix (torchmetrics' compute groups); under DDP
+    torchmetrics sums the states of every rank before computing."""
+    try:
+        from torchmetrics import MetricCollection
+        from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
+    except ImportError:  # pragma: no cover - an optional extra
+        raise ImportError("segmentation metrics need torchmetrics: pip install 'mobilenets[detect]'") from None
+    common = dict(num_classes=num_classes, ignore_index=IGNORE_INDEX, validate_args=False)
+    return MetricCollection({
+        "miou": MulticlassJaccardIndex(average="macro", **common),
+        "iou": MulticlassJaccardIndex(average="none", zero_division=float("nan"), **common),
+        "pixel_acc": MulticlassAccuracy(average="micro", **common)})
+
+
+def segmentation_loss(out: dict, target: torch.Tensor, aux_weight: float = 0.5) -> torch.Tensor:
+    """torchvision's reference criterion: pixel cross-entropy (255 ignored) on ``out``, plus
+    ``aux_weight`` times it on ``aux`` when the model has the auxiliary head."""
+    loss = F.cross_entropy(out["out"].float(), target, ignore_index=IGNORE_INDEX)
+    if "aux" in out:
+        loss = loss + aux_weight * F.cross_entropy(out["aux"].float(), target, ignore_index=IGNORE_INDEX)
+    return loss
+
+
+class Normalize(nn.Module):
+    """``(x - mean) / std`` per channel: what the segmenters expect of a ``[0, 1]`` image batch
+    (the recipe's ``mean`` / ``std``, as the classification transforms normalize)."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean.to(x)) / self.std.to(x)
+
+
+class SegmentationTask:
+    """Semantic segmentation: batches of ``(images (N, 3, H, W) in [0, 1], masks (N, H, W))``,
+    torchvision's pixel cross-entropy (+ aux), validation mIoU / pixel accuracy / per-class IoU."""
+
+    name = "segment"
+    metric = "miou"
+    collate_fn = staticmethod(segmentation_collate)
+
+    def build_data(self, recipe) -> DataBundle:
+        size = recipe.img_size
+        if recipe.dataset == "digit-scenes":  # generated at the training size, the recipe's counts
+            spec, fill = "digit-scenes", list(SceneSegmentation.mean)
+            per_split = {"train": {"size": size, "seed": recipe.seed, "num_images": recipe.scene_images},
+                         "val": {"size": size, "seed": recipe.seed, "num_images": recipe.scene_val_images}}
+        else:  # a VOC-style folder
+            spec, fill, per_split = recipe.data_dir, None, {"train": {}, "val": {}}
+        train = open_segmentation_data(spec, "train", transforms=segmentation_transforms(True, size, fill=fill),
+                                       **per_split["train"])
+        val = open_segmentation_data(spec, "val", transforms=segmentation_transforms(False, size),
+                                     **per_split["val"])
+        if list(val.classes) != list(train.classes):
+            raise DatasetError(f"{spec}: the train and val splits name different classes "
+                               f"({len(train.classes)} vs {len(val.classes)})")
+        skipped = sum(sum(getattr(ds, "issues", {}).values()) for ds in (train, val))
+        return DataBundle(train, val, list(train.classes), skipped=skipped)
+
+    def check_data(self, data: DataBundle, recipe) -> None:
+        if len(data.train) == 0:
+            raise DatasetError(f"{recipe.data_dir or recipe.dataset}: the training set has no images")
+        if data.num_classes < 2:
+            raise DatasetError(f"{recipe.data_dir or recipe.dataset}: fewer than 2 classes (with the background)")
+
+    def build_model(self, recipe, num_classes: int) -> nn.Module:
+        """The segmenter, its backbone initialised from ``recipe.pretrained`` (a classification
+        checkpoint, e.g. the digits main job's ``best.pt``) when given."""
+        from ...factory import create_model
+        from ...models.registry import get_entry
+
+        if get_entry(recipe.model).task != "segmentation":
+            raise ValueError(f"--task segment needs a segmentation model (lraspp_*, deeplabv3_*, fcn_*), "
+                             f"got {recipe.model!r}")
+        kw = dict(recipe.model_kwargs)
+        if recipe.drop_path_rate:
+            kw["backbone_kwargs"] = {**kw.get("backbone_kwargs", {}), "drop_path_rate": recipe.drop_path_rate}
+        return create_model(recipe.model, num_classes=num_classes, pretrained_backbone=recipe.pretrained, **kw)
+
+    def load_pretrained(self, model: nn.Module, path: str) -> str:
+        return f"backbone initialised from {path}"  # done by build_model
+
+    def val_batch_size(self, recipe) -> int:
+        return recipe.batch_size
+
+    def prepare(self, recipe, num_classes: int, teacher: Optional[nn.Module]) -> None:
+        if teacher is not None:
+            raise ValueError("distillation (--teacher) is for classification; segmentation trains on its own loss")
+        if recipe.mixup or recipe.cutmix:
+            raise ValueError("mixup / cutmix are classification augmentations; set them to 0 for segmentation")
+        self.aux_weight = recipe.aux_loss_weight
+        self.normalize = Normalize(recipe.mean, recipe.std)
+
+    def to_device(self, x, y, device: torch.device, channels_last: bool):
+        x = self.normalize(x.to(device, non_blocking=True))
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, y.to(device, non_blocking=True)
+
+    def loss(self, model: nn.Module, x, y) -> tuple[torch.Tensor, float, int]:
+        return segmentation_loss(model(x), y, self.aux_weight), 0.0, len(x)
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, loader, device: torch.device, num_classes: int, dist,
+                 channels_last: bool) -> dict:
+        """mIoU, pixel accuracy and pixel loss over the whole (sharded) validation set."""
+        res = evaluate_segmenter(model, loader, num_classes, self.normalize, device, channels_last, dist)
+        return {k: res[k] for k in ("miou", "pixel_acc", "loss", "n")}
+
+    def describe(self, v: dict, prefix: str = "") -> str:
+        return f"{prefix}val mIoU {v['miou']:.4f} pixel acc {v['pixel_acc']:.4f}"
+
+
+@torch.no_grad()
+def evaluate_segmenter(model: nn.Module, loader, num_classes: int, normalize: Optional[nn.Module] = None,
+                       device: torch.device = torch.device("cpu"), channels_last: bool = False,
+                       dist=None) -> dict:
+    """Segmentation metrics of ``model`` on a loader of ``(images in [0, 1], masks)`` batches.
+
+    Returns:
+        ``{"miou", "pixel_acc", "loss", "per_class": [IoU or None (absent class)], "n"}`` (floats
+        in [0, 1]; ``loss``: cross-entropy per labelled pixel of ``out``).
+    """
+    from ...train.distributed import all_reduce_sum
+
+    was = model.training
+    model.eval()
+    metrics = segmentation_metrics(num_classes).to(device)
+    sums = torch.zeros(3, dtype=torch.float64)  # loss * pixels, labelled pixels, images
+    try:
+        for x, y in loader:
+            x, y = x.to(device), y.to(device)
+            if normalize is not None:
+                x = normalize(x)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            logits = model(x)["out"].float()
+            labelled = int((y != IGNORE_INDEX).sum())
+            if labelled:
+                sums[0] += F.cross_entropy(logits, y, ignore_index=IGNORE_INDEX, reduction="sum").item()
+            sums[1] += labelled
+            sums[2] += len(x)
+            metrics.update(logits.argmax(1), y)
+        out = metrics.compute()
+    finally:
+        model.train(was)
+    if dist is not None and getattr(dist, "enabled", False):  # pragma: no cover - DDP only
+        all_reduce_sum(sums, dist)
+    per_class = [None if v != v else float(v) for v in out["iou"].tolist()]
+    return {"miou": float(out["miou"]), "pixel_acc": float(out["pixel_acc"]),
+            "loss": sums[0].item() / max(1.0, sums[1].item()), "per_class": per_class, "n": int(sums[2].item())}
+
+
+register_task("segment", SegmentationTask)
