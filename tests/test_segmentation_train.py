@@ -220,3 +220,16 @@ def test_ddp_segmentation_identical_replicas_and_whole_set_miou(tmp_path):
     loader = torch.utils.data.DataLoader(data.val, batch_size=4, collate_fn=SegmentationTask.collate_fn)
     whole = evaluate_segmenter(model, loader, len(info["classes"]), Normalize(r.mean, r.std))
     assert whole["n"] == 6 and abs(whole["miou"] - row["val_miou"]) <= 1e-6, (whole["miou"], row["val_miou"])
+
+
+def test_crop_size_sets_the_training_crop_and_keeps_the_eval_size():
+    from mobilenets.tasks.segmentation.training import SegmentationTask
+    from mobilenets.train import apply_overrides
+    r = apply_overrides(tiny(img_size=128, scene_images=2, scene_val_images=1), ["crop_size=64"])
+    data = SegmentationTask().build_data(r)
+    assert data.train[0][0].shape == (3, 64, 64) and data.train[0][1].shape == (64, 64)
+    assert data.val[0][0].shape == (3, 128, 128)
+    with pytest.raises(ValueError, match="crop_size must be >= 32"):
+        tiny(crop_size=16).validate()
+    with pytest.raises(ValueError, match="crop_size: expected an integer"):
+        apply_overrides(r, ["crop_size=2.5"])

@@ -52,6 +52,7 @@ class Recipe:
     data_dir: Optional[str] = None            # imagefolder root (class sub-folders, or train/ + val/)
     val_fraction: float = 0.2                 # held-out share when the data has no val/ split
     img_size: int = 64                        # train/eval resolution
+    crop_size: Optional[int] = None           # segmentation: training crop side (default img_size, the eval size)
     crop_pct: float = IMAGENET_CROP_PCT       # eval: resize to img_size / crop_pct, center crop
     mean: tuple = IMAGENET_MEAN
     std: tuple = IMAGENET_STD
@@ -143,6 +144,8 @@ class Recipe:
         need(self.mixup >= 0 and self.cutmix >= 0, "mixup and cutmix alphas must be >= 0")
         need(self.device in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, got {self.device!r}")
         need(self.tf_eps is None or self.tf_eps > 0, f"tf_eps must be > 0, got {self.tf_eps}")
+        need(self.crop_size is None or self.crop_size >= 32,
+             f"crop_size must be >= 32 (the models' minimum input), got {self.crop_size}")
         need(self.poly_power > 0, f"poly_power must be > 0, got {self.poly_power}")
         need(self.aux_loss_weight >= 0, f"aux_loss_weight must be >= 0, got {self.aux_loss_weight}")
         return self
@@ -232,12 +235,14 @@ RECIPES: dict[str, Recipe] = {
     # the aux loss at 0.5), lr scaled to one process of 4; crops of img_size (torchvision: 480
     # crops, evaluation at 520).
     "lraspp": Recipe(
-        task="segment", model="lraspp_mobilenetv3_large_100", dataset="folder", img_size=520, epochs=30,
+        task="segment", model="lraspp_mobilenetv3_large_100", dataset="folder", img_size=520, crop_size=480,
+        epochs=30,
         batch_size=4, opt="sgd", lr=0.01 * 4 / 32, momentum=0.9, weight_decay=1e-6, sched="poly",
         warmup_epochs=0, hflip=0.0, label_smoothing=0.0),
     "deeplabv3": Recipe(
         task="segment", model="deeplabv3_mobilenetv3_large_100", model_kwargs={"aux_loss": True},
-        dataset="folder", img_size=520, epochs=30, batch_size=4, opt="sgd", lr=0.01 * 4 / 32, momentum=0.9,
+        dataset="folder", img_size=520, crop_size=480, epochs=30, batch_size=4, opt="sgd", lr=0.01 * 4 / 32,
+        momentum=0.9,
         weight_decay=1e-6, sched="poly", warmup_epochs=0, hflip=0.0, label_smoothing=0.0, aux_loss_weight=0.5),
 }
 
@@ -279,7 +284,7 @@ def _parse_value(text: str, default: Any, name: str) -> Any:
             return False
         raise ValueError(f"{name}: expected true/false, got {text!r}")
     try:
-        if isinstance(default, int):
+        if isinstance(default, int) or name in _INT_FIELDS:
             f = float(t)
             if not f.is_integer():
                 raise ValueError
@@ -289,13 +294,15 @@ def _parse_value(text: str, default: Any, name: str) -> Any:
         if isinstance(default, tuple):
             return tuple(float(x) for x in t.replace("(", "").replace(")", "").split(",") if x.strip())
     except ValueError:
-        raise ValueError(f"{name}: expected a {type(default).__name__ if default is not None else 'number'}, "
-                         f"got {text!r}") from None
+        what = "integer" if isinstance(default, int) or name in _INT_FIELDS else \
+            type(default).__name__ if default is not None else "number"
+        raise ValueError(f"{name}: expected {'an' if what[0] in 'aeiou' else 'a'} {what}, got {text!r}") from None
     return t
 
 
 _OPTIONAL_FIELDS = {f.name for f in fields(Recipe) if f.default is None}
 _FLOAT_FIELDS = {"drop_rate", "tf_eps"}
+_INT_FIELDS = {"crop_size"}
 
 
 def apply_overrides(recipe: Recipe, overrides: Union[Mapping[str, Any], Iterable[str]]) -> Recipe:

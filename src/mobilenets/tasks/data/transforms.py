@@ -116,7 +116,7 @@ class _ToSegTensors:
 
 
 def segmentation_transforms(train: bool, size: int, fill: Optional[Sequence[float]] = None, *,
-                            scale: tuple[float, float] = (0.5, 2.0)):
+                            scale: tuple[float, float] = (0.5, 2.0), crop: Optional[int] = None):
     """The segmentation transform on ``(image, mask)``: a float (3, H, W) image in [0, 1] and an
     integer (H, W) mask in, plain tensors out (the mask int64, its values those it came with,
     plus 255 = ignore where padded).
@@ -124,9 +124,10 @@ def segmentation_transforms(train: bool, size: int, fill: Optional[Sequence[floa
     Train (torchvision's segmentation reference, without its flip):
     ``RandomPhotometricDistort`` -> ``RandomResize`` of the shorter side to a random length in
     ``[scale[0] * size, scale[1] * size]`` (the scale jitter) -> ``RandomCrop`` of
-    ``size x size``, padding a side shorter than ``size`` first: the image with ``fill``, the mask
-    with 255 (ignored by the loss and the metrics). A padded image lies wholly inside the crop,
-    at a random place. Output always ``size x size``. No flips.
+    ``crop x crop`` (default ``size``; torchvision crops 480 of a 520 base), padding a side
+    shorter than it first: the image with ``fill``, the mask with 255 (ignored by the loss and
+    the metrics). A padded image lies wholly inside the crop, at a random place. Output always
+    ``crop x crop``. No flips.
 
     Eval: ``Resize`` of the shorter side to ``size`` (the aspect ratio is kept, as torchvision's
     segmentation reference and its weights' transforms do; outputs of a folder of varied
@@ -140,12 +141,16 @@ def segmentation_transforms(train: bool, size: int, fill: Optional[Sequence[floa
         fill: per-channel fill of the train padding (default the ImageNet mean;
             :attr:`SceneSegmentation.mean <mobilenets.tasks.data.SceneSegmentation.mean>` for the scenes).
         scale: the range of the random resize, as multiples of ``size``.
+        crop: the train crop side (default ``size``).
     """
     from torchvision import tv_tensors
     from torchvision.transforms import v2
 
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
         raise ValueError(f"segmentation_transforms: size must be a positive int, got {size!r}")
+    crop = size if crop is None else crop
+    if isinstance(crop, bool) or not isinstance(crop, int) or crop < 1:
+        raise ValueError(f"segmentation_transforms: crop must be a positive int, got {crop!r}")
     lo, hi = (float(s) for s in scale)
     if not 0 < lo <= hi:
         raise ValueError(f"segmentation_transforms: scale must be (min, max) with 0 < min <= max, got {scale!r}")
@@ -155,7 +160,7 @@ def segmentation_transforms(train: bool, size: int, fill: Optional[Sequence[floa
         shortest, longest = max(1, round(lo * size)), max(1, round(hi * size))
         steps += [v2.RandomPhotometricDistort(p=0.5),
                   v2.RandomResize(shortest, longest + 1, antialias=True),  # draws from [min, max)
-                  v2.RandomCrop(size, pad_if_needed=True,
+                  v2.RandomCrop(crop, pad_if_needed=True,
                                 fill={tv_tensors.Image: fill, tv_tensors.Mask: IGNORE_INDEX})]
     else:
         steps += [v2.Resize(size, antialias=True)]

@@ -80,8 +80,8 @@ class SegmentationTask:
                          "val": {"size": size, "seed": recipe.seed, "num_images": recipe.scene_val_images}}
         else:  # a VOC-style folder
             spec, fill, per_split = recipe.data_dir, None, {"train": {}, "val": {}}
-        train = open_segmentation_data(spec, "train", transforms=segmentation_transforms(True, size, fill=fill),
-                                       **per_split["train"])
+        tf = segmentation_transforms(True, size, fill=fill, crop=recipe.crop_size)
+        train = open_segmentation_data(spec, "train", transforms=tf, **per_split["train"])
         val = open_segmentation_data(spec, "val", transforms=segmentation_transforms(False, size),
                                      **per_split["val"])
         if list(val.classes) != list(train.classes):
