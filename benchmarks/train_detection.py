@@ -6,7 +6,8 @@ mAP@[.5:.95] and the wall time of each step.
     python benchmarks/train_detection.py --backbones mobilenetv4_conv_small mobilenetv3_large_100 mobileformer_151m
     python benchmarks/train_detection.py --epochs 8 --threads 2 --out runs/det-goal
 
-For each backbone: (1) ``mobilenets train --model <backbone>`` (the digits recipe, 64 px), (2)
+For each backbone: (1) ``mobilenets train --model <backbone>`` (the digits recipe, 64 px; reused when
+``<out>/<backbone>/cls/best.pt`` exists), (2)
 ``mobilenets train --task detect --model ssdlite320_<backbone> --set pretrained=<1>/best.pt`` with
 the ``digit_scenes`` recipe. The goal: mAP50 >= 0.90 within 20 minutes for step (2) on 2 cores.
 """
@@ -15,17 +16,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-
-def run(cmd: list[str]) -> float:
-    print("$ " + " ".join(cmd), flush=True)
-    t = time.time()
-    subprocess.run(cmd, check=True)
-    return time.time() - t
+from goal_runs import EXE, digits_classifier, run
 
 
 def main(argv=None) -> int:
@@ -35,14 +29,12 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default="runs/detection-goal")
     args = p.parse_args(argv)
-    exe = [sys.executable, "-m", "mobilenets"]
     results = []
     for b in args.backbones:
         out = Path(args.out) / b
-        cls_time = run(exe + ["train", "--model", b, "--out", str(out / "cls"), "--no-progress",
-                              "--threads", str(args.threads)])
-        det_cmd = exe + ["train", "--task", "detect", "--model", f"ssdlite320_{b}", "--set",
-                         f"pretrained={out / 'cls' / 'best.pt'}", "--out", str(out / "det"), "--no-progress",
+        cls_best, cls_min = digits_classifier(b, out / "cls", args.threads)
+        det_cmd = EXE + ["train", "--task", "detect", "--model", f"ssdlite320_{b}", "--set",
+                         f"pretrained={cls_best}", "--out", str(out / "det"), "--no-progress",
                          "--threads", str(args.threads)]
         if args.epochs:
             det_cmd += ["--set", f"epochs={args.epochs}"]
@@ -50,7 +42,7 @@ def main(argv=None) -> int:
         m = json.loads((out / "det" / "metrics.json").read_text())
         best = max(m["history"], key=lambda h: h.get("val_map", -1))
         final = m["history"][-1]
-        row = {"backbone": b, "classifier_min": round(cls_time / 60, 1), "detector_min": round(det_time / 60, 1),
+        row = {"backbone": b, "classifier_min": cls_min, "detector_min": round(det_time / 60, 1),
                "epochs": len(m["history"]), "final_map50": final.get("val_map50"), "final_map": final.get("val_map"),
                "best_map50": best.get("val_map50"), "best_map": best.get("val_map")}
         results.append(row)

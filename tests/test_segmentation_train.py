@@ -146,6 +146,11 @@ def test_cli_train_eval_predict_export(tmp_path, capsys):
     assert main(["eval", str(out / "best.pt")]) == 0
     text = capsys.readouterr().out
     assert "mIoU" in text and "(4 images)" in text and "__background__" in text
+    from mobilenets.tasks.segmentation.infer import eval_segmenter_checkpoint
+    assert main(["eval", str(out / "best.pt"), "--input-size", "64"]) == 0  # the same scenes, resized
+    assert "(4 images at 64px)" in capsys.readouterr().out
+    low = eval_segmenter_checkpoint(out / "best.pt", img_size=64)
+    assert low["n"] == 4 and low != eval_segmenter_checkpoint(out / "best.pt")
 
     from mobilenets.data import read_rgb
     from mobilenets.tasks.data import DigitScenes

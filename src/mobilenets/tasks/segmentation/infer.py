@@ -39,15 +39,22 @@ def eval_segmenter_checkpoint(path: PathLike, data: Optional[str] = None, batch_
                               use_ema: bool = True, img_size: Optional[int] = None) -> dict:
     """mIoU, pixel accuracy and per-class IoU of a segmentation checkpoint on ``data`` (default:
     the run's validation data: ``digit-scenes`` or its folder; or another VOC folder with the
-    same classes), at ``img_size`` (default: the run's)."""
+    same classes).
+
+    ``img_size``: evaluate with every image and its mask resized to this shorter side (masks
+    nearest-neighbour), as torchvision evaluates its 520 px models at 320 px; the scenes stay
+    those of the run (generated at its size). Default: the run's size.
+    """
+    from ..data import segmentation_transforms
+
     model, info = load_segmenter_checkpoint(path, use_ema)
     r = info["recipe"]
     if data:
         r = r.replace(dataset="digit-scenes", data_dir=None) if data == "digit-scenes" else \
             r.replace(dataset="folder", data_dir=data)
-    if img_size:
-        r = r.replace(img_size=int(img_size))
     bundle = SegmentationTask().build_data(r)
+    if img_size:
+        bundle.val.transforms = segmentation_transforms(False, int(img_size))
     if bundle.classes != info["classes"]:
         raise ValueError(f"{data or r.dataset} has the classes {bundle.classes} but the checkpoint segments "
                          f"{info['classes']}")
