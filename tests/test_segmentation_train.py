@@ -9,15 +9,13 @@ import pytest
 import torch
 
 import mobilenets
-import mobilenets.train.loop as loop_mod
 from mobilenets.cli import main
 from mobilenets.train import Recipe
 from mobilenets.train.loop import train
+from test_train import metrics as _metrics, spawn_ddp, train_and_resume_from_epoch_1
 from mobilenets.tasks.segmentation.training import evaluate_segmenter, segmentation_loss
 
 pytest.importorskip("torchmetrics")
-
-TIMING = {"epoch_time_s", "train_img_per_s"}
 
 
 def tiny(**kw) -> Recipe:
@@ -28,32 +26,15 @@ def tiny(**kw) -> Recipe:
     return Recipe(**base)
 
 
-def _metrics(history):
-    return [{k: v for k, v in h.items() if k not in TIMING} for h in history]
-
-
 def test_segmentation_run_resumes_exactly(tmp_path, monkeypatch):
     r = tiny(ema_decay=0.9, model="deeplabv3_mobilenetv4_conv_small_035", model_kwargs={"aux_loss": True})
-    snapshots = []
-    real = loop_mod.write_metrics
-
-    def spy(history, out, summary):  # a copy of last.pt after epoch 1
-        if len(history) == 1 and not snapshots:
-            snapshots.append((out / "last.pt").read_bytes())
-        return real(history, out, summary)
-
-    monkeypatch.setattr(loop_mod, "write_metrics", spy)
-    full = train(r, tmp_path / "full", progress=False)
-    assert full.exit_code == 0 and len(full.history) == 2
+    full, resumed = train_and_resume_from_epoch_1(r, tmp_path, monkeypatch)
     row = full.history[-1]
     assert {"val_miou", "val_pixel_acc", "val_loss", "ema_val_miou", "train_loss"} <= set(row)
     assert "train_top1" not in row and 0.0 <= row["val_miou"] <= 1.0 and row["val_n"] == 4
     assert full.model.aux_loss  # model_kwargs reached the builder
     summary = json.loads((tmp_path / "full" / "metrics.json").read_text())
     assert summary["task"] == "segment" and summary["best_metric"] == "miou"
-    (tmp_path / "half").mkdir()
-    (tmp_path / "half" / "last.pt").write_bytes(snapshots[0])
-    resumed = train(r, tmp_path / "half", resume=tmp_path / "half" / "last.pt", progress=False)
     assert _metrics(resumed.history) == _metrics(full.history)
     sa, sb = resumed.model.state_dict(), full.model.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
@@ -202,21 +183,10 @@ def test_onnx_export_matches_eager_and_refuses_a_wrong_graph(name, kw, tmp_path,
 
 
 def test_ddp_segmentation_identical_replicas_and_whole_set_miou(tmp_path):
-    import socket
-
-    import torch.multiprocessing as mp
-
     from mobilenets.tasks.segmentation.infer import load_segmenter_checkpoint
     from mobilenets.tasks.segmentation.training import Normalize, SegmentationTask
-    from test_train import _ddp_worker  # the same worker as the classification DDP test
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     r = tiny(epochs=1, scene_images=8, scene_val_images=6)
-    mp.spawn(_ddp_worker, args=(2, port, str(tmp_path), r.to_dict()), nprocs=2, join=True)
-    a, b = (torch.load(tmp_path / f"rank{i}.pt", weights_only=True) for i in range(2))
-    assert all(torch.equal(a["state"][k], b["state"][k]) for k in a["state"])
-    assert _metrics(a["history"]) == _metrics(b["history"])
+    a, _ = spawn_ddp(tmp_path, r)  # the classification DDP test's workers; identical replicas checked
     row = a["history"][-1]
     assert row["val_n"] == 6  # both ranks' validation shards, each image once
     # the mIoU of the sharded evaluation (states summed over ranks) is the whole-set mIoU

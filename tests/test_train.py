@@ -212,9 +212,9 @@ def test_recipe_overrides_and_named():
 
 
 # --- the loop ------------------------------------------------------------------------------------
-def test_resume_gives_identical_metrics(tmp_path, monkeypatch):
-    r = tiny(ema_decay=0.9, mixup=0.2, reprob=0.25, auto_augment="trivialaugment", drop_path_rate=0.1,
-             fake_samples=64)
+def train_and_resume_from_epoch_1(r, tmp_path, monkeypatch):
+    """``(full, resumed)``: a 2-epoch run of ``r``, and the same run resumed from a copy of its
+    ``last.pt`` after epoch 1 (every task's exact-resume test uses it)."""
     snapshots = []
     real = loop_mod.write_metrics
 
@@ -229,6 +229,13 @@ def test_resume_gives_identical_metrics(tmp_path, monkeypatch):
     (tmp_path / "half").mkdir()
     (tmp_path / "half" / "last.pt").write_bytes(snapshots[0])
     resumed = train(r, tmp_path / "half", resume=tmp_path / "half" / "last.pt", progress=False)
+    return full, resumed
+
+
+def test_resume_gives_identical_metrics(tmp_path, monkeypatch):
+    r = tiny(ema_decay=0.9, mixup=0.2, reprob=0.25, auto_augment="trivialaugment", drop_path_rate=0.1,
+             fake_samples=64)
+    full, resumed = train_and_resume_from_epoch_1(r, tmp_path, monkeypatch)
     assert metrics(resumed.history) == metrics(full.history)
     assert same_state(resumed.model, full.model) and same_state(resumed.ema, full.ema)
 
@@ -392,19 +399,28 @@ def _ddp_worker(rank: int, world: int, port: int, out: str, recipe_dict: dict) -
     torch.save({"state": res.model.state_dict(), "history": res.history}, f"{out}/rank{rank}.pt")
 
 
-def test_ddp_two_processes_identical_replicas(tmp_path):
+def spawn_ddp(tmp_path, r, world: int = 2):
+    """Train ``r`` with ``world`` gloo processes into ``tmp_path``; each rank's ``(state, history)``
+    and the replicas checked identical (every task's DDP test uses it)."""
     import socket
     import torch.multiprocessing as mp
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    mp.spawn(_ddp_worker, args=(world, port, str(tmp_path), r.to_dict()), nprocs=world, join=True)
+    ranks = [torch.load(tmp_path / f"rank{i}.pt", weights_only=True) for i in range(world)]
+    a = ranks[0]
+    for b in ranks[1:]:
+        assert list(a["state"]) == list(b["state"])
+        for k in a["state"]:
+            assert torch.equal(a["state"][k], b["state"][k]), k
+        assert metrics(a["history"]) == metrics(b["history"])
+    return ranks
+
+
+def test_ddp_two_processes_identical_replicas(tmp_path):
     r = tiny(epochs=1, batch_size=8)
-    mp.spawn(_ddp_worker, args=(2, port, str(tmp_path), r.to_dict()), nprocs=2, join=True)
-    a, b = (torch.load(tmp_path / f"rank{i}.pt", weights_only=True) for i in range(2))
-    assert list(a["state"]) == list(b["state"])
-    for k in a["state"]:
-        assert torch.equal(a["state"][k], b["state"][k]), k
-    assert metrics(a["history"]) == metrics(b["history"])
+    a, _ = spawn_ddp(tmp_path, r)
     n_val = len(build_datasets(r).val)
     assert a["history"][-1]["val_n"] == n_val  # all ranks' validation shards summed, no duplicates
     ck = load_checkpoint(tmp_path / "last.pt")

@@ -1,6 +1,7 @@
 """A trained task model (detector, segmenter) back from its training checkpoint: which task a
 checkpoint is, and the model rebuilt from the run's recipe (the backbone checkpoint the run
-started from is not needed: the builder options that shaped the model are in the recipe)."""
+started from is not needed: the builder options that shaped the model are in the recipe); and
+the image reading and writing their ``predict`` shares."""
 
 from __future__ import annotations
 
@@ -53,3 +54,27 @@ def load_task_checkpoint(path: PathLike, task: str, architecture: Callable, load
     model = create_model(recipe.model, num_classes=len(classes), **architecture(recipe))
     load(model, sd)
     return model.eval(), {"recipe": recipe, "classes": classes, "epoch": ck.get("epoch"), "best": ck.get("best")}
+
+
+def read_image(path: PathLike):
+    """A uint8 ``(3, H, W)`` RGB image; ``ValueError`` naming the file when it cannot be read."""
+    from ..data import read_rgb
+
+    try:
+        return read_rgb(Path(path))
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: cannot read the image ({e})") from None
+
+
+def save_drawn(image, source: PathLike, out_dir: Optional[PathLike], suffix: str) -> Path:
+    """Write a drawn prediction (a PIL image, or a uint8 ``(3, H, W)`` tensor) atomically as
+    ``<out_dir or the source's folder>/<source stem>_<suffix>.png``; the path."""
+    from ..weights.io import atomic_write
+
+    if not hasattr(image, "save"):
+        from torchvision.transforms.v2.functional import to_pil_image
+        image = to_pil_image(image)
+    src = Path(source)
+    dest = Path(out_dir or src.parent) / f"{src.stem}_{suffix}.png"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    return atomic_write(dest, lambda tmp: image.save(tmp, format="PNG"))

@@ -9,7 +9,7 @@ from typing import Optional, Sequence, Union
 import torch
 import torch.nn as nn
 
-from ..checkpoint import checkpoint_task, load_task_checkpoint
+from ..checkpoint import checkpoint_task, load_task_checkpoint, read_image, save_drawn
 from .convert import load_detector_weights
 from .training import DetectionTask, architecture, evaluate_detector
 
@@ -60,19 +60,12 @@ def predict_detections(path: PathLike, images: Sequence[PathLike], out_dir: Opti
     from torchvision.transforms.v2 import functional as F
     from torchvision.utils import draw_bounding_boxes
 
-    from ...data import read_rgb
-    from ...weights.io import atomic_write
-
     model, info = load_detector_checkpoint(path, use_ema)
     size = info["recipe"].img_size
     names = info["classes"]
     results = []
     for img_path in images:
-        p = Path(img_path)
-        try:
-            img = read_rgb(p)
-        except (OSError, ValueError) as e:
-            raise ValueError(f"{p}: cannot read the image ({e})") from None
+        img = read_image(img_path)
         h, w = img.shape[1:]
         x = F.resize(img, [size, size], antialias=True).float() / 255
         out = model([x])[0]
@@ -82,9 +75,8 @@ def predict_detections(path: PathLike, images: Sequence[PathLike], out_dir: Opti
         scores = out["scores"][keep].tolist()
         drawn = draw_bounding_boxes(img, boxes, [f"{n} {s:.2f}" for n, s in zip(labels, scores)],
                                     colors="lime", width=2)
-        dest = Path(out_dir or p.parent) / f"{p.stem}_detections.png"
-        atomic_write(dest, lambda tmp: F.to_pil_image(drawn).save(tmp, format="PNG"))
-        results.append({"image": str(p), "output": str(dest),
+        dest = save_drawn(drawn, img_path, out_dir, "detections")
+        results.append({"image": str(img_path), "output": str(dest),
                         "detections": [{"label": n, "score": s, "box": [round(v, 1) for v in b.tolist()]}
                                        for n, s, b in zip(labels, scores, boxes)]})
     return results

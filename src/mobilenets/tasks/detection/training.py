@@ -14,8 +14,9 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from ...train.data import DataBundle, DatasetError
+from ...train.data import DataBundle
 from ...train.task import register_task
+from ..training import TaskModelTask
 from ..data import DigitScenes, detection_collate, detection_transforms, open_detection_data
 
 BACKGROUND = "__background__"
@@ -42,7 +43,7 @@ def architecture(recipe) -> dict:
     return arch
 
 
-class DetectionTask:
+class DetectionTask(TaskModelTask):
     """Object detection: batches of ``(list of images, list of targets)``, the detector's own
     losses (torchvision's: box regression + classification, RPN losses for Faster R-CNN),
     validation mAP / mAP50 / mAP75 and per-class AP."""
@@ -50,50 +51,27 @@ class DetectionTask:
     name = "detect"
     metric = "map"
     collate_fn = staticmethod(detection_collate)
+    registry_task = "detection"
+    model_names = "ssdlite320_*, fasterrcnn_*_fpn, retinanet_*_fpn"
+    loss_name = "its own losses"
 
     def build_data(self, recipe) -> DataBundle:
         size = recipe.img_size
-        if recipe.dataset == "digit-scenes":  # generated at the training size, the recipe's counts
-            spec, fill = "digit-scenes", list(DigitScenes.mean)
-            per_split = {"train": {"size": size, "seed": recipe.seed, "num_images": recipe.scene_images},
-                         "val": {"size": size, "seed": recipe.seed, "num_images": recipe.scene_val_images}}
-        else:  # a COCO or YOLO folder
-            spec, fill, per_split = recipe.data_dir, None, {"train": {}, "val": {}}
+        spec, fill, per_split = self.sources(recipe, DigitScenes.mean)  # digit-scenes, or a COCO / YOLO folder
         train = open_detection_data(spec, "train", transforms=detection_transforms(True, size, fill=fill),
                                     **per_split["train"])
         val = open_detection_data(spec, "val", transforms=detection_transforms(False, size), **per_split["val"])
         return DataBundle(train, val, _classes(train))
 
-    def check_data(self, data: DataBundle, recipe) -> None:
-        if len(data.train) == 0:
-            raise DatasetError(f"{recipe.data_dir or recipe.dataset}: the training set has no images")
-        if data.num_classes < 2:
-            raise DatasetError(f"{recipe.data_dir or recipe.dataset}: no object classes found")
-
     def build_model(self, recipe, num_classes: int) -> nn.Module:
         """The detector, its backbone initialised from ``recipe.pretrained`` (a classification
         checkpoint, e.g. the digits main job's ``best.pt``) when given."""
         from ...factory import create_model
-        from ...models.registry import get_entry
 
-        if get_entry(recipe.model).task != "detection":
-            raise ValueError(f"--task detect needs a detection model (ssdlite320_*, fasterrcnn_*_fpn, "
-                             f"retinanet_*_fpn), got {recipe.model!r}")
+        self.check_model(recipe)
         kw = {"backbone_kwargs": {"drop_path_rate": recipe.drop_path_rate}} if recipe.drop_path_rate else {}
         return create_model(recipe.model, num_classes=num_classes, pretrained_backbone=recipe.pretrained,
                             **architecture(recipe), **kw)
-
-    def load_pretrained(self, model: nn.Module, path: str) -> str:
-        return f"backbone initialised from {path}"  # done by build_model (it shapes the detector)
-
-    def val_batch_size(self, recipe) -> int:
-        return recipe.batch_size
-
-    def prepare(self, recipe, num_classes: int, teacher: Optional[nn.Module]) -> None:
-        if teacher is not None:
-            raise ValueError("distillation (--teacher) is for classification; detection trains on its own losses")
-        if recipe.mixup or recipe.cutmix:
-            raise ValueError("mixup / cutmix are classification augmentations; set them to 0 for detection")
 
     def to_device(self, images, targets, device: torch.device, channels_last: bool):
         images = [im.to(device, non_blocking=True) for im in images]

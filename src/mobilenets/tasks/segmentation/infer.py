@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..checkpoint import checkpoint_task, load_task_checkpoint
+from ..checkpoint import checkpoint_task, load_task_checkpoint, read_image, save_drawn
 from .convert import load_segmenter_weights
 from .training import Normalize, SegmentationTask, evaluate_segmenter
 
@@ -109,9 +109,6 @@ def predict_segmentation(path: PathLike, images: Sequence[PathLike], out_dir: Op
     from torchvision.transforms.v2 import functional as TF
     from torchvision.utils import draw_segmentation_masks
 
-    from ...data import read_rgb
-    from ...weights.io import atomic_write
-
     model, info = load_segmenter_checkpoint(path, use_ema)
     r = info["recipe"]
     names = info["classes"]
@@ -119,11 +116,7 @@ def predict_segmentation(path: PathLike, images: Sequence[PathLike], out_dir: Op
     norm = Normalize(r.mean, r.std)
     results = []
     for img_path in images:
-        p = Path(img_path)
-        try:
-            img = read_rgb(p)
-        except (OSError, ValueError) as e:
-            raise ValueError(f"{p}: cannot read the image ({e})") from None
+        img = read_image(img_path)
         h, w = img.shape[1:]
         x = TF.resize(img, [r.img_size], antialias=True).float() / 255
         logits = model(norm(x[None]))["out"]
@@ -138,9 +131,7 @@ def predict_segmentation(path: PathLike, images: Sequence[PathLike], out_dir: Op
         order = sorted(present, key=lambda c: -counts[c])
         canvas = _legend(TF.to_pil_image(drawn), [names[c] for c in order], [colors[c] for c in order],
                          [counts[c] / (h * w) for c in order])
-        dest = Path(out_dir or p.parent) / f"{p.stem}_segmentation.png"
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(dest, lambda tmp: canvas.save(tmp, format="PNG"))
-        results.append({"image": str(p), "output": str(dest),
+        dest = save_drawn(canvas, img_path, out_dir, "segmentation")
+        results.append({"image": str(img_path), "output": str(dest),
                         "classes": {names[c]: round(counts[c] / (h * w), 4) for c in order}})
     return results

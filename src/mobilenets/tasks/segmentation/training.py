@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from ...train.data import DataBundle, DatasetError
 from ...train.task import register_task
+from ..training import TaskModelTask
 from ..data import (IGNORE_INDEX, SceneSegmentation, open_segmentation_data, segmentation_collate,
                     segmentation_transforms)
 
@@ -64,22 +65,20 @@ class Normalize(nn.Module):
         return (x - self.mean.to(x)) / self.std.to(x)
 
 
-class SegmentationTask:
+class SegmentationTask(TaskModelTask):
     """Semantic segmentation: batches of ``(images (N, 3, H, W) in [0, 1], masks (N, H, W))``,
     torchvision's pixel cross-entropy (+ aux), validation mIoU / pixel accuracy / per-class IoU."""
 
     name = "segment"
     metric = "miou"
     collate_fn = staticmethod(segmentation_collate)
+    registry_task = "segmentation"
+    model_names = "lraspp_*, deeplabv3_*, fcn_*"
+    loss_name = "its own loss"
 
     def build_data(self, recipe) -> DataBundle:
         size = recipe.img_size
-        if recipe.dataset == "digit-scenes":  # generated at the training size, the recipe's counts
-            spec, fill = "digit-scenes", list(SceneSegmentation.mean)
-            per_split = {"train": {"size": size, "seed": recipe.seed, "num_images": recipe.scene_images},
-                         "val": {"size": size, "seed": recipe.seed, "num_images": recipe.scene_val_images}}
-        else:  # a VOC-style folder
-            spec, fill, per_split = recipe.data_dir, None, {"train": {}, "val": {}}
+        spec, fill, per_split = self.sources(recipe, SceneSegmentation.mean)  # digit-scenes, or a VOC folder
         tf = segmentation_transforms(True, size, fill=fill, crop=recipe.crop_size)
         train = open_segmentation_data(spec, "train", transforms=tf, **per_split["train"])
         val = open_segmentation_data(spec, "val", transforms=segmentation_transforms(False, size),
@@ -90,37 +89,19 @@ class SegmentationTask:
         skipped = sum(sum(getattr(ds, "issues", {}).values()) for ds in (train, val))
         return DataBundle(train, val, list(train.classes), skipped=skipped)
 
-    def check_data(self, data: DataBundle, recipe) -> None:
-        if len(data.train) == 0:
-            raise DatasetError(f"{recipe.data_dir or recipe.dataset}: the training set has no images")
-        if data.num_classes < 2:
-            raise DatasetError(f"{recipe.data_dir or recipe.dataset}: fewer than 2 classes (with the background)")
-
     def build_model(self, recipe, num_classes: int) -> nn.Module:
         """The segmenter, its backbone initialised from ``recipe.pretrained`` (a classification
         checkpoint, e.g. the digits main job's ``best.pt``) when given."""
         from ...factory import create_model
-        from ...models.registry import get_entry
 
-        if get_entry(recipe.model).task != "segmentation":
-            raise ValueError(f"--task segment needs a segmentation model (lraspp_*, deeplabv3_*, fcn_*), "
-                             f"got {recipe.model!r}")
+        self.check_model(recipe)
         kw = dict(recipe.model_kwargs)
         if recipe.drop_path_rate:
             kw["backbone_kwargs"] = {**kw.get("backbone_kwargs", {}), "drop_path_rate": recipe.drop_path_rate}
         return create_model(recipe.model, num_classes=num_classes, pretrained_backbone=recipe.pretrained, **kw)
 
-    def load_pretrained(self, model: nn.Module, path: str) -> str:
-        return f"backbone initialised from {path}"  # done by build_model
-
-    def val_batch_size(self, recipe) -> int:
-        return recipe.batch_size
-
     def prepare(self, recipe, num_classes: int, teacher: Optional[nn.Module]) -> None:
-        if teacher is not None:
-            raise ValueError("distillation (--teacher) is for classification; segmentation trains on its own loss")
-        if recipe.mixup or recipe.cutmix:
-            raise ValueError("mixup / cutmix are classification augmentations; set them to 0 for segmentation")
+        super().prepare(recipe, num_classes, teacher)
         self.aux_weight = recipe.aux_loss_weight
         self.normalize = Normalize(recipe.mean, recipe.std)
 
