@@ -146,14 +146,22 @@ class MobileNetBackbone(nn.Module):
         :class:`~mobilenets.CheckpointError` listing them); the classifier and layers deeper
         than stride 32 are ignored. BatchNorm is then set to Ultralytics' eps 1e-3 / momentum
         0.03, as every YOLO model (and the trainer's rebuilt copy) has it."""
-        net = self.body.model
-        net.name = self.model_name  # named in load_weights' messages
-        report = load_weights(net, source, strict=False)
-        if report.missing or report.mismatched:
+        # the key-layout converters walk the whole model (head included): load into an unpruned
+        # twin, then take the part this backbone keeps
+        full = create_model(self.model_name, num_classes=0, width_mult=width_mult_of(self.model_name, self.width),
+                            **self.kwargs)
+        report = load_weights(full, source, strict=False)
+        kept = self.body.model.state_dict()
+        missing = [k for k in report.missing if k in kept]
+        mismatched = [m for m in report.mismatched if m.split(":")[0] in kept]
+        if missing or mismatched:
             raise CheckpointError(f"{source}: not a checkpoint of the backbone {self.model_name} at width "
-                                  f"{self.width:g}:" + format_key_problems(report.missing, [], report.mismatched))
-        net.set_bn(**YOLO_BN)
-        return report
+                                  f"{self.width:g}:" + format_key_problems(missing, [], mismatched))
+        full_sd = full.state_dict()
+        self.body.model.load_state_dict({k: full_sd[k] for k in kept}, strict=True)
+        self.body.model.set_bn(**YOLO_BN)
+        unused = [k for k in full_sd if k not in kept]
+        return LoadReport(report.layout, len(kept), [], report.unexpected + unused, [])
 
     def __setstate__(self, state: dict) -> None:
         # a YOLO checkpoint unpickled in a fresh process: its model.yaml names this module, and
