@@ -183,7 +183,7 @@ def part_latency(args) -> dict:
     from mobilenets.deploy.timing import interleaved_timings, machine_info, ratio_spread
     from mobilenets.integrations import ultralytics as mu
 
-    out = Path(args.out) / "onnx"
+    out = Path(args.out).resolve() / "onnx"
     out.mkdir(parents=True, exist_ok=True)
     # random weights (the graphs carry no NMS: latency does not depend on them), both with COCO's 80 classes
     models = {"ours": mu.yolo(**OURS), "stock yolo11n": YOLO("yolo11n.yaml")}
