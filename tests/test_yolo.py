@@ -283,7 +283,14 @@ def _shipped_cases(full: bool):
     return [(mu.SCALES[i % len(mu.SCALES)], b) for i, b in enumerate(mu.SHIPPED_BACKBONES)]
 
 
-def _check_shipped_yaml_builds(scale, backbone):
+def _default_and_slow(default, full):
+    """pytest params: ``default`` in the default run, the rest of ``full`` marked slow."""
+    return list(default) + [pytest.param(*c, marks=pytest.mark.slow) for c in sorted(set(full) - set(default))]
+
+
+@needs_ultralytics
+@pytest.mark.parametrize("scale, backbone", _default_and_slow(_shipped_cases(False), _shipped_cases(True)))
+def test_shipped_yaml_builds(scale, backbone):
     import yaml
 
     mu.register()
@@ -291,19 +298,6 @@ def _check_shipped_yaml_builds(scale, backbone):
     seq, maps = _meta_build(d, scale)
     assert maps == [(80, 48), (40, 24), (20, 12)]
     assert isinstance(seq[0], mu.MobileNetBackbone) and seq[0].model_name == backbone
-
-
-@needs_ultralytics
-@pytest.mark.parametrize("scale, backbone", _shipped_cases(full=False))
-def test_shipped_yaml_builds(scale, backbone):
-    _check_shipped_yaml_builds(scale, backbone)
-
-
-@needs_ultralytics
-@pytest.mark.slow
-@pytest.mark.parametrize("scale, backbone", sorted(set(_shipped_cases(True)) - set(_shipped_cases(False))))
-def test_every_shipped_yaml_builds(scale, backbone):
-    _check_shipped_yaml_builds(scale, backbone)
 
 
 @needs_ultralytics
@@ -485,7 +479,12 @@ def _guard_cases(full: bool):
     return [(b, w) for b in BACKBONES for w in WIDTHS] if full else list(DEFAULT_GUARD)
 
 
-def _check_contract(backbone, width):
+@needs_ultralytics
+@pytest.mark.parametrize("backbone, width", _default_and_slow(_guard_cases(False), _guard_cases(True)))
+def test_every_backbone_at_every_width_inside_yolo11n(backbone, width):
+    """The contract Ultralytics relies on: strides 8/16/32 at the head, a list of four maps at
+    strides 4..32 from the backbone, their channels = ``width_list`` = the registry model's feature
+    levels at that ``width_mult``; forwards at 640x640 and at a non-square 384x640."""
     model = mu.yolo("n", backbone, width)
     bb = mu.backbone_of(model)
     base = mobilenets.get_entry(backbone).defaults["width_mult"]
@@ -518,19 +517,6 @@ def test_guard_cases_cover_every_family_at_every_width():
     assert {(mobilenets.get_entry(b).family, w) for b, w in cases} == {(f, w) for f in families for w in WIDTHS}
     assert len(BACKBONES) == 34 and len(_guard_cases(full=True)) == 136
     assert any("hybrid" in b for b, _ in cases) and any("_aa_" in b for b, _ in cases)
-
-
-@needs_ultralytics
-@pytest.mark.parametrize("backbone, width", _guard_cases(full=False))
-def test_every_family_at_every_width_inside_yolo11n(backbone, width):
-    _check_contract(backbone, width)
-
-
-@needs_ultralytics
-@pytest.mark.slow
-@pytest.mark.parametrize("backbone, width", sorted(set(_guard_cases(True)) - set(_guard_cases(False))))
-def test_every_backbone_at_every_width_inside_yolo11n(backbone, width):
-    _check_contract(backbone, width)
 
 
 # --- bad input: one clear error each --------------------------------------------------------------

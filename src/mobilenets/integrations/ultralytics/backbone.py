@@ -110,10 +110,10 @@ class MobileNetBackbone(nn.Module):
     Args:
         model: a classification backbone of the registry (``mobilenets.list_models(
             task="classification")``).
-        width: width factor in (0, 2], applied through ``width_mult`` (channels rounded to
-            multiples of 8 by the model's own rule; the MobileNetV4 hybrids' attention keeps its
-            heads and key/value dims, as timm's ``channel_multiplier`` does). It multiplies the
-            name's own width.
+        width: width factor in (0, 2], applied through ``width_mult`` (channels rounded by the
+            model's own rule: multiples of 8, Mobile-Former's official 4 / 8; the MobileNetV4
+            hybrids' attention keeps its heads and key/value dims, as timm's
+            ``channel_multiplier`` does). It multiplies the name's own width.
         kwargs: backbone options for :func:`mobilenets.create_model` (``drop_path_rate``,
             ``in_chans``, family options); not ``width_mult`` / ``num_classes`` / feature options.
 
