@@ -2,7 +2,7 @@
 
     textutil, version -> archs (pure data) -> layers -> blocks -> models -> zoo (registration) -> weights
     -> data -> factory
-    -> analysis, train -> deploy -> tasks -> the package root -> the command-line interface
+    -> analysis, train -> deploy -> tasks -> the package root -> integrations -> the command-line interface
 
 (an arrow reads "is imported by"): a module imports only from its own package or from lower
 layers, including imports inside functions. Checked on the source with ``ast``, so nothing
@@ -12,6 +12,8 @@ runs but the parse.
 import ast
 import importlib
 import pkgutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -20,7 +22,7 @@ import mobilenets
 
 ROOT = Path(mobilenets.__file__).parent
 LAYERS = [("textutil", "version"), "archs", "layers", "blocks", "models", "zoo", "weights", "data", "factory",
-          ("analysis", "train"), "deploy", "tasks", "__init__", "cli"]
+          ("analysis", "train"), "deploy", "tasks", "__init__", "integrations", "cli"]
 RANK = {name: i for i, layer in enumerate(LAYERS) for name in ((layer,) if isinstance(layer, str) else layer)}
 CLI = {"cli", "clitools", "__main__"}  # the command line: modules nothing in the library may import
 
@@ -126,3 +128,29 @@ def test_no_import_cycle():
 def test_no_type_checking_guards():
     hits = [str(p.relative_to(ROOT)) for p in ROOT.rglob("*.py") if "TYPE_CHECKING" in p.read_text()]
     assert not hits, f"TYPE_CHECKING import guards hide import cycles: {hits}"
+
+
+def test_core_never_imports_the_integrations():
+    """Nothing but the integrations themselves (and the CLI, above them) imports them."""
+    bad = [f"{mod} imports {t}" for mod, ts in _graph().items() if _layer(mod) not in ("integrations", "cli")
+           for t, _ in ts if _layer(t) == "integrations"]
+    assert not bad, bad
+
+
+FRAMEWORKS = ("ultralytics",)   # optional frameworks the integrations bridge to (AGPL-3.0: never in the core)
+
+
+def test_importing_the_library_never_imports_a_framework():
+    """Importing mobilenets and every module of it, the integrations included (they import their
+    framework inside functions only), loads no bridged framework (a fresh interpreter)."""
+    code = ("import importlib, pkgutil, sys, mobilenets\n"
+            "mods = [m.name for m in pkgutil.walk_packages(mobilenets.__path__, 'mobilenets.')\n"
+            "        if not m.name.endswith('__main__')]\n"
+            "for m in mods: importlib.import_module(m)\n"
+            f"loaded = sorted(f for f in {FRAMEWORKS!r} if f in sys.modules)\n"
+            "print(len(mods), 'mobilenets.integrations.ultralytics.model' in sys.modules, loaded)\n"
+            "sys.exit(1 if loaded else 0)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr[-2000:]
+    n, bridge = out.stdout.split()[:2]
+    assert int(n) > 80 and bridge == "True"   # it really walked the package, the integrations included
