@@ -146,6 +146,8 @@ def main(argv=None) -> int:
     ap.add_argument("--size", type=int, default=224, help="latency input size")
     ap.add_argument("--seconds", type=float, default=4.0, help="timing budget per path")
     ap.add_argument("--skip-latency", action="store_true")
+    ap.add_argument("--latency-from", help="take the latencies from a `mobilenets bench --json` file instead "
+                                           "(batch 1; those paths were timed interleaved in that run)")
     ap.add_argument("--json", help="write every figure to this file")
     ap.add_argument("--markdown", help="write the table and details to this file")
     ap.add_argument("--readme", help="replace the mobile-matrix block of this README")
@@ -166,7 +168,14 @@ def main(argv=None) -> int:
         work.mkdir(parents=True, exist_ok=True)
         log(f"{name}: accuracy at {recipe.img_size} px")
         acc = accuracy_cells(model, recipe, work)
-        ms, notes = ({}, {}) if args.skip_latency else latency_cells(name, model, args.threads, args.size, args.seconds)
+        if args.latency_from:
+            rows = json.loads(Path(args.latency_from).read_text())["rows"]
+            ms = {r["path"]: r["ms"] for r in rows if r["model"] == name and r["batch"] == 1 and r["ms"]}
+            notes = {r["path"]: r["note"] for r in rows if r["model"] == name and r["batch"] == 1 and r["note"]}
+        elif args.skip_latency:
+            ms, notes = {}, {}
+        else:
+            ms, notes = latency_cells(name, model, args.threads, args.size, args.seconds)
         results[name] = {"acc": acc, "ms": ms, "notes": notes, "checkpoint": str(ckpt)}
         log(f"{name}: " + ", ".join(f"{p} {v:.2f} ms" for p, v in ms.items()))
     table = render(results, meta)
