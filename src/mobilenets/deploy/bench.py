@@ -262,7 +262,6 @@ def build_paths(name: str, batch: int, size: int = 224, threads: int = 2,
 
     def mobile(runtime: str, int8: bool):
         def make():
-            from .mobile import DEFAULT_CALIB_COUNT  # noqa: F401  (imports the extra's checks)
             if runtime == "et":
                 from .executorch_export import PteRunner, export_executorch
                 export, runner, suffix = export_executorch, PteRunner, ".pte"
