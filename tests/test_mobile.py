@@ -107,8 +107,10 @@ def test_executorch_int8_is_quantized_and_close_to_its_reference(tmp_path):
     model = _small("mobilenetv1_025", num_classes=10)
     res = export_executorch(model, tmp_path / "q.pte", input_size=(32, 32), calib="fake", calib_count=4)
     assert res.precision == "int8" and res.fully_lowered, res.outside
-    # XNNPACK's integer kernels vs PT2E's float simulation of them (random weights: a loose bound)
-    assert res.max_rel_diff < 0.1, res.max_rel_diff
+    # XNNPACK's integer kernels against PT2E's float simulation of them: on random weights the logits
+    # are too ill-conditioned for a bound (0.27 measured here); the digits-trained model's bound is in
+    # test_int8_agrees_with_fp32_on_digits (measured 7.5e-3)
+    assert res.max_rel_diff is not None and res.max_rel_diff == res.max_rel_diff
     assert 0.0 <= res.agreement <= 1.0 and res.agreement_images == 4
     assert res.ops.get("quantize_per_tensor", 0) == 0, "every quantize op is inside the XNNPACK delegate"
     fp32 = export_executorch(model, tmp_path / "f.pte", input_size=(32, 32))
@@ -180,7 +182,7 @@ def test_tflite_int8_has_int8_kernels(tmp_path):
     from ai_edge_litert.interpreter import Interpreter
     res = export_tflite(_small("mobilenetv1_025", num_classes=10), tmp_path / "q.tflite", input_size=(32, 32),
                         calib="fake", calib_count=4)
-    assert res.precision == "int8" and res.fully_lowered and res.max_rel_diff < 0.1, (res.outside, res.max_rel_diff)
+    assert res.precision == "int8" and res.fully_lowered and res.max_rel_diff is not None, res.outside
     it = Interpreter(model_path=str(res))
     dtypes = {d["dtype"].__name__ for d in it.get_tensor_details()}
     assert "int8" in dtypes and it.get_input_details()[0]["dtype"].__name__ == "int8"
@@ -284,4 +286,5 @@ def test_int8_agrees_with_fp32_on_digits(tmp_path):
         fp32 = model(val)
     for fn, run, suffix in ((export_executorch, pte_logits, ".pte"), (export_tflite, tflite_logits, ".tflite")):
         res = fn(model, tmp_path / f"q{suffix}", input_size=(64, 64), calib="digits")
+        assert res.max_rel_diff < 0.05, (suffix, res.max_rel_diff)  # runtime vs PT2E reference (7.5e-3 measured)
         assert agreement(run(res, val), fp32) >= 0.99, suffix
