@@ -11,6 +11,7 @@ agreement is the figure of merit, not the absolute error.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import statistics
@@ -18,6 +19,7 @@ import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import torch
@@ -39,7 +41,7 @@ class Calibration:
         return self.peak_macs / self.mem_bw
 
 
-def _best_time(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
+def _best_time(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:  # noqa: D401
     for _ in range(warmup):
         fn()
     best = math.inf
@@ -57,6 +59,111 @@ def measure_peak_macs(n: int = 2048, repeats: int = 5) -> float:
     out = torch.empty(n, n)
     t = _best_time(lambda: torch.mm(a, b, out=out), repeats)
     return n ** 3 / t
+
+
+#: GEMM shapes ``(M, K, N)`` of :func:`measure_peak`: square (the old single figure, 2048),
+#: tall-skinny like a 1x1 conv at batch 1 (56x56 positions), wide, and deep-K.
+PEAK_SHAPES = ((2048, 2048, 2048), (1024, 1024, 1024), (3136, 256, 1024), (512, 4096, 512), (256, 8192, 1024),
+               (4096, 512, 2048))
+
+
+@dataclass(frozen=True)
+class PeakMeasurement:
+    """The measured fp32 peak (``best``, MAC/s) and each GEMM shape's figure."""
+
+    best: float
+    per_shape: dict   # "MxKxN" -> MAC/s
+    threads: int
+
+
+@torch.no_grad()
+def measure_peak(shapes: Sequence[tuple] = PEAK_SHAPES, repeats: int = 5, warmup: int = 3) -> PeakMeasurement:
+    """The fp32 MAC rate as an upper bound: the best of several GEMM shapes (each warmed up,
+    best of ``repeats``), on all of torch's threads. One square matmul (the old figure) was
+    beaten by ONNX Runtime's convolutions; the best of these shapes includes it."""
+    per = {}
+    for m, k, n in shapes:
+        a, b, out = torch.randn(m, k), torch.randn(k, n), torch.empty(m, n)
+        per[f"{m}x{k}x{n}"] = m * k * n / _best_time(lambda: torch.mm(a, b, out=out), repeats, warmup)
+    return PeakMeasurement(max(per.values()), per, torch.get_num_threads())
+
+
+@dataclass(frozen=True)
+class TheoreticalPeak:
+    """cores x clock x FMA pipes x fp32 lanes: the fp32 MACs a CPU can issue per second."""
+
+    macs: float
+    cores: int
+    ghz: float
+    fma_pipes: int
+    lanes: int
+    isa: str
+    note: str = ""
+
+    def describe(self) -> str:
+        return (f"{self.cores} cores x {self.ghz:.2f} GHz x {self.fma_pipes} FMA x {self.lanes} fp32 lanes "
+                f"({self.isa}) = {self.macs / 1e9:.1f} GMAC/s" + (f"; {self.note}" if self.note else ""))
+
+
+def theoretical_peak(flags: Sequence[str], cores: int, ghz: float, vendor: str = "", family: int = 0,
+                     fma_pipes: int = 2) -> TheoreticalPeak:
+    """The fp32 peak from the CPU flags (``/proc/cpuinfo``), cores and clock.
+
+    Lanes: 16 with ``avx512f``, 8 with ``avx`` / ``fma``, 4 otherwise. AMD family 25 (Zen 3 /
+    Zen 4) executes 512-bit instructions on 256-bit pipes, so 8 lanes there. ``fma_pipes``: 2 on
+    every x86 core since Haswell / Zen (some Xeon Silver / Bronze have one 512-bit FMA pipe).
+    """
+    flags = set(flags)
+    if "avx512f" in flags and not (vendor == "AuthenticAMD" and family == 25):
+        lanes, isa, note = 16, "AVX-512", ""
+    elif "avx512f" in flags:
+        lanes, isa, note = 8, "AVX-512 on 256-bit pipes", "AMD family 25 splits 512-bit ops in two"
+    elif "fma" in flags or "avx2" in flags or "avx" in flags:
+        lanes, isa, note = 8, "AVX2/FMA", ""
+    else:
+        lanes, isa, note = 4, "SSE", ""
+    return TheoreticalPeak(cores * ghz * 1e9 * fma_pipes * lanes, cores, ghz, fma_pipes, lanes, isa, note)
+
+
+def cpu_theoretical_peak(threads: Optional[int] = None, cpuinfo: Optional[str] = None,
+                         max_mhz: Optional[float] = None) -> Optional[TheoreticalPeak]:
+    """:func:`theoretical_peak` of this machine (Linux: ``/proc/cpuinfo``; the clock is
+    ``lscpu``'s "CPU max MHz" when the kernel reports one, else cpuinfo's "cpu MHz", which a VM
+    often reports as the base / TSC clock: a boosting core can then beat the figure). ``threads``
+    (default torch's) caps the cores. ``None`` where there is no ``/proc/cpuinfo``."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return None
+    fields: dict = {}
+    cpus = 0
+    for line in cpuinfo.splitlines():
+        if ":" not in line:
+            continue
+        k, v = (t.strip() for t in line.split(":", 1))
+        if k == "processor":
+            cpus += 1
+        fields.setdefault(k, v)
+    if not cpus or "flags" not in fields:
+        return None
+    if max_mhz is None:
+        with contextlib.suppress(OSError, ValueError):
+            max_mhz = float(Path("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq").read_text()) / 1e3
+    mhz = max_mhz or float(fields.get("cpu MHz", 0) or 0)
+    if not mhz:
+        return None
+    siblings, per_core = int(fields.get("siblings", cpus) or cpus), int(fields.get("cpu cores", cpus) or cpus)
+    smt = max(1, siblings // max(per_core, 1))
+    cores = max(1, cpus // smt)
+    cores = min(cores, threads or torch.get_num_threads())
+    peak = theoretical_peak(fields["flags"].split(), cores, mhz / 1e3, fields.get("vendor_id", ""),
+                            int(fields.get("cpu family", 0) or 0))
+    if not max_mhz:
+        peak = TheoreticalPeak(peak.macs, peak.cores, peak.ghz, peak.fma_pipes, peak.lanes, peak.isa,
+                               "; ".join(p for p in (peak.note, "clock: cpuinfo's cpu MHz (no max reported; "
+                                                     "a boosting core can exceed this)") if p))
+    return peak
 
 
 @torch.no_grad()

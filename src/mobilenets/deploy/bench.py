@@ -23,7 +23,16 @@ Timing is interleaved: in each round every path runs ``k`` iterations (about 50 
 path order rotating from round to round, so drift in machine speed hits all paths alike. The
 figure per path is the median per-iteration latency; ratios are taken between medians of the
 same run. The roofline limit is ``MACs / peak MAC rate`` with the peak measured at the start of
-the run (a large fp32 matmul, :func:`mobilenets.analysis.calibrate.measure_peak_macs`).
+the run as an upper bound: the best of several fp32 GEMM shapes, warmed, on all the run's
+threads (:func:`mobilenets.analysis.calibrate.measure_peak`; one square matmul was beaten by
+ONNX Runtime on an AVX-512 machine), reported beside the theoretical figure cores x clock x FMA
+width from the CPU flags (:func:`~mobilenets.analysis.calibrate.cpu_theoretical_peak`). INT8
+rows get no roofline ratio: the limit is an fp32 one.
+
+On-device paths (``pip install 'mobilenets[mobile]'``): ``et_xnnpack_fp32`` / ``et_xnnpack_int8``
+(:func:`~mobilenets.deploy.export_executorch`, run by ExecuTorch's runtime) and ``litert_fp32`` /
+``litert_int8`` (:func:`~mobilenets.deploy.export_tflite`, run by LiteRT's Interpreter), INT8
+calibrated on ``calib`` images like ``ort_int8``.
 
 Reference libraries (timm, torchvision, onnxruntime) are optional: a path whose library is
 missing, or that fails to build, is skipped with a note, never silently.
@@ -49,14 +58,20 @@ import torch.nn as nn
 from .timing import interleaved_timings, machine_info, quantile, ratio_spread  # noqa: F401  (re-exported)
 
 OURS = ("eager", "fused_cl", "fused_onednn", "compile", "ort_fp32", "ort_int8")
+#: on-device runtimes (``pip install 'mobilenets[mobile]'``): ExecuTorch with XNNPACK, LiteRT
+MOBILE = ("et_xnnpack_fp32", "et_xnnpack_int8", "litert_fp32", "litert_int8")
 REFERENCE = ("timm_eager", "timm_ort", "tv_eager")
-ALL_PATHS = OURS + REFERENCE
+ALL_PATHS = OURS + MOBILE + REFERENCE
+#: the paths whose output is a quantized model's (their difference to fp32 is reported, not checked)
+INT8_PATHS = ("ort_int8", "et_xnnpack_int8", "litert_int8")
 LABELS = {"eager": "ours eager", "fused_cl": "ours fused + channels_last",
           "fused_onednn": "ours fused + oneDNN prepacked", "compile": "ours torch.compile",
           "ort_fp32": "ours ONNX Runtime fp32", "ort_int8": "ours ONNX Runtime INT8",
+          "et_xnnpack_fp32": "ours ExecuTorch XNNPACK fp32", "et_xnnpack_int8": "ours ExecuTorch XNNPACK INT8",
+          "litert_fp32": "ours LiteRT fp32", "litert_int8": "ours LiteRT INT8",
           "timm_eager": "timm eager", "timm_ort": "timm -> ONNX Runtime fp32",
           "tv_eager": "torchvision eager"}
-FP32_OURS = ("eager", "fused_cl", "fused_onednn", "compile", "ort_fp32")
+FP32_OURS = ("eager", "fused_cl", "fused_onednn", "compile", "ort_fp32", "et_xnnpack_fp32", "litert_fp32")
 
 
 # --- building the paths ----------------------------------------------------------------------
@@ -245,6 +260,31 @@ def build_paths(name: str, batch: int, size: int = 224, threads: int = 2,
 
     add("ort_int8", ort_int8)
 
+    def mobile(runtime: str, int8: bool):
+        def make():
+            if runtime == "et":
+                from .executorch_export import PteRunner, export_executorch
+                export, runner, suffix = export_executorch, PteRunner, ".pte"
+            else:
+                from .litert_export import TfliteRunner, export_tflite
+                export, runner, suffix = export_tflite, TfliteRunner, ".tflite"
+            f = tmp / f"ours_{runtime}_{'int8' if int8 else 'fp32'}{suffix}"
+            calib_data = None
+            if int8:
+                from . import calibration_batches
+                calib_data = calibration_batches(calib, count=calib_count, input_size=(size, size), in_chans=in_chans)
+            export(model, f, input_size=(size, size), calib=calib_data, batch_size=batch, verify=False)
+            r = runner(f, threads=threads)
+            return (lambda: r(x)), r(x)
+        return make
+
+    for p, rt, q in (("et_xnnpack_fp32", "et", False), ("et_xnnpack_int8", "et", True),
+                     ("litert_fp32", "litert", False), ("litert_int8", "litert", True)):
+        if p in paths and not _have("executorch" if rt == "et" else "litert_torch"):
+            built.notes.setdefault(p, f"{'executorch' if rt == 'et' else 'litert-torch'} not installed "
+                                      f"(pip install 'mobilenets[mobile]')")
+        add(p, mobile(rt, q))
+
     if timm_model is not None:
         add("timm_eager", lambda: eager(timm_model, x))
 
@@ -316,6 +356,13 @@ class BenchReport:
         return {"machine": self.machine, "peak_macs_per_s": self.peak_macs, "size": self.size,
                 "macs_per_image": self.macs, "rows": [r.as_dict() for r in self.rows]}
 
+    def peak_line(self) -> str:
+        """The roofline's peak: measured (best GEMM shape) and theoretical (from the CPU flags)."""
+        line = f"peak {self.peak_macs / 1e9:.1f} GMAC/s measured (best of {len(self.machine.get('peak_per_shape', {})) or 1} fp32 GEMM shapes)"
+        if self.machine.get("theoretical_peak"):
+            line += f"; theoretical {self.machine['theoretical_peak']}"
+        return line
+
     def roofline_ms(self, model: str, batch: int) -> Optional[float]:
         if not self.peak_macs or model not in self.macs:
             return None
@@ -343,6 +390,12 @@ class BenchReport:
             if fp32 and self.roofline_ms(model, batch):
                 v = min(fp32.values()) / self.roofline_ms(model, batch)
                 parts.append(f"best fp32/roofline limit {v:.2f} ({'met' if v <= 1.5 else 'not met'}, goal <= 1.5)")
+            for q, f, what in (("et_xnnpack_int8", "et_xnnpack_fp32", "ExecuTorch"), ("litert_int8", "litert_fp32", "LiteRT")):
+                if q in ms and f in ms:
+                    v = ms[q] / ms[f]
+                    parts.append(f"{what} INT8/fp32 {v:.2f} ({'met' if v <= 0.5 else 'not met'}, goal <= 0.5)")
+            if "et_xnnpack_fp32" in ms and "ort_fp32" in ms:
+                parts.append(f"ExecuTorch fp32/ORT fp32 {ms['et_xnnpack_fp32'] / ms['ort_fp32']:.2f}")
             if "ort_int8" in ms and "timm_ort" in ms:
                 v = ms["ort_int8"] / ms["timm_ort"]
                 parts.append(f"INT8/timm ORT {v:.2f} ({'met' if v <= 0.5 else 'not met'}, goal <= 0.5)")
@@ -394,7 +447,7 @@ def bench(names: Iterable[str], batches: Sequence[int] = (1, 32), threads: int =
     from ..factory import create_model
     from ..models import get_entry
     from ..analysis import profile
-    from ..analysis.calibrate import measure_peak_macs
+    from ..analysis.calibrate import PEAK_SHAPES, cpu_theoretical_peak, measure_peak
 
     names = list(names)
     for n in names:
@@ -411,9 +464,15 @@ def bench(names: Iterable[str], batches: Sequence[int] = (1, 32), threads: int =
     torch.set_num_threads(threads)
     try:
         info = machine_info(threads)
-        log(f"measuring the peak fp32 MAC rate ({threads} threads)...")
-        peak = measure_peak_macs()
-        log(f"peak {peak / 1e9:.1f} GMAC/s")
+        log(f"measuring the peak fp32 MAC rate ({threads} threads, {len(PEAK_SHAPES)} GEMM shapes)...")
+        measured = measure_peak()
+        peak = measured.best
+        theory = cpu_theoretical_peak(threads)
+        info["peak_per_shape"] = {k: round(v / 1e9, 2) for k, v in measured.per_shape.items()}
+        if theory is not None:
+            info["theoretical_peak"] = theory.describe()
+            info["theoretical_peak_macs_per_s"] = theory.macs
+        log(f"peak {peak / 1e9:.1f} GMAC/s measured" + (f"; theoretical {theory.describe()}" if theory else ""))
         macs = {n: profile(create_model(n), input_size=(size, size)).macs for n in names}
         rows: list[BenchRow] = []
         jobs = [(n, b) for n in names for b in batches]
@@ -437,8 +496,9 @@ def bench(names: Iterable[str], batches: Sequence[int] = (1, 32), threads: int =
                                build_s=round(built.build_s.get(p, 0.0), 2))
                 row.vs_timm_ort = t["ms"] / base_ort["ms"] if base_ort else None
                 row.vs_timm_eager = t["ms"] / base_eager["ms"] if base_eager else None
-                row.vs_roofline = t["ms"] / limit if limit else None
-                if p == "ort_int8" and "eager" in built.outputs:
+                # the limit is an fp32 one: INT8 rows get none (their peak is another figure)
+                row.vs_roofline = t["ms"] / limit if limit and p not in INT8_PATHS else None
+                if p in INT8_PATHS and "eager" in built.outputs:
                     ref = built.outputs["eager"]
                     row.rel_diff = float((built.outputs[p] - ref).abs().max() / ref.abs().max().clamp_min(1e-12))
                 rows.append(row)

@@ -41,13 +41,21 @@ def load_for_export(source: str, model_name: str | None = None, num_classes: int
 def _cmd_export(args: argparse.Namespace) -> int:
     from . import export_onnx
 
-    if args.format != "onnx":  # argparse choices already enforce it; kept for API callers
-        raise UserError(f"unsupported format {args.format!r}; expected onnx")
+    if args.format not in FORMATS:  # argparse choices already enforce it; kept for API callers
+        raise UserError(f"unsupported format {args.format!r}; expected one of {', '.join(FORMATS)}")
     if args.int8 and not args.calib:
         raise UserError("--int8 needs calibration data: add --calib digits|fake|DIR (a folder of your "
                         "own images, ideally ~100-500 of the deployment distribution)")
+    if args.calib and not args.int8:
+        raise UserError("--calib is for --int8 exports: add --int8 (or drop --calib for fp32)")
+    suffix = FORMATS[args.format]
+    if args.format != "onnx" and Path(args.out).suffix.lower() != suffix:
+        raise UserError(f"--format {args.format} writes a {suffix} file; got --out {args.out}")
     det = _load_detector(args)
     if det is not None:
+        if args.format != "onnx":
+            raise UserError(f"detectors export to ONNX only (decode + NMS in the graph); --format "
+                            f"{args.format} is for classifiers and feature extractors")
         return _export_detector(args, *det)
     seg = _load_segmenter(args)
     if seg is not None:
@@ -55,6 +63,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
     model, info = load_for_export(args.source, args.model, args.num_classes, args.weights)
     size = tuple(args.input_size) if args.input_size else (info["img_size"] or 224,) * 2
     out = Path(args.out)
+    if args.format != "onnx":
+        return _export_mobile(args, model, info, size, out)
     if args.int8:
         from . import calibration_batches, quantize_onnx
         data = calibration_batches(args.calib, count=args.calib_count, input_size=size,
@@ -69,6 +79,25 @@ def _cmd_export(args: argparse.Namespace) -> int:
     print(f"wrote {path} ({mb:.1f} MiB): {info['name']}, {kind}, input "
           f"{'N' if args.dynamic_batch else '1'}x{getattr(model, 'in_chans', 3)}x{size[0]}x{size[1]}, "
           f"opset {args.opset}" + ("" if args.int8 else ", checked with ONNX Runtime"))
+    return 0
+
+
+FORMATS = {"onnx": ".onnx", "executorch": ".pte", "tflite": ".tflite"}
+
+
+def _export_mobile(args: argparse.Namespace, model, info: dict, size: tuple, out: Path) -> int:
+    from . import export_executorch, export_tflite
+
+    if args.dynamic_batch:
+        raise UserError(f"--format {args.format} writes a fixed-shape file (batch 1): drop --dynamic-batch")
+    fn = export_executorch if args.format == "executorch" else export_tflite
+    res = fn(model, out, input_size=size, calib=args.calib if args.int8 else None, calib_count=args.calib_count,
+             allow_fallback=args.allow_fallback)
+    kind = (f"INT8 (PT2E static, per-channel weights, calibrated on {args.calib_count} '{args.calib}' images)"
+            if args.int8 else "fp32, BatchNorm folded")
+    shape = "x".join(str(s) for s in res.input_shape)
+    print(f"wrote {res.path} ({res.path.stat().st_size / 2 ** 20:.1f} MiB): {info['name']}, {kind}, input {shape}; "
+          f"{res.summary()}")
     return 0
 
 
@@ -157,10 +186,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     m = report.machine
     print(f"\n{m['cpu']}, {m['threads']} threads, torch {m['torch']}"
           + "".join(f", {k} {m[k]}" for k in ("onnxruntime", "timm") if k in m)
-          + f"; input {size}x{size}; peak {report.peak_macs / 1e9:.1f} GMAC/s (fp32 matmul)")
+          + f"; input {size}x{size}; {report.peak_line()}")
     print(report.table(markdown=args.markdown))
     print("\nms: median per batch; p25-p75: quartiles of the timed iterations. x timm ORT / x timm eager: "
-          "ratio of medians in this run (< 1: faster); x roofline: ms / (MACs / measured peak MAC rate).")
+          "ratio of medians in this run (< 1: faster); x roofline: ms / (MACs / measured peak MAC rate), fp32 paths only.")
     for line in report.goals():
         print("goal " + line)
     emit_json(args, report.as_dict())
@@ -171,19 +200,24 @@ def add_commands(subparsers) -> None:
     """Register ``export`` and ``bench`` on an ``argparse`` subparsers object."""
     from .bench import ALL_PATHS
 
-    p = subparsers.add_parser("export", help="export a model or checkpoint to ONNX (fp32 or INT8)",
+    p = subparsers.add_parser("export", help="export a model or checkpoint to ONNX, ExecuTorch or LiteRT (fp32 or INT8)",
                               description="Export a registry model (random or --weights) or a training "
-                                          "checkpoint to ONNX, BatchNorm folded, verified with ONNX Runtime, "
-                                          "written atomically. --int8: static post-training quantization.")
+                                          "checkpoint to ONNX (verified with ONNX Runtime), ExecuTorch .pte "
+                                          "(XNNPACK; verified in ExecuTorch's runtime) or LiteRT .tflite "
+                                          "(verified in LiteRT's Interpreter), BatchNorm folded, written "
+                                          "atomically. --int8: static post-training quantization.")
     p.add_argument("source", metavar="NAME|CHECKPOINT", help="registry name or checkpoint path")
-    p.add_argument("--format", choices=("onnx",), default="onnx")
-    p.add_argument("--out", required=True, help="output .onnx file")
+    p.add_argument("--format", choices=tuple(FORMATS), default="onnx",
+                   help="onnx (ONNX Runtime), executorch (.pte, XNNPACK delegate) or tflite (LiteRT)")
+    p.add_argument("--out", required=True, help="output file: .onnx, .pte or .tflite (as --format)")
     p.add_argument("--int8", action="store_true", help="static INT8 quantization (needs --calib)")
     p.add_argument("--calib", help="calibration images for --int8: digits | fake | DIR (image folder)")
     p.add_argument("--calib-count", type=int, default=128, help="calibration images (default 128)")
     p.add_argument("--dynamic-batch", action="store_true", help="symbolic batch dimension")
     add_input_size(p, help="traced input size (default: the checkpoint's training size, else 224)")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset, 13-20 (default 17)")
+    p.add_argument("--allow-fallback", action="store_true",
+                   help="executorch / tflite: accept ops outside XNNPACK / non-builtin ops instead of failing")
     p.add_argument("--weights", help="weights for a registry name (file or hf-hub:org/name)")
     p.add_argument("--model", help="architecture, for a plain weights file given as CHECKPOINT")
     p.add_argument("--num-classes", type=int, default=None, help="classifier size (default: from the weights, else 1000)")
@@ -191,7 +225,7 @@ def add_commands(subparsers) -> None:
 
     b = subparsers.add_parser("bench", help="CPU latency of our deployment paths vs timm / torchvision",
                               description="Times our paths (eager, fused + channels_last, fused + oneDNN "
-                                          "prepacked, torch.compile, ONNX Runtime fp32 and INT8) and the reference paths (timm eager, timm -> "
+                                          "prepacked, torch.compile, ONNX Runtime fp32 and INT8, ExecuTorch XNNPACK and LiteRT fp32 and INT8) and the reference paths (timm eager, timm -> "
                                           "ONNX Runtime, torchvision eager) in one interleaved run and prints "
                                           "ratios of medians and the roofline limit.")
     b.add_argument("names", nargs="+", metavar="NAME", help="registry names or patterns")

@@ -1,10 +1,23 @@
 """Export-time module swaps: modules whose eager formulation suits PyTorch (fused kernels) but
-not an exported graph get replaced, before ``torch.onnx.export``, by a subclass computing the
-same function in an export-friendly way; the way :func:`~mobilenets.deploy.fuse` replaces
-BatchNorms. The models themselves never ask whether they are being exported.
+not an exported graph get replaced, before export, by a subclass computing the same function in
+an export-friendly way; the way :func:`~mobilenets.deploy.fuse` replaces BatchNorms. The models
+themselves never ask whether they are being exported.
 
-:func:`swap_for_export` is what :func:`~mobilenets.deploy.export_onnx` runs; call it before
-your own ``torch.onnx.export`` of a model of this library to get the same graph.
+Two targets, one mechanism (:func:`swap_for_export`):
+
+``"onnx"``
+    what :func:`~mobilenets.deploy.export_onnx` runs: Mobile MQA channel-major
+    (:class:`ExportMultiQueryAttention2d`).
+``"mobile"``
+    what the ``torch.export`` runtimes need (ExecuTorch's XNNPACK delegate, LiteRT):
+    :data:`MOBILE_FORMS`. XNNPACK takes a softmax only over the last dimension, a mean only as
+    a global pool of a 4-D map with ``keepdim=True``, matmuls only as 3-D ``bmm`` (a 4-D ``@``
+    decomposes into ``expand`` copies it does not take), no ``select`` / leading ``unsqueeze``
+    and no ``hardsigmoid`` (it decomposes into a dtype cast): every form below computes the
+    same function from those pieces only, so the whole graph is delegated.
+
+Call ``swap_for_export(model, target=...)`` before your own ``torch.onnx.export`` /
+``torch.export.export`` of a model of this library to get the same graph.
 """
 
 from __future__ import annotations
@@ -13,34 +26,47 @@ import copy
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from ..blocks.attention import MultiQueryAttention2d
+from ..blocks.mobileformer import DynamicReLU, FormerToMobile, Former, MergedHead, MobileToFormer
+from ..models.mobileformer import MobileFormer
+from ..models.mobilenet import ClassifierHead
 
-__all__ = ["ExportMultiQueryAttention2d", "swap_for_export"]
+__all__ = ["EXPORT_FORMS", "MOBILE_FORMS", "TARGETS", "ExportMultiQueryAttention2d", "MobileClassifierHead",
+           "MobileDynamicReLU", "MobileFormerBlockFormer", "MobileFormerToMobile", "MobileHardsigmoid", "MobileLayerNorm",
+           "MobileMergedHead", "MobileMobileToFormer", "MobileMultiQueryAttention2d", "MobileFormerExport",
+           "swap_for_export"]
 
 
-class ExportMultiQueryAttention2d(MultiQueryAttention2d):
-    """Mobile MQA attention computed channel-major, for export.
+class _ExportForm:
+    """Mixin: ``from_module(m)`` turns an eager module into this export form, sharing its
+    parameters, buffers and submodules (same ``state_dict``, no copy)."""
+
+    @classmethod
+    def from_module(cls, m: nn.Module):
+        """The export form of ``m``.
+
+        Args:
+            m: an instance of the eager class this form subclasses.
+        """
+        base = cls.__mro__[2] if cls.__mro__[1] is _ExportForm else cls.__mro__[1]
+        if not isinstance(m, base):
+            raise TypeError(f"expected a {base.__name__}, got {type(m).__name__}")
+        new = cls.__new__(cls)
+        new.__dict__.update(m.__dict__)  # nn.Module state: parameters, buffers, submodules, flags
+        new._modules, new._parameters, new._buffers = dict(m._modules), dict(m._parameters), dict(m._buffers)
+        return new
+
+
+class ExportMultiQueryAttention2d(_ExportForm, MultiQueryAttention2d):
+    """Mobile MQA attention computed channel-major, for ONNX.
 
     ``P^T = softmax_M(k^T q)`` and ``o = v P^T`` keep every tensor channel-major, so the only
     layout change is one transpose of the (small) key; the shared k / v broadcast in MatMul (no
     Expand), and the heads come out in the conv's channel order with a plain Reshape. Same
     parameters, same outputs (to float rounding) as :class:`MultiQueryAttention2d`.
     """
-
-    @classmethod
-    def from_module(cls, m: MultiQueryAttention2d) -> "ExportMultiQueryAttention2d":
-        """The export form of ``m``, sharing its parameters and submodules (same state_dict).
-
-        Args:
-            m: the eager attention module.
-        """
-        if not isinstance(m, MultiQueryAttention2d):
-            raise TypeError(f"expected a MultiQueryAttention2d, got {type(m).__name__}")
-        new = cls.__new__(cls)
-        new.__dict__.update(m.__dict__)  # nn.Module state: parameters, buffers, submodules, flags
-        new._modules, new._parameters, new._buffers = dict(m._modules), dict(m._parameters), dict(m._buffers)
-        return new
 
     def attend(self, x: torch.Tensor) -> torch.Tensor:
         B = x.shape[0]
@@ -50,24 +76,189 @@ class ExportMultiQueryAttention2d(MultiQueryAttention2d):
         return o.reshape(B, self.num_heads * self.value_dim, qh, qw)
 
 
-#: eager class -> its export form (exact class match: an export form is not swapped again).
+class MobileMultiQueryAttention2d(_ExportForm, MultiQueryAttention2d):
+    """Mobile MQA for XNNPACK / LiteRT: the query heads folded into the query positions.
+
+    One key and one value head are shared by all ``h`` query heads, so the ``h`` score
+    matrices are one matmul ``(B, h Nq, kd) @ (B, kd, Nkv)``: plain 3-D ``bmm`` (no broadcast,
+    no ``expand``), a softmax over the last dimension, ``(B, h Nq, Nkv) @ (B, Nkv, vd)``, and
+    the heads go back to the conv's channel order with one permute. Same function as
+    :class:`MultiQueryAttention2d` (to float rounding).
+    """
+
+    def attend(self, x: torch.Tensor) -> torch.Tensor:
+        B = x.shape[0]
+        q, k, v, (qh, qw) = self._project(x)          # q (B, h, kd, Nq), k (B, kd, Nkv), v (B, vd, Nkv)
+        h, n_q = self.num_heads, qh * qw
+        q = (q * self.scale).permute(0, 1, 3, 2).reshape(B, h * n_q, self.key_dim)
+        p = torch.softmax(torch.bmm(q, k), dim=-1)    # (B, h Nq, Nkv)
+        o = torch.bmm(p, v.permute(0, 2, 1))          # (B, h Nq, vd)
+        o = o.reshape(B, h, n_q, self.value_dim).permute(0, 1, 3, 2)
+        return o.reshape(B, h * self.value_dim, qh, qw)
+
+
+def _global_mean(x: torch.Tensor) -> torch.Tensor:
+    """``x.mean((2, 3))`` of an ``(N, C, H, W)`` map as XNNPACK's global average pool
+    (``keepdim=True``, then a reshape)."""
+    return x.mean((2, 3), keepdim=True).reshape(x.shape[0], x.shape[1])
+
+
+def _last_dim_mean(x: torch.Tensor) -> torch.Tensor:
+    """``x.mean(-1, keepdim=True)`` of an ``(N, M, d)`` tensor as a global pool of the 4-D
+    view ``(N, M, d, 1)``."""
+    n, m, d = x.shape
+    return x.reshape(n, m, d, 1).mean((2, 3), keepdim=True).reshape(n, m, 1)
+
+
+def _first_token(tokens: torch.Tensor) -> torch.Tensor:
+    """``tokens[:, 0]`` as a slice + reshape (XNNPACK has no ``select``)."""
+    return tokens[:, :1].reshape(tokens.shape[0], tokens.shape[2])
+
+
+def _bmm4(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b`` for two 4-D tensors with the same leading dimensions, as one 3-D ``bmm``."""
+    n, h = a.shape[:2]
+    out = torch.bmm(a.reshape(n * h, a.shape[2], a.shape[3]), b.reshape(n * h, b.shape[2], b.shape[3]))
+    return out.reshape(n, h, a.shape[2], b.shape[3])
+
+
+class MobileClassifierHead(_ExportForm, ClassifierHead):
+    """:class:`~mobilenets.models.mobilenet.ClassifierHead` with its pool as a global pool."""
+
+    def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.act(self.norm(self.hidden(_global_mean(x))))
+        return x if pre_logits else self.fc(self.drop(x))
+
+
+class MobileHardsigmoid(_ExportForm, nn.Hardsigmoid):
+    """``hardsigmoid(x) = relu6(x + 3) / 6``, from ops XNNPACK takes (clamp, add, div)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu6(x + 3.0) / 6.0
+
+
+class MobileLayerNorm(_ExportForm, nn.LayerNorm):
+    """LayerNorm over the last dimension of ``(N, M, d)`` tokens from global pools, a
+    subtraction, a reciprocal square root and the affine (XNNPACK has no layer norm)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 3 or len(self.normalized_shape) != 1:
+            return super().forward(x)
+        xc = x - _last_dim_mean(x)
+        y = xc * torch.rsqrt(_last_dim_mean(xc * xc) + self.eps)
+        return y * self.weight + self.bias if self.elementwise_affine else y
+
+
+class MobileDynamicReLU(_ExportForm, DynamicReLU):
+    """:class:`~mobilenets.blocks.mobileformer.DynamicReLU` reading token 0 by a slice."""
+
+    def coefficients(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.gate(self.fc2(self.act(self.fc1(_first_token(tokens)))))
+        n = h.shape[0]
+        a1 = (h[:, :self.chs] - 0.5) * self.scale + 1.0
+        a2 = (h[:, self.chs:] - 0.5) * self.scale
+        return a1.reshape(n, self.chs, 1, 1), a2.reshape(n, self.chs, 1, 1)
+
+
+class MobileMobileToFormer(_ExportForm, MobileToFormer):
+    """Mobile -> Former with its two attention matmuls as 3-D ``bmm``."""
+
+    def forward(self, x: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        n, c = x.shape[:2]
+        m = tokens.shape[1]
+        q, k = self._qk(x, tokens)
+        attn = (_bmm4(q, k) * self.scale).softmax(dim=-1)
+        out = _bmm4(attn, k.transpose(-1, -2)).transpose(1, 2).reshape(n, m, c)
+        out = out * (self.gate_act(self.gate(tokens)) * 2.0)
+        return self.norm(tokens + self.drop_path(self.proj(out)))
+
+
+class MobileFormerBlockFormer(_ExportForm, Former):
+    """The Former with its attention matmuls as 3-D ``bmm``."""
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        n, m, d = tokens.shape
+        q, k = self._qk(tokens)
+        attn = (_bmm4(q, k.transpose(-1, -2)) * self.scale).softmax(dim=-1)
+        out = _bmm4(attn, k).transpose(1, 2).reshape(n, m, d)
+        tokens = self.norm1(tokens + self.drop_path(self.proj(out)))
+        return self.norm2(tokens + self.fc2(self.act(self.fc1(tokens))))
+
+
+class MobileFormerToMobile(_ExportForm, FormerToMobile):
+    """Mobile <- Former with a last-dimension softmax: the small ``(M, H W)`` score matrix is
+    transposed around it (the map itself stays channel-major), the matmuls are 3-D ``bmm``."""
+
+    def forward(self, x: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        m, hd = tokens.shape[1], c // self.heads
+        q = x.reshape(n, self.heads, hd, h * w)
+        k = self.k(tokens).reshape(n, m, self.heads, hd).transpose(1, 2)
+        p_t = (_bmm4(k, q) * self.scale).transpose(-1, -2).softmax(dim=-1).transpose(-1, -2)
+        v = self.v(tokens).reshape(n, m, self.heads, hd).permute(0, 2, 3, 1)
+        return x + self.drop_path(_bmm4(v, p_t).reshape(n, c, h, w))
+
+
+class MobileMergedHead(_ExportForm, MergedHead):
+    """Mobile-Former's head with a global pool and token 0 read by a slice."""
+
+    def forward(self, x: torch.Tensor, tokens: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.pool_act(_global_mean(self.expand(self.shuffle(x))))
+        x = self.act(self.norm(self.hidden(torch.cat([x, _first_token(tokens)], dim=1))))
+        return x if pre_logits else self.fc(self.drop(x))
+
+
+class MobileFormerExport(_ExportForm, MobileFormer):
+    """Mobile-Former whose token table is broadcast over the batch by a reshape (batch 1) or a
+    concatenation, instead of ``unsqueeze`` + ``repeat``."""
+
+    def initial_tokens(self, batch_size: int) -> torch.Tensor:
+        t = self.tokens.reshape(1, *self.tokens.shape)
+        return t if batch_size == 1 else torch.cat([t] * batch_size)
+
+
+#: eager class -> its ONNX export form (exact class match: an export form is not swapped again).
 EXPORT_FORMS: dict[type, type] = {MultiQueryAttention2d: ExportMultiQueryAttention2d}
 
+#: eager class -> its form for ``torch.export`` runtimes (ExecuTorch / XNNPACK, LiteRT).
+MOBILE_FORMS: dict[type, type] = {
+    MultiQueryAttention2d: MobileMultiQueryAttention2d,
+    ClassifierHead: MobileClassifierHead,
+    nn.Hardsigmoid: MobileHardsigmoid,
+    nn.LayerNorm: MobileLayerNorm,
+    DynamicReLU: MobileDynamicReLU,
+    MobileToFormer: MobileMobileToFormer,
+    Former: MobileFormerBlockFormer,
+    FormerToMobile: MobileFormerToMobile,
+    MergedHead: MobileMergedHead,
+    MobileFormer: MobileFormerExport,
+}
 
-def swap_for_export(model: nn.Module, inplace: bool = False) -> nn.Module:
-    """Replace every module that has an export form (:data:`EXPORT_FORMS`) by it.
+TARGETS: dict[str, dict[type, type]] = {"onnx": EXPORT_FORMS, "mobile": MOBILE_FORMS}
+
+
+def swap_for_export(model: nn.Module, inplace: bool = False, target: str = "onnx") -> nn.Module:
+    """Replace every module that has an export form for ``target`` by it (the model itself
+    too, when its class has one).
 
     Args:
         model: any model of this library (a classifier or a feature extractor).
-        inplace: modify ``model`` itself instead of a deep copy.
+        inplace: modify ``model``'s submodules instead of a deep copy (a swapped root is a new
+            object sharing them: use the returned model).
+        target: ``"onnx"`` (:data:`EXPORT_FORMS`) or ``"mobile"`` (:data:`MOBILE_FORMS`).
 
     Returns:
         The model with export forms; it computes the same function.
     """
-    m = model if inplace else copy.deepcopy(model)
-    for parent in list(m.modules()):
-        for name, child in list(parent.named_children()):
-            form = EXPORT_FORMS.get(type(child))
-            if form is not None:
-                setattr(parent, name, form.from_module(child))
-    return m
+    if target not in TARGETS:
+        raise ValueError(f"unknown export target {target!r}; expected one of {list(TARGETS)}")
+    forms = TARGETS[target]
+    def swap(module: nn.Module) -> nn.Module:  # children first: a swapped parent keeps them
+        for name, child in list(module.named_children()):
+            new = swap(child)
+            if new is not child:
+                setattr(module, name, new)
+        form = forms.get(type(module))
+        return form.from_module(module) if form is not None else module
+
+    return swap(model if inplace else copy.deepcopy(model))

@@ -1,0 +1,231 @@
+"""ExecuTorch export with the XNNPACK delegate (``.pte``), fp32 and INT8, verified by running the
+file in ExecuTorch's runtime.
+
+Pipeline: fuse -> ``"mobile"`` export forms -> ``torch.export`` -> (INT8: PT2E with
+``XNNPACKQuantizer``, per-channel symmetric weights, static activations, calibrated) ->
+``to_edge_transform_and_lower`` with ``XnnpackPartitioner`` -> ``to_executorch`` -> written
+atomically -> loaded by ``executorch.runtime`` and compared with eager.
+
+Every op of every model of this library is delegated to XNNPACK (none runs on ExecuTorch's
+portable kernels); an op that is not is a :class:`~mobilenets.deploy.mobile.LoweringError` naming
+it, its module and XNNPACK's reason, unless ``allow_fallback=True``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import torch
+import torch.nn as nn
+
+from ..weights.io import atomic_write
+from .mobile import (DEFAULT_CALIB_COUNT, LoweringError, MobileExport, check_int8_args, check_mobile_args,
+                     check_shape, chunks, export_program, prepare, pt2e_quantize, require, resolve_calibration,
+                     verify_export)
+
+_WHY_LOGGERS = ("executorch.backends.xnnpack.partition.config.generic_node_configs",
+                "executorch.backends.xnnpack.partition.config.gemm_configs",
+                "executorch.backends.xnnpack.partition.config.xnnpack_config",
+                "executorch.backends.xnnpack.partition.config.node_configs")
+_PLUMBING = ("executorch_call_delegate", "getitem")
+
+
+def _require_executorch():
+    return require("executorch.exir", "executorch", "ExecuTorch export")
+
+
+def xnnpack_quantizer():
+    """The XNNPACK PT2E quantizer: int8 symmetric per-channel weights, static int8 activations."""
+    _require_executorch()
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (XNNPACKQuantizer,
+                                                                         get_symmetric_quantization_config)
+    return XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_dynamic=False))
+
+
+class _Why(logging.Handler):
+    """Collects XNNPACK's "WhyNoPartition" reasons (logged at debug level) by node name."""
+
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.reasons: dict[str, str] = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        why = record.msg
+        node = getattr(why, "node", None)
+        if node is not None:
+            self.reasons.setdefault(node.name, getattr(why, "reason", str(why)))
+
+
+def _lower(ep):
+    """``to_edge_transform_and_lower`` with the XNNPACK partitioner; ``(edge, reasons)``."""
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    handler = _Why()
+    saved = []
+    for name in _WHY_LOGGERS:
+        lg = logging.getLogger(name)
+        saved.append((lg, lg.level, lg.propagate))
+        lg.setLevel(logging.DEBUG)
+        lg.propagate = False
+        lg.addHandler(handler)
+    try:
+        edge = to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner()])
+    finally:
+        for lg, level, prop in saved:
+            lg.removeHandler(handler)
+            lg.setLevel(level)
+            lg.propagate = prop
+    return edge, handler.reasons
+
+
+def _module_of(node) -> str:
+    stack = node.meta.get("nn_module_stack") or {}
+    if not stack:
+        return "the model"
+    path, cls = list(stack.values())[-1]
+    name = getattr(cls, "__name__", str(cls)).split(".")[-1]
+    return f"{path.replace('L__self__', '').strip('.') or 'root'} ({name})"
+
+
+def outside_delegates(edge, reasons: Optional[dict] = None) -> tuple[dict, list[str], int]:
+    """``({"op @ module": count}, [one line per kind, with XNNPACK's reason], delegates)`` of a
+    lowered program: what runs on portable kernels instead of XNNPACK."""
+    outside: Counter = Counter()
+    why: dict[str, str] = {}
+    delegates = 0
+    for n in edge.exported_program().graph_module.graph.nodes:
+        if n.op != "call_function":
+            continue
+        op = getattr(n.target, "__name__", str(n.target))
+        if op.startswith("executorch_call_delegate"):
+            delegates += 1
+        if any(op.startswith(p) for p in _PLUMBING):
+            continue
+        key = f"{op} @ {_module_of(n)}"
+        outside[key] += 1
+        if reasons and n.name in reasons:
+            why.setdefault(key, reasons[n.name])
+    lines = [f"{k} (x{c})" + (f": {why[k]}" if k in why else "") for k, c in outside.items()]
+    return dict(outside), lines, delegates
+
+
+def export_executorch(model: nn.Module, path: Union[str, os.PathLike], input_size: Sequence[int] = (224, 224),
+                      calib=None, *, int8: Optional[bool] = None, batch_size: int = 1,
+                      calib_count: int = DEFAULT_CALIB_COUNT, verify: bool = True, atol_rel: float = 1e-4,
+                      allow_fallback: bool = False) -> MobileExport:
+    """Export ``model`` to an ExecuTorch program (``.pte``) delegated to XNNPACK.
+
+    Args:
+        model: a classifier or feature extractor of this library (not modified).
+        path: output ``.pte`` file, written atomically (nothing is left there on failure).
+        input_size: ``(H, W)``; the program has this fixed input shape.
+        calib: calibration data for INT8: ``"digits"`` | ``"fake"`` | an image folder (then
+            ``calib_count`` images through the evaluation transform), or images normalized as
+            the model expects (a tensor ``(N, C, H, W)``, a DataLoader). Giving it means INT8.
+        int8: PT2E static INT8 with the XNNPACK quantizer (default: ``calib is not None``).
+        batch_size: the fixed batch dimension (1: what a phone runs).
+        calib_count: images drawn when ``calib`` is a source name.
+        verify: load and run the file in ExecuTorch's runtime (see :class:`MobileExport`).
+        atol_rel: fp32 tolerance, relative to the largest eager output.
+        allow_fallback: accept ops that XNNPACK does not take (they run on ExecuTorch's portable
+            kernels, slowly) instead of raising :class:`LoweringError`.
+
+    Returns:
+        A :class:`MobileExport` (path-like) with the checks' results.
+
+    Raises:
+        ValueError: bad size / suffix, INT8 without calibration data, bad calibration data.
+        LoweringError: an op XNNPACK does not take (named, with the module and the fix).
+        ImportError: executorch is not installed. RuntimeError: verification failed.
+    """
+    path, size = check_mobile_args(path, input_size, ".pte", batch_size)
+    int8 = check_int8_args(calib, int8)
+    _require_executorch()
+    fused, net, in_chans = prepare(model)
+    x = torch.randn(batch_size, in_chans, *size, generator=torch.Generator().manual_seed(0))
+    images = None
+    if int8:
+        images = resolve_calibration(calib, size, in_chans, calib_count)
+        net = pt2e_quantize(net, x, images, xnnpack_quantizer())
+    with torch.no_grad():
+        ref = (net if int8 else fused)(x)  # INT8: the PT2E reference graph (quantization simulated)
+    edge, reasons = _lower(export_program(net, x))
+    outside, lines, _ = outside_delegates(edge, reasons)
+    if outside and not allow_fallback:
+        raise LoweringError(
+            f"{type(model).__name__}: {sum(outside.values())} op(s) would run on ExecuTorch's portable kernels "
+            f"instead of XNNPACK:\n  " + "\n  ".join(lines) + "\nFix: an export form of that module computing the "
+            "same function from ops XNNPACK takes (mobilenets/deploy/export_swaps.py, MOBILE_FORMS), or "
+            "allow_fallback=True to accept the slower portable kernels")
+    program = edge.to_executorch()
+    ops = dict(Counter(getattr(n.target, "__name__", str(n.target)).split(".")[-1]
+                       for n in edge.exported_program().graph_module.graph.nodes if n.op == "call_function"))
+    result: dict = {}
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            program.write_to_file(f)
+        if verify:
+            runner = PteRunner(tmp)
+            result["check"] = verify_export(runner, batch_size, fused, x, ref, atol_rel, "ExecuTorch", int8,
+                                            images)
+
+    atomic_write(path, write)
+    err, agree, n_agree = result.get("check", (None, None, 0))
+    return MobileExport(Path(path), "executorch", "int8" if int8 else "fp32", tuple(x.shape), err, agree, n_agree,
+                        outside, ops)
+
+
+def set_threads(threads: int) -> None:
+    """Size ExecuTorch's (process-wide) XNNPACK thread pool."""
+    from executorch.extension.pybindings.portable_lib import _threadpool_get_thread_count, _unsafe_reset_threadpool
+
+    if threads and _threadpool_get_thread_count() != threads:
+        _unsafe_reset_threadpool(int(threads))
+
+
+class PteRunner:
+    """A loaded ``.pte`` program: ``runner(x) -> logits``, checking ``x`` against the program's
+    fixed input shape.
+
+    Args:
+        path: the ``.pte`` file. threads: size of ExecuTorch's thread pool (process-wide; 0:
+            leave it).
+    """
+
+    def __init__(self, path: Union[str, os.PathLike], threads: int = 0):
+        require("executorch.runtime", "executorch", "Running a .pte file")
+        from executorch.runtime import Runtime
+
+        p = Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(f"ExecuTorch program not found: {p}")
+        set_threads(threads)
+        try:
+            program = Runtime.get().load_program(p)
+            self.method = program.load_method("forward")
+        except Exception as e:  # noqa: BLE001 - the runtime raises RuntimeError / ValueError for a bad file
+            raise ValueError(f"{p}: ExecuTorch cannot load it as a program ({str(e).splitlines()[0][:200]})") from None
+        meta = self.method.metadata
+        t = meta.input_tensor_meta(0)
+        self.path = p
+        self.input_shape = tuple(t.sizes())
+        self.batch = self.input_shape[0]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        check_shape(x, self.input_shape, self.path, ".pte")
+        return self.method.execute([x.contiguous().float()])[0]
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        """Outputs for ``images`` ``(N, C, H, W)``, fed in chunks of the program's batch size."""
+        return torch.cat([self(c) for c in chunks(images, self.batch)])
+
+
+def pte_logits(path: Union[str, os.PathLike], images: torch.Tensor, threads: int = 0) -> torch.Tensor:
+    """Run a ``.pte`` file on ``images`` (fed in chunks of its fixed batch size)."""
+    return PteRunner(path, threads).logits(images)

@@ -1,0 +1,227 @@
+"""What the two on-device exporters share (:mod:`.executorch_export`, :mod:`.litert_export`).
+
+Both go through ``torch.export``: the model is fused (BatchNorms folded), its modules swapped
+for their ``"mobile"`` export forms (:mod:`.export_swaps`), exported at one fixed input shape,
+and, for INT8, quantized with PT2E (``prepare_pt2e`` -> calibration -> ``convert_pt2e``) by the
+runtime's own quantizer: per-channel symmetric int8 weights, static (calibrated) int8
+activations. Every file is then loaded and RUN in its runtime and checked against eager:
+fp32 within ``atol_rel`` relative; INT8 by its top-1 agreement with fp32 on the calibration
+images, and by its distance to the PT2E reference graph (the quantized model simulated in
+float by PyTorch).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence, Union
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .calibration import NO_CALIBRATION, Calibration, _as_batches, calibration_batches
+from .export_swaps import swap_for_export
+from .fuse import fuse
+
+MOBILE_EXTRA = "pip install 'mobilenets[mobile]'"
+#: calibration images used when ``calib`` is a source name (``"digits"``, ``"fake"``, a folder)
+DEFAULT_CALIB_COUNT = 128
+#: images the INT8 agreement at export is measured on (the first calibration images)
+AGREEMENT_IMAGES = 64
+
+
+class LoweringError(ValueError):
+    """A model (or part of it) that the runtime cannot take: names the op, where it is in the
+    model, why, and the fix."""
+
+
+def require(module: str, package: str, what: str):
+    """Import ``module`` or raise an ImportError naming the package and the extra."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise ImportError(f"{what} needs {package}: {MOBILE_EXTRA} (or pip install {package}); "
+                          f"import failed: {e}") from None
+
+
+@dataclass(frozen=True)
+class MobileExport(os.PathLike):
+    """What an on-device export wrote and how it was checked. Path-like (``open(result)``,
+    ``Path(result)``); ``str(result)`` is the path.
+
+    Attributes:
+        path: the file. runtime: ``"executorch"`` or ``"litert"``. precision: ``"fp32"`` / ``"int8"``.
+        input_shape: the fixed input ``(N, C, H, W)``.
+        max_rel_diff: fp32: max |runtime - eager| / max |eager| on a random input; INT8: the
+            same against the PT2E reference graph (``None``: not verified).
+        agreement: INT8: top-1 agreement of the file with fp32 eager on the first
+            calibration images (``None`` for fp32 or unverified).
+        agreement_images: how many images ``agreement`` is measured on.
+        outside: ops not taken by the accelerated backend (XNNPACK delegate / LiteRT builtins),
+            ``{"op @ module": count}``; empty when the model lowered fully.
+        ops: the operator counts of the file (LiteRT) or of the lowered graph (ExecuTorch).
+    """
+
+    path: Path
+    runtime: str
+    precision: str
+    input_shape: tuple
+    max_rel_diff: Optional[float] = None
+    agreement: Optional[float] = None
+    agreement_images: int = 0
+    outside: dict = field(default_factory=dict)
+    ops: dict = field(default_factory=dict)
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    @property
+    def fully_lowered(self) -> bool:
+        return not self.outside
+
+    def summary(self) -> str:
+        """One line: what was checked, in the runtime."""
+        rt = {"executorch": "ExecuTorch (XNNPACK)", "litert": "LiteRT"}[self.runtime]
+        parts = []
+        if self.max_rel_diff is not None:
+            vs = "the PT2E reference" if self.precision == "int8" else "eager"
+            parts.append(f"max diff {self.max_rel_diff:.1e} relative vs {vs}")
+        if self.agreement is not None:
+            parts.append(f"top-1 agreement with fp32 {100 * self.agreement:.1f}% on {self.agreement_images} "
+                         f"calibration images")
+        where = "every op in XNNPACK" if self.runtime == "executorch" else "builtin ops only"
+        parts.append(where if self.fully_lowered else f"{sum(self.outside.values())} op(s) outside: "
+                     + ", ".join(self.outside))
+        return f"checked in {rt}: " + "; ".join(parts)
+
+
+def check_mobile_args(path: Union[str, os.PathLike], input_size: Sequence[int], suffix: str,
+                      batch_size: int) -> tuple[Path, tuple[int, int]]:
+    """``(path, (H, W))`` after ``ValueError`` for a bad size, batch or file suffix."""
+    if isinstance(input_size, int):
+        input_size = (input_size, input_size)
+    if len(input_size) != 2 or min(int(s) for s in input_size) < 32:
+        raise ValueError(f"input_size must be (H, W) with H, W >= 32, got {tuple(input_size)}")
+    if int(batch_size) < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    path = Path(path)
+    if path.suffix.lower() != suffix:
+        raise ValueError(f"output file must end in {suffix}, got {path.name!r}")
+    return path, (int(input_size[0]), int(input_size[1]))
+
+
+def check_int8_args(calib: Any, int8: Optional[bool]) -> bool:
+    """Whether to quantize: ``int8`` defaults to "calibration data given"; INT8 without
+    calibration data (or calibration data for an fp32 export) is a ``ValueError``."""
+    int8 = calib is not None if int8 is None else bool(int8)
+    if int8 and calib is None:
+        raise ValueError(NO_CALIBRATION.replace("calibration=", "calib="))
+    if not int8 and calib is not None:
+        raise ValueError("calib is for INT8 exports: pass int8=True (or drop calib for fp32)")
+    return int8
+
+
+def prepare(model: nn.Module) -> tuple[nn.Module, nn.Module, int]:
+    """``(fused eager net, its mobile export form, input channels)``; the model is not modified."""
+    fused = fuse(model)
+    return fused, swap_for_export(fused, target="mobile"), int(getattr(model, "in_chans", 3))
+
+
+def resolve_calibration(calib: Union[str, os.PathLike, Calibration], input_size: tuple[int, int],
+                        in_chans: int, count: int = DEFAULT_CALIB_COUNT) -> torch.Tensor:
+    """Calibration images ``(N, C, H, W)``: a source name (``"digits"``, ``"fake"``, a folder)
+    goes through :func:`calibration_batches`; tensors / batches are checked for shape."""
+    if isinstance(calib, (str, os.PathLike)):
+        return calibration_batches(calib, count=count, input_size=input_size, in_chans=in_chans)
+    return torch.from_numpy(np.concatenate(_as_batches(calib, (in_chans, *input_size), None)))
+
+
+def pt2e_quantize(net: nn.Module, example: torch.Tensor, images: torch.Tensor, quantizer: Any,
+                  fold_quantize: bool = True) -> nn.Module:
+    """PT2E static quantization of ``net``: export, insert the quantizer's observers, run the
+    calibration ``images`` through them (in chunks of the export's batch size), convert to
+    the quantize / dequantize graph (``fold_quantize``: weights stored as int8 constants;
+    litert-torch wants them as float + quantize ops, ``False``)."""
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    gm = export_program(net, example).module()
+    observed = prepare_pt2e(gm, quantizer)
+    b = example.shape[0]
+    n = (len(images) // b) * b
+    if n == 0:
+        raise ValueError(f"the export's batch size is {b}; give at least that many calibration images "
+                         f"(got {len(images)})")
+    with torch.no_grad():
+        for i in range(0, n, b):
+            observed(images[i:i + b])
+    converted = convert_pt2e(observed, fold_quantize=fold_quantize)
+    for mod in converted.modules():  # an exported module refuses .eval(); captured in eval mode already
+        mod.training = False
+    return converted
+
+
+def export_program(net: nn.Module, example: torch.Tensor):
+    """``torch.export.export`` with a :class:`LoweringError` naming what failed."""
+    try:
+        return torch.export.export(net, (example,))
+    except Exception as e:  # noqa: BLE001 - torch.export raises many classes (Unsupported, UserError...)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise LoweringError(f"torch.export cannot capture {type(net).__name__} ({type(e).__name__}: "
+                            f"{first[:300]}); the fix is an export form of the module that fails in "
+                            f"mobilenets/deploy/export_swaps.py (MOBILE_FORMS)") from e
+
+
+def chunks(images: torch.Tensor, batch: int) -> list[torch.Tensor]:
+    """``images`` cut into chunks of exactly ``batch`` (a fixed-shape program's batch size)."""
+    if len(images) % batch:
+        raise ValueError(f"the file's batch size is fixed to {batch}; got {len(images)} images")
+    return [images[i:i + batch] for i in range(0, len(images), batch)]
+
+
+def check_shape(x: torch.Tensor, shape: tuple, path: Union[str, Path], what: str) -> None:
+    """``ValueError`` when ``x`` does not have the fixed input shape of ``path``."""
+    if tuple(x.shape) != tuple(shape):
+        exp = "x".join(str(s) for s in shape)
+        raise ValueError(f"{path}: this {what} file was exported for input {exp} (a fixed shape); got "
+                         f"{'x'.join(str(s) for s in x.shape)}: feed images of that size or re-export with "
+                         f"--input-size {shape[2]} {shape[3]} set to yours")
+
+
+def rel_diff(out: torch.Tensor, ref: torch.Tensor) -> float:
+    return float((out.float() - ref.float()).abs().max() / ref.float().abs().max().clamp_min(1e-12))
+
+
+def verify_export(run: Callable[[torch.Tensor], torch.Tensor], batch: int, fp32_net: nn.Module,
+                  x: torch.Tensor, ref: torch.Tensor, atol_rel: float, what: str, int8: bool,
+                  images: Optional[torch.Tensor]) -> tuple[float, Optional[float], int]:
+    """Run the written file: ``(max rel diff, INT8 agreement with fp32 or None, images)``.
+
+    fp32: ``run(x)`` against ``ref`` (eager), ``RuntimeError`` above ``atol_rel``. INT8:
+    ``run(x)`` against ``ref`` (the PT2E reference graph), non-finite outputs are an error;
+    the agreement with ``fp32_net`` is measured on the first calibration ``images``.
+    """
+    from .ort import agreement
+
+    out = run(x)
+    if tuple(out.shape) != tuple(ref.shape):
+        raise RuntimeError(f"{what} output has shape {tuple(out.shape)}, eager {tuple(ref.shape)}")
+    if not torch.isfinite(out).all():
+        raise RuntimeError(f"{what} produced non-finite outputs")
+    err = rel_diff(out, ref)
+    if not int8:
+        if err > atol_rel:
+            raise RuntimeError(f"{what} output differs from eager: relative max diff {err:.2e} > {atol_rel:.0e}")
+        return err, None, 0
+    imgs = images[:max(batch, (min(len(images), AGREEMENT_IMAGES) // batch) * batch)]
+    with torch.no_grad():
+        fp = torch.cat([fp32_net(c) for c in chunks(imgs, batch)])
+    q = torch.cat([run(c) for c in chunks(imgs, batch)])
+    if fp.ndim != 2:
+        return err, None, 0
+    return err, agreement(q, fp), len(imgs)
