@@ -136,9 +136,12 @@ def _load_segmenter(args: argparse.Namespace):
 def _export_segmenter(args: argparse.Namespace, model, name: str, img_size: int, norm) -> int:
     from . import export_onnx
 
-    if args.int8:
-        raise UserError("--int8 is for classifiers; segmenters export in fp32 (BatchNorm folded)")
     size = tuple(args.input_size) if args.input_size else (img_size, img_size)
+    if args.format != "onnx":  # the "out" logits as one tensor (deploy.mobile.MainOutput)
+        return _export_mobile(args, model, {"name": name}, size, Path(args.out))
+    if args.int8:
+        raise UserError("--int8 ONNX exports are for classifiers; segmenters export ONNX in fp32 (BatchNorm "
+                        "folded), or INT8 with --format executorch|tflite")
     path = export_onnx(model, args.out, input_size=size, opset=args.opset, dynamic_batch=args.dynamic_batch)
     outs = "out, aux" if getattr(model, "aux_loss", False) else "out"
     print(f"wrote {path} ({path.stat().st_size / 2 ** 20:.1f} MiB): {name}, fp32, BatchNorm folded, input "

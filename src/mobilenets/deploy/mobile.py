@@ -127,9 +127,26 @@ def check_int8_args(calib: Any, int8: Optional[bool]) -> bool:
     return int8
 
 
+class MainOutput(nn.Module):
+    """A segmenter as a mobile file runs it: its ``"out"`` logits as one tensor (torchvision's
+    segmenters return a dict; the aux head only trains, so it is dropped)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        if getattr(model, "aux_classifier", None) is not None:
+            model.aux_classifier = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)["out"]
+
+
 def prepare(model: nn.Module) -> tuple[nn.Module, nn.Module, int]:
-    """``(fused eager net, its mobile export form, input channels)``; the model is not modified."""
+    """``(fused eager net, its mobile export form, input channels)``; the model is not modified.
+    A segmenter (``model.segmenter_family``) exports its ``"out"`` logits (:class:`MainOutput`)."""
     fused = fuse(model)
+    if getattr(model, "segmenter_family", None):
+        fused = MainOutput(fused).eval()
     return fused, swap_for_export(fused, target="mobile"), int(getattr(model, "in_chans", 3))
 
 
