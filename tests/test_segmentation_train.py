@@ -206,5 +206,7 @@ def test_crop_size_sets_the_training_crop_and_keeps_the_eval_size():
     assert data.val[0][0].shape == (3, 128, 128)
     with pytest.raises(ValueError, match="crop_size must be >= 32"):
         tiny(crop_size=16).validate()
+    with pytest.raises(ValueError, match="seg_scale must be"):
+        tiny(seg_scale=(2.0, 1.0)).validate()
     with pytest.raises(ValueError, match="crop_size: expected an integer"):
         apply_overrides(r, ["crop_size=2.5"])

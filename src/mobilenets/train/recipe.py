@@ -53,6 +53,7 @@ class Recipe:
     val_fraction: float = 0.2                 # held-out share when the data has no val/ split
     img_size: int = 64                        # train/eval resolution
     crop_size: Optional[int] = None           # segmentation: training crop side (default img_size, the eval size)
+    seg_scale: tuple = (0.5, 2.0)             # segmentation: random resize of the shorter side, x img_size (torchvision's)
     crop_pct: float = IMAGENET_CROP_PCT       # eval: resize to img_size / crop_pct, center crop
     mean: tuple = IMAGENET_MEAN
     std: tuple = IMAGENET_STD
@@ -146,6 +147,8 @@ class Recipe:
         need(self.tf_eps is None or self.tf_eps > 0, f"tf_eps must be > 0, got {self.tf_eps}")
         need(self.crop_size is None or self.crop_size >= 32,
              f"crop_size must be >= 32 (the models' minimum input), got {self.crop_size}")
+        need(len(self.seg_scale) == 2 and 0 < self.seg_scale[0] <= self.seg_scale[1],
+             f"seg_scale must be (min, max) with 0 < min <= max, got {self.seg_scale}")
         need(self.poly_power > 0, f"poly_power must be > 0, got {self.poly_power}")
         need(self.aux_loss_weight >= 0, f"aux_loss_weight must be >= 0, got {self.aux_loss_weight}")
         return self

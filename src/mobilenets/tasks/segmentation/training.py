@@ -79,7 +79,7 @@ class SegmentationTask(TaskModelTask):
     def build_data(self, recipe) -> DataBundle:
         size = recipe.img_size
         spec, fill, per_split = self.sources(recipe, SceneSegmentation.mean)  # digit-scenes, or a VOC folder
-        tf = segmentation_transforms(True, size, fill=fill, crop=recipe.crop_size)
+        tf = segmentation_transforms(True, size, fill=fill, crop=recipe.crop_size, scale=tuple(recipe.seg_scale))
         train = open_segmentation_data(spec, "train", transforms=tf, **per_split["train"])
         val = open_segmentation_data(spec, "val", transforms=segmentation_transforms(False, size),
                                      **per_split["val"])
