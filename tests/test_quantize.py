@@ -31,7 +31,7 @@ def randomize_bn(model: nn.Module) -> nn.Module:
     """
     return _randomize_bn(model, calibrate=False)
 from mobilenets.deploy import (QATModel, agreement, calibration_batches, cosine, export_onnx, export_qat_onnx,
-                               int8_op_counts, onnx_logits, ort_session, prepare_qat, quantize_onnx)
+                               int8_op_counts, kernel_vs_qdq, onnx_logits, ort_session, prepare_qat, quantize_onnx)
 
 ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
@@ -107,8 +107,16 @@ def test_ptq_runs_int8_and_stays_close(name, tmp_path):
     err = rel_rms(y, ref)
     assert 0 < err <= 0.06, err   # quantized (not bit-identical), and close
     assert cosine(y, ref) >= 0.998
-    # the integer kernels compute what the QDQ graph says (no int16 saturation)
-    assert rel_rms(y, onnx_logits(ort_session(path, optimize=False), x)) <= 0.005
+    # the integer kernels compute what the QDQ graph says (no int16 saturation), operator by
+    # operator on the same inputs: at most one step off, and only where the QDQ graph's value is
+    # at a rounding tie (measured: ties within 1e-5 step, on <= 0.5 % of an operator's elements)
+    checks = kernel_vs_qdq(path, x)
+    assert len(checks) == len([n for n in onnx.load(str(path)).graph.node if n.op_type == "QuantizeLinear"]) + 1
+    in_float = {c.ops for c in checks if not c.integer}  # ONNX Runtime has no integer HardSigmoid
+    assert in_float <= {("DequantizeLinear", "HardSigmoid", "QuantizeLinear")}, in_float
+    assert sum(c.ops == ("QLinearConv",) for c in checks) == n_convs(model)
+    assert [c.ops for c in checks if not c.quantized] == [("QGemm",)]  # the float logits
+    assert all(c.agrees for c in checks), [c for c in checks if not c.agrees]
 
 
 def test_ptq_multiplier_depthwise_runs_as_depthwise(tmp_path):
@@ -161,9 +169,56 @@ def test_ptq_from_onnx_file_static_batch_and_dataloader(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fp32.onnx", "q.onnx"]
 
 
-def test_ptq_logits_float_by_default(tmp_path):
+@pytest.fixture(scope="module")
+def v1_int8(tmp_path_factory):
+    """mobilenetv1_025 (random weights, uncalibrated BatchNorm) and its INT8 file, default options."""
+    torch.manual_seed(0)
     model = randomize_bn(mobilenets.create_model("mobilenetv1_025")).eval()
-    a = quantize_onnx(model, tmp_path / "a.onnx", calib(), input_size=SIZE)
+    return model, quantize_onnx(model, tmp_path_factory.mktemp("v1") / "a.onnx", calib(), input_size=SIZE)
+
+
+def scale_bias_scales(path, out, factor: float):
+    """A copy of a QDQ file whose conv biases are dequantized with scales ``factor`` x the
+    file's (ONNX Runtime's fused QLinearConv takes an int32 bias at input x weight scale)."""
+    m = onnx.load(str(path))
+    for init in m.graph.initializer:
+        if init.name.endswith("conv.bias_quantized_scale"):
+            a = onnx.numpy_helper.to_array(init) * np.float32(factor)
+            init.CopyFrom(onnx.numpy_helper.from_array(a, init.name))
+    onnx.save(m, str(out))
+    return out
+
+
+def test_kernel_check_sees_a_kernel_that_computes_something_else(v1_int8, tmp_path):
+    """The guarantee of test_ptq_runs_int8_and_stays_close, broken on purpose: every conv bias
+    of the file dequantized 0.1 % larger. ONNX Runtime still fuses each conv into a QLinearConv,
+    which adds the int32 bias at input x weight scale while the QDQ graph adds it at the file's
+    scale: the kernels compute something else than the graph. Per operator every conv is
+    caught; end to end the two sessions differ by less (0.47 % relative RMS, measured) than one
+    legitimate rounding tie made them differ for mobilenetv2_035 under ATen's baseline kernels
+    (0.61 %, issue 11). A bias scale 50 % off: ONNX Runtime no longer fuses, the conv runs in
+    float, and the check says so."""
+    model, path = v1_int8
+    x = held_out()[:4]
+    clean = kernel_vs_qdq(path, x)
+    convs = [k for k, c in enumerate(clean) if c.ops == ("QLinearConv",)]
+    assert len(convs) == n_convs(model) and all(c.integer and c.agrees for c in clean)
+
+    checks = kernel_vs_qdq(scale_bias_scales(path, tmp_path / "off.onnx", 1.001), x)
+    assert [c.output for c in checks] == [c.output for c in clean]
+    wrong = [k for k, c in enumerate(checks) if not c.agrees]
+    assert wrong == convs, [checks[k] for k in convs if k not in wrong]  # every conv, and nothing else
+    assert all(checks[k].integer and checks[k].off_tie > 0 for k in convs)
+
+    checks = kernel_vs_qdq(scale_bias_scales(path, tmp_path / "float.onnx", 1.5), x)
+    assert [k for k, c in enumerate(checks) if not c.integer] == convs
+    assert {checks[k].ops for k in convs} == {("DequantizeLinear",) * 3 + ("Conv", "QuantizeLinear")}
+    with pytest.raises(ValueError, match=r"fp32\.onnx: not a QDQ model .*quantize_onnx\(\)"):
+        kernel_vs_qdq(export_onnx(model, tmp_path / "fp32.onnx", input_size=SIZE), x)
+
+
+def test_ptq_logits_float_by_default(v1_int8, tmp_path):
+    model, a = v1_int8
     b = quantize_onnx(model, tmp_path / "b.onnx", calib(), input_size=SIZE, float_output=False)
     last = lambda p: onnx.load(str(p)).graph.node[-1].op_type  # noqa: E731
     assert last(a) == "Gemm" and last(b) == "DequantizeLinear"
@@ -395,6 +450,51 @@ def test_qat_export_verification_catches_a_wrong_graph(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="differs from the fake-quant model"):
         export_qat_onnx(qat, tmp_path / "q.onnx", input_size=SIZE)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_patch_through_the_old_import_path_and_its_undo_reach_the_home_module():
+    """``mobilenets.deploy.quantize.finalize_qdq = f`` patches the function where it is defined,
+    and putting the old one back restores it there too (it used to stay patched: the undo looked
+    the home module up from the test's function)."""
+    import mobilenets.deploy.onnx_passes as P
+    import mobilenets.deploy.quantize as Q
+
+    real = P.finalize_qdq
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Q, "finalize_qdq", lambda path: {})
+        assert P.finalize_qdq is Q.finalize_qdq is not real
+    assert P.finalize_qdq is Q.finalize_qdq is real
+
+
+def test_qat_export_warns_when_the_integer_kernels_compute_something_else(tmp_path, monkeypatch):
+    """Bias scales 0.1 % off: the QDQ graph still computes the fake-quant model (within rtol),
+    but ONNX Runtime's QLinearConv adds the int32 biases at input x weight scale, so it computes
+    something else than the graph: the export warns, naming an operator; a right file does not."""
+    import warnings
+
+    import mobilenets.deploy.quantize as Q
+
+    torch.manual_seed(0)
+    qat = prepare_qat(randomize_bn(mobilenets.create_model("mobilenetv1_025")).eval(), calib())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a right file: no warning
+        export_qat_onnx(qat, tmp_path / "right.onnx", input_size=SIZE)
+    real = Q.finalize_qdq
+
+    def off(path):
+        done = real(path)
+        m = onnx.load(str(path))
+        for init in m.graph.initializer:
+            if init.name.endswith("_int32_scale"):
+                a = onnx.numpy_helper.to_array(init) * np.float32(1.001)
+                init.CopyFrom(onnx.numpy_helper.from_array(a, init.name))
+        onnx.save(m, str(path))
+        return done
+
+    monkeypatch.setattr(Q, "finalize_qdq", off)
+    with pytest.warns(UserWarning, match=r"integer kernels compute something else than the QDQ graph in (\d+) of "
+                                         r"\d+ operators \(first: .*QLinearConv: up to \d+ steps, \d+ elements away"):
+        export_qat_onnx(qat, tmp_path / "off.onnx", input_size=SIZE)
 
 
 # --- trained models (slow) -----------------------------------------------------------------

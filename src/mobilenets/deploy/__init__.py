@@ -7,12 +7,13 @@ from .onnx_export import export_onnx  # noqa: E402
 
 __all__ += ["export_onnx"]
 from .calibration import calibration_batches  # noqa: E402
-from .ort import OnnxFileError, agreement, cosine, int8_op_counts, onnx_logits, ort_session, read_onnx  # noqa: E402
+from .ort import (KernelCheck, OnnxFileError, agreement, cosine, int8_op_counts, kernel_vs_qdq,  # noqa: E402
+                  onnx_logits, ort_session, read_onnx)
 from .ptq import quantize_onnx  # noqa: E402
 from .qat import QATModel, export_qat_onnx, prepare_qat  # noqa: E402
 
 __all__ += ["OnnxFileError", "read_onnx", "quantize_onnx", "calibration_batches", "prepare_qat", "export_qat_onnx", "QATModel", "agreement",
-            "cosine", "int8_op_counts", "onnx_logits", "ort_session"]
+            "cosine", "int8_op_counts", "kernel_vs_qdq", "KernelCheck", "onnx_logits", "ort_session"]
 from .cpu import PackedConvAct, onednn_available, optimize_for_cpu  # noqa: E402
 
 __all__ += ["optimize_for_cpu", "PackedConvAct", "onednn_available"]

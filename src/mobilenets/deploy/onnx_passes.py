@@ -268,3 +268,56 @@ def finalize_qdq(path: Union[str, os.PathLike]) -> dict:
     _drop_unused_initializers(m)
     onnx.save(m, path)
     return dict(done)
+
+
+def quantized_node_subgraphs(model_proto) -> list[tuple[str, list[str], object]]:
+    """Cut a QDQ graph into one small graph per quantized operator: for every activation
+    ``QuantizeLinear`` (and every float graph output not coming from a ``DequantizeLinear``),
+    the nodes between it and the quantized tensors it reads (``DQ -> Conv -> Clip -> Q``,
+    ``DQ, DQ -> Add -> Q``, ...), with their initializers. ONNX Runtime fuses such a graph into
+    the same integer kernel (``QLinearConv``, ``QLinearAdd``...) as in the whole model, so the
+    graph can be run on given inputs both ways (see :func:`~mobilenets.deploy.ort.kernel_vs_qdq`).
+
+    Returns ``(output, inputs, graph)`` per operator in graph order: the tensor it writes, the
+    tensors it reads (quantized activations, or the graph input) and a ``ModelProto``.
+    """
+    import onnx
+    from onnx import helper
+
+    m = onnx.shape_inference.infer_shapes(model_proto)
+    g = m.graph
+    inits = {i.name: i for i in g.initializer}
+    producer = {o: k for k, n in enumerate(g.node) for o in n.output}
+    infos = {v.name: v for v in list(g.value_info) + list(g.input) + list(g.output)}
+
+    def quantized(t: str) -> bool:  # an activation (not a weight) written by a QuantizeLinear
+        k = producer.get(t)
+        return k is not None and g.node[k].op_type == "QuantizeLinear" and g.node[k].input[0] not in inits
+
+    outputs = [n.output[0] for n in g.node if n.op_type == "QuantizeLinear" and n.input[0] not in inits]
+    outputs += [o.name for o in g.output if o.name in producer and not quantized(o.name)
+                and g.node[producer[o.name]].op_type != "DequantizeLinear"]
+    result = []
+    for out in outputs:
+        nodes, inputs, stack = set(), [], [producer[out]]
+        while stack:
+            k = stack.pop()
+            if k in nodes:
+                continue
+            nodes.add(k)
+            for t in g.node[k].input:
+                if not t or t in inits:
+                    continue
+                if t not in producer or quantized(t):  # the graph input or a quantized activation
+                    if t not in inputs:
+                        inputs.append(t)
+                else:
+                    stack.append(producer[t])
+        body = [g.node[k] for k in sorted(nodes)]
+        used = {t for n in body for t in n.input}
+        graph = helper.make_graph(body, f"{out}_node", [infos[t] for t in inputs], [infos[out]],
+                                  initializer=[inits[t] for t in sorted(used & inits.keys())])
+        sub = helper.make_model(graph, opset_imports=list(m.opset_import))
+        sub.ir_version = m.ir_version
+        result.append((out, inputs, sub))
+    return result

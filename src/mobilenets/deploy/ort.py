@@ -10,7 +10,7 @@ import os
 import tempfile
 from collections import Counter
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, NamedTuple, Optional, Union
 
 import numpy as np
 import torch
@@ -123,6 +123,149 @@ def int8_op_counts(path: Union[str, Path]) -> Counter:
         ort_session(path, threads=1, optimized_path=opt)
         g = onnx.load(opt).graph
         return Counter(n.op_type for n in g.node)
+
+
+class KernelCheck(NamedTuple):
+    """One quantized operator of a QDQ model: ONNX Runtime's kernel against the QDQ graph
+    computed in float, on the same inputs (:func:`kernel_vs_qdq`)."""
+
+    output: str            # the tensor the operator writes
+    ops: tuple             # what ONNX Runtime runs for it (e.g. ``('QLinearConv',)``; layout Transposes left out)
+    quantized: bool        # the output is uint8 / int8 (else float: the logits of ``float_output=True``)
+    max_steps: Optional[int]  # largest difference in quantization steps (quantized outputs)
+    share: float           # share of the output's elements that differ
+    off_tie: Optional[int]  # elements that differ although the QDQ graph's value is not at a rounding tie
+    tie_distance: Optional[float]  # of the elements that differ, the largest distance (in steps) of the
+    #                                QDQ graph's unrounded value from a half step (quantized outputs)
+    rel_max: float         # max |difference| / max |QDQ value|
+
+    @property
+    def agrees(self) -> bool:
+        """The kernel computes what the QDQ graph says: at most one step off, and only at ties
+        (quantized outputs); within 1e-4 of the largest value (float outputs: float rounding of
+        an exact integer sum against float sums of dequantized values)."""
+        if self.quantized:
+            return self.max_steps <= 1 and not self.off_tie
+        return self.rel_max <= 1e-4
+
+    @property
+    def integer(self) -> bool:
+        """ONNX Runtime runs the operator on the integers (no DequantizeLinear left: not in float)."""
+        return "DequantizeLinear" not in self.ops
+
+
+def kernel_vs_qdq(path: Union[str, Path], images: Union[torch.Tensor, np.ndarray], threads: int = 1,
+                  tie: float = 0.01) -> list[KernelCheck]:
+    """Check, operator by operator, that ONNX Runtime's integer kernels compute what a QDQ file
+    says: the whole graph is run once as written (``DQ -> Conv -> Q`` in float) and every
+    quantized tensor kept; then each quantized operator (cut out by
+    :func:`~mobilenets.deploy.onnx_passes.quantized_node_subgraphs`) runs with ONNX Runtime's
+    optimizations, i.e. as the fused integer kernel (``QLinearConv``, ``QLinearAdd``,
+    ``QGemm``...), on exactly the inputs the QDQ graph gave it, and its output is compared with
+    the QDQ graph's.
+
+    A correct kernel differs from the QDQ graph only where the QDQ graph's unrounded value
+    (``x / scale + zero_point`` before ``QuantizeLinear`` rounds it) lies within a float
+    rounding of a half step: there the exact integer accumulation and the float graph may round
+    to neighbouring steps. Such an element is off by one step and counted as a tie (its
+    distance from the half step is below ``tie`` steps); :attr:`KernelCheck.off_tie` counts
+    the others. A kernel that computes something else than the file says (int16 saturation of
+    u8 x s8 products on a CPU without VNNI with ``reduce_range=False``, a bias or scale read
+    differently) moves values by more than float rounding and shows as several steps or as
+    differences away from ties.
+
+    Comparing end to end (the logits of the optimized and the unoptimized session) is no test of
+    that: one tie, early in a deep network and on a flat image region (many equal values at
+    once), changes everything downstream (measured: 0.6 % relative RMS of the logits from one
+    tie on 72 elements of a ``QLinearAdd``, as much as from a bias 1 % off in one conv).
+
+    Args:
+        path: a QDQ ``.onnx`` file (from :func:`quantize_onnx` or :func:`export_qat_onnx`).
+        images: ``(N, C, H, W)`` inputs (a graph with a fixed batch size takes the first ones).
+        threads: ONNX Runtime threads.
+        tie: how close to a half step (in steps) a value counts as a tie.
+
+    Returns:
+        One :class:`KernelCheck` per quantized operator, in graph order.
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    from .onnx_passes import quantized_node_subgraphs
+
+    proto = read_onnx(path)
+    if not any(n.op_type == "QuantizeLinear" for n in proto.graph.node):
+        raise ValueError(f"{path}: not a QDQ model (no QuantizeLinear nodes); quantize it first with "
+                         f"quantize_onnx() or export_qat_onnx()")
+    ort = _require_ort()
+    parts = quantized_node_subgraphs(proto)
+    g = proto.graph
+    producer = {o: n for n in g.node for o in n.output}
+    consts = {i.name: numpy_helper.to_array(i) for i in g.initializer}
+    consts.update({n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in g.node
+                   if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value"})
+
+    def quantizer(out: str):  # (unrounded input, scale, zero point, axis) of the Q writing `out`
+        q = producer[out]
+        if q.op_type != "QuantizeLinear" or q.input[1] not in consts:
+            return None
+        zp = consts.get(q.input[2]) if len(q.input) > 2 and q.input[2] else np.zeros((), np.uint8)
+        axis = next((a.i for a in q.attribute if a.name == "axis"), 1)
+        return q.input[0], consts[q.input[1]].astype(np.float64), zp.astype(np.float64), axis
+
+    def session(model, optimize: bool, dump: Optional[str] = None):
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
+        so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
+                                       else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+        if dump:
+            so.optimized_model_filepath = dump
+        return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+    # the reference: the whole graph as written, every checked tensor (and what its Q rounds) an output
+    quant = {out: quantizer(out) for out, _, _ in parts}
+    names = [out for out, _, _ in parts]
+    inputs = {i.name for i in g.input}
+    names += [q[0] for q in quant.values() if q is not None and q[0] not in names and q[0] not in inputs]
+    probe = onnx.ModelProto()
+    probe.CopyFrom(proto)
+    infos = {v.name: v for v in onnx.shape_inference.infer_shapes(proto).graph.value_info}
+    have = {o.name for o in probe.graph.output}
+    probe.graph.output.extend(infos[t] for t in names if t not in have and t in infos)
+    ref_sess = session(probe, optimize=False)
+    inp = ref_sess.get_inputs()[0]
+    x = np.asarray(images.detach().float().cpu() if isinstance(images, torch.Tensor) else images, np.float32)
+    if isinstance(inp.shape[0], int):
+        x = x[:inp.shape[0]]
+    ref = {inp.name: x}
+    ref.update(zip(names, ref_sess.run(names, {inp.name: x})))
+
+    checks = []
+    with tempfile.TemporaryDirectory(prefix="mobilenets-kernels-") as d:
+        for k, (out, inputs, sub) in enumerate(parts):
+            dump = os.path.join(d, f"{k}.onnx")
+            y = session(sub, optimize=True, dump=dump).run([out], {t: ref[t] for t in inputs})[0]
+            ops = tuple(n.op_type for n in onnx.load(dump).graph.node if n.op_type != "Transpose")
+            r = ref[out]
+            diff = np.abs(y.astype(np.float64) - r.astype(np.float64))
+            differs = diff > 0
+            share = float(differs.mean()) if diff.size else 0.0
+            rel = float(diff.max(initial=0) / max(np.abs(r.astype(np.float64)).max(initial=0), 1e-30))
+            if r.dtype not in (np.uint8, np.int8):
+                checks.append(KernelCheck(out, ops, False, None, share, None, None, rel))
+                continue
+            off_tie, distance = int(differs.sum()), None
+            if quant[out] is not None and differs.any():
+                src, scale, zp, axis = quant[out]
+                shape = [1] * r.ndim
+                if scale.ndim == 1 and scale.size > 1:
+                    shape[axis] = -1
+                v = ref[src].astype(np.float64) / scale.reshape(shape) + zp.reshape(shape if zp.ndim else ())
+                dist = np.abs(v - np.floor(v) - 0.5)[differs]  # 0: exactly half way between two steps
+                off_tie, distance = int((dist >= tie).sum()), float(dist.max())
+            checks.append(KernelCheck(out, ops, True, int(diff.max(initial=0)), share, off_tie, distance, rel))
+    return checks
 
 
 @contextlib.contextmanager

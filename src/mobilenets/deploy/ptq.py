@@ -22,7 +22,8 @@ Data types (the measurements behind each default: benchmarks/INT8.md, "Design me
       saturates when both are large (255 x 127 x 2 > 32767): with full-range weights ONNX
       Runtime's integer result then differs from the QDQ graph it runs, with 7-bit weights it is
       exact. 7-bit weights are safe on every CPU; pass ``reduce_range=False``
-      for VNNI / ARM targets, where full 8-bit weights halve the weight rounding error.
+      for VNNI / ARM targets, where full 8-bit weights halve the weight rounding error
+      (:func:`~mobilenets.deploy.kernel_vs_qdq` checks a file's kernels on the CPU it runs on).
     * Without VNNI an x86 core multiplies u8 x s8 pairs at about the fp32 FMA rate
       (``vpmaddubsw`` + ``vpmaddwd`` against one ``vfmadd``), so INT8 on this CPU is roughly as
       fast as ONNX Runtime's very good fp32 NCHWc kernels: the gain is in file size (4x) and

@@ -38,13 +38,20 @@ __all__ = ["ACTIVATION_TYPES", "CALIB_SOURCES", "METHODS", "MIN_QDQ_OPSET", "NO_
            "ort_session", "prepare_qat", "quantize_onnx", "weight_scale"]
 
 
+# where each re-exported name is defined, fixed at import: a patch and its undo both go there
+# (looking the home up from the current value would lose the way back once a patch from
+# elsewhere, say a test's function, is in place)
+_HOMES = {name: sys.modules[obj.__module__] for name, obj in list(globals().items())
+          if not name.startswith("__") and getattr(obj, "__module__", None) in sys.modules
+          and obj.__module__ != __name__ and obj.__module__.startswith(__package__ + ".")}
+
+
 class _ForwardingModule(types.ModuleType):
     """This module's type: setting a re-exported function or class sets it in its home module too."""
 
     def __setattr__(self, name: str, value) -> None:
-        old = self.__dict__.get(name)
-        home = sys.modules.get(getattr(old, "__module__", None) or "")
-        if home is not None and home is not self and getattr(home, name, None) is old:
+        home = _HOMES.get(name)
+        if home is not None:
             setattr(home, name, value)
         super().__setattr__(name, value)
 

@@ -1,5 +1,5 @@
-"""BatchNorm running statistics taken from data: for test and benchmark models with random
-weights, which must stay numerically well conditioned."""
+"""BatchNorm running statistics: taken from data for test and benchmark models with random
+weights, which must stay numerically well conditioned; eps / momentum of a whole model."""
 
 from __future__ import annotations
 
@@ -10,6 +10,21 @@ import torch.nn as nn
 from torch.utils.hooks import RemovableHandle
 
 _BN = nn.modules.batchnorm._BatchNorm
+
+
+def set_bn(model: nn.Module, eps: Optional[float] = None, momentum: Optional[float] = None) -> int:
+    """Set eps / momentum of every BatchNorm in ``model`` (``None``: keep); returns how many.
+
+    Any module tree (a detector with torchvision heads too); ``Backbone.set_bn`` is this."""
+    n = 0
+    for m in model.modules():
+        if isinstance(m, _BN):
+            if eps is not None:
+                m.eps = eps
+            if momentum is not None:
+                m.momentum = momentum
+            n += 1
+    return n
 
 
 @torch.no_grad()

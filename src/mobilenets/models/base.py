@@ -26,6 +26,7 @@ from typing import Any, Optional, Sequence
 import torch
 import torch.nn as nn
 
+from ..layers.bn_stats import set_bn
 from .fuse import fuse as _fuse
 from .intermediates import IntermediatesMixin
 from .state import MIN_INPUT_SIZE, MapAndTokens, State, StageOutput, check_input, split_state
@@ -216,12 +217,7 @@ class Backbone(IntermediatesMixin, nn.Module):
         Args:
             eps: new epsilon (``None``: keep). momentum: new momentum (``None``: keep).
         """
-        for m in self.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                if eps is not None:
-                    m.eps = eps
-                if momentum is not None:
-                    m.momentum = momentum
+        set_bn(self, eps, momentum)
 
     def _init_weights(self) -> None:
         default_init(self)

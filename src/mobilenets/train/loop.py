@@ -30,6 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from ..layers.bn_stats import set_bn
 from .checkpoint import get_rng_state, load_checkpoint, save_checkpoint, set_rng_state
 from .data import DataBundle
 from .distributed import (DistInfo, all_reduce_sum, epoch_order, epoch_seed, seed_everything,  # noqa: F401
@@ -147,6 +148,8 @@ class _Run:
             self.teacher = load_teacher(r.teacher, self.C, r.teacher_weights, dist.device)
 
         model = task.build_model(r, self.C)
+        if r.bn_momentum is not None:
+            set_bn(model, momentum=r.bn_momentum)
         if r.pretrained and self.ck is None:
             self.say(task.load_pretrained(model, r.pretrained))
         model.to(dist.device)
@@ -163,6 +166,12 @@ class _Run:
             raise ValueError(f"batch_size {r.batch_size} is larger than the {per_rank} training images "
                              f"per process; lower --batch-size")
         self.sched = LRSchedule(r, self.spe)
+        slowest = min((m.momentum for m in model.modules()
+                       if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.momentum), default=None)
+        if slowest is not None and 1 / slowest > 2 * self.spe:
+            self.say(f"note: BatchNorm momentum {slowest:g} averages running statistics over ~{1 / slowest:.0f} "
+                     f"steps, more than 2 epochs of {self.spe} steps here: the eval-mode model lags its weights "
+                     f"(validation can stay near chance); --set bn_momentum=0.1 keeps the statistics current")
 
     def resume(self) -> None:
         """Load the checkpoint's model, optimizer, EMA, position, history and RNG states."""

@@ -15,7 +15,7 @@ from ...weights.io import atomic_write
 from .. import onnx_passes
 from ..onnx_export import MAX_OPSET
 from ..onnx_passes import MIN_QDQ_OPSET
-from ..ort import _require_ort, onnx_logits, ort_session
+from ..ort import _require_ort, kernel_vs_qdq, onnx_logits, ort_session
 from .modules import QATModel, QConv2d, QLinear, weight_scale
 
 
@@ -34,12 +34,13 @@ def export_qat_onnx(qat_model: QATModel, out: Union[str, os.PathLike], input_siz
         verify: run the file with ONNX Runtime on ``example_input`` (default: the first
             calibration images, resized to ``input_size``) and compare with the fake-quant
             model (up to 8 images). The QDQ graph computed in float must match it to ``rtol``
-            (relative RMS of the logits), else ``RuntimeError``; if ONNX Runtime's integer
-            kernels differ from that graph by more than ``rtol`` (saturating u8 x s8 kernels
-            with ``reduce_range=False`` on a CPU without VNNI), a warning says so. The two
-            compute the same quantized graph, but float summation order flips an occasional
-            value by one quantization step and deep networks carry the flips to the logits
-            (measured: benchmarks/INT8.md, "Design measurements"); an export mistake gives errors of order 1.
+            (relative RMS of the logits), else ``RuntimeError``: an export mistake gives errors
+            of order 1, while float summation order flips an occasional value by one
+            quantization step and deep networks carry the flips to the logits (measured:
+            benchmarks/INT8.md, "Design measurements"). Then ONNX Runtime's integer kernels are
+            checked against that graph operator by operator (:func:`kernel_vs_qdq`); where one
+            computes something else (saturating u8 x s8 kernels with ``reduce_range=False`` on
+            a CPU without VNNI), a warning names it.
 
     Raises:
         ValueError: not a QAT model, bad size / opset / file name, uninitialised ranges.
@@ -97,11 +98,16 @@ def export_qat_onnx(qat_model: QATModel, out: Union[str, os.PathLike], input_siz
             if rel(qdq, ref) > rtol:
                 raise RuntimeError(f"the exported QDQ graph differs from the fake-quant model: relative RMS "
                                    f"{rel(qdq, ref):.3g} > {rtol}")
-            int8 = onnx_logits(ort_session(tmp, threads=1), x)
-            if rel(int8, qdq) > rtol:
-                warnings.warn(f"ONNX Runtime's integer kernels differ from the QDQ graph by {rel(int8, qdq):.3g} "
-                              f"(relative RMS): likely int16 saturation of u8 x s8 products on a CPU without "
-                              f"VNNI; prepare_qat(..., reduce_range=True) avoids it", stacklevel=3)
+            checks = kernel_vs_qdq(tmp, x)
+            bad = [c for c in checks if not c.agrees]
+            if bad:
+                c = bad[0]
+                what = (f"up to {c.max_steps} steps, {c.off_tie} elements away from rounding ties" if c.quantized
+                        else f"relative max difference {c.rel_max:.2g}")
+                warnings.warn(f"ONNX Runtime's integer kernels compute something else than the QDQ graph in "
+                              f"{len(bad)} of {len(checks)} operators (first: {c.output}, {'/'.join(c.ops)}: "
+                              f"{what}): likely int16 saturation of u8 x s8 products on a CPU without VNNI; "
+                              f"prepare_qat(..., reduce_range=True) avoids it", stacklevel=3)
 
     return atomic_write(out, write)
 
