@@ -8,8 +8,9 @@ transform from here.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import Callable, Sequence, Union
+from typing import Callable, Iterator, Sequence, Union
 
 import torch
 
@@ -59,13 +60,45 @@ def load_digits_tensors(img_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     return x, torch.as_tensor(d.target, dtype=torch.long)
 
 
-def read_rgb(path: Union[str, os.PathLike]) -> torch.Tensor:
-    """An image file as a uint8 RGB tensor (3, H, W); PIL's errors (``OSError``) pass through."""
+class ImageReadError(OSError):
+    """An image file that does not decode (the cause is chained)."""
+
+    def __init__(self, path: Union[str, os.PathLike], cause: BaseException):
+        super().__init__(f"cannot decode image {os.fspath(path)!r} ({type(cause).__name__}: {cause})")
+
+
+@contextlib.contextmanager
+def open_image(path: Union[str, os.PathLike]) -> Iterator:
+    """``PIL.Image.open(path)`` as a context manager, every failure to decode an ``OSError``.
+
+    PIL raises ``OSError`` for most bad files but ``SyntaxError``, ``ValueError`` or
+    ``DecompressionBombError`` for some, and a patched opener anything: importing Ultralytics replaces
+    ``PIL.Image.open`` with one that, on a file PIL cannot identify, installs a HEIF plugin and raises
+    ``ModuleNotFoundError`` where it cannot. Callers catch ``OSError`` (``FileNotFoundError`` stays
+    itself), so a corrupt file is skipped and counted whoever opened it."""
     from PIL import Image
+
+    try:
+        im = Image.open(path)
+    except OSError:
+        raise
+    except Exception as e:  # noqa: BLE001 - see above
+        raise ImageReadError(path, e) from e
+    with im:
+        yield im
+
+
+def read_rgb(path: Union[str, os.PathLike]) -> torch.Tensor:
+    """An image file as a uint8 RGB tensor (3, H, W); a file that does not decode raises ``OSError``."""
     from torchvision.transforms.v2 import functional as F
 
-    with Image.open(path) as im:
-        return F.pil_to_tensor(im.convert("RGB"))
+    with open_image(path) as im:
+        try:
+            return F.pil_to_tensor(im.convert("RGB"))
+        except OSError:
+            raise
+        except Exception as e:  # noqa: BLE001 - a truncated or lying file fails only on load
+            raise ImageReadError(path, e) from e
 
 
 def eval_transform(size: Union[int, Sequence[int]], crop_pct: float, mean: Sequence[float],

@@ -24,7 +24,7 @@ from typing import Callable, Optional, Sequence
 import torch
 from torch.utils.data import Dataset
 
-from ..data import IMG_EXTENSIONS, load_digits_tensors, read_rgb, stratified_split
+from ..data import IMG_EXTENSIONS, load_digits_tensors, open_image, read_rgb, stratified_split
 from ..data import eval_transform as _eval_transform
 from .recipe import Recipe
 
@@ -77,7 +77,6 @@ class ImageFolderDataset(Dataset):
 
     def __init__(self, root: str | os.PathLike, transform: Optional[Callable] = None,
                  classes: Optional[list[str]] = None, verify: bool = True):
-        from PIL import Image
 
         self.root = Path(root)
         if not self.root.is_dir():
@@ -98,11 +97,10 @@ class ImageFolderDataset(Dataset):
                     path = os.path.join(dirpath, fn)
                     if verify:
                         try:
-                            with Image.open(path) as im:
+                            with open_image(path) as im:
                                 im.verify()
-                            with Image.open(path) as im:  # verify() misses truncated data
-                                im.load()
-                        except Exception:  # noqa: BLE001 - PIL raises many types for bad files
+                            read_rgb(path)  # verify() misses truncated data
+                        except Exception:  # noqa: BLE001 - verify() raises many types for bad files
                             self.skipped.append(path)
                             continue
                     self.samples.append((path, idx[c]))

@@ -7,6 +7,7 @@ from typing import Optional, Sequence
 
 import torch
 
+from ..data import read_rgb
 from .checkpoint import model_from_checkpoint
 from .data import ImageFolderDataset, build_datasets, eval_transform
 from .evaluate import evaluate
@@ -79,9 +80,6 @@ def plot_confusion(cm: torch.Tensor, classes: Sequence[str], path: str | Path) -
 def predict(checkpoint: str | Path, images: Sequence[str | Path], topk: int = 5, use_ema: bool = True,
             model_name: Optional[str] = None) -> list[dict]:
     """For each image file: ``{"image", "top": [(class name, probability), ...]}``."""
-    from PIL import Image, UnidentifiedImageError
-    from torchvision.transforms.v2 import functional as TF
-
     model, info = model_from_checkpoint(checkpoint, use_ema=use_ema, model_name=model_name)
     r = _recipe_of(info)
     tf = eval_transform(r)
@@ -93,9 +91,8 @@ def predict(checkpoint: str | Path, images: Sequence[str | Path], topk: int = 5,
         if not p.is_file():
             raise FileNotFoundError(f"image not found: {p}")
         try:
-            with Image.open(p) as im:
-                x = TF.pil_to_tensor(im.convert("RGB"))
-        except (UnidentifiedImageError, OSError) as e:
+            x = read_rgb(p)
+        except OSError as e:
             raise ValueError(f"{p}: not a readable image ({e})") from None
         with torch.no_grad():
             prob = model(tf(x).unsqueeze(0)).softmax(-1)[0]

@@ -27,7 +27,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
-from ...data import IMG_EXTENSIONS, read_rgb
+from ...data import IMG_EXTENSIONS, open_image, read_rgb
 from ...train.data import DatasetError
 from .files import PathLike, _FileDataset, _image_opens, _SkipItem
 
@@ -139,9 +139,7 @@ def _mask_mode_error(path: Path, mode: str) -> ValueError:
 
 def _read_mask(path: Path) -> np.ndarray:
     """The (H, W) uint8 class indices of a mask file (``OSError`` when it does not decode)."""
-    from PIL import Image
-
-    with Image.open(path) as im:
+    with open_image(path) as im:
         if im.mode not in MASK_MODES:
             raise _mask_mode_error(path, im.mode)
         return np.asarray(im, dtype=np.uint8)
@@ -249,14 +247,12 @@ class VocSegmentation(_FileDataset):
         return self.records[index]["mask"]
 
     def _check(self, record: dict) -> None:
-        from PIL import Image
-
         super()._check(record)
         mask = record["mask"]
         why = _image_opens(mask)
         if why is not None:
             raise _SkipItem("unreadable_images", f"{mask} ({why})")
-        with Image.open(record["path"]) as im, Image.open(mask) as m:
+        with open_image(record["path"]) as im, open_image(mask) as m:
             if m.mode not in MASK_MODES:
                 raise _mask_mode_error(mask, m.mode)
             if m.size != im.size:
