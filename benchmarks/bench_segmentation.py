@@ -3,6 +3,7 @@
 
     python benchmarks/bench_segmentation.py --part reference        # ours vs torchvision, batch 1, 520x520, 2 threads
     python benchmarks/bench_segmentation.py --part resolution --runs runs/seg-520   # trained by train_segmentation.py
+    python benchmarks/bench_segmentation.py --part ceiling --size 320   # what a perfect stride-4..32 prediction reaches
 
 Part "reference": torchvision's ``lraspp_mobilenet_v3_large`` and ``deeplabv3_mobilenet_v3_large``
 (random weights, BatchNorm statistics calibrated on the benchmark batch so the network is well
@@ -16,6 +17,11 @@ Part "resolution" (torchvision's MobileNetV3 write-up: running the 520 px models
 few mIoU and speeds CPU inference by ~60 %): every ``<runs>/<backbone>/<head>/best.pt`` is
 evaluated on its validation scenes at 520 and at 320 px (the image and its mask resized, as
 torchvision evaluates), and timed (ORT fp32) at both sizes in one interleaved run.
+
+Part "ceiling": the mIoU a PERFECT prediction reaches when it is made at a head's output stride and
+upsampled bilinearly to the input size, as the heads do (the validation masks as one-hot class maps,
+area-averaged to stride s, upsampled, argmax; the same metric as training). It bounds what any
+model can reach on digit-scenes at that stride, whatever the training budget.
 """
 
 from __future__ import annotations
@@ -54,7 +60,7 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def reference(args, tmp: Path) -> None:
     import torchvision.models.segmentation as tvs
-    s = args.size
+    s = args.size or 520
     print(f"## ours vs torchvision (batch 1, {s}x{s}, {torch.get_num_threads()} threads)\n")
     print("| model | torchvision eager ms | ours eager ms (ratio) | ours fused ms (ratio) | ours ORT ms (ratio) "
           "| torchvision / ORT |")
@@ -105,10 +111,37 @@ def resolution(args, tmp: Path) -> None:
               f"{t[hi]['ms']:.1f} | {t[lo]['ms']:.1f} | {t[lo]['ms'] / t[hi]['ms']:.2f} |", flush=True)
 
 
+def ceiling(args, tmp: Path) -> None:
+    import torch.nn.functional as F
+
+    from mobilenets.tasks.data import SceneSegmentation
+    from mobilenets.tasks.segmentation.training import segmentation_metrics
+
+    data = SceneSegmentation("val", size=args.size or 320)
+    strides = (4, 8, 16, 32)
+    metrics = {s: segmentation_metrics(data.num_classes) for s in strides}
+    for i in range(len(data)):
+        mask = data[i][1].unsqueeze(0)                              # (1, H, W), class ids (255 ignored)
+        valid = mask != data.ignore_index
+        onehot = F.one_hot(mask * valid, data.num_classes).permute(0, 3, 1, 2).float() * valid.unsqueeze(1)
+        for s in strides:
+            ideal = F.avg_pool2d(onehot, s, ceil_mode=True)         # class fractions per stride-s cell
+            up = F.interpolate(ideal, size=mask.shape[-2:], mode="bilinear", align_corners=False)
+            metrics[s].update(up.argmax(1), mask)
+    h, w = data.size
+    print(f"\n## the ceiling of a perfect stride-s prediction (val digit-scenes, {len(data)} images, {h}x{w})\n")
+    print("| output stride | mIoU | pixel acc |")
+    print("|---|---|---|")
+    for s in strides:
+        v = metrics[s].compute()
+        print(f"| {s} | {float(v['miou']):.3f} | {float(v['pixel_acc']):.4f} |", flush=True)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--part", choices=("reference", "resolution", "both"), default="reference")
-    p.add_argument("--size", type=int, default=520, help="reference part: the image size")
+    p.add_argument("--part", choices=("reference", "resolution", "ceiling", "both"), default="reference")
+    p.add_argument("--size", type=int, default=None,
+                   help="reference part: the image size (520); ceiling part: the scene size (320)")
     p.add_argument("--sizes", type=int, nargs=2, default=(520, 320), metavar=("HIGH", "LOW"),
                    help="resolution part: the two evaluation sizes")
     p.add_argument("--runs", default="runs/seg-520", help="resolution part: train_segmentation.py's --out")
@@ -121,6 +154,8 @@ def main(argv=None) -> int:
             reference(args, Path(d))
         if args.part in ("resolution", "both"):
             resolution(args, Path(d))
+        if args.part == "ceiling":
+            ceiling(args, Path(d))
     return 0
 
 
