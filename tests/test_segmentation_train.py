@@ -210,3 +210,20 @@ def test_crop_size_sets_the_training_crop_and_keeps_the_eval_size():
         tiny(seg_scale=(2.0, 1.0)).validate()
     with pytest.raises(ValueError, match="crop_size: expected an integer"):
         apply_overrides(r, ["crop_size=2.5"])
+
+
+def test_input_size_caps_the_recipes_crop(capsys):
+    """digit_scenes_seg crops 192 px of its 320 px scenes; --input-size below the crop trains on
+    crops of that size (not on crops padded with the ignore label), above it keeps the crop, and
+    an explicit crop_size wins."""
+    from mobilenets.train.cli import main as train_main
+
+    def recipe(*argv):
+        assert train_main(["train", "--task", "segment", *argv, "--print-recipe"]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        return {k: v for k, _, v in (ln.partition(" = ") for ln in lines)}
+
+    assert recipe()["crop_size"] == "192" and recipe()["img_size"] == "320"
+    assert recipe("--input-size", "96")["crop_size"] == "96"
+    assert recipe("--input-size", "520")["crop_size"] == "192"
+    assert recipe("--input-size", "96", "--set", "crop_size=64")["crop_size"] == "64"

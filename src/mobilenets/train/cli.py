@@ -65,6 +65,8 @@ def _training_recipe(args: argparse.Namespace):
         else:
             over.update(dataset="imagefolder", data_dir=args.data)
     over.update(_flag_overrides(args))
+    if "img_size" in over and r.crop_size is not None and r.crop_size > over["img_size"]:
+        over["crop_size"] = over["img_size"]  # a recipe's crop is for its own size: never beyond --input-size
     if args.teacher:
         over["teacher"] = args.teacher
     r = apply_overrides(r, {k: v for k, v in over.items() if k not in ("model", "data_dir", "teacher", "dataset")})
