@@ -35,11 +35,32 @@ def _small(name="mobilenetv3_small_050", **kw):
 @pytest.mark.parametrize("name", FAMILIES)
 def test_mobile_forms_compute_the_same_function(name):
     model = randomize_bn(mobilenets.create_model(name), calib_size=(48, 64)).eval()
-    x = torch.randn(1, 3, 48, 64)  # float64 convolutions are slow on CPU: a small odd-free input
+    # float64 convolutions are slow on CPU: small images; a fixed batch, not the global RNG's
+    x = torch.randn(4, 3, 48, 64, generator=torch.Generator().manual_seed(0))
     out = assert_same_function(model, lambda m: swap_for_export(m, target="mobile"), x)
     kinds = {type(m) for m in out.modules()}
     assert not kinds & set(MOBILE_FORMS), "every module with a mobile form was swapped (children too)"
     assert set(MOBILE_FORMS.values()) & kinds
+
+
+class _LossyShift(torch.nn.Module):
+    """Exact in float64, lossy in fp32: (y + 100) - 100 keeps ~1e-5 of absolute precision."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return (self.inner(x) + 100.0) - 100.0
+
+
+def test_same_function_check_catches_lost_precision():
+    # the fp32 half of assert_same_function: a transform that is exact in float64 but costs fp32
+    # precision must fail it (the float64 check alone would pass it)
+    model = randomize_bn(mobilenets.create_model("mobilenetv3_small_050"), calib_size=(48, 64)).eval()
+    x = torch.randn(4, 3, 48, 64, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(AssertionError, match="= rel_rms_err"):
+        assert_same_function(model, _LossyShift, x)
 
 
 def test_swap_targets_and_errors():
