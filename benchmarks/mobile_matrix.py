@@ -148,6 +148,9 @@ def main(argv=None) -> int:
     ap.add_argument("--skip-latency", action="store_true")
     ap.add_argument("--latency-from", help="take the latencies from a `mobilenets bench --json` file instead "
                                            "(batch 1; those paths were timed interleaved in that run)")
+    ap.add_argument("--accuracy-from", help="take the verified / agreement cells from an earlier run's --json file "
+                                            "(e.g. one made with --skip-latency while the machine was busy) and "
+                                            "only time the paths")
     ap.add_argument("--json", help="write every figure to this file")
     ap.add_argument("--markdown", help="write the table and details to this file")
     ap.add_argument("--readme", help="replace the mobile-matrix block of this README")
@@ -156,6 +159,7 @@ def main(argv=None) -> int:
     from mobilenets.factory import model_from_checkpoint
 
     meta = machine_info(args.threads)
+    earlier = json.loads(Path(args.accuracy_from).read_text())["results"] if args.accuracy_from else {}
     results = {}
     for name in args.families:
         ckpt = get_checkpoint(name, args)
@@ -166,8 +170,12 @@ def main(argv=None) -> int:
             if isinstance(info.get("recipe"), dict) else info["recipe"]
         work = Path(args.out) / name / "files"
         work.mkdir(parents=True, exist_ok=True)
-        log(f"{name}: accuracy at {recipe.img_size} px")
-        acc = accuracy_cells(model, recipe, work)
+        if name in earlier:
+            acc = {p: tuple(cell) for p, cell in earlier[name]["acc"].items()}
+            log(f"{name}: verified / agreement cells from {args.accuracy_from}")
+        else:
+            log(f"{name}: accuracy at {recipe.img_size} px")
+            acc = accuracy_cells(model, recipe, work)
         if args.latency_from:
             rows = json.loads(Path(args.latency_from).read_text())["rows"]
             ms = {r["path"]: r["ms"] for r in rows if r["model"] == name and r["batch"] == 1 and r["ms"]}
