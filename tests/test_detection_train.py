@@ -38,6 +38,15 @@ def test_detection_run_resumes_exactly(tmp_path, monkeypatch):
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
+def test_channels_last_detection_training(tmp_path):
+    # the images are a list of CHW tensors (no channels_last layout of their own): the model's
+    # weights carry the format, and the run trains and validates as with the default layout
+    res = train(tiny(channels_last=True, epochs=1), tmp_path, progress=False, log=lambda s: None)
+    assert 0.0 <= res.history[-1]["val_map"] <= 1.0 and res.history[-1]["train_loss"] > 0
+    conv = next(m for m in res.model.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+
+
 def test_detection_recipe_checks():
     with pytest.raises(ValueError, match="for task 'detect'"):
         tiny(dataset="digits").validate()
