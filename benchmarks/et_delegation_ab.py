@@ -3,10 +3,12 @@ same model exported to ``.pte`` twice, with the ``"mobile"`` export forms (every
 to XNNPACK) and without them (``MOBILE_FORMS`` emptied, ``allow_fallback=True``: what timm's
 models give: the classifier's mean, MobileNetV3's hard-sigmoid gates, ... run on ExecuTorch's
 portable kernels between delegate calls), timed interleaved in one run against our ONNX
-Runtime fp32 file. Batch 1, 224x224, ``--threads`` threads, random weights (latency does not
-depend on them).
+Runtime fp32 file. Batch 1, 224x224, ``--threads`` threads; random weights, or a trained
+checkpoint per model (``--checkpoint NAME=PATH``: the weights' values can change the time, e.g.
+through denormal floats).
 
     python benchmarks/et_delegation_ab.py --models mobilenetv4_conv_small mobilenetv3_large_100
+    python benchmarks/et_delegation_ab.py --checkpoint mobilenetv4_conv_small=benchmarks/out/mobile/mobilenetv4_conv_small/best.pt
 """
 
 from __future__ import annotations
@@ -42,15 +44,24 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--seconds", type=float, default=6.0)
+    ap.add_argument("--checkpoint", action="append", default=[],
+                    help="NAME=PATH: time this trained checkpoint instead of random weights")
     ap.add_argument("--json", help="write the figures here")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    ckpts = dict(c.split("=", 1) for c in args.checkpoint)
+    if ckpts and args.models == ap.get_default("models"):
+        args.models = list(ckpts)
     rows = []
     print("| model | ops outside XNNPACK without the forms | ORT fp32 ms | ET fp32 with forms ms (x ORT) "
           "| ET fp32 without forms ms (x ORT) |")
     print("|---|---|---|---|---|")
     for name in args.models:
-        model = mobilenets.create_model(name).eval()
+        if name in ckpts:
+            from mobilenets.factory import model_from_checkpoint
+            model = model_from_checkpoint(ckpts[name])[0].eval()
+        else:
+            model = mobilenets.create_model(name).eval()
         with tempfile.TemporaryDirectory() as tmp:
             tmp = Path(tmp)
             export_onnx(model, tmp / "m.onnx", input_size=(args.size, args.size))
@@ -66,7 +77,7 @@ def main(argv=None) -> int:
             t = interleaved_timings(fns, seconds=args.seconds)
         ort, forms, plain = (t[k]["ms"] for k in ("ort_fp32", "et_forms", "et_plain"))
         outside = sum(without.outside.values())
-        rows.append({"model": name, "outside_without_forms": outside, "outside_ops": without.outside,
+        rows.append({"model": name, "weights": ckpts.get(name, "random"), "outside_without_forms": outside, "outside_ops": without.outside,
                      "ort_fp32_ms": ort, "et_forms_ms": forms, "et_plain_ms": plain,
                      "outside_with_forms": sum(with_forms.outside.values())})
         print(f"| `{name}` | {outside} | {ort:.2f} | {forms:.2f} ({forms / ort:.2f}) | {plain:.2f} ({plain / ort:.2f}) |",
