@@ -68,7 +68,9 @@ def main(argv=None) -> int:
             with_forms = export_executorch(model, tmp / "forms.pte", input_size=(args.size, args.size))
             without = export_without_forms(model, tmp / "plain.pte", args.size)
             x = torch.randn(1, 3, args.size, args.size, generator=torch.Generator().manual_seed(0))
-            sess = ort_session(tmp / "m.onnx", threads=args.threads)
+            # no spinning workers (as `mobilenets bench`): spinning ORT threads would steal the cores
+            # from the ExecuTorch runs interleaved with them
+            sess = ort_session(tmp / "m.onnx", threads=args.threads, spinning=False)
             feed = {sess.get_inputs()[0].name: x.numpy()}
             forms_run, plain_run = PteRunner(with_forms.path, threads=args.threads), PteRunner(without.path,
                                                                                              threads=args.threads)
