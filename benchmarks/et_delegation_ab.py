@@ -26,6 +26,7 @@ from mobilenets.deploy import PteRunner, export_executorch, export_onnx
 from mobilenets.deploy import export_swaps
 from mobilenets.deploy.ort import ort_session
 from mobilenets.deploy.timing import interleaved_timings, machine_info
+from mobilenets.factory import model_from_checkpoint
 
 
 def export_without_forms(model, path: Path, size: int):
@@ -57,11 +58,7 @@ def main(argv=None) -> int:
           "| ET fp32 without forms ms (x ORT) |")
     print("|---|---|---|---|---|")
     for name in args.models:
-        if name in ckpts:
-            from mobilenets.factory import model_from_checkpoint
-            model = model_from_checkpoint(ckpts[name])[0].eval()
-        else:
-            model = mobilenets.create_model(name).eval()
+        model = (model_from_checkpoint(ckpts[name])[0] if name in ckpts else mobilenets.create_model(name)).eval()
         with tempfile.TemporaryDirectory() as tmp:
             tmp = Path(tmp)
             export_onnx(model, tmp / "m.onnx", input_size=(args.size, args.size))
@@ -79,7 +76,8 @@ def main(argv=None) -> int:
             t = interleaved_timings(fns, seconds=args.seconds)
         ort, forms, plain = (t[k]["ms"] for k in ("ort_fp32", "et_forms", "et_plain"))
         outside = sum(without.outside.values())
-        rows.append({"model": name, "weights": ckpts.get(name, "random"), "outside_without_forms": outside, "outside_ops": without.outside,
+        rows.append({"model": name, "weights": ckpts.get(name, "random"), "outside_without_forms": outside,
+                     "outside_ops": without.outside,
                      "ort_fp32_ms": ort, "et_forms_ms": forms, "et_plain_ms": plain,
                      "outside_with_forms": sum(with_forms.outside.values())})
         print(f"| `{name}` | {outside} | {ort:.2f} | {forms:.2f} ({forms / ort:.2f}) | {plain:.2f} ({plain / ort:.2f}) |",

@@ -92,7 +92,7 @@ class DetectionTask(TaskModelTask):
                  channels_last: bool) -> dict:
         """COCO mAP over the whole (sharded) validation set; ``map``, ``map50``, ``map75`` in
         [0, 1] and ``n`` images (per-class AP: :func:`evaluate_detector`)."""
-        res = evaluate_detector(model, loader, device, channels_last, dist)
+        res = evaluate_detector(model, loader, device, dist)  # channels_last: the model's weights
         return {k: res[k] for k in ("map", "map50", "map75", "n")}
 
     def describe(self, v: dict, prefix: str = "") -> str:
@@ -114,9 +114,9 @@ def mean_average_precision(class_metrics: bool = True):
 
 
 @torch.no_grad()
-def evaluate_detector(model: nn.Module, loader, device: torch.device = torch.device("cpu"),
-                      channels_last: bool = False, dist=None) -> dict:
-    """COCO metrics of ``model`` on a loader of ``(images, targets)`` batches.
+def evaluate_detector(model: nn.Module, loader, device: torch.device = torch.device("cpu"), dist=None) -> dict:
+    """COCO metrics of ``model`` on a loader of ``(images, targets)`` batches (a channels_last
+    model needs nothing more: its weights carry the format, see ``DetectionTask.to_device``).
 
     Returns:
         ``{"map", "map50", "map75", "map_small", "map_medium", "map_large", "mar_100",
@@ -129,7 +129,7 @@ def evaluate_detector(model: nn.Module, loader, device: torch.device = torch.dev
     n = 0
     try:
         for images, targets in loader:
-            images = [im.to(device) for im in images]  # channels_last: the model's weights (see to_device)
+            images = [im.to(device) for im in images]
             preds = model(images)
             metric.update([{k: p[k].float() if k != "labels" else p[k] for k in ("boxes", "scores", "labels")}
                            for p in preds],
