@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import mobilenets
-from conftest import assert_same_function, randomize_bn
+from conftest import MAX_ACTIVATION_RMS, activation_scale, assert_same_function, randomize_bn
 from mobilenets.analysis.calibrate import cpu_theoretical_peak, measure_peak, theoretical_peak
 from mobilenets.cli import main
 from mobilenets.deploy import export_swaps
@@ -34,9 +34,16 @@ def _small(name="mobilenetv3_small_050", **kw):
 # --- the "mobile" export forms ------------------------------------------------------------------
 @pytest.mark.parametrize("name", FAMILIES)
 def test_mobile_forms_compute_the_same_function(name):
-    model = randomize_bn(mobilenets.create_model(name), calib_size=(48, 64)).eval()
-    # float64 convolutions are slow on CPU: small images; a fixed batch, not the global RNG's
+    # float64 convolutions are slow on CPU: small images; a fixed batch and fixed weights, not the
+    # global RNG's (the result must not depend on which tests ran before)
     x = torch.randn(4, 3, 48, 64, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    # BatchNorm statistics calibrated on the batch the test runs: at 48x64 the last stage is 2x2,
+    # and statistics from another batch of 16 positions per channel let the residual stream grow
+    # to RMS ~40 in MNv4-Hybrid, where Mobile MQA's logits span ~200 and a near-one-hot softmax
+    # turns fp32 rounding into 1e-3 output differences (a CI failure, whichever ordering was right)
+    model = randomize_bn(mobilenets.create_model(name), calib=x).eval()
+    assert activation_scale(model, x) <= MAX_ACTIVATION_RMS, "ill-conditioned test model"
     out = assert_same_function(model, lambda m: swap_for_export(m, target="mobile"), x)
     kinds = {type(m) for m in out.modules()}
     assert not kinds & set(MOBILE_FORMS), "every module with a mobile form was swapped (children too)"
@@ -57,8 +64,9 @@ class _LossyShift(torch.nn.Module):
 def test_same_function_check_catches_lost_precision():
     # the fp32 half of assert_same_function: a transform that is exact in float64 but costs fp32
     # precision must fail it (the float64 check alone would pass it)
-    model = randomize_bn(mobilenets.create_model("mobilenetv3_small_050"), calib_size=(48, 64)).eval()
     x = torch.randn(4, 3, 48, 64, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    model = randomize_bn(mobilenets.create_model("mobilenetv3_small_050"), calib=x).eval()
     with pytest.raises(AssertionError, match="= rel_rms_err"):
         assert_same_function(model, _LossyShift, x)
 

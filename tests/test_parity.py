@@ -18,10 +18,7 @@ import pytest
 import torch
 
 import mobilenets
-from conftest import activation_scale, randomize_bn
-
-#: Largest RMS any module output may reach inside a parity-test model ("O(1)"; measured <= 7).
-MAX_ACTIVATION_RMS = 20.0
+from conftest import MAX_ACTIVATION_RMS, activation_scale, randomize_bn
 
 timm = pytest.importorskip("timm")
 torchvision = pytest.importorskip("torchvision")
