@@ -71,8 +71,9 @@ def digits_val(recipe) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.stack([img for img, _ in items]), torch.tensor([int(y) for _, y in items])
 
 
-def accuracy_cells(model, recipe, workdir: Path) -> dict:
-    """``path -> (verified, agreement, note)`` at the training size, on the digits validation split."""
+def accuracy_cells(model, recipe, workdir: Path, only=None) -> dict:
+    """``path -> (verified, agreement, note)`` at the training size, on the digits validation split
+    (``only``: just these paths, and no eager cell)."""
     from mobilenets.deploy import (calibration_batches, export_executorch, export_onnx, export_tflite, onnx_logits,
                                    pte_logits, quantize_onnx, tflite_logits)
 
@@ -93,6 +94,8 @@ def accuracy_cells(model, recipe, workdir: Path) -> dict:
         "litert_int8": lambda f: (export_tflite(model, f, input_size=size, calib=calib, allow_fallback=True),
                                   tflite_logits(f, val)),
     }
+    if only is not None:
+        cells, jobs = {}, {p: j for p, j in jobs.items() if p in only}
     suffix = {"ort": ".onnx", "et": ".pte", "litert": ".tflite"}
     for path, job in jobs.items():
         f = workdir / f"{path}{suffix[path.split('_')[0]]}"
@@ -151,6 +154,8 @@ def main(argv=None) -> int:
     ap.add_argument("--accuracy-from", help="take the verified / agreement cells from an earlier run's --json file "
                                             "(e.g. one made with --skip-latency while the machine was busy) and "
                                             "only time the paths")
+    ap.add_argument("--redo-accuracy", nargs="+", default=[], choices=[c[0] for c in COLUMNS], metavar="PATH",
+                    help="with --accuracy-from: measure these paths' cells again (e.g. after an exporter change)")
     ap.add_argument("--json", help="write every figure to this file")
     ap.add_argument("--markdown", help="write the table and details to this file")
     ap.add_argument("--readme", help="replace the mobile-matrix block of this README")
@@ -173,6 +178,9 @@ def main(argv=None) -> int:
         if name in earlier:
             acc = {p: tuple(cell) for p, cell in earlier[name]["acc"].items()}
             log(f"{name}: verified / agreement cells from {args.accuracy_from}")
+            if args.redo_accuracy:
+                log(f"{name}: {', '.join(args.redo_accuracy)} again at {recipe.img_size} px")
+                acc.update(accuracy_cells(model, recipe, work, only=set(args.redo_accuracy)))
         else:
             log(f"{name}: accuracy at {recipe.img_size} px")
             acc = accuracy_cells(model, recipe, work)

@@ -3,7 +3,7 @@ not an exported graph get replaced, before export, by a subclass computing the s
 an export-friendly way; the way :func:`~mobilenets.deploy.fuse` replaces BatchNorms. The models
 themselves never ask whether they are being exported.
 
-Two targets, one mechanism (:func:`swap_for_export`):
+Three targets, one mechanism (:func:`swap_for_export`):
 
 ``"onnx"``
     what :func:`~mobilenets.deploy.export_onnx` runs: Mobile MQA channel-major
@@ -15,6 +15,8 @@ Two targets, one mechanism (:func:`swap_for_export`):
     decomposes into ``expand`` copies it does not take), no ``select`` / leading ``unsqueeze``
     and no ``hardsigmoid`` (it decomposes into a dtype cast): every form below computes the
     same function from those pieces only, so the whole graph is delegated.
+``"mobile_int8"``
+    the same, for INT8 files: hard-swish from int8 add / clamp / mul (:data:`MOBILE_INT8_FORMS`).
 
 Call ``swap_for_export(model, target=...)`` before your own ``torch.onnx.export`` /
 ``torch.export.export`` of a model of this library to get the same graph.
@@ -33,8 +35,9 @@ from ..blocks.mobileformer import DynamicReLU, FormerToMobile, Former, MergedHea
 from ..models.mobileformer import MobileFormer
 from ..models.mobilenet import ClassifierHead
 
-__all__ = ["EXPORT_FORMS", "MOBILE_FORMS", "TARGETS", "ExportMultiQueryAttention2d", "MobileClassifierHead",
-           "MobileDynamicReLU", "MobileFormerBlockFormer", "MobileFormerToMobile", "MobileHardsigmoid", "MobileLayerNorm",
+__all__ = ["EXPORT_FORMS", "MOBILE_FORMS", "MOBILE_INT8_FORMS", "TARGETS", "ExportMultiQueryAttention2d", "MobileClassifierHead",
+           "MobileDynamicReLU", "MobileFormerBlockFormer", "MobileFormerToMobile", "MobileHardsigmoid", "MobileInt8Hardswish",
+           "MobileLayerNorm",
            "MobileMergedHead", "MobileMobileToFormer", "MobileMultiQueryAttention2d", "MobileFormerExport",
            "swap_for_export"]
 
@@ -137,6 +140,27 @@ class MobileHardsigmoid(_ExportForm, nn.Hardsigmoid):
         return F.relu6(x + 3.0) / 6.0
 
 
+class MobileInt8Hardswish(_ExportForm, nn.Hardswish):
+    """``hardswish(x) = x * (relu6(x + 3) * 1/6)`` for INT8 files: int8 ADD / MUL kernels, where
+    an int8 HARD_SWISH is not taken by LiteRT's XNNPACK delegate (each one splits the delegated
+    graph and runs a scalar kernel on x86: MNv3-L's INT8 file ran 2.9x slower than its fp32 one).
+    The 3 and the 1/6 are ``(1, 1, 1, 1)`` constants, not Python scalars: litert-torch's layout
+    pass keeps a broadcast 4-D add / mul in NHWC but wraps one with a 0-d constant in two transposes. The gate
+    is quantized on its own ([0, 1]) before the product."""
+
+    @classmethod
+    def from_module(cls, m: nn.Module):
+        new = super().from_module(m)
+        new.register_buffer("three", torch.full((1, 1, 1, 1), 3.0), persistent=False)
+        new.register_buffer("sixth", torch.full((1, 1, 1, 1), 1.0 / 6.0), persistent=False)
+        return new
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4 or x.dtype != self.three.dtype:  # a head's (N, C) features: no layout to keep
+            return x * (F.relu6(x + 3.0) * (1.0 / 6.0))
+        return x * (F.relu6(x + self.three) * self.sixth)
+
+
 class MobileLayerNorm(_ExportForm, nn.LayerNorm):
     """LayerNorm over the last dimension of ``(N, M, d)`` tokens from global pools, a
     subtraction, a reciprocal square root and the affine (XNNPACK has no layer norm)."""
@@ -234,7 +258,11 @@ MOBILE_FORMS: dict[type, type] = {
     MobileFormer: MobileFormerExport,
 }
 
-TARGETS: dict[str, dict[type, type]] = {"onnx": EXPORT_FORMS, "mobile": MOBILE_FORMS}
+#: the mobile forms of an INT8 file: hard-swish from int8 add / clamp / mul kernels as well.
+MOBILE_INT8_FORMS: dict[type, type] = {**MOBILE_FORMS, nn.Hardswish: MobileInt8Hardswish}
+
+TARGETS: dict[str, dict[type, type]] = {"onnx": EXPORT_FORMS, "mobile": MOBILE_FORMS,
+                                        "mobile_int8": MOBILE_INT8_FORMS}
 
 
 def swap_for_export(model: nn.Module, inplace: bool = False, target: str = "onnx") -> nn.Module:
@@ -245,7 +273,8 @@ def swap_for_export(model: nn.Module, inplace: bool = False, target: str = "onnx
         model: any model of this library (a classifier or a feature extractor).
         inplace: modify ``model``'s submodules instead of a deep copy (a swapped root is a new
             object sharing them: use the returned model).
-        target: ``"onnx"`` (:data:`EXPORT_FORMS`) or ``"mobile"`` (:data:`MOBILE_FORMS`).
+        target: ``"onnx"`` (:data:`EXPORT_FORMS`), ``"mobile"`` (:data:`MOBILE_FORMS`) or
+            ``"mobile_int8"`` (:data:`MOBILE_INT8_FORMS`).
 
     Returns:
         The model with export forms; it computes the same function.

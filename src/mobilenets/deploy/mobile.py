@@ -141,13 +141,14 @@ class MainOutput(nn.Module):
         return self.model(x)["out"]
 
 
-def prepare(model: nn.Module) -> tuple[nn.Module, nn.Module, int]:
+def prepare(model: nn.Module, int8: bool = False) -> tuple[nn.Module, nn.Module, int]:
     """``(fused eager net, its mobile export form, input channels)``; the model is not modified.
-    A segmenter (``model.segmenter_family``) exports its ``"out"`` logits (:class:`MainOutput`)."""
+    ``int8``: the forms for an INT8 file (``"mobile_int8"``). A segmenter
+    (``model.segmenter_family``) exports its ``"out"`` logits (:class:`MainOutput`)."""
     fused = fuse(model)
     if getattr(model, "segmenter_family", None):
         fused = MainOutput(fused).eval()
-    return fused, swap_for_export(fused, target="mobile"), int(getattr(model, "in_chans", 3))
+    return fused, swap_for_export(fused, target="mobile_int8" if int8 else "mobile"), int(getattr(model, "in_chans", 3))
 
 
 def resolve_calibration(calib: Union[str, os.PathLike, Calibration], input_size: tuple[int, int],
