@@ -35,11 +35,10 @@ from ..blocks.mobileformer import DynamicReLU, FormerToMobile, Former, MergedHea
 from ..models.mobileformer import MobileFormer
 from ..models.mobilenet import ClassifierHead
 
-__all__ = ["EXPORT_FORMS", "MOBILE_FORMS", "MOBILE_INT8_FORMS", "TARGETS", "ExportMultiQueryAttention2d", "MobileClassifierHead",
-           "MobileDynamicReLU", "MobileFormerBlockFormer", "MobileFormerToMobile", "MobileHardsigmoid", "MobileInt8Hardswish",
-           "MobileLayerNorm",
-           "MobileMergedHead", "MobileMobileToFormer", "MobileMultiQueryAttention2d", "MobileFormerExport",
-           "swap_for_export"]
+__all__ = ["EXPORT_FORMS", "MOBILE_FORMS", "MOBILE_INT8_FORMS", "TARGETS", "ExportMultiQueryAttention2d",
+           "MobileClassifierHead", "MobileDynamicReLU", "MobileFormerBlockFormer", "MobileFormerToMobile",
+           "MobileHardsigmoid", "MobileInt8Hardswish", "MobileLayerNorm", "MobileMergedHead",
+           "MobileMobileToFormer", "MobileMultiQueryAttention2d", "MobileFormerExport", "swap_for_export"]
 
 
 class _ExportForm:
