@@ -11,8 +11,8 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 _BN = torch.nn.modules.batchnorm._BatchNorm
 
 # the largest activation RMS (activation_scale) a well-conditioned test model may reach ("O(1)";
-# parity models measure <= 7): beyond it,
-# fp32 rounding is amplified (sharp attention softmaxes, cancellation) and parity checks turn flaky
+# parity models measure <= 7): beyond it, fp32 rounding is amplified (sharp attention softmaxes,
+# cancellation) and parity checks turn flaky
 MAX_ACTIVATION_RMS = 20.0
 
 

@@ -32,19 +32,25 @@ def _small(name="mobilenetv3_small_050", **kw):
     return randomize_bn(mobilenets.create_model(name, **kw), calib_size=(64, 64)).eval()
 
 
+def _conditioned(name: str) -> tuple[torch.nn.Module, torch.Tensor]:
+    """``(model, x)`` for the same-function checks. Float64 convolutions are slow on CPU: small
+    images; a fixed batch and fixed weights, not the global RNG's (the result must not depend on
+    which tests ran before). BatchNorm statistics are calibrated on the batch the test runs: at
+    48x64 the last stage is 2x2, and statistics from another batch of 16 positions per channel let
+    the residual stream grow to RMS ~40 in MNv4-Hybrid, where Mobile MQA's logits span ~200 and a
+    near-one-hot softmax turns fp32 rounding into 1e-3 output differences (a CI failure, whichever
+    ordering was right)."""
+    x = torch.randn(4, 3, 48, 64, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    model = randomize_bn(mobilenets.create_model(name), calib=x).eval()
+    assert activation_scale(model, x) <= MAX_ACTIVATION_RMS, "ill-conditioned test model"
+    return model, x
+
+
 # --- the "mobile" export forms ------------------------------------------------------------------
 @pytest.mark.parametrize("name", FAMILIES)
 def test_mobile_forms_compute_the_same_function(name):
-    # float64 convolutions are slow on CPU: small images; a fixed batch and fixed weights, not the
-    # global RNG's (the result must not depend on which tests ran before)
-    x = torch.randn(4, 3, 48, 64, generator=torch.Generator().manual_seed(0))
-    torch.manual_seed(0)
-    # BatchNorm statistics calibrated on the batch the test runs: at 48x64 the last stage is 2x2,
-    # and statistics from another batch of 16 positions per channel let the residual stream grow
-    # to RMS ~40 in MNv4-Hybrid, where Mobile MQA's logits span ~200 and a near-one-hot softmax
-    # turns fp32 rounding into 1e-3 output differences (a CI failure, whichever ordering was right)
-    model = randomize_bn(mobilenets.create_model(name), calib=x).eval()
-    assert activation_scale(model, x) <= MAX_ACTIVATION_RMS, "ill-conditioned test model"
+    model, x = _conditioned(name)
     out = assert_same_function(model, lambda m: swap_for_export(m, target="mobile"), x)
     kinds = {type(m) for m in out.modules()}
     assert not kinds & set(MOBILE_FORMS), "every module with a mobile form was swapped (children too)"
@@ -54,14 +60,12 @@ def test_mobile_forms_compute_the_same_function(name):
 def test_int8_forms_compute_the_same_function():
     # "mobile_int8": hard-swish from add / clamp / mul with (1, 1, 1, 1) constants, in 4-D blocks
     # and on the head's 2-D features alike
-    x = torch.randn(4, 3, 48, 64, generator=torch.Generator().manual_seed(0))
-    torch.manual_seed(0)
-    model = randomize_bn(mobilenets.create_model("mobilenetv3_small_050"), calib=x).eval()
+    model, x = _conditioned("mobilenetv3_small_050")
     out = assert_same_function(model, lambda m: swap_for_export(m, target="mobile_int8"), x)
     kinds = [type(m) for m in out.modules()]
     assert torch.nn.Hardswish not in kinds and export_swaps.MobileInt8Hardswish in kinds
-    assert not any(isinstance(m, torch.nn.Hardswish) for m in swap_for_export(model, target="mobile").modules()
-                   if type(m) is not torch.nn.Hardswish)  # the fp32 files keep the builtin HARD_SWISH
+    fp32_kinds = {type(m) for m in swap_for_export(model, target="mobile").modules()}
+    assert export_swaps.MobileInt8Hardswish not in fp32_kinds  # the fp32 files keep the builtin HARD_SWISH
     assert not out.state_dict().keys() - model.state_dict().keys()  # its constants are not weights
 
 
@@ -79,9 +83,7 @@ class _LossyShift(torch.nn.Module):
 def test_same_function_check_catches_lost_precision():
     # the fp32 half of assert_same_function: a transform that is exact in float64 but costs fp32
     # precision must fail it (the float64 check alone would pass it)
-    x = torch.randn(4, 3, 48, 64, generator=torch.Generator().manual_seed(0))
-    torch.manual_seed(0)
-    model = randomize_bn(mobilenets.create_model("mobilenetv3_small_050"), calib=x).eval()
+    model, x = _conditioned("mobilenetv3_small_050")
     with pytest.raises(AssertionError, match="= rel_rms_err"):
         assert_same_function(model, _LossyShift, x)
 
@@ -249,7 +251,6 @@ def test_tflite_int8_leaves_nothing_in_float(tmp_path):
     assert {d["dtype"].__name__ for d in it.get_tensor_details()} == {"int8", "int32"}  # not one float tensor
     it.allocate_tensors()
     assert [d["op_name"] for d in it._get_ops_details()].count("DELEGATE") == 1  # one XNNPACK partition
-
 
 
 @needs_lt

@@ -144,8 +144,8 @@ class MobileInt8Hardswish(_ExportForm, nn.Hardswish):
     an int8 HARD_SWISH is not taken by LiteRT's XNNPACK delegate (each one splits the delegated
     graph and runs a scalar kernel on x86: MNv3-L's INT8 file ran 2.9x slower than its fp32 one).
     The 3 and the 1/6 are ``(1, 1, 1, 1)`` constants, not Python scalars: litert-torch's layout
-    pass keeps a broadcast 4-D add / mul in NHWC but wraps one with a 0-d constant in two transposes. The gate
-    is quantized on its own ([0, 1]) before the product."""
+    pass keeps a broadcast 4-D add / mul in NHWC but wraps one with a 0-d constant in two
+    transposes. The gate is quantized on its own ([0, 1]) before the product."""
 
     @classmethod
     def from_module(cls, m: nn.Module):
@@ -155,9 +155,9 @@ class MobileInt8Hardswish(_ExportForm, nn.Hardswish):
         return new
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim != 4 or x.dtype != self.three.dtype:  # a head's (N, C) features: no layout to keep
-            return x * (F.relu6(x + 3.0) * (1.0 / 6.0))
-        return x * (F.relu6(x + self.three) * self.sixth)
+        # a head's (N, C) features have no layout to keep (and would broadcast to 4-D)
+        three, sixth = (self.three, self.sixth) if x.ndim == 4 and x.dtype == self.three.dtype else (3.0, 1.0 / 6.0)
+        return x * (F.relu6(x + three) * sixth)
 
 
 class MobileLayerNorm(_ExportForm, nn.LayerNorm):

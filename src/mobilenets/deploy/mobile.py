@@ -148,7 +148,8 @@ def prepare(model: nn.Module, int8: bool = False) -> tuple[nn.Module, nn.Module,
     fused = fuse(model)
     if getattr(model, "segmenter_family", None):
         fused = MainOutput(fused).eval()
-    return fused, swap_for_export(fused, target="mobile_int8" if int8 else "mobile"), int(getattr(model, "in_chans", 3))
+    net = swap_for_export(fused, target="mobile_int8" if int8 else "mobile")
+    return fused, net, int(getattr(model, "in_chans", 3))
 
 
 def resolve_calibration(calib: Union[str, os.PathLike, Calibration], input_size: tuple[int, int],
