@@ -22,29 +22,30 @@ def list_rows(pattern: str = "*", family: Optional[str] = None, macs: bool = Tru
               task: str = "classification") -> list[dict]:
     """One dict per matching model: name, family, params (M) and MACs (M; at 224 for
     classification, at 320 for detectors and 520 for segmenters: one image through backbone,
-    neck and heads; ``macs_m_<size>``)."""
+    neck and heads; ``macs_m_<size>``). The counts come from
+    :func:`mobilenets.tasks.listing.model_costs` (the per-version cache, else each model
+    built once without its random initialisation)."""
     import mobilenets
-    from .analysis.cli import macs_at_224
+    from .tasks.listing import COST_SIZES, model_costs
 
-    names = mobilenets.list_models(pattern, family=family, task=task)
+    import warnings
+    with warnings.catch_warnings():  # no match is the UserError below, naming the families
+        warnings.simplefilter("ignore", UserWarning)
+        names = mobilenets.list_models(pattern, family=family, task=task)
     if not names:
         families = sorted({mobilenets.get_entry(n).family for n in mobilenets.list_models(task=task)})
         what = "model" if task == "classification" else f"{task} model"
         raise UserError(f"no {what} matches {pattern!r}" + (f" in family {family!r}" if family else "")
                         + f"; families: {families}")
+    costs = model_costs(names, task, macs=macs)
     rows = []
     for n in names:
         entry = mobilenets.get_entry(n)
-        m = mobilenets.create_model(n)
-        row = {"name": n, "family": entry.family, "params_m": round(mobilenets.count_params(m) / 1e6, 3)}
+        row = {"name": n, "family": entry.family, "params_m": round(costs[n]["params"] / 1e6, 3)}
         if task != "classification":
             row["backbone"] = entry.defaults.get("backbone", "")
         if macs:
-            if task == "classification":
-                row["macs_m_224"] = round(macs_at_224(n) / 1e6, 1)
-            else:
-                from .tasks.cost import COST_SIZE, task_macs
-                row[f"macs_m_{COST_SIZE[task]}"] = round(task_macs(m, task) / 1e6, 1)
+            row[f"macs_m_{COST_SIZES[task]}"] = round(costs[n]["macs"] / 1e6, 1)
         rows.append(row)
     return rows
 

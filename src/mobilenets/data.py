@@ -51,7 +51,8 @@ def stratified_split(labels: Sequence[int], val_fraction: float, seed: int) -> t
 
 def load_digits_tensors(img_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """All 1797 digits as uint8 RGB (N, 3, img_size, img_size) and labels."""
-    from sklearn.datasets import load_digits
+    from .extras import require
+    load_digits = require("sklearn.datasets", "the built-in digits data (scikit-learn's)").load_digits
 
     d = load_digits()
     x = torch.as_tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0  # (N,1,8,8) in [0,1]
@@ -111,3 +112,12 @@ def eval_transform(size: Union[int, Sequence[int]], crop_pct: float, mean: Seque
     short = int(round(max(crop) / crop_pct))
     return v2.Compose([v2.Resize(short, antialias=True), v2.CenterCrop(crop),
                        v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))])
+
+
+def default_workers(limit: int = 4) -> int:
+    """Worker processes for a parallel job: the CPUs this process may use, at most ``limit``."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not on Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(limit, cpus))

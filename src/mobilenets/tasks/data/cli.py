@@ -2,22 +2,26 @@
 
 ``mobilenets data digit-scenes --format coco|yolo|voc --out DIR`` writes the built-in scenes
 (train and val) in the COCO or the Ultralytics YOLO layout (detection), or as a VOC-style
-segmentation folder (class masks), with a progress bar (tqdm when installed) and a summary line. ``--input-size N | H W`` (alias ``--size``) and ``--json [FILE]``
-are the shared options of :mod:`mobilenets.clitools`.
+segmentation folder (class masks), with progress on stderr (:mod:`mobilenets.progress`: a bar
+on a terminal, a line per quarter otherwise) and a summary line; ``--workers N`` processes draw and
+encode the images (the files are the same whatever N). ``--input-size N | H W`` (alias ``--size``)
+and ``--json [FILE]`` are the shared options of :mod:`mobilenets.clitools`.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
 
 from ...clitools import UserError, add_input_size, add_json, emit_json, json_only
+from ...data import default_workers
 
 
 def _cmd_digit_scenes(args: argparse.Namespace) -> int:
-    from ...train.reporting import progress_bar
+    from ...progress import progress_bar
     from .formats import write_coco, write_yolo
     from .scenes import DigitScenes
     from .segmentation import SceneSegmentation
@@ -28,6 +32,9 @@ def _cmd_digit_scenes(args: argparse.Namespace) -> int:
             raise UserError(f"{flag} must be >= 0, got {n}")
     if args.train_images + args.val_images == 0:
         raise UserError("nothing to write: --train-images and --val-images are both 0")
+    workers = default_workers() if args.workers is None else args.workers
+    if workers < 0:
+        raise UserError(f"--workers must be >= 0 (0: write in this process), got {workers}")
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a folder")
@@ -41,14 +48,15 @@ def _cmd_digit_scenes(args: argparse.Namespace) -> int:
     for split, n in (("train", args.train_images), ("val", args.val_images)):
         if n == 0:
             continue
-        ds = _Counting(scenes(split, size=tuple(args.input_size), num_images=n, seed=args.seed))
+        ds = scenes(split, size=tuple(args.input_size), num_images=n, seed=args.seed)
         bar = progress_bar(n, f"digit-scenes {split}", enabled=not quiet)
         try:
-            path = writer(ds, out, split, progress=bar.update if bar else None)
+            path = writer(ds, out, split, progress=bar.update if bar else None, workers=workers)
         finally:
             if bar:
                 bar.close()
-        summary["splits"][split] = {"images": n, counted: ds.count, "file": str(path)}
+        summary["splits"][split] = {"images": n, counted: _count_written(args.format, out, split, path),
+                                    "file": str(path)}
     seconds = time.perf_counter() - t0
     summary["seconds"] = round(seconds, 2)
     emit_json(args, summary)
@@ -63,25 +71,25 @@ def _cmd_digit_scenes(args: argparse.Namespace) -> int:
     return 0
 
 
-class _Counting:
-    """A dataset view counting what the items read through it hold: boxes (detection targets)
-    or digit pixels (segmentation masks: neither background nor ignore)."""
+def _count_written(fmt: str, out: Path, split: str, path: Path) -> int:
+    """What a written split holds, read back from its files: boxes (COCO annotations, YOLO label
+    lines) or digit pixels (VOC masks: neither background nor ignore)."""
+    if fmt == "coco":
+        return len(json.loads(path.read_text(encoding="utf-8"))["annotations"])
+    if fmt == "yolo":
+        return sum(sum(1 for line in p.read_text().splitlines() if line.strip())
+                   for p in (out / "labels" / split).glob("*.txt"))
+    import numpy as np
+    from PIL import Image
 
-    def __init__(self, dataset) -> None:
-        self.dataset, self.classes, self.count = dataset, dataset.classes, 0
-        self.colors = getattr(dataset, "colors", None)
+    from .scenes import DIGIT_CLASSES
 
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int):
-        item = self.dataset[index]
-        target = item[1]
-        if isinstance(target, dict):
-            self.count += len(target["labels"])
-        else:
-            self.count += int(((target > 0) & (target < len(self.classes))).sum())
-        return item
+    total = 0
+    for p in (out / "SegmentationClass" / split).glob("*.png"):
+        with Image.open(p) as im:
+            m = np.asarray(im)
+        total += int(np.count_nonzero((m > 0) & (m < len(DIGIT_CLASSES))))
+    return total
 
 
 def register(subparsers) -> None:
@@ -108,7 +116,10 @@ def register(subparsers) -> None:
     d.add_argument("--val-images", type=int, default=500, metavar="N", help="val images (default 500)")
     add_input_size(d, default=(320, 320), help="canvas size (default 320)")
     d.add_argument("--seed", type=int, default=0, help="scene seed (default 0)")
-    d.add_argument("--quiet", action="store_true", help="no progress bar")
+    d.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="processes drawing and encoding the images (default: the CPU count, at most 4; "
+                        "0: this process); the files are the same whatever N")
+    d.add_argument("--quiet", action="store_true", help="no progress output")
     add_json(d, "the summary")
     d.set_defaults(func=_cmd_digit_scenes)
 

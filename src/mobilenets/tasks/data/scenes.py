@@ -92,10 +92,12 @@ def semantic_mask(target: dict) -> torch.Tensor:
     if masks.ndim != 3 or masks.shape[0] != labels.shape[0]:
         raise ValueError(f"semantic_mask: expected masks (N, H, W) and labels (N,), got "
                          f"{tuple(masks.shape)} and {tuple(labels.shape)}")
-    out = torch.zeros(masks.shape[1:], dtype=torch.int64)
-    for m, lab in zip(masks, labels.tolist()):
-        out[m.bool()] = int(lab)
-    return out
+    # numpy, single-threaded: torch's intra-op threads only slow these small ops down
+    m = masks.detach().cpu().numpy() if isinstance(masks, torch.Tensor) else np.asarray(masks)
+    out = np.zeros(m.shape[1:], dtype=np.int64)
+    for mk, lab in zip(m, torch.as_tensor(labels).tolist()):
+        out[mk != 0] = int(lab)
+    return torch.from_numpy(out)
 
 
 def _uniform(g: torch.Generator, lo: float, hi: float) -> float:
@@ -273,9 +275,14 @@ class DigitScenes(Dataset):
         field = ((torch.rand(3, 3, 3, generator=g) - 0.5) * 2 * amp).numpy()  # (C, 3, 3) control points
         wy, wx = _hat_weights(h), _hat_weights(w)  # bilinear through 3x3 points, corners aligned
         rows = np.einsum("cij,yi->cyj", field, wy)  # (C, H, 3)
-        image = base[:, None, None] + rows[:, :, None, 0] * wx[None, None, :, 0]
-        for j in (1, 2):
-            image += rows[:, :, None, j] * wx[None, None, :, j]
+        # base + rows_0 wx_0 + rows_1 wx_1 + rows_2 wx_2, added in this order in float64. wx_2 is
+        # 0 on the columns up to the centre and wx_0 on those after it: adding a zero product
+        # changes no value, so each side adds its two terms only (the same floats, 4x faster)
+        k = int(np.count_nonzero(wx[:, 2] == 0))  # the columns up to the centre
+        image = np.empty((3, h, w))
+        for cols, (a, b) in ((slice(0, k), (0, 1)), (slice(k, w), (1, 2))):
+            np.add(base[:, None, None], rows[:, :, None, a] * wx[None, None, cols, a], out=image[:, :, cols])
+            image[:, :, cols] += rows[:, :, None, b] * wx[None, None, cols, b]
         image = image.astype(np.float32)
         if self.noise <= 0:
             return np.clip(image, 0, 1, out=image)
