@@ -32,7 +32,7 @@ from pathlib import Path
 os.environ.setdefault("YOLO_OFFLINE", "1")
 os.environ.setdefault("YOLO_AUTOINSTALL", "false")
 
-TUTORIAL = "YOLO11-MobileNetV4 summary: 386 layers, 2,173,383 parameters, 5.3 GFLOPs"  # REFERENCE.md section 7
+TUTORIAL = "YOLO11-MobileNetV4 summary: 386 layers, 2,173,383 parameters, 5.3 GFLOPs"  # the tutorial's own summary line
 OURS = dict(scale="n", backbone="mobilenetv4_conv_small", width=0.75)
 #: MobileNetV4-Conv-S's P2..P5 channels at width 1.0 (the tutorial scales these by int(c * factor))
 BASE_CHANNELS = [32, 64, 96, 960]

@@ -3,6 +3,7 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -151,6 +152,8 @@ def test_cli_export_from_weights_file_matches_eager(tmp_path):
     (["export", "mobilenetv2_035", "--out", "OUT", "--opset", "9"], "unsupported opset 9"),
     (["export", "mobilenetv2_035", "--out", "OUT.txt"], "must end in .onnx"),
     (["export", "NOFILE.pth", "--out", "OUT"], "unknown model 'NOFILE.pth'"),
+    (["export", "NOFILE.pth", "--out", "OUT"], "no such checkpoint file: NOFILE.pth"),
+    (["export", "runs/gone/best.pt", "--out", "OUT"], "no such checkpoint file: runs/gone/best.pt"),
     (["bench", "nonet*"], "no model matches 'nonet\\*'"),
     (["bench", "mobilenetv2_035", "--paths", "eager,warp"], "unknown benchmark path"),
 ])
@@ -180,6 +183,34 @@ def test_cli_export_int8(tmp_path, capsys):
     out = tmp_path / "q.onnx"
     assert main(["export", "mobilenetv2_035", "--out", str(out), "--int8", "--calib", "fake",
                  "--calib-count", "8", "--input-size", "64", "64"]) == 0
-    assert "INT8 (static, QDQ, calibrated on 8 'fake' images)" in capsys.readouterr().out
+    assert "INT8 (static, QDQ, calibrated on 8 images from fake)" in capsys.readouterr().out
     ops = int8_op_counts(out)
     assert ops["QLinearConv"] > 0  # ONNX Runtime runs the convolutions as INT8
+
+
+def _calib_folder(root, good=3):
+    """``good`` readable images, a file that is not an image and an empty one."""
+    from PIL import Image
+    root.mkdir()
+    for i in range(good):
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (40, 56, 3), dtype=np.uint8)).save(root / f"{i}.png")
+    (root / "broken.jpg").write_bytes(b"not an image")
+    (root / "empty.png").write_bytes(b"")
+    return root
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "executorch"])
+def test_cli_int8_reports_the_calibration_really_done(fmt, tmp_path, capsys):
+    # a folder of 5 image files, 2 of them unreadable, with the default --calib-count 128: the
+    # summary says 3 images were used, which 2 files were skipped, and that 128 were asked for
+    if fmt == "executorch":
+        pytest.importorskip("executorch")
+    calib = _calib_folder(tmp_path / "calib")
+    out = tmp_path / ("q.onnx" if fmt == "onnx" else "q.pte")
+    assert main(["export", "mobilenetv1_025", "--format", fmt, "--out", str(out), "--int8", "--calib", str(calib),
+                 "--input-size", "32", "32", "--num-classes", "10"]) == 0
+    text = capsys.readouterr().out
+    assert f"calibrated on 3 images from {calib} (2 unreadable image file(s) skipped: " in text
+    assert "broken.jpg (" in text and "empty.png (" in text
+    assert "128 requested (--calib-count), the folder has 5 image files)" in text
+    assert "calibrated on 128" not in text and out.exists()

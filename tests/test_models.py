@@ -1,4 +1,4 @@
-"""Registry-wide model contract (shared/DESIGN.md principle 4) and pinned parameter counts."""
+"""Registry-wide model contract (forward / features / heads / feature_info, as timm) and pinned parameter counts."""
 
 import pytest
 import torch
@@ -10,7 +10,8 @@ ALL = mobilenets.list_models(task="classification")
 # Big models get the contract checks at a smaller input to keep the default run short.
 SMALL_INPUT = 64
 
-# REFERENCE.md section 1 (training-state counts, 1000 classes); exact integers are timm's.
+# The papers' tables (V1 Table 6-7, V2 Table 4, V3 Tables 3-4, V4 Table 11, Mobile-Former Table 1; training-state
+# counts, 1000 classes); exact integers are timm's / torchvision's / the official code's.
 PARAMS = {
     "mobilenetv1_100": 4_231_976, "mobilenetv1_125": 6_270_840, "mobilenetv1_075": 2_585_560,
     "mobilenetv1_050": 1_331_592, "mobilenetv1_025": 470_072,
@@ -26,7 +27,7 @@ PARAMS = {
     "mobilenetv4_hybrid_large_075": 22_754_984, "mobilenetv4_conv_aa_medium": 9_715_512,
     "mobilenetv4_conv_blur_medium": 9_715_512, "mobilenetv4_conv_aa_large": 32_590_864,
 }
-# The figures as REFERENCE.md prints them (millions), to tie the pins to the document.
+# The figures as the papers and the reference libraries print them (millions), to tie the pins to them.
 REFERENCE_M = {
     "mobilenetv1_100": 4.232, "mobilenetv2_100": 3.505, "mobilenetv3_large_100": 5.483,
     "mobilenetv3_small_100": 2.543, "mobilenetv4_conv_small": 3.774, "mobilenetv4_conv_medium": 9.716,

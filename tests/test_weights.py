@@ -2,6 +2,7 @@
 
 import os
 import pickle
+from pathlib import Path
 
 import pytest
 import torch
@@ -192,3 +193,81 @@ def test_layouts_have_named_fields():
     assert tv.detect({"features.0.0.weight", "features.1.conv.0.weight"})
     detect, mapper, bn_settings = tv  # still unpacks as a 3-tuple
     assert (detect, mapper, bn_settings) == (tv.detect, tv.mapper, tv.bn_settings)
+
+
+@pytest.mark.parametrize("content,what", [
+    (b"hello, I am not weights\n", r"it is a text file \(it starts with 'hello, I am not weights"),
+    (b"<!DOCTYPE html><html><body>404</body></html>", "it is an HTML page"),
+    (b"version https://git-lfs.github.com/spec/v1\noid sha256:abc\n", "Git LFS pointer"),
+    (b"", "it is empty"),
+])
+def test_a_file_that_is_not_a_checkpoint_says_what_it_is(tmp_path, content, what):
+    """A text file named g.pth was reported as a refused pickle ("Unsupported operand 110")."""
+    from mobilenets.cli import main
+    from mobilenets.train import load_checkpoint
+    path = tmp_path / "g.pth"
+    path.write_bytes(content)
+    for load in (lambda: create_model("mobilenetv2_050", pretrained=str(path)), lambda: load_checkpoint(path),
+                 lambda: mobilenets.model_from_checkpoint(path)):
+        with pytest.raises(CheckpointError, match=rf"not a PyTorch checkpoint .*{what}") as e:
+            load()
+        assert "unpickle" not in str(e.value)
+    assert main(["export", str(path), "--out", str(tmp_path / "g.onnx")]) == 2
+
+
+def test_safetensors_under_a_pth_name_is_recognised(tmp_path, small):
+    from safetensors.torch import save_file
+    path = tmp_path / "model.pth"
+    save_file({k: v.contiguous() for k, v in small.state_dict().items()}, str(path))
+    with pytest.raises(CheckpointError, match="it is a safetensors file: give it the .safetensors suffix"):
+        create_model("mobilenetv2_050", pretrained=str(path))
+
+
+def _training_checkpoint(tmp_path, name: str, num_classes: int) -> Path:
+    from mobilenets.train import save_checkpoint
+    model = create_model(name, num_classes=num_classes)
+    return save_checkpoint({"state_dict": model.state_dict(), "recipe": {"model": name, "task": "classify"},
+                            "classes": [str(i) for i in range(num_classes)],
+                            "mobilenets_meta": {"format": "mobilenets", "arch": name}}, tmp_path / "best.pt")
+
+
+def test_checkpoint_of_another_architecture_names_the_recorded_model(tmp_path):
+    path = _training_checkpoint(tmp_path, "mobilenetv4_conv_small", 10)
+    with pytest.raises(CheckpointError) as e:
+        create_model("mobilenetv2_100", pretrained=str(path))
+    first = str(e.value).splitlines()[1]  # before the key lists
+    assert "records model 'mobilenetv4_conv_small'" in first
+
+
+def test_classifier_of_another_size_suggests_num_classes(tmp_path):
+    path = _training_checkpoint(tmp_path, "mobilenetv2_050", 10)
+    with pytest.raises(CheckpointError, match=r"10 classes in the checkpoint, 1000 in the model; pass num_classes=10"):
+        create_model("mobilenetv2_050", pretrained=str(path))
+    assert create_model("mobilenetv2_050", num_classes=10, pretrained=str(path)).num_classes == 10
+
+
+def test_model_from_checkpoint_is_public_and_returns_an_eval_model(tmp_path):
+    path = _training_checkpoint(tmp_path, "mobilenetv2_050", 10)
+    model, info = mobilenets.model_from_checkpoint(path)
+    assert not model.training and info["task"] == "classify" and info["model"] == "mobilenetv2_050"
+    assert model(torch.randn(1, 3, 64, 64)).shape == (1, 10)  # batch 1 works: eval mode
+    torch.save(create_model("mobilenetv2_050").state_dict(), tmp_path / "plain.pth")
+    with pytest.raises(CheckpointError, match=r"not a mobilenets training checkpoint.*create_model\(name, pretrained="):
+        mobilenets.model_from_checkpoint(tmp_path / "plain.pth")
+
+
+def test_written_files_are_readable_by_others_as_plain_files_are(tmp_path):
+    """Run files were written 0600 (the temporary file's mode): others could not read a shared run."""
+    import os
+    from mobilenets.weights.io import atomic_write
+    old = os.umask(0o022)
+    try:
+        path = atomic_write(tmp_path / "a.txt", lambda tmp: Path(tmp).write_text("x"))
+        assert path.stat().st_mode & 0o777 == 0o644
+        os.chmod(path, 0o640)  # an existing file keeps its mode
+        atomic_write(path, lambda tmp: Path(tmp).write_text("y"))
+        assert path.stat().st_mode & 0o777 == 0o640
+        os.umask(0o077)
+        assert atomic_write(tmp_path / "b.txt", lambda tmp: Path(tmp).write_text("x")).stat().st_mode & 0o777 == 0o600
+    finally:
+        os.umask(old)

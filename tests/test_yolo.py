@@ -446,12 +446,65 @@ def test_pretrained_backbone_from_a_timm_checkpoint(tmp_path):
     assert report.layout == "timm" and report.loaded == len(fresh.body.model.state_dict())
     assert not report.missing and not report.mismatched and report.unexpected   # timm's head, not used
     assert {m.eps for m in fresh.modules() if isinstance(m, torch.nn.BatchNorm2d)} == {1e-3}
-    # a checkpoint of another width does not fit: every mis-shaped key is named
+    # a checkpoint of another width does not fit: the width its shapes fit is named, then every
+    # mis-shaped key
     torch.save(_gen_mobilenet_v4("mobilenetv4_conv_small", 1.0).state_dict(), tmp_path / "wide.pth")
     with pytest.raises(mobilenets.CheckpointError, match=r"not a checkpoint of the backbone mobilenetv4_conv_small "
-                                                         r"at width 0.75:\n  mis-shaped"):
+                                                         r"at width 0.75\n  the checkpoint is mobilenetv4_conv_small "
+                                                         r"at width 1.0 \(the width its shapes fit\).*or pass "
+                                                         r"width=1.0:\n  mis-shaped"):
         mu.yolo(**HEADLINE, pretrained_backbone=tmp_path / "wide.pth")
     del timm
+
+
+def _classifier_checkpoint(path, width_mult=None):
+    """A classifier checkpoint as ``mobilenets train`` writes it (the digits recipe, its width in
+    ``model_kwargs`` as ``--set model_kwargs='{"width_mult": ...}'`` records it)."""
+    from mobilenets.train import Recipe
+    kw = {} if width_mult is None else {"width_mult": width_mult}
+    net = mobilenets.create_model("mobilenetv4_conv_small", num_classes=10, **kw)
+    sd = net.state_dict()
+    torch.save({"state_dict": sd, "model": sd, "recipe": Recipe(model_kwargs=kw).to_dict(),
+                "classes": [str(i) for i in range(10)],
+                "mobilenets_meta": {"format": "mobilenets", "arch": "mobilenetv4_conv_small"}}, path)
+    return sd
+
+
+@needs_ultralytics
+def test_pretrained_backbone_of_another_width_says_so_in_words(tmp_path):
+    # the README's yolo(..., width=0.75, pretrained_backbone="runs/<digits run>/best.pt") with the
+    # checkpoint `mobilenets train` writes by default (width 1.0): the error says which widths differ
+    # and both fixes, then the keys
+    _classifier_checkpoint(tmp_path / "best.pt")
+    with pytest.raises(mobilenets.CheckpointError) as e:
+        mu.yolo(**HEADLINE, nc=10, pretrained_backbone=tmp_path / "best.pt")
+    first, words = str(e.value).splitlines()[:2]
+    assert first.endswith("not a checkpoint of the backbone mobilenetv4_conv_small at width 0.75")
+    assert words == ("  the checkpoint is mobilenetv4_conv_small at width 1.0 (its training recipe), the backbone is "
+                     "width 0.75: train the classifier at width 0.75 (mobilenets train --model mobilenetv4_conv_small "
+                     "--set model_kwargs='{\"width_mult\": 0.75}'), or pass width=1.0:")
+    with pytest.raises(mobilenets.CheckpointError, match=r"the checkpoint is mobilenetv4_conv_small at width 1.0 "
+                                                         r"\(its training recipe\), the backbone is "
+                                                         r"mobilenetv4_conv_medium: pass "
+                                                         r"backbone='mobilenetv4_conv_small', width=1.0"):
+        mu.MobileNetBackbone("mobilenetv4_conv_medium", 1.0).load_pretrained(tmp_path / "best.pt")
+    # the documented fix: a classifier trained at 0.75 loads, and `mobilenets eval / predict / export`
+    # rebuild it at its width from the recipe
+    sd = _classifier_checkpoint(tmp_path / "best075.pt", 0.75)
+    model = mu.yolo(**HEADLINE, nc=10, pretrained_backbone=tmp_path / "best075.pt")
+    got = _backbone_sd(model)
+    assert got and all(torch.equal(v, sd[k]) for k, v in got.items())
+    from mobilenets.factory import model_from_checkpoint
+    rebuilt, _ = model_from_checkpoint(tmp_path / "best075.pt")
+    assert all(torch.equal(v, sd[k]) for k, v in rebuilt.state_dict().items())
+
+
+@needs_ultralytics
+def test_shipped_yaml_builds_without_calling_register():
+    # yaml_path() registers our module names (the fixture removed them): no KeyError 'MobileNetBackbone'
+    assert not mu.is_registered()
+    model = ultralytics.YOLO(str(mu.yaml_path("n", "mobilenetv4_conv_small")))
+    assert mu.is_registered() and isinstance(model.model.model[0], mu.MobileNetBackbone)
 
 
 # --- the contract Ultralytics relies on, for every registry backbone ------------------------------

@@ -4,6 +4,8 @@
 >>> mobilenets.list_models("mobilenetv4*")[:2]
 ['mobilenetv4_conv_aa_large', 'mobilenetv4_conv_aa_medium']
 >>> model = mobilenets.create_model("mobilenetv4_conv_small", num_classes=10)
+
+A run of ``mobilenets train`` comes back with ``mobilenets.model_from_checkpoint("runs/<run>/best.pt")``.
 """
 
 from . import zoo  # noqa: F401  (registers every model)
@@ -11,10 +13,11 @@ from . import analysis, deploy  # noqa: F401  (mobilenets.analysis.profile, mobi
 from .tasks import zoo as _task_zoo  # noqa: F401  (registers the detectors)
 from .factory import count_params, create_model, stage_shapes
 from .models import FeatureExtractor, MobileFormer, MobileNet, UnknownModelError, get_entry, list_models
+from .tasks.checkpoint import model_from_checkpoint
 from .weights import CheckpointError, load_weights, save_weights
 
 from .version import __version__  # noqa: E402
 
 __all__ = ["CheckpointError", "FeatureExtractor", "MobileFormer", "MobileNet", "UnknownModelError",
            "__version__", "count_params", "create_model", "get_entry", "list_models",
-           "load_weights", "save_weights", "stage_shapes"]
+           "load_weights", "model_from_checkpoint", "save_weights", "stage_shapes"]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
+import inspect
+import re
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
@@ -61,14 +64,14 @@ def create_model(name: str, pretrained: Pretrained = None, num_classes: Optional
         try:
             model = entry.builder(pretrained=pretrained or None, strict=strict, **kwargs)
         except TypeError as e:
-            raise TypeError(f"{name}: {e}") from None
+            raise TypeError(f"{name}: {e}{_keyword_hint(e, entry)}") from None
         model.name = name
         return model
     num_classes = 1000 if num_classes is None else num_classes
     try:
         model = entry.builder(num_classes=num_classes, in_chans=in_chans, **kwargs)
     except TypeError as e:
-        raise TypeError(f"{name}: {e}") from None
+        raise TypeError(f"{name}: {e}{_keyword_hint(e, entry)}") from None
     model.name = name
     if pretrained is not None and pretrained is not False:
         load_weights(model, pretrained, strict=strict)
@@ -79,6 +82,20 @@ def create_model(name: str, pretrained: Pretrained = None, num_classes: Optional
         raise ValueError(f"out_indices and feature_location are only used with features_only=True, "
                          f"got out_indices={out_indices}, feature_location={feature_location!r}")
     return model
+
+
+def _keyword_hint(error: TypeError, entry) -> str:
+    """``"; did you mean width_mult?"`` for a misspelt keyword (from the TypeError's message),
+    matched against create_model's own keywords and the ones the model's builder takes."""
+    m = re.search(r"(?:unexpected keyword argument|unknown option) '(\w+)'", str(error))
+    if not m or "did you mean" in str(error):
+        return ""
+    own = [p for p in inspect.signature(create_model).parameters if p not in ("name", "kwargs")]
+    if entry.task != "classification":  # the backbone options are refused for task models
+        own = ["pretrained", "num_classes", "strict"]
+    known = list(dict.fromkeys(own + list(entry.options)))
+    close = difflib.get_close_matches(m.group(1), known, n=3, cutoff=0.6)
+    return (f"; did you mean {' or '.join(close)}?" if close else "") + f" (options: {', '.join(known)})"
 
 
 def count_params(model: nn.Module) -> int:
@@ -120,7 +137,9 @@ def model_from_checkpoint(path: str | Path, use_ema: bool = True, model_name: st
     n = num_classes or (len(classes) if classes else (int(fc[0].shape[0]) if fc else None))
     if n is None:
         raise CheckpointError(f"{p}: cannot tell the number of classes; pass num_classes")
-    model = create_model(name, num_classes=n)
+    # the builder options the run trained with (e.g. width_mult) shape the model: rebuild with them
+    arch = recipe.get("model_kwargs") if recipe.get("model") == name else None
+    model = create_model(name, num_classes=n, **(arch if isinstance(arch, dict) else {}))
     load_weights(model, sd)
     model.eval()
     info = {"recipe": recipe, "classes": classes or [str(i) for i in range(n)],

@@ -11,7 +11,7 @@ from .archs import mobileformer, mobilenetv1, mobilenetv2, mobilenetv3, mobilene
 from .archs.mobileformer import MobileFormerSpec
 from .models.mobileformer import MobileFormer
 from .models.mobilenet import MobileNet, register_spec
-from .models.registry import register
+from .models.registry import keyword_options, register
 
 
 def _register_v3(name: str, large: bool, width: float, reference: dict) -> None:
@@ -23,7 +23,7 @@ def _register_v3(name: str, large: bool, width: float, reference: dict) -> None:
 
     build.__doc__ = f"{name}: MobileNetV3-{'Large' if large else 'Small'} x{width}."
     register(name, "mobilenetv3", build, spec=mobilenetv3.v3_spec(large), defaults={"width_mult": width},
-             reference=reference)
+             reference=reference, options=keyword_options(MobileNet))
 
 
 def _register_mobileformer(spec: MobileFormerSpec) -> None:
@@ -34,7 +34,7 @@ def _register_mobileformer(spec: MobileFormerSpec) -> None:
 
     build.__doc__ = f"{spec.name}: Mobile-Former ({spec.paper}), {spec.num_tokens} tokens x {spec.token_dim}."
     register(spec.name, spec.family, build, spec=spec, defaults=defaults,
-             reference={"official": spec.official_name})
+             reference={"official": spec.official_name}, options=keyword_options(MobileFormer))
 
 
 def register_all() -> None:

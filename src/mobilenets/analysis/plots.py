@@ -15,10 +15,8 @@ KIND_COLORS = {"conv": "tab:blue", "dwconv": "tab:orange", "linear": "tab:green"
 
 
 def _plt():
-    try:
-        import matplotlib
-    except ImportError:
-        raise ImportError("plotting needs matplotlib: pip install matplotlib") from None
+    from ..extras import require
+    matplotlib = require("matplotlib", "plotting")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     return plt

@@ -438,8 +438,10 @@ def bench(names: Iterable[str], batches: Sequence[int] = (1, 32), threads: int =
         repeats: timed iterations per path (default: about ``seconds`` of the slowest path,
             10..150). warmup: untimed iterations (default 10 at batch 1, 3 otherwise).
         calib, calib_count: calibration data for INT8 (``fake``, ``digits`` or an image folder).
-        log: called with progress lines. progress: a callable wrapping the (model, batch) loop
-            (e.g. ``tqdm``).
+        log: called with progress lines (complete lines: the CLI prints them on stderr, so a
+            redirected log reads as well as a terminal). progress: a callable wrapping the (model,
+            batch) loop, e.g. ``lambda jobs: mobilenets.progress.progress_iter(jobs, "bench")``
+            (a bar on a terminal, a line per quarter otherwise).
 
     Raises:
         ValueError: unknown model, path, or non-positive batch / threads / size.

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional, Sequence, Union
 
@@ -12,7 +13,7 @@ import numpy as np
 import torch
 
 from ..data import (DIGITS_CROP_PCT, DIGITS_MEAN, DIGITS_SPLIT_SEED, DIGITS_STD, DIGITS_VAL_FRACTION,
-                    IMAGENET_CROP_PCT, IMAGENET_MEAN, IMAGENET_STD, IMG_EXTENSIONS, eval_transform,
+                    IMAGENET_CROP_PCT, IMAGENET_MEAN, IMAGENET_STD, IMG_EXTENSIONS, ImageReadError, eval_transform,
                     load_digits_tensors, read_rgb, stratified_split)
 
 CALIB_SOURCES = ("digits", "fake")
@@ -23,13 +24,65 @@ NO_CALIBRATION = ("INT8 post-training quantization needs calibration data: pass 
 Calibration = Union[torch.Tensor, np.ndarray, Iterable]
 
 
+@dataclass
+class CalibrationSet:
+    """Calibration images and what building them did (:func:`calibration_set`).
+
+    Attributes:
+        images: ``(N, C, H, W)`` float, normalized; ``N`` the images really used.
+        source: ``"digits"``, ``"fake"`` or the folder. requested: the count asked for.
+        available: images the source offers (the digits training split, the folder's image
+            files; ``None``: unlimited, ``"fake"``).
+        skipped: ``(file, cause)`` of each unreadable image file passed over.
+    """
+
+    images: torch.Tensor
+    source: str
+    requested: int
+    available: Optional[int] = None
+    skipped: list = field(default_factory=list)
+
+    def summary(self, limit: int = 3) -> str:
+        """What was done, in words: ``calibrated on 47 images from DIR (3 unreadable image
+        file(s) skipped: a.jpg (cause), ...; 128 requested (--calib-count), the folder has 50
+        image files)``."""
+        n = len(self.images)
+        notes = []
+        if self.skipped:
+            shown = ", ".join(f"{Path(f).name} ({why})" for f, why in self.skipped[:limit])
+            more = f" and {len(self.skipped) - limit} more" if len(self.skipped) > limit else ""
+            notes.append(f"{len(self.skipped)} unreadable image file(s) skipped: {shown}{more}")
+        if n < self.requested:
+            has = (f"the folder has {self.available} image files" if self.source not in CALIB_SOURCES
+                   else f"{self.source} has {self.available} images")
+            notes.append(f"{self.requested} requested (--calib-count), {has}")
+        return (f"calibrated on {n} image{'' if n == 1 else 's'} from {self.source}"
+                + (f" ({'; '.join(notes)})" if notes else ""))
+
+
 def calibration_batches(data: Union[str, os.PathLike] = "digits", count: int = 128,
                         input_size: Sequence[int] = (224, 224), in_chans: int = 3,
                         mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None,
                         crop_pct: Optional[float] = None, seed: int = 0) -> torch.Tensor:
     """A calibration tensor ``(count, in_chans, H, W)`` (float, normalized) from our datasets,
     through the evaluation transform (resize the short side to ``size / crop_pct``, center crop,
-    normalize).
+    normalize): :func:`calibration_set`'s images. Unreadable files of a folder are skipped with
+    a ``UserWarning`` naming how many.
+    """
+    found = calibration_set(data, count, input_size, in_chans, mean, std, crop_pct, seed)
+    if found.skipped:
+        warnings.warn(f"{found.source}: skipped {len(found.skipped)} unreadable image(s) while building "
+                      f"calibration data", stacklevel=2)
+    return found.images
+
+
+def calibration_set(data: Union[str, os.PathLike] = "digits", count: int = 128,
+                    input_size: Sequence[int] = (224, 224), in_chans: int = 3,
+                    mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None,
+                    crop_pct: Optional[float] = None, seed: int = 0) -> CalibrationSet:
+    """Calibration images as :func:`calibration_batches` makes them, with what was done: how many
+    images were really used (fewer than ``count`` when the source has fewer) and which files
+    were unreadable (:class:`CalibrationSet`; ``summary()`` says it in one line).
 
     Args:
         data: ``"digits"`` (scikit-learn digits, training split of the ``digits`` recipe, so
@@ -59,15 +112,16 @@ def calibration_batches(data: Union[str, os.PathLike] = "digits", count: int = 1
     crop_pct = (DIGITS_CROP_PCT if digits else IMAGENET_CROP_PCT) if crop_pct is None else crop_pct
     g = torch.Generator().manual_seed(seed)
     h, w = int(input_size[0]), int(input_size[1])
+    available, skipped = None, []
     if digits:
         x, y = load_digits_tensors(max(h, w))  # as build_datasets: load at the size, then transform
         train_idx, _ = stratified_split(y.tolist(), DIGITS_VAL_FRACTION, DIGITS_SPLIT_SEED)
         pick = torch.tensor(train_idx)[torch.randperm(len(train_idx), generator=g)[:count]]
-        imgs = x[pick]
+        imgs, available = x[pick], len(train_idx)
     elif key == "fake":
         imgs = torch.randint(0, 256, (int(count), 3, max(h, w), max(h, w)), dtype=torch.uint8, generator=g)
     else:
-        imgs = _folder_images(Path(key), int(count), g)
+        imgs, available, skipped = _folder_images(Path(key), int(count), g)
     if in_chans == 1:
         from torchvision.transforms.v2 import functional as F
         imgs = F.rgb_to_grayscale(imgs)
@@ -77,10 +131,12 @@ def calibration_batches(data: Union[str, os.PathLike] = "digits", count: int = 1
         imgs = imgs[:, :1].expand(-1, in_chans, -1, -1)  # grey digits / noise: any channel count
     if len(mean) != in_chans:
         mean, std = (mean[0],) * in_chans, (std[0],) * in_chans
-    return eval_transform((h, w), crop_pct, mean, std)(imgs).contiguous()
+    return CalibrationSet(eval_transform((h, w), crop_pct, mean, std)(imgs).contiguous(), key, int(count),
+                          available, skipped)
 
 
-def _folder_images(root: Path, count: int, g: torch.Generator) -> torch.Tensor:
+def _folder_images(root: Path, count: int, g: torch.Generator) -> tuple[torch.Tensor, int, list]:
+    """``(up to count images, image files found, [(unreadable file, cause), ...])``."""
     from torchvision.transforms.v2 import functional as F
 
     if not root.is_dir():
@@ -92,23 +148,28 @@ def _folder_images(root: Path, count: int, g: torch.Generator) -> torch.Tensor:
     if not files:
         raise ValueError(f"{root}: no images found for calibration (extensions {IMG_EXTENSIONS})")
     order = torch.randperm(len(files), generator=g).tolist()
-    out, skipped = [], 0
+    out, skipped = [], []
     for i in order:
         if len(out) == count:
             break
         try:
             x = read_rgb(files[i])
-        except OSError:
-            skipped += 1
+        except OSError as e:
+            skipped.append((files[i], _cause(e, files[i])))
             continue
         # a common size before stacking; the final resize / crop is the eval transform's
         out.append(F.center_crop(F.resize(x, 256, antialias=True), [256, 256]))
-    if skipped:
-        warnings.warn(f"{root}: skipped {skipped} unreadable image(s) while building calibration data",
-                      stacklevel=3)
     if not out:
-        raise ValueError(f"{root}: no readable images for calibration")
-    return torch.stack(out)
+        raise ValueError(f"{root}: no readable images for calibration ({len(skipped)} image file(s), none "
+                         f"decodes; e.g. {skipped[0][0]}: {skipped[0][1]})")
+    return torch.stack(out), len(files), skipped
+
+
+def _cause(e: BaseException, path: str) -> str:
+    """Why an image did not read, without its path (the caller names the file)."""
+    text = str(e.__cause__ if isinstance(e, ImageReadError) and e.__cause__ is not None else e)
+    text = text.replace(repr(path), "").replace(path, "").strip(" :")
+    return text or type(e).__name__
 
 
 def _as_batches(calibration: Calibration, shape: tuple, fixed_batch: Optional[int]) -> list[np.ndarray]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 
 from ..clitools import (UserError, add_batch_size, add_input_size, add_json, emit_json, json_only,
@@ -19,23 +20,39 @@ def load_for_export(source: str, model_name: str | None = None, num_classes: int
                     weights: str | None = None):
     """``(model, info)`` for a registry name (optionally with ``weights``) or a checkpoint path.
 
-    ``info`` has ``name`` and ``img_size`` (the training recipe's, when a checkpoint records it).
+    ``info`` has ``name``, ``img_size`` and ``norm`` (the training recipe's ``mean``, ``std`` and
+    ``crop_pct`` for the calibration images, when a checkpoint records them; else None).
     """
     import mobilenets
     from ..models.registry import is_model
 
     if is_model(source):
         model = mobilenets.create_model(source, num_classes=num_classes or 1000, pretrained=weights)
-        return model.eval(), {"name": source, "img_size": None}
+        return model.eval(), {"name": source, "img_size": None, "norm": None}
     path = Path(source)
     if not path.exists():
+        from ..weights.io import SAFETENSORS_SUFFIXES, TORCH_SUFFIXES
+        if path.suffix.lower() in TORCH_SUFFIXES + SAFETENSORS_SUFFIXES or len(path.parts) > 1:
+            raise FileNotFoundError(f"unknown model {source!r}, and no such checkpoint file: {path}")
         mobilenets.get_entry(source)  # not a file either: UnknownModelError naming close matches
     if weights:
         raise UserError("--weights goes with a model name; a checkpoint path already holds weights")
     from ..factory import model_from_checkpoint
     model, info = model_from_checkpoint(path, model_name=model_name, num_classes=num_classes)
     recipe = info.get("recipe") or {}
-    return model, {"name": recipe.get("model") or model_name or path.stem, "img_size": recipe.get("img_size")}
+    norm = {k: recipe[k] for k in ("mean", "std", "crop_pct") if recipe.get(k) is not None} or None
+    return model, {"name": recipe.get("model") or model_name or path.stem, "img_size": recipe.get("img_size"),
+                   "norm": norm}
+
+
+def calibration_for(args: argparse.Namespace, model, size: tuple, norm=None):
+    """The ``--calib`` images for an INT8 export (:class:`~.calibration.CalibrationSet`: the
+    images really used, and the unreadable files skipped), normalized as the model was trained
+    (``norm``: the recipe's ``mean`` / ``std`` / ``crop_pct``)."""
+    from .calibration import calibration_set
+
+    return calibration_set(args.calib, count=args.calib_count, input_size=size,
+                           in_chans=getattr(model, "in_chans", 3), **(norm or {}))
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -66,12 +83,11 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if args.format != "onnx":
         return _export_mobile(args, model, info, size, out)
     if args.int8:
-        from . import calibration_batches, quantize_onnx
-        data = calibration_batches(args.calib, count=args.calib_count, input_size=size,
-                                   in_chans=getattr(model, "in_chans", 3))
-        path = quantize_onnx(model, out, data, input_size=size, dynamic_batch=args.dynamic_batch,
+        from . import quantize_onnx
+        calib = calibration_for(args, model, size, info["norm"])
+        path = quantize_onnx(model, out, calib.images, input_size=size, dynamic_batch=args.dynamic_batch,
                              opset=args.opset)
-        kind = f"INT8 (static, QDQ, calibrated on {args.calib_count} '{args.calib}' images)"
+        kind = f"INT8 (static, QDQ, {calib.summary()})"
     else:
         path = export_onnx(model, out, input_size=size, opset=args.opset, dynamic_batch=args.dynamic_batch)
         kind = "fp32, BatchNorm folded"
@@ -91,10 +107,11 @@ def _export_mobile(args: argparse.Namespace, model, info: dict, size: tuple, out
     if args.dynamic_batch:
         raise UserError(f"--format {args.format} writes a fixed-shape file (batch 1): drop --dynamic-batch")
     fn = export_executorch if args.format == "executorch" else export_tflite
-    res = fn(model, out, input_size=size, calib=args.calib if args.int8 else None, calib_count=args.calib_count,
+    calib = calibration_for(args, model, size, info.get("norm")) if args.int8 else None
+    res = fn(model, out, input_size=size, calib=None if calib is None else calib.images,
              allow_fallback=args.allow_fallback)
-    kind = (f"INT8 (PT2E static, per-channel weights, calibrated on {args.calib_count} '{args.calib}' images)"
-            if args.int8 else "fp32, BatchNorm folded")
+    kind = (f"INT8 (PT2E static, per-channel weights, {calib.summary()})" if calib is not None
+            else "fp32, BatchNorm folded")
     shape = "x".join(str(s) for s in res.input_shape)
     print(f"wrote {res.path} ({res.path.stat().st_size / 2 ** 20:.1f} MiB): {info['name']}, {kind}, input {shape}; "
           f"{res.summary()}")
@@ -109,8 +126,9 @@ def _load_detector(args: argparse.Namespace):
     from ..tasks.detection.infer import is_detection_checkpoint, load_detector_checkpoint
 
     if is_model(args.source) and mobilenets.get_entry(args.source).task == "detection":
+        from ..tasks.detection.models import native_size
         model = mobilenets.create_model(args.source, num_classes=args.num_classes, pretrained=args.weights)
-        return model.eval(), args.source, 320
+        return model.eval(), args.source, native_size(args.source)  # the size the detector works at
     if Path(args.source).is_file() and is_detection_checkpoint(args.source):
         model, info = load_detector_checkpoint(args.source)
         return model, info["recipe"].model, info["recipe"].img_size
@@ -138,7 +156,8 @@ def _export_segmenter(args: argparse.Namespace, model, name: str, img_size: int,
 
     size = tuple(args.input_size) if args.input_size else (img_size, img_size)
     if args.format != "onnx":  # the "out" logits as one tensor (deploy.mobile.MainOutput)
-        return _export_mobile(args, model, {"name": name}, size, Path(args.out))
+        norm = None if norm is None else {"mean": norm[0], "std": norm[1]}
+        return _export_mobile(args, model, {"name": name, "norm": norm}, size, Path(args.out))
     if args.int8:
         raise UserError("--int8 ONNX exports are for classifiers; segmenters export ONNX in fp32 (BatchNorm "
                         "folded), or INT8 with --format executorch|tflite")
@@ -172,7 +191,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     names: list[str] = []
     for pat in args.names:
-        found = mobilenets.list_models(pat) if any(c in pat for c in "*?[") else [pat]
+        with warnings.catch_warnings():  # no match is the UserError below
+            warnings.simplefilter("ignore", UserWarning)
+            found = mobilenets.list_models(pat) if any(c in pat for c in "*?[") else [pat]
         if not found:
             raise UserError(f"no model matches {pat!r}")
         names += [n for n in found if n not in names]

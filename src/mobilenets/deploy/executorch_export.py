@@ -22,9 +22,10 @@ from typing import Optional, Sequence, Union
 import torch
 import torch.nn as nn
 
+from ..extras import require
 from ..weights.io import atomic_write
 from .mobile import (DEFAULT_CALIB_COUNT, LoweringError, MobileExport, check_int8_args, check_mobile_args,
-                     check_shape, chunks, export_program, prepare, pt2e_quantize, require, resolve_calibration,
+                     check_shape, chunks, export_program, prepare, pt2e_quantize, resolve_calibration,
                      verify_export)
 
 _WHY_LOGGERS = ("executorch.backends.xnnpack.partition.config.generic_node_configs",
@@ -35,7 +36,7 @@ _PLUMBING = ("executorch_call_delegate", "getitem")
 
 
 def _require_executorch():
-    return require("executorch.exir", "executorch", "ExecuTorch export")
+    return require("executorch.exir", "ExecuTorch export")
 
 
 def xnnpack_quantizer():
@@ -199,7 +200,7 @@ class PteRunner:
     """
 
     def __init__(self, path: Union[str, os.PathLike], threads: int = 0):
-        require("executorch.runtime", "executorch", "Running a .pte file")
+        require("executorch.runtime", "Running a .pte file")
         from executorch.runtime import Runtime
 
         p = Path(path)

@@ -25,15 +25,16 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from ..extras import require
 from ..weights.io import atomic_write
 from .mobile import (DEFAULT_CALIB_COUNT, LoweringError, MobileExport, check_int8_args, check_mobile_args,
-                     check_shape, chunks, prepare, pt2e_quantize, require, resolve_calibration, verify_export)
+                     check_shape, chunks, prepare, pt2e_quantize, resolve_calibration, verify_export)
 
 
 def litert_quantizer():
     """litert-torch's PT2E quantizer (int8 symmetric per-channel weights, static int8 activations),
     completed by :func:`annotate_float_gaps` for the ops it leaves in float."""
-    require("litert_torch", "litert-torch", "LiteRT export")
+    require("litert_torch", "LiteRT export")
     from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
 
     class Quantizer(PT2EQuantizer):
@@ -106,7 +107,7 @@ def _quiet():
 
 def tflite_ops(path_or_bytes: Union[str, os.PathLike, bytes]) -> tuple[dict, dict]:
     """``(builtin op counts, custom / Flex op counts)`` of a ``.tflite`` flatbuffer (all subgraphs)."""
-    require("ai_edge_litert", "ai-edge-litert", "Reading a .tflite file")
+    require("ai_edge_litert", "Reading a .tflite file")
     from ai_edge_litert import schema_py_generated as S
 
     buf = path_or_bytes if isinstance(path_or_bytes, bytes) else Path(path_or_bytes).read_bytes()
@@ -158,8 +159,8 @@ def export_tflite(model: nn.Module, path: Union[str, os.PathLike], input_size: S
     """
     path, size = check_mobile_args(path, input_size, ".tflite", batch_size)
     int8 = check_int8_args(calib, int8)
-    litert_torch = require("litert_torch", "litert-torch", "LiteRT export")
-    require("ai_edge_litert.interpreter", "ai-edge-litert", "LiteRT export")
+    litert_torch = require("litert_torch", "LiteRT export")
+    require("ai_edge_litert.interpreter", "LiteRT export")
     fused, net, in_chans = prepare(model, int8)
     x = torch.randn(batch_size, in_chans, *size, generator=torch.Generator().manual_seed(0))
     images, kwargs = None, {}
@@ -214,7 +215,7 @@ class TfliteRunner:
     """
 
     def __init__(self, path: Union[str, os.PathLike], threads: int = 0):
-        require("ai_edge_litert.interpreter", "ai-edge-litert", "Running a .tflite file")
+        require("ai_edge_litert.interpreter", "Running a .tflite file")
         from ai_edge_litert.interpreter import Interpreter
 
         p = Path(path)

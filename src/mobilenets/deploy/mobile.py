@@ -12,7 +12,6 @@ float by PyTorch).
 
 from __future__ import annotations
 
-import importlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +25,6 @@ from .calibration import NO_CALIBRATION, Calibration, _as_batches, calibration_b
 from .export_swaps import swap_for_export
 from .fuse import fuse
 
-MOBILE_EXTRA = "pip install 'mobilenets[mobile]'"
 #: calibration images used when ``calib`` is a source name (``"digits"``, ``"fake"``, a folder)
 DEFAULT_CALIB_COUNT = 128
 #: images the INT8 agreement at export is measured on (the first calibration images)
@@ -36,15 +34,6 @@ AGREEMENT_IMAGES = 64
 class LoweringError(ValueError):
     """A model (or part of it) that the runtime cannot take: names the op, where it is in the
     model, why, and the fix."""
-
-
-def require(module: str, package: str, what: str):
-    """Import ``module`` or raise an ImportError naming the package and the extra."""
-    try:
-        return importlib.import_module(module)
-    except ImportError as e:
-        raise ImportError(f"{what} needs {package}: {MOBILE_EXTRA} (or pip install {package}); "
-                          f"import failed: {e}") from None
 
 
 @dataclass(frozen=True)

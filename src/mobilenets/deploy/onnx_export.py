@@ -16,6 +16,7 @@ from typing import Optional, Sequence, Union
 import torch
 import torch.nn as nn
 
+from ..extras import require
 from ..weights.io import atomic_write
 from .export_swaps import swap_for_export
 from .fuse import fuse
@@ -36,16 +37,19 @@ def export_onnx(model: nn.Module, path: Union[str, Path], input_size: Sequence[i
         opset: ONNX opset, 13-20.
         dynamic_batch: make the batch dimension symbolic.
         fused: fold BatchNorms first (recommended; the math is the same).
-        verify: run the file with ONNX Runtime (when installed) and compare with eager;
-            raise if max |diff| > ``atol_rel`` x max |eager|.
+        verify: run the file with ONNX Runtime and compare with eager; raise if max |diff| >
+            ``atol_rel`` x max |eager|.
 
     Returns:
         The path written.
 
     Raises:
         ValueError: unsupported opset or input size. RuntimeError: verification failed.
+        MissingDependencyError: onnx (or, to verify, onnxruntime) is not installed.
     """
     path = check_export_args(path, input_size, opset)
+    if verify:
+        require("onnxruntime", "checking the exported ONNX file with ONNX Runtime (verify=False skips it)")
     net = fuse(model) if fused else copy.deepcopy(model).eval()
     in_chans = getattr(model, "in_chans", 3)
     x = torch.randn(2 if dynamic_batch else 1, in_chans, *input_size)
@@ -80,7 +84,9 @@ def export_onnx(model: nn.Module, path: Union[str, Path], input_size: Sequence[i
 def check_export_args(path: Union[str, Path], input_size: Sequence[int], opset: int,
                       min_opset: int = MIN_OPSET) -> Path:
     """The output path, after ``ValueError`` for an opset outside ``min_opset..MAX_OPSET``, an
-    input size that is not ``(H, W)`` with H, W >= 32, or a file name not ending in ``.onnx``."""
+    input size that is not ``(H, W)`` with H, W >= 32, or a file name not ending in ``.onnx``;
+    :class:`~mobilenets.extras.MissingDependencyError` without the onnx package."""
+    require("onnx", "ONNX export")
     if not min_opset <= int(opset) <= MAX_OPSET:
         raise ValueError(f"unsupported opset {opset}; expected {min_opset}..{MAX_OPSET} (17 is a good default)")
     if len(input_size) != 2 or min(input_size) < 32:
@@ -92,10 +98,7 @@ def check_export_args(path: Union[str, Path], input_size: Sequence[int], opset: 
 
 
 def _verify(file: str, x: torch.Tensor, refs: list[torch.Tensor], atol_rel: float) -> Optional[float]:
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        return None
+    ort = require("onnxruntime", "checking the exported ONNX file with ONNX Runtime")
     sess = ort.InferenceSession(file, providers=["CPUExecutionProvider"])
     outs = sess.run(None, {"input": x.numpy()})
     worst = 0.0

@@ -15,23 +15,30 @@ from typing import Any, NamedTuple, Optional, Union
 import numpy as np
 import torch
 
+from ..extras import require
 
-def _require_ort():
-    """``onnxruntime`` (with its quantization tools and ``onnx``), or an ImportError saying how
-    to install them."""
+
+def _require_ort(feature: str = "INT8 quantization"):
+    """``onnxruntime`` (with its quantization tools and ``onnx``), or a
+    :class:`~mobilenets.extras.MissingDependencyError` naming the extra."""
+    from ..extras import MissingDependencyError
     try:
-        import onnx  # noqa: F401
-        import onnxruntime
-        import onnxruntime.quantization  # noqa: F401
-    except ImportError as e:
-        raise ImportError("INT8 quantization needs ONNX Runtime and onnx: pip install onnxruntime onnx "
-                          f"(or pip install 'mobilenets[onnx]'); import failed: {e}") from None
-    return onnxruntime
+        require("onnx", feature)
+        require("onnxruntime.quantization", feature)
+        return require("onnxruntime", feature)
+    except MissingDependencyError as e:  # both come with the onnx extra, or by themselves
+        raise MissingDependencyError(f"{e} (or pip install onnxruntime onnx)") from None
+
+
+def _values(a: Union[torch.Tensor, np.ndarray]) -> torch.Tensor:
+    """A CPU tensor of the values of ``a``: a tensor (one that requires grad, a model's raw
+    output, included) or anything numpy reads."""
+    return a.detach().cpu() if isinstance(a, torch.Tensor) else torch.as_tensor(np.asarray(a))
 
 
 def agreement(a_logits: Union[torch.Tensor, np.ndarray], b_logits: Union[torch.Tensor, np.ndarray]) -> float:
     """Share (0..1) of rows whose arg-max (top-1 class) is the same in both logit arrays."""
-    a, b = torch.as_tensor(np.asarray(a_logits)), torch.as_tensor(np.asarray(b_logits))
+    a, b = _values(a_logits), _values(b_logits)
     if a.shape != b.shape or a.ndim != 2 or len(a) == 0:
         raise ValueError(f"agreement needs two (N, classes) arrays of the same shape, got {tuple(a.shape)} "
                          f"and {tuple(b.shape)}")
@@ -40,8 +47,8 @@ def agreement(a_logits: Union[torch.Tensor, np.ndarray], b_logits: Union[torch.T
 
 def cosine(a: Union[torch.Tensor, np.ndarray], b: Union[torch.Tensor, np.ndarray]) -> float:
     """Cosine similarity between two arrays, flattened."""
-    a = torch.as_tensor(np.asarray(a), dtype=torch.float64).flatten()
-    b = torch.as_tensor(np.asarray(b), dtype=torch.float64).flatten()
+    a = _values(a).to(torch.float64).flatten()
+    b = _values(b).to(torch.float64).flatten()
     return float(a @ b / (a.norm() * b.norm()).clamp(min=1e-300))
 
 

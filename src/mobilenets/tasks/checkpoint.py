@@ -78,3 +78,39 @@ def save_drawn(image, source: PathLike, out_dir: Optional[PathLike], suffix: str
     dest = Path(out_dir or src.parent) / f"{src.stem}_{suffix}.png"
     dest.parent.mkdir(parents=True, exist_ok=True)
     return atomic_write(dest, lambda tmp: image.save(tmp, format="PNG"))
+
+
+def model_from_checkpoint(path: PathLike, use_ema: bool = True) -> tuple[nn.Module, dict]:
+    """The model a ``mobilenets train`` checkpoint (``best.pt`` / ``last.pt``) holds, for any
+    task, rebuilt from the architecture options the run recorded, weights loaded, in eval mode.
+
+    ``mobilenets.model_from_checkpoint`` is this. A plain weights file (ours, timm's,
+    torchvision's) records no architecture: use ``mobilenets.create_model(name, pretrained=path)``.
+
+    Args:
+        path: the checkpoint.
+        use_ema: the deployable weights (the EMA when the run kept one), else the raw ones.
+
+    Returns:
+        ``(model, info)``; ``info``: ``task`` (``classify`` / ``detect`` / ``segment``), ``model``
+        (its registry name), ``recipe`` (the run's recipe, a dict), ``classes`` (detection and
+        segmentation: background first), ``epoch``, ``best``.
+
+    Raises:
+        FileNotFoundError: no such file. CheckpointError: not a training checkpoint (what it is
+            instead, when that can be told), or weights that do not fit.
+    """
+    task = checkpoint_task(path)
+    if task is None:
+        load_checkpoint(path)  # a file that cannot be read says why
+        raise CheckpointError(f"{path}: not a mobilenets training checkpoint (it records no recipe); for a "
+                              f"plain weights file use mobilenets.create_model(name, pretrained={str(path)!r})")
+    if task == "detect":
+        from .detection.infer import load_detector_checkpoint as load
+    elif task == "segment":
+        from .segmentation.infer import load_segmenter_checkpoint as load
+    else:
+        from ..factory import model_from_checkpoint as load
+    model, info = load(path, use_ema=use_ema)
+    recipe = info["recipe"] if isinstance(info["recipe"], dict) else info["recipe"].to_dict()
+    return model, {**info, "task": task, "model": recipe.get("model"), "recipe": recipe}

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import importlib
 
-from ..models.registry import list_models, register
+from ..models.registry import keyword_options, list_models, register
 
 # task, name pattern, family, builder (module.function under this package), fixed keywords,
 # torchvision's model of the same architecture on MobileNetV3-Large
@@ -42,7 +42,9 @@ def _register(task: str, pattern: str, family: str, builder: str, fixed: dict, t
     name = pattern.format(backbone)
     build.__doc__ = f"{name}: {family} on {backbone}."
     reference = {"torchvision": tv_name} if tv_name and backbone == TORCHVISION_BACKBONE else {}
-    register(name, family, build, defaults={"backbone": backbone, **fixed}, reference=reference, task=task)
+    target = getattr(importlib.import_module(f"{__package__}.{module}"), fn)
+    register(name, family, build, defaults={"backbone": backbone, **fixed}, reference=reference, task=task,
+             options=keyword_options(target))
 
 
 def register_all() -> None:

@@ -97,6 +97,31 @@ def _variant_hint(sd: Mapping[str, torch.Tensor], model: nn.Module) -> str:
             f"create that model instead")
 
 
+def _fit_hint(meta: Mapping, model: nn.Module, sd: Mapping[str, torch.Tensor], target: Mapping, missing: list,
+              unexpected: list, mismatched: list) -> str:
+    """The likely cause of a checkpoint that does not fit, in words, before the key lists: the
+    architecture the file records (our files and training checkpoints name it), or a classifier
+    of another size (``num_classes=``)."""
+    name = getattr(model, "name", "")
+    arch = meta.get("arch")
+    hints = []
+    if arch and name and arch != name:
+        hints.append(f"the checkpoint records model {arch!r}, not {name!r}: "
+                     f"create_model({arch!r}, pretrained=...) loads it")
+    get_classifier = getattr(model, "get_classifier", None)
+    fc = get_classifier() if callable(get_classifier) else None
+    prefix = next((n for n, m in model.named_modules() if m is fc and n), None)
+    if prefix and not missing and not unexpected and mismatched \
+            and all(k.startswith(prefix + ".") for k in (m.split(":")[0] for m in mismatched)):
+        w = sd.get(prefix + ".weight")
+        if w is not None and w.ndim == 2:
+            n, ours = int(w.shape[0]), int(target[prefix + ".weight"].shape[0])
+            hints.append(f"only the classifier differs: {n} classes in the checkpoint, {ours} in the model; "
+                         f"pass num_classes={n} (or strict=False to load everything but the classifier, "
+                         f"to fine-tune on {ours} classes)")
+    return "".join(f"\n  {h}" for h in hints)
+
+
 def _bn_from_meta(meta: Mapping, where: str) -> tuple[float, Optional[float]]:
     """The BatchNorm eps / momentum our files carry as metadata (written by :func:`save_weights`;
     momentum ``None`` is PyTorch's cumulative average). A missing, unreadable or out-of-range
@@ -112,6 +137,52 @@ def _bn_from_meta(meta: Mapping, where: str) -> tuple[float, Optional[float]]:
         raise CheckpointError(f"{where}: damaged metadata: bn_eps={eps!r} (expected 0 < eps < 1), "
                               f"bn_momentum={mom!r} (expected None or 0..1)")
     return eps, mom
+
+
+#: the registry's task of a model -> the ``recipe["task"]`` of a checkpoint trained for it
+_REGISTRY_TASKS = {"classification": "classify", "detection": "detect", "segmentation": "segment"}
+
+
+def check_checkpoint_task(meta: Mapping, where: str, model: nn.Module, task: Optional[str] = None) -> None:
+    """Raise :class:`CheckpointError` when ``meta`` (what :func:`read_checkpoint` /
+    :func:`unwrap_state_dict` found; a ``mobilenets train`` checkpoint records its task and
+    model) says the checkpoint was trained for another task than ``model``'s: a detection
+    checkpoint given to a classifier or a backbone, a classification one given as a detector's
+    weights, ... The message names the checkpoint's model and task and where it loads instead.
+    Files that record no task (plain state dicts, timm's, torchvision's) pass. ``task``: the
+    model's (``classify`` / ``detect`` / ``segment``; default: its registry entry's, else
+    ``classify``)."""
+    from ..models.registry import get_entry
+
+    got, want = meta.get("task"), task
+    if want is None:
+        try:
+            want = _REGISTRY_TASKS.get(get_entry(getattr(model, "name", "")).task, "classify")
+        except (KeyError, ValueError):
+            want = "classify"
+    if not got or got == want:
+        return
+    from .io import TRAINING_TASKS as words
+
+    arch = meta.get("arch", "?")
+    name = getattr(model, "name", type(model).__name__)
+    msg = (f"{where}: this is a {words.get(got, got)} checkpoint of {arch} (mobilenets train --task {got}), "
+           f"not {words.get(want, want)} weights for {name}")
+    if want == "classify":
+        msg += ("; a classifier, and a detector's or segmenter's backbone (pretrained_backbone=, or "
+                "--set pretrained= when training one), load a classification checkpoint (mobilenets train "
+                "--task classify)")
+    elif got == "classify":
+        msg += (f"; a classification checkpoint initialises the backbone: pretrained_backbone='{where}' "
+                f"(training: --set pretrained={where})")
+    else:
+        msg += (f"; {name} loads a {words.get(want, want)} checkpoint (mobilenets train --task {want}), its "
+                f"backbone a classification one (pretrained_backbone=)")
+    if got != "classify":
+        n = f", num_classes={meta['num_classes']}" if meta.get("num_classes") else ""
+        msg += (f". This checkpoint loads whole: mobilenets.create_model('{arch}'{n}, pretrained='{where}'), "
+                f"or mobilenets eval / predict / export {where}")
+    raise CheckpointError(msg)
 
 
 def load_weights(model: nn.Module, source: Source, strict: bool = True) -> LoadReport:
@@ -145,6 +216,7 @@ def load_weights(model: nn.Module, source: Source, strict: bool = True) -> LoadR
         path = resolve_hf_hub(src) if src.startswith(("hf-hub:", "hf_hub:")) else Path(src)
         sd, meta = read_checkpoint(path)
         where = src
+    check_checkpoint_task(meta, where, model)
     if not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise CheckpointError(f"{where}: expected a non-empty mapping of names to tensors")
     layout = detect_layout(sd)
@@ -181,6 +253,7 @@ def load_weights(model: nn.Module, source: Source, strict: bool = True) -> LoadR
     if strict and (missing or unexpected or mismatched):
         raise CheckpointError(
             f"{where} ({layout} layout) does not fit {getattr(model, 'name', type(model).__name__)}:"
+            + _fit_hint(meta, model, sd, target, missing, unexpected, mismatched)
             + format_key_problems(missing, unexpected, mismatched) + _variant_hint(raw, model))
     model.load_state_dict(fitted, strict=False)
     eps, mom = bn_settings(_family(model))

@@ -11,7 +11,7 @@ import pickle
 
 import torch
 
-from .io import CheckpointError, refused_object
+from .io import CheckpointError, _check_torch_file, refused_object
 
 
 def load_checkpoint(path: str | Path) -> dict:
@@ -19,6 +19,7 @@ def load_checkpoint(path: str | Path) -> dict:
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"checkpoint not found: {p}")
+    _check_torch_file(p)
     try:
         obj = torch.load(str(p), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:

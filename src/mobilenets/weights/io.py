@@ -39,11 +39,31 @@ def unwrap_state_dict(obj: Any, path: str) -> tuple[dict[str, torch.Tensor], dic
     return _unwrap(obj, path)
 
 
+#: ``recipe["task"]`` of a ``mobilenets train`` checkpoint -> what it is, in words
+TRAINING_TASKS = {"classify": "classification", "detect": "detection", "segment": "segmentation"}
+
+
+def training_task_meta(obj: Mapping) -> dict:
+    """What a ``mobilenets train`` checkpoint (``{"state_dict", "recipe", "classes", ...}``)
+    records about its model, as metadata: ``task`` (``classify`` / ``detect`` / ``segment``),
+    ``arch`` (the recipe's model) and ``num_classes``; ``{}`` for any other object. Readers use
+    it to say which task a checkpoint is for (:func:`mobilenets.weights.check_checkpoint_task`)."""
+    recipe = obj.get("recipe")
+    if not isinstance(recipe, Mapping) or not isinstance(recipe.get("model"), str):
+        return {}
+    task = recipe.get("task", "classify")
+    meta = {"task": str(task), "arch": recipe["model"]}
+    if isinstance(obj.get("classes"), (list, tuple)):
+        meta["num_classes"] = str(len(obj["classes"]))
+    return meta
+
+
 def _unwrap(obj: Any, path: str) -> tuple[dict[str, torch.Tensor], dict]:
     meta: dict = {}
     if isinstance(obj, Mapping):
         if isinstance(obj.get("mobilenets_meta"), Mapping):
             meta = dict(obj["mobilenets_meta"])
+        meta.update(training_task_meta(obj))
         for k in WRAPPER_KEYS:
             inner = obj.get(k)
             if isinstance(inner, Mapping) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
@@ -59,6 +79,46 @@ def _unwrap(obj: Any, path: str) -> tuple[dict[str, torch.Tensor], dict]:
         if all(k.startswith(prefix) for k in tensors):
             tensors = {k[len(prefix):]: v for k, v in tensors.items()}
     return tensors, meta
+
+
+def not_a_torch_file(path: PathLike) -> Optional[str]:
+    """Why the file at ``path`` cannot be a ``torch.save`` file, from its first bytes (``None``
+    when it may be one: a zip archive, or a pickle as old PyTorch versions wrote). Says what it
+    looks like instead (text, an HTML page, a Git LFS pointer, a safetensors / ONNX / LiteRT /
+    ExecuTorch file, empty), so a bad download is not reported as a refused pickle."""
+    with open(path, "rb") as f:
+        head = f.read(64)
+    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
+        return None  # zip (torch >= 1.6) or pickle protocol >= 2 (legacy torch.save)
+    if not head:
+        return "it is empty"
+    if len(head) > 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < 100_000_000:
+        return "it is a safetensors file: give it the .safetensors suffix"
+    if head[4:8] == b"TFL3":
+        return "it is a LiteRT (.tflite) model, not weights"
+    if head[4:8] in (b"ET12", b"ET13", b"ET14"):
+        return "it is an ExecuTorch (.pte) program, not weights"
+    text = head.lstrip()
+    if text.startswith(b"version https://git-lfs"):
+        return "it is a Git LFS pointer, not the weights (run git lfs pull)"
+    if text[:15].lower().startswith((b"<!doctype html", b"<html")):
+        return "it is an HTML page (a failed download?)"
+    try:
+        sample = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return f"it starts with the bytes {head[:8].hex(' ')}, not a zip archive or a pickle"
+    if all(c.isprintable() or c in "\r\n\t" for c in sample):
+        return f"it is a text file (it starts with {sample[:24]!r})"
+    return f"it starts with the bytes {head[:8].hex(' ')}, not a zip archive or a pickle"
+
+
+def _check_torch_file(p: Path) -> None:
+    """:class:`CheckpointError` naming what the file is, when it cannot be a ``torch.save`` file."""
+    why = not_a_torch_file(p)
+    if why:
+        raise CheckpointError(f"{p}: not a PyTorch checkpoint (corrupt, or another kind of file): {why}. "
+                              f"Expected a file written by torch.save (.pth / .pt / .bin / .ckpt) or a "
+                              f".safetensors file")
 
 
 def read_checkpoint(path: PathLike) -> tuple[dict[str, torch.Tensor], dict]:
@@ -84,6 +144,7 @@ def read_checkpoint(path: PathLike) -> tuple[dict[str, torch.Tensor], dict]:
             raise CheckpointError(f"{p}: not a readable safetensors file ({e})") from None
         return _unwrap(sd, str(p))[0], meta
     if suffix in TORCH_SUFFIXES:
+        _check_torch_file(p)
         allow = getattr(torch.serialization, "safe_globals", None)  # torch >= 2.5
         try:
             with allow(list(SAFE_CLASSES)) if allow else contextlib.nullcontext():
@@ -122,10 +183,8 @@ def resolve_hf_hub(spec: str, filenames: tuple[str, ...] = ("model.safetensors",
     m = _HF.match(spec)
     if not m:
         raise ValueError(f"expected 'hf-hub:org/name' or 'hf-hub:org/name@revision', got {spec!r}")
-    try:
-        from huggingface_hub import hf_hub_download
-    except ImportError:
-        raise ImportError("loading 'hf-hub:' weights needs huggingface_hub: pip install huggingface_hub") from None
+    from ..extras import require
+    hf_hub_download = require("huggingface_hub", "loading 'hf-hub:' weights").hf_hub_download
     errors = []
     for fn in filenames:
         for local_only in (True, False):
@@ -137,14 +196,26 @@ def resolve_hf_hub(spec: str, filenames: tuple[str, ...] = ("model.safetensors",
                           f"({'; '.join(errors)})")
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: PathLike, write) -> Path:
-    """Call ``write(tmp_path)`` then rename onto ``path``: no half-written file on failure."""
+    """Call ``write(tmp_path)`` then rename onto ``path``: no half-written file on failure.
+
+    The file gets the permissions a plain ``open(path, "w")`` would give it (``0o666`` less the
+    umask; an existing file keeps its own), not the temporary file's private ``0o600``, so others
+    can read a shared run folder as with any file the user writes."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
+    mode = p.stat().st_mode & 0o777 if p.exists() else 0o666 & ~_umask()
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, mode)
         os.replace(tmp, p)
     except BaseException:
         if os.path.exists(tmp):

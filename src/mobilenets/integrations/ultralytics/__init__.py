@@ -2,13 +2,16 @@
 
 >>> from mobilenets.integrations.ultralytics import yolo, register
 >>> model = yolo("n", backbone="mobilenetv4_conv_small", width=0.75, nc=10)   # an ultralytics.YOLO
->>> register()   # or: YAML files naming MobileNetBackbone build with ultralytics.YOLO("x.yaml")
+>>> register()   # then YAML files naming MobileNetBackbone build with ultralytics.YOLO("x.yaml")
 
 - :func:`yolo`: YOLO11 n/s/m/l/x (its neck and head) on any registry classification backbone at
   any width factor in (0, 2] (through ``width_mult``), optionally from a classification checkpoint.
 - :func:`register`: makes ``MobileNetBackbone`` (and the widely copied tutorial's
   ``MobileNetV4ConvSmall`` ... names) known to Ultralytics' YAML parser; the tutorial layout
   (the backbone row is layer 0 and stands for layers 0-4) builds as it is (:mod:`.hook`).
+  :func:`yolo` and :func:`yaml_path` register by themselves, and so does importing this package
+  when Ultralytics is already imported; ``ultralytics.YOLO("your.yaml")`` in a process that did
+  none of these needs ``register()`` first (else Ultralytics' ``KeyError: 'MobileNetBackbone'``).
 - :func:`yaml_path` / :func:`shipped_yamls`: the generated YAMLs shipped in the package
   (YOLO11 n..x on the five MobileNetV4 models, MobileNetV3-Large, Mobile-Former-294M);
   :func:`yaml_text` / :func:`write_yamls` make them (:mod:`.layout`).
@@ -24,6 +27,23 @@ from .hook import MIN_VERSION, expand_layout, is_registered, register, ultralyti
 from .layout import (SCALES, SHIPPED_BACKBONES, model_dict, shipped_yamls, write_yamls, yaml_name, yaml_path,
                      yaml_text)
 from .model import backbone_of, build_detection_model, model_info, summary_line, yolo
+
+
+def _register_if_ultralytics_imported() -> None:
+    """Ultralytics already imported by the user: make our YAML names known now (never importing
+    Ultralytics when it is not: the package imports without it; an Ultralytics too old for the
+    hook is reported by register() / yolo() when called, not by this import)."""
+    import sys
+
+    if sys.modules.get("ultralytics") is not None:
+        from .hook import register_if_installed
+        try:
+            register_if_installed()
+        except ImportError:
+            pass
+
+
+_register_if_ultralytics_imported()
 
 __all__ = ["HEAD_STRIDES", "LEVEL_STRIDES", "MIN_VERSION", "MODULES", "MobileNetBackbone", "SCALES",
            "SHIPPED_BACKBONES", "TUTORIAL_NAMES", "backbone_entry", "backbone_of", "build_detection_model",

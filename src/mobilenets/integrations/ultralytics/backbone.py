@@ -156,12 +156,36 @@ class MobileNetBackbone(nn.Module):
         mismatched = [m for m in report.mismatched if m.split(":")[0] in kept]
         if missing or mismatched:
             raise CheckpointError(f"{source}: not a checkpoint of the backbone {self.model_name} at width "
-                                  f"{self.width:g}:" + format_key_problems(missing, [], mismatched))
+                                  f"{_fmt_width(self.width)}{self._what_it_is(source)}:"
+                                  + format_key_problems(missing, [], mismatched))
         full_sd = full.state_dict()
         self.body.model.load_state_dict({k: full_sd[k] for k in kept}, strict=True)
         self.body.model.set_bn(**YOLO_BN)
         unused = [k for k in full_sd if k not in kept]
         return LoadReport(report.layout, len(kept), [], report.unexpected + unused, [])
+
+    def _what_it_is(self, source) -> str:
+        """What a checkpoint that does not fit holds, in words, and the fix: the model and width
+        a ``mobilenets train`` checkpoint records in its recipe, else the width (of this
+        backbone) whose shapes it fits; ``""`` when neither says."""
+        found = _recorded_architecture(source)
+        if found is None:
+            width = _fitting_width(source, self.model_name, self.kwargs)
+            found = None if width is None else (self.model_name, width, False)
+        if found is None:
+            return ""
+        name, width, recorded = found
+        mult = width_mult_of(self.model_name, self.width)
+        train = (f"mobilenets train --model {self.model_name} --set model_kwargs='{{\"width_mult\": {mult:g}}}'"
+                 if mult != 1.0 else f"mobilenets train --model {self.model_name}")
+        if name != self.model_name:
+            return (f"\n  the checkpoint is {name} at width {_fmt_width(width)} (its training recipe), the backbone "
+                    f"is {self.model_name}: pass backbone={name!r}, width={_fmt_width(width)}, or a checkpoint "
+                    f"of {self.model_name} ({train})")
+        how = "its training recipe" if recorded else "the width its shapes fit"
+        return (f"\n  the checkpoint is {name} at width {_fmt_width(width)} ({how}), the backbone is width "
+                f"{_fmt_width(self.width)}: train the classifier at width {_fmt_width(self.width)} ({train}), "
+                f"or pass width={_fmt_width(width)}")
 
     def __setstate__(self, state: dict) -> None:
         # a YOLO checkpoint unpickled in a fresh process: its model.yaml names this module, and
@@ -170,6 +194,57 @@ class MobileNetBackbone(nn.Module):
         from .hook import register_if_imported
 
         register_if_imported()
+
+
+def _fmt_width(width: float) -> str:
+    text = f"{width:g}"
+    return text if "." in text or "e" in text else text + ".0"
+
+
+def _recorded_architecture(source) -> Optional[tuple[str, float, bool]]:
+    """``(model, width, True)`` a ``mobilenets train`` checkpoint records: its recipe's
+    ``model`` and ``model_kwargs["width_mult"]`` (as a factor of the name's own width, as
+    ``width`` counts); None for anything else."""
+    from ...weights.checkpoint import load_checkpoint
+
+    obj = source
+    if not isinstance(source, dict):
+        try:
+            obj = load_checkpoint(source)
+        except (OSError, ValueError):
+            return None
+    recipe = obj.get("recipe") if isinstance(obj, dict) else None
+    if not isinstance(recipe, dict) or not isinstance(recipe.get("model"), str):
+        return None
+    name = recipe["model"]
+    try:
+        own = float(get_entry(name).defaults.get("width_mult", 1.0))
+    except UnknownModelError:
+        return None
+    kwargs = recipe.get("model_kwargs") if isinstance(recipe.get("model_kwargs"), dict) else {}
+    return name, float(kwargs.get("width_mult", own)) / own, True
+
+
+#: the widths :func:`_fitting_width` tries on a checkpoint that records none
+PROBE_WIDTHS = (0.25, 0.35, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0)
+
+
+def _fitting_width(source, model: str, kwargs: dict) -> Optional[float]:
+    """The width (of :data:`PROBE_WIDTHS`) at which every weight of backbone ``model`` fits the
+    checkpoint, tried on the ``meta`` device (no memory); None if none does."""
+    import warnings
+
+    for width in PROBE_WIDTHS:
+        try:
+            with torch.device("meta"), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # loading into meta tensors is a no-op: only the shapes count
+                net = create_model(model, num_classes=0, width_mult=width_mult_of(model, width), **kwargs)
+                report = load_weights(net, source, strict=False)
+        except Exception:  # noqa: BLE001 - a width that cannot be built or read just does not fit
+            continue
+        if not report.missing and not report.mismatched:
+            return width
+    return None
 
 
 def _alias(cls_name: str, model: str) -> type:

@@ -115,6 +115,19 @@ def unregister() -> None:
         tasks.parse_model = tasks.parse_model.__wrapped__
 
 
+def register_if_installed() -> bool:
+    """:func:`register` when Ultralytics is installed (importing it), else nothing: what hands out
+    our YAML files does it, so ``ultralytics.YOLO(<that file>)`` builds without the user calling
+    :func:`register` first (Ultralytics' own message would be a bare ``KeyError:
+    'MobileNetBackbone'``). Whether it registered; too old an Ultralytics raises as register does."""
+    try:
+        import ultralytics.nn.tasks  # noqa: F401
+    except ImportError:
+        return False
+    register()
+    return True
+
+
 def register_if_imported() -> None:
     """:func:`register` when Ultralytics is already imported (unpickling a YOLO checkpoint),
     else nothing: unpickling our module alone must not import Ultralytics."""
@@ -128,5 +141,5 @@ def is_registered() -> bool:
         getattr(tasks, n, None) is c for n, c in MODULES.items())
 
 
-__all__ = ["MIN_VERSION", "expand_layout", "is_registered", "register", "register_if_imported",
+__all__ = ["MIN_VERSION", "expand_layout", "is_registered", "register", "register_if_imported", "register_if_installed",
            "ultralytics_tasks", "unregister"]

@@ -165,12 +165,18 @@ def shipped_yamls() -> dict[str, Path]:
 
 def yaml_path(scale: str, backbone: str) -> Path:
     """The shipped YAML of YOLO11``scale`` on ``backbone`` (``FileNotFoundError`` listing the
-    shipped backbones otherwise; :func:`yaml_text` makes one for any backbone and width)."""
+    shipped backbones otherwise; :func:`yaml_text` makes one for any backbone and width).
+
+    When Ultralytics is installed, this also registers our module names (:func:`~.hook.register`), so
+    ``ultralytics.YOLO(str(yaml_path(...)))`` builds as it is."""
+    from .hook import register_if_installed
+
     p = CFG_DIR / yaml_name(scale, backbone)
     if not p.is_file():
         raise FileNotFoundError(f"no shipped YAML {p.name}: shipped are YOLO11 {'/'.join(SCALES)} on "
                                 f"{', '.join(SHIPPED_BACKBONES)}; for another backbone or width use "
                                 f"yolo() or layout.yaml_text()")
+    register_if_installed()
     return p
 
 

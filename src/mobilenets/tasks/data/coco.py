@@ -21,12 +21,13 @@ def _coco_api():
         return COCO
     except ImportError:
         pass
+    from ...extras import MissingDependencyError, install_hint
     try:
         from faster_coco_eval import COCO
         return COCO
     except ImportError:
-        raise ImportError("reading COCO annotations needs pycocotools: pip install pycocotools "
-                          "(or: pip install faster-coco-eval)") from None
+        raise MissingDependencyError(f"reading COCO annotations needs pycocotools (or faster-coco-eval), which is "
+                                     f"not installed: {install_hint('pycocotools')} (or pip install pycocotools)") from None
 
 
 def _require(obj: Any, fields: Sequence[str], what: str, path: Path) -> None:

@@ -13,10 +13,8 @@ from .files import PathLike, _FileDetection, _clip_box
 
 
 def _load_yaml(path: Path) -> dict:
-    try:
-        import yaml
-    except ImportError:
-        raise ImportError("reading a YOLO data.yaml needs PyYAML: pip install pyyaml") from None
+    from ...extras import require
+    yaml = require("yaml", "reading a YOLO data.yaml")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, yaml.YAMLError) as e:
