@@ -1,6 +1,6 @@
 """The import graph of the library is acyclic and follows the layer order
 
-    textutil, version -> archs (pure data) -> layers -> blocks -> models -> zoo (registration) -> weights
+    textutil, version, extras, progress -> archs (pure data) -> layers -> blocks -> models -> zoo (registration) -> weights
     -> data -> factory
     -> analysis, train -> deploy -> tasks -> the package root -> integrations -> the command-line interface
 
@@ -21,7 +21,7 @@ import pytest
 import mobilenets
 
 ROOT = Path(mobilenets.__file__).parent
-LAYERS = [("textutil", "version"), "archs", "layers", "blocks", "models", "zoo", "weights", "data", "factory",
+LAYERS = [("textutil", "version", "extras", "progress"), "archs", "layers", "blocks", "models", "zoo", "weights", "data", "factory",
           ("analysis", "train"), "deploy", "tasks", "__init__", "integrations", "cli"]
 RANK = {name: i for i, layer in enumerate(LAYERS) for name in ((layer,) if isinstance(layer, str) else layer)}
 CLI = {"cli", "clitools", "__main__"}  # the command line: modules nothing in the library may import

@@ -87,7 +87,7 @@ def test_torchvision_detector_same_losses_in_train_mode(name, tv_models):
 
 
 def test_pinned_parameter_counts_match_torchvision():
-    # REFERENCE.md section 7: SSDLite 3,440,060; Faster R-CNN 19,386,354 with torchvision's
+    # torchvision's weight metadata (models/detection): SSDLite 3,440,060; Faster R-CNN 19,386,354 with torchvision's
     # FrozenBatchNorm2d backbone (its convention when weights are loaded), 19,410,754 with BatchNorm2d
     count = mobilenets.count_params
     assert count(mobilenets.create_model("ssdlite320_mobilenetv3_large_100")) == 3_440_060
@@ -229,3 +229,56 @@ def test_cli_list_and_info_for_detectors(capsys):
     out = capsys.readouterr().out
     assert "expansion of layer 13" in out and "672" in out and "3.440 M" in out
     assert main(["list", "nothing*", "--task", "detection"]) == 2
+
+
+def _training_checkpoint(path, model, task, recipe_model, classes):
+    """A checkpoint laid out as ``mobilenets train`` writes it (mobilenets.train.checkpoint)."""
+    from mobilenets.train import Recipe
+    sd = model.state_dict()
+    torch.save({"state_dict": sd, "model": sd, "recipe": Recipe(task=task, model=recipe_model).to_dict(),
+                "classes": classes, "mobilenets_meta": {"format": "mobilenets", "arch": recipe_model}}, path)
+    return path
+
+
+def test_a_checkpoint_of_another_task_says_what_it_is(tmp_path):
+    # a detection training checkpoint as a classifier's pretrained= / a backbone's weights (what
+    # --set pretrained= does when training a detector), and a classification one as a detector's
+    # weights: the error names the checkpoint's task and model, not "unrecognised key layout"
+    name = "ssdlite320_mobilenetv2_050"
+    det = _training_checkpoint(tmp_path / "det.pt", mobilenets.create_model(name, num_classes=4), "detect", name,
+                               ["__background__", "a", "b", "c"])
+    cls = _training_checkpoint(tmp_path / "cls.pt", mobilenets.create_model("mobilenetv2_050", num_classes=3),
+                               "classify", "mobilenetv2_050", ["a", "b", "c"])
+    what = rf"{det}: this is a detection checkpoint of {name} \(mobilenets train --task detect\)"
+    with pytest.raises(mobilenets.CheckpointError, match=what + ".*load a classification checkpoint") as e:
+        mobilenets.create_model("mobilenetv2_050", pretrained=det)
+    assert f"create_model('{name}', num_classes=4, pretrained='{det}')" in str(e.value)
+    with pytest.raises(mobilenets.CheckpointError, match=what):
+        mobilenets.create_model(name, num_classes=4, pretrained_backbone=det)
+    with pytest.raises(mobilenets.CheckpointError, match=f"state dict: this is a detection checkpoint of {name}"):
+        mobilenets.create_model("mobilenetv2_050", pretrained=torch.load(det, weights_only=True))  # loaded by the user
+    with pytest.raises(mobilenets.CheckpointError, match=rf"{cls}: this is a classification checkpoint of "
+                                                         rf"mobilenetv2_050.*pretrained_backbone='{cls}'"):
+        mobilenets.create_model(name, num_classes=4, pretrained=cls)
+    # what each fits still loads
+    mobilenets.create_model(name, num_classes=4, pretrained=det)
+    mobilenets.create_model(name, num_classes=4, pretrained_backbone=cls)
+    mobilenets.create_model("mobilenetv2_050", num_classes=3, pretrained=cls)
+
+
+@pytest.mark.parametrize("name", ["ssdlite320_mobilenetv2_050", "fasterrcnn_mobilenetv2_050_320_fpn",
+                                  "retinanet_mobilenetv2_050_fpn"])
+def test_a_detector_in_train_mode_without_targets_says_to_call_eval(name):
+    model = mobilenets.create_model(name, num_classes=3)   # train mode, as every nn.Module is built
+    with pytest.raises(ValueError, match=r"in training mode.*call model\.eval\(\) for detections.*or pass targets"):
+        model([torch.rand(3, 64, 80)])
+    with pytest.raises(ValueError, match=r"model\.eval\(\)"):
+        model(images=[torch.rand(3, 64, 80)])
+    assert list(model.eval()([torch.rand(3, 64, 80)])[0]) != []   # inference as before
+    model.train()
+    target = {"boxes": torch.tensor([[4.0, 4.0, 40.0, 30.0]]), "labels": torch.tensor([1])}
+    if name.startswith("ssdlite"):   # one image: BatchNorm over its 1x1 maps cannot train
+        with pytest.raises(ValueError, match="batches of at least 2 images"):
+            model([torch.rand(3, 64, 80)], [target])
+    losses = model([torch.rand(3, 64, 80)] * 2, [target] * 2)
+    assert set(losses) and all(torch.isfinite(v) for v in losses.values())

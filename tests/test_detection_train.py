@@ -64,7 +64,7 @@ def test_cli_train_eval_predict_export(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "final val mAP" in text and (out / "best.pt").exists() and (out / "curves.png").exists()
 
-    assert main(["eval", str(out / "best.pt")]) == 0
+    assert main(["eval", str(out / "best.pt"), "--no-progress"]) == 0   # accepted, as train accepts it
     text = capsys.readouterr().out
     assert "mAP50" in text and "(4 images)" in text
 
@@ -76,6 +76,23 @@ def test_cli_train_eval_predict_export(tmp_path, capsys):
     assert (tmp_path / "scene_detections.png").exists()
     from mobilenets.data import read_rgb
     assert read_rgb(tmp_path / "scene_detections.png").shape == (3, 150, 200)  # drawn on the original
+    capsys.readouterr()
+
+    # one unreadable image among readable ones: each readable one is still predicted and drawn, the
+    # bad ones get one line each naming the file and the cause, and the exit code says some failed
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    save_image(DigitScenes("val", size=(120, 120), num_images=2)[1][0], tmp_path / "later.png")
+    argv = ["predict", str(out / "best.pt"), str(img), str(tmp_path / "broken.png"), str(tmp_path / "missing.jpg"),
+            str(tmp_path / "later.png"), "--out-dir", str(tmp_path / "pred"), "--score-thresh", "1.0"]
+    assert main(argv) == 2
+    res = capsys.readouterr()
+    assert all((tmp_path / "pred" / f"{n}_detections.png").exists() for n in ("scene", "later"))
+    errors = res.err.splitlines()
+    assert len(errors) == 3 and "broken.png: cannot read the image" in errors[0] and "missing.jpg" in errors[1]
+    assert "2 of 4 image(s) could not be read" in errors[2]
+    # nothing reaches the threshold: said, with the best score the model gave
+    lines = [ln for ln in res.out.splitlines() if ln.startswith(str(img))]
+    assert len(lines) == 1 and "0 detections >= 1.00 (best score 0." in lines[0] and "lower --score-thresh" in lines[0]
 
     assert main(["export", str(out / "best.pt"), "--out", str(tmp_path / "det.onnx")]) == 0
     assert "decode + NMS in the graph" in capsys.readouterr().out and (tmp_path / "det.onnx").exists()
@@ -94,6 +111,13 @@ def test_onnx_export_with_nms_matches_eager(name, tmp_path):
     randomize_bn(model, calib=images)
     path = export_detector_onnx(model.eval(), tmp_path / "m.onnx", (320, 320), images=images)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+    # the file's outputs, in this order for every family (torchvision's SSD / RetinaNet dicts are
+    # boxes, scores, labels; Faster R-CNN's boxes, labels, scores)
+    import onnx
+    from onnx import TensorProto
+    outputs = onnx.load(str(path)).graph.output
+    assert [(o.name, o.type.tensor_type.elem_type) for o in outputs] == [
+        ("boxes", TensorProto.FLOAT), ("labels", TensorProto.INT64), ("scores", TensorProto.FLOAT)]
     # boxes within 1e-3 px of the eager model's (BatchNorm folded, NMS in the graph)
     assert verify_detector_onnx(path, model, images) <= 1e-3
     # a wrong graph is refused: the same file against a model with other weights
@@ -130,3 +154,61 @@ def test_model_kwargs_reach_the_detector_and_its_checkpoint(tmp_path):
     assert res.model.anchor_generator.scales[0] == pytest.approx(0.1)
     model, _ = load_detector_checkpoint(tmp_path / "best.pt")  # rebuilt with the same anchors
     assert model.anchor_generator.scales[0] == pytest.approx(0.1)
+
+
+def test_a_320_detector_trains_and_exports_at_320(capsys):
+    # --recipe fasterrcnn is sized for its own model (800); the _320_fpn model given with --model
+    # trains at its own 320 (torchvision's min_size 320, max_size 640), unless a size is given
+    from mobilenets.tasks.detection.models import native_size
+    from mobilenets.tasks.detection.training import DetectionTask
+    from mobilenets.train.recipe import Recipe
+
+    def resolved(*extra):
+        assert main(["train", "--task", "detect", "--recipe", "fasterrcnn", "--data", "digit-scenes", "--print-recipe",
+                     "--model", "fasterrcnn_mobilenetv4_conv_small_320_fpn", *extra]) == 0
+        lines = dict(ln.split(" = ", 1) for ln in capsys.readouterr().out.splitlines())
+        return Recipe(task=lines["task"], model=lines["model"], dataset=lines["dataset"],
+                      img_size=int(lines["img_size"]))
+
+    r = resolved()
+    assert r.img_size == 320
+    model = DetectionTask().build_model(r.replace(scene_images=2, scene_val_images=2), 11)
+    assert model.transform.min_size == (320,) and model.transform.max_size == 640 == 2 * r.img_size
+    image = DetectionTask().build_data(r.replace(scene_images=2, scene_val_images=2)).train[0][0]
+    assert tuple(image.shape) == (3, 320, 320)   # the size the model sees: no resize inside it
+    assert resolved("--input-size", "512").img_size == 512 and resolved("--set", "img_size=400").img_size == 400
+    # the recipe's own model keeps its 800; export of a registry name uses the model's own size
+    assert main(["train", "--task", "detect", "--recipe", "fasterrcnn", "--data", "x", "--print-recipe"]) == 0
+    assert "img_size = 800" in capsys.readouterr().out
+    assert native_size("fasterrcnn_mobilenetv4_conv_small_320_fpn") == 320
+    assert native_size("fasterrcnn_mobilenetv4_conv_small_fpn") == 800 == native_size("retinanet_mobilenetv2_050_fpn")
+    assert native_size("ssdlite320_mobilenetv2_050") == 320
+
+
+def test_drawn_detections_one_colour_per_class_and_tags_never_overlap():
+    from mobilenets.tasks.detection.infer import class_color, draw_detections, place_labels
+    assert class_color(1) != class_color(2) and class_color(1) == class_color(21)   # a fixed palette
+    image = torch.zeros(3, 100, 160, dtype=torch.uint8)
+    boxes = torch.tensor([[10.0, 30.0, 60.0, 80.0], [12.0, 32.0, 62.0, 82.0], [100.0, 20.0, 150.0, 90.0]])
+    from torchvision.transforms.v2.functional import pil_to_tensor
+    drawn = pil_to_tensor(draw_detections(image, boxes, [1, 2, 1], ["a 0.90", "b 0.80", "a 0.70"], [0.9, 0.8, 0.7]))
+    assert tuple(drawn[:, 55, 10].tolist()) == class_color(1)    # left edges of the first two boxes
+    assert tuple(drawn[:, 60, 12].tolist()) == class_color(2)
+    assert tuple(drawn[:, 55, 149].tolist()) == class_color(1)   # the third box: class 1 again
+    # two near-identical boxes: the second tag goes elsewhere; a box with no free place gets none
+    places = place_labels(boxes.tolist(), [(40, 14)] * 3, [0.9, 0.8, 0.7], (100, 160))
+    assert places[0] == (10, 16, 50, 30) and places[1] == (12, 32, 52, 46)
+    rects = [p for p in places if p is not None]
+    assert all(not (a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3])
+               for i, a in enumerate(rects) for b in rects[i + 1:])
+    crowded = place_labels([[0.0, 0.0, 20.0, 20.0]] * 5, [(20, 20)] * 5, [0.5] * 5, (20, 20))
+    assert crowded[0] is not None and crowded[1:] == [None] * 4
+
+
+def test_eval_help_documents_data_for_every_task(capsys):
+    with pytest.raises(SystemExit):
+        main(["eval", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "detection (default: the run's validation data): digit-scenes | PATH to a COCO or YOLO folder" in text
+    assert "segmentation (default: the run's validation data): digit-scenes | PATH to a VOC-style folder" in text
+    assert "--no-progress" in text

@@ -92,7 +92,7 @@ def test_torchvision_segmenter_checkpoint_gives_the_same_logits(name, tv_models,
 
 
 def test_pinned_parameter_counts_match_torchvision():
-    # REFERENCE.md section 7: LR-ASPP 3,221,538; DeepLabV3 11,029,328 with aux, 11,025,477 without;
+    # torchvision's weight metadata (models/segmentation) and its MobileNetV3 write-up: LR-ASPP 3,221,538; DeepLabV3 11,029,328 with aux, 11,025,477 without;
     # the FCN variant 5.05 M
     count = mobilenets.count_params
     assert count(mobilenets.create_model("lraspp_mobilenetv3_large_100")) == 3_221_538

@@ -142,6 +142,15 @@ def test_cli_train_eval_predict_export(tmp_path, capsys):
     assert "__background__" in capsys.readouterr().out
     drawn = read_rgb(tmp_path / "pred" / "scene_segmentation.png")
     assert drawn.shape[1] == 150 and drawn.shape[2] > 200  # the original size, plus the legend strip
+    # an unreadable image: one line naming it, the next image still segmented, exit code 2
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    save_image(DigitScenes("val", size=(96, 96), num_images=2)[1][0], tmp_path / "later.png")
+    assert main(["predict", str(out / "best.pt"), str(tmp_path / "broken.png"), str(tmp_path / "later.png"),
+                 "--out-dir", str(tmp_path / "pred")]) == 2
+    res = capsys.readouterr()
+    assert "broken.png: cannot read the image" in res.err and "1 of 2 image(s) could not be read" in res.err
+    assert f"{tmp_path / 'later.png'}: __background__" in res.out
+    assert (tmp_path / "pred" / "later_segmentation.png").exists()
 
     assert main(["export", str(out / "best.pt"), "--out", str(tmp_path / "seg.onnx")]) == 0
     assert "checked with ONNX Runtime" in capsys.readouterr().out and (tmp_path / "seg.onnx").exists()

@@ -356,6 +356,15 @@ def test_cli_train_eval_predict(tmp_path, capsys):
     assert _cli("predict", str(out / "best.pt"), str(img), "--topk", "3") == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == str(img) and len(lines) == 4
+    # unreadable / missing images: one line each on stderr, the others still classified, exit code 2
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    assert _cli("predict", str(out / "best.pt"), str(tmp_path / "broken.png"), str(tmp_path / "missing.png"),
+                str(img), "--topk", "3") == 2
+    res = capsys.readouterr()
+    assert res.out.splitlines()[0] == str(img) and len(res.out.splitlines()) == 4
+    err = res.err.splitlines()
+    assert "broken.png: not a readable image" in err[0] and "missing.png: image not found" in err[1]
+    assert "2 of 3 image(s) could not be read" in err[2]
 
 
 def test_cli_user_errors(tmp_path, capsys):
@@ -488,3 +497,39 @@ def test_default_digits_recipe_reaches_97_percent(tmp_path):
     res = train(get_recipe("digits"), tmp_path, progress=False)
     assert res.exit_code == 0
     assert res.history[-1]["val_top1"] >= 97.0, res.history[-1]
+
+
+def test_curves_say_what_run_they_show():
+    """The curves PNG had no title, ticks at half epochs, a generic y label and no word on label
+    smoothing (which keeps the train loss above the val loss)."""
+    import matplotlib.pyplot as plt
+    from mobilenets.train.reporting import curves_figure
+    history = [{"epoch": e, "train_loss": 1.0 / e, "val_loss": 0.5 / e, "train_top1": 50.0 + e, "val_top1": 60.0 + e}
+               for e in range(1, 4)]
+    fig = curves_figure(history, {"model": "mobilenetv4_conv_small", "dataset": "digits",
+                                  "out": "runs/mnv4s-digits-1", "task": "classify", "label_smoothing": 0.1})
+    try:
+        assert fig._suptitle.get_text() == "mobilenetv4_conv_small on digits (mnv4s-digits-1)"
+        loss_ax, metric_ax = fig.axes
+        assert metric_ax.get_ylabel() == "top-1 accuracy (%)"
+        assert "label smoothing 0.1" in loss_ax.get_title()
+        fig.canvas.draw()
+        for ax in fig.axes:
+            assert all(float(t).is_integer() for t in ax.get_xticks())
+    finally:
+        plt.close(fig)
+    fig = curves_figure([{"epoch": 1, "train_loss": 1.0, "val_map": 0.2}], {"task": "detect", "label_smoothing": 0.1})
+    try:
+        assert fig.axes[1].get_ylabel().startswith("mAP") and fig.axes[0].get_title() == ""
+    finally:
+        plt.close(fig)
+
+
+def test_agreement_and_cosine_take_raw_model_outputs():
+    """The README's QAT example called agreement(m(x), m(x)) on outputs that require grad."""
+    from mobilenets.deploy import agreement, cosine
+    model = mobilenets.create_model("mobilenetv2_035", num_classes=5).eval()
+    x = torch.randn(3, 3, 64, 64)
+    a = model(x)
+    assert a.requires_grad
+    assert agreement(a, model(x)) == 1.0 and abs(cosine(a, a.detach().numpy()) - 1.0) < 1e-9

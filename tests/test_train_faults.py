@@ -189,3 +189,59 @@ def test_ddp_rank_killed_stops_the_job_naming_the_rank_then_resume_works(tmp_pat
     done = _torchrun(tmp_path, "--resume")
     assert done.returncode == 0, done.stderr[-3000:]
     assert "rank 0 exit 0 epochs 3" in done.stdout
+
+
+# --- a resume that cannot continue its checkpoint is refused, and nothing is rewritten ------------
+def _finished_run(tmp_path) -> Path:
+    """A finished 3-epoch run whose best.pt is from an earlier epoch than last.pt."""
+    r = recipe(epochs=3, ckpt_every_steps=0, ema_decay=0.0)
+    out = tmp_path / "run"
+    real = loop_mod.save_checkpoint
+
+    res = train(r, out, progress=False)
+    assert res.exit_code == 0 and len(res.history) == 3
+    # make best.pt an earlier epoch than last.pt, as it usually is (the run's best can be its last)
+    ck = load_checkpoint(out / "last.pt")
+    ck1 = dict(ck, epoch=1, step=6, history=ck["history"][:1])
+    real(ck1, out / "best.pt")
+    return out
+
+
+def _snapshot(folder: Path) -> dict:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_resume_from_best_into_its_own_run_is_refused_naming_last(tmp_path):
+    out = _finished_run(tmp_path)
+    before = _snapshot(out)
+    r = Recipe.from_dict(load_checkpoint(out / "best.pt")["recipe"]).replace(epochs=5)
+    with pytest.raises(loop_mod.TrainingError, match=r"best\.pt is at epoch 1 .* went further: .*last\.pt is at epoch 3"
+                                                     r".*resume from .*last\.pt.*--out DIR"):
+        train(r, out, resume=out / "best.pt", progress=False)
+    assert _snapshot(out) == before, "a refused resume must not touch the run's files"
+
+
+def test_resume_asking_for_no_more_epochs_is_refused(tmp_path, capsys):
+    """The reported case: ``--resume best.pt --epochs 1`` on a finished run exited 0 and rewrote
+    the run's metrics down to the checkpoint's epochs."""
+    from mobilenets.cli import main
+    out = _finished_run(tmp_path)
+    before = _snapshot(out)
+    for ck, epochs in (("best.pt", "1"), ("last.pt", "3"), ("last.pt", "2")):
+        assert main(["train", "--resume", str(out / ck), "--epochs", epochs, "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert "nothing left to train" in err and "nothing was written" in err, err
+    assert main(["train", "--resume", str(out / "last.pt"), "--no-progress"]) == 2  # finished, same epochs
+    assert _snapshot(out) == before
+
+
+def test_resume_from_best_into_a_new_folder_branches(tmp_path):
+    out = _finished_run(tmp_path)
+    before = _snapshot(out)
+    r = Recipe.from_dict(load_checkpoint(out / "best.pt")["recipe"])
+    res = train(r, tmp_path / "branch", resume=out / "best.pt", progress=False)
+    assert res.exit_code == 0 and [h["epoch"] for h in res.history] == [1, 2, 3]
+    assert _snapshot(out) == before
+    # and last.pt of the run itself continues it
+    res = train(r.replace(epochs=4), out, resume=out / "last.pt", progress=False)
+    assert res.exit_code == 0 and [h["epoch"] for h in res.history] == [1, 2, 3, 4]

@@ -27,6 +27,22 @@ def set_bn(model: nn.Module, eps: Optional[float] = None, momentum: Optional[flo
     return n
 
 
+def check_batch_stats(x: torch.Tensor, training: bool, where: str) -> None:
+    """Before a BatchNorm over pooled vectors (one value per channel and image) in training
+    mode: a batch of one image has no batch statistics. Raise a ``ValueError`` that says what to
+    do (``model.eval()`` for inference) instead of BatchNorm's "Expected more than 1 value per
+    channel when training".
+
+    ``torch.fx.wrap``-ed where it is called, so symbolic tracing records one call instead of
+    branching on a traced shape.
+    """
+    if training and x.shape[0] == 1:
+        raise ValueError(f"{where}: a batch of 1 image in training mode: the BatchNorm over pooled features "
+                         f"needs more than one image per batch to compute batch statistics. For inference call "
+                         f"model.eval() first (models are created in training mode, as in timm and "
+                         f"torchvision); to train, use a batch of 2 or more")
+
+
 @torch.no_grad()
 def calibrate_bn_stats(model: nn.Module, x: torch.Tensor, generator: Optional[torch.Generator] = None,
                        mean_jitter: float = 0.2, var_range: tuple[float, float] = (0.7, 1.4)) -> nn.Module:

@@ -1,4 +1,4 @@
-"""The backbone contract every model family shares (shared/DESIGN.md principle 4), held once.
+"""The backbone contract every model family shares (the timm-compatible model contract: forward / forward_features / forward_head, feature_info, reset_classifier), held once.
 
 A :class:`Backbone` is a stem, a sequence of stages and a head. What a stage carries from one
 to the next (its *state*) depends on the family: a feature map for MobileNet V1-V4, a

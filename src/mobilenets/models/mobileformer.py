@@ -1,6 +1,6 @@
 """The Mobile-Former model (Chen et al., CVPR 2022, https://arxiv.org/abs/2108.05895): a
 :class:`~mobilenets.archs.mobileformer.MobileFormerSpec` in, a model with the library's
-contract out (shared/DESIGN.md principle 4)."""
+contract out (:class:`~.base.Backbone`)."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ class MobileFormer(Backbone):
     """Mobile-Former: a MobileNet and a token transformer in parallel, joined by two
     cross-attention bridges (paper section 3).
 
-    Computation (official implementation, REFERENCE.md section 4): tokens = learned ``(M, d)``
+    Computation (the official implementation, github.com/AAboys/MobileFormer ``mobile_former.py``): tokens = learned ``(M, d)``
     table broadcast over the batch; stem 3x3 s2 + BN + ReLU6; a token-free lite bottleneck;
     Mobile-Former blocks; one more Mobile->Former after the last block; the merged head
     (pooled map + first token).

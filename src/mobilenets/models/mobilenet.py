@@ -12,9 +12,12 @@ from ..archs.spec import BlockSpec, NetSpec
 from ..blocks import (ConvBlock, DepthwiseSeparable, FusedIB, InvertedResidual, MobileMQA,
                       UniversalInvertedBottleneck)
 from ..layers import ConvNormAct, get_act, make_divisible
+from ..layers.bn_stats import check_batch_stats
 from .base import MIN_INPUT_SIZE, Backbone, check_input, check_options, feature_levels
 
 __all__ = ["MIN_INPUT_SIZE", "ClassifierHead", "MobileNet", "build_block", "check_input", "register_spec"]
+
+torch.fx.wrap("check_batch_stats")  # a leaf under FX tracing (no branch on a traced shape)
 
 
 class ClassifierHead(nn.Module):
@@ -46,6 +49,8 @@ class ClassifierHead(nn.Module):
 
     def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Logits from the ``(N, C, H, W)`` feature map (``pre_logits``: the hidden vector)."""
+        if isinstance(self.norm, nn.BatchNorm1d):
+            check_batch_stats(x, self.training, "classifier head")
         x = self.act(self.norm(self.hidden(x.mean((2, 3)))))
         if pre_logits:
             return x
@@ -168,7 +173,7 @@ def register_spec(name: str, spec: NetSpec, width_mult: float = 1.0,
                   reference: Optional[dict] = None, **fixed) -> None:
     """Register ``name`` as ``MobileNet(spec, width_mult=..., **fixed)``; callers may override
     any keyword (``width_mult`` included) at ``create_model`` time."""
-    from .registry import register
+    from .registry import keyword_options, register
 
     defaults = {"width_mult": width_mult, **fixed}
 
@@ -176,4 +181,5 @@ def register_spec(name: str, spec: NetSpec, width_mult: float = 1.0,
         return MobileNet(spec, **{**defaults, **kw})
 
     build.__doc__ = f"{name}: {spec.family} ({spec.paper}), width {width_mult}."
-    register(name, spec.family, build, spec=spec, defaults=defaults, reference=reference)
+    register(name, spec.family, build, spec=spec, defaults=defaults, reference=reference,
+             options=keyword_options(MobileNet))

@@ -16,7 +16,8 @@ from typing import Any, Callable, Mapping, Optional, Union
 import torch
 import torch.nn as nn
 
-from ..weights import CheckpointError, format_key_problems, read_checkpoint, resolve_hf_hub, unwrap_state_dict
+from ..weights import (CheckpointError, check_checkpoint_task, format_key_problems, read_checkpoint, resolve_hf_hub,
+                       unwrap_state_dict)
 from ..weights.convert import LAYOUTS
 
 Source = Union[str, Path, Mapping[str, torch.Tensor]]
@@ -25,17 +26,23 @@ Source = Union[str, Path, Mapping[str, torch.Tensor]]
 BackboneSplit = Callable[[dict], Optional[tuple[dict, dict]]]
 
 
-def read_state_dict(source: Source) -> tuple[dict, str]:
+def read_state_dict(source: Source, model: Optional[nn.Module] = None, task: Optional[str] = None) -> tuple[dict, str]:
     """``(state dict, where)`` from a path (``.pth``, ``.safetensors``, a training checkpoint),
-    ``hf-hub:org/name`` or a state dict (a wrapper such as a training checkpoint is unwrapped)."""
+    ``hf-hub:org/name`` or a state dict (a wrapper such as a training checkpoint is unwrapped).
+    With ``model`` (of ``task``: ``detect`` / ``segment``): a training checkpoint of another task is a
+    :class:`CheckpointError` saying what it is (:func:`mobilenets.weights.check_checkpoint_task`)."""
+    meta: dict = {}
     if isinstance(source, Mapping):
-        sd = dict(source)
+        sd, where = dict(source), "state dict"
         if not all(isinstance(v, torch.Tensor) for v in sd.values()):
-            sd, _ = unwrap_state_dict(sd, "state dict")
-        return sd, "state dict"
-    src = str(source)
-    path = resolve_hf_hub(src) if src.startswith(("hf-hub:", "hf_hub:")) else Path(src)
-    return read_checkpoint(path)[0], src
+            sd, meta = unwrap_state_dict(sd, where)
+    else:
+        where = str(source)
+        path = resolve_hf_hub(where) if where.startswith(("hf-hub:", "hf_hub:")) else Path(where)
+        sd, meta = read_checkpoint(path)
+    if model is not None:
+        check_checkpoint_task(meta, where, model, task)
+    return sd, where
 
 
 def map_torchvision_backbone(backbone_sd: dict, rest: dict, body: nn.Module, prefix: str,
@@ -52,7 +59,7 @@ def map_torchvision_backbone(backbone_sd: dict, rest: dict, body: nn.Module, pre
 
 
 def load_task_weights(model: nn.Module, source: Any, split: BackboneSplit, body: nn.Module, prefix: str,
-                      strict: bool = True, hint: str = "") -> dict:
+                      strict: bool = True, hint: str = "", task: Optional[str] = None) -> dict:
     """Load a task checkpoint (ours, or torchvision's layout as ``split`` recognises it) into
     ``model`` in place.
 
@@ -62,6 +69,8 @@ def load_task_weights(model: nn.Module, source: Any, split: BackboneSplit, body:
         body: our backbone inside ``model``, at ``prefix`` (e.g. ``"backbone.body."``).
         strict: raise if any key is missing, unexpected or mis-shaped.
         hint: a line appended to the error (which builder options shape the checkpoint).
+        task: the model's task (``detect`` / ``segment``): a training checkpoint of another task is
+            refused, naming what it is.
 
     Returns:
         ``{"layout", "missing", "unexpected", "mismatched"}``.
@@ -69,7 +78,7 @@ def load_task_weights(model: nn.Module, source: Any, split: BackboneSplit, body:
     Raises:
         CheckpointError: the file does not fit, listing the keys.
     """
-    sd, where = read_state_dict(source)
+    sd, where = read_state_dict(source, model, task)
     target = model.state_dict()
     parts = split(sd)
     layout = "mobilenets" if parts is None else "torchvision"

@@ -71,7 +71,11 @@ def _training_recipe(args: argparse.Namespace):
         over["teacher"] = args.teacher
     r = apply_overrides(r, {k: v for k, v in over.items() if k not in ("model", "data_dir", "teacher", "dataset")})
     r = r.replace(**{k: v for k, v in over.items() if k in ("model", "data_dir", "teacher", "dataset")})
-    return apply_overrides(r, args.set or [])
+    r = apply_overrides(r, args.set or [])
+    from ..tasks.detection.training import size_for_model  # a detection recipe's img_size follows --model
+    size_given = "img_size" in over or any(s.split("=", 1)[0].strip().replace("-", "_") == "img_size"
+                                           for s in args.set or [])
+    return size_for_model(get_recipe(args.recipe or _TASK_RECIPES[args.task or "classify"]), r, size_given)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -187,30 +191,58 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_predictions(results, show) -> int:
+    """Print each image's prediction (``show``) and, on stderr, one line per image that could not
+    be read (the others are still predicted); exit code 2 when any failed, else 0."""
+    failed = 0
+    for r in results:
+        if "error" in r:
+            failed += 1
+            print(f"mobilenets predict: error: {r['error']}", file=sys.stderr, flush=True)
+        else:
+            show(r)
+    if failed:
+        print(f"mobilenets predict: {failed} of {len(results)} image(s) could not be read", file=sys.stderr)
+    return 2 if failed else 0
+
+
+def _show_detections(r: dict, thresh: float) -> None:
+    n = len(r["detections"])
+    if n:
+        print(f"{r['image']}: {n} detection(s) >= {thresh:.2f} -> {r['output']}")
+    else:
+        best = r.get("best_score")
+        why = (f"best score {best:.2f}; lower --score-thresh to see them" if best is not None
+               else "the model returned none")
+        print(f"{r['image']}: 0 detections >= {thresh:.2f} ({why}) -> {r['output']}")
+    for d in r["detections"]:
+        print(f"  {d['score'] * 100:6.2f}%  {d['label']:>8s}  box {d['box']}")
+
+
+def _show_classes(r: dict) -> None:
+    print(r["image"])
+    for name, p in r["top"]:
+        print(f"  {p * 100:6.2f}%  {name}")
+
+
 def _cmd_predict(args: argparse.Namespace) -> int:
     task = _checkpoint_task(args.checkpoint)
     if task == "segment":
         from ..tasks.segmentation.infer import predict_segmentation
-        for r in predict_segmentation(args.checkpoint, args.images, args.out_dir, use_ema=not args.no_ema):
-            shares = ", ".join(f"{k} {v * 100:.1f}%" for k, v in r["classes"].items())
-            print(f"{r['image']}: {shares} -> {r['output']}")
-        return 0
+        results = predict_segmentation(args.checkpoint, args.images, args.out_dir, use_ema=not args.no_ema)
+        return _print_predictions(results, lambda r: print(
+            f"{r['image']}: " + ", ".join(f"{k} {v * 100:.1f}%" for k, v in r["classes"].items())
+            + f" -> {r['output']}"))
     if task == "detect":
         from ..tasks.detection.infer import predict_detections
-        for r in predict_detections(args.checkpoint, args.images, args.out_dir, args.score_thresh,
-                                    use_ema=not args.no_ema):
-            print(f"{r['image']}: {len(r['detections'])} detection(s) -> {r['output']}")
-            for d in r["detections"]:
-                print(f"  {d['score'] * 100:6.2f}%  {d['label']:>8s}  box {d['box']}")
-        return 0
+        results = predict_detections(args.checkpoint, args.images, args.out_dir, args.score_thresh,
+                                     use_ema=not args.no_ema)
+        return _print_predictions(results, lambda r: _show_detections(r, args.score_thresh))
     from .infer import predict
     if args.topk < 1:
         raise UserError(f"--topk must be >= 1, got {args.topk}")
-    for r in predict(args.checkpoint, args.images, args.topk, use_ema=not args.no_ema, model_name=args.model):
-        print(r["image"])
-        for name, p in r["top"]:
-            print(f"  {p * 100:6.2f}%  {name}")
-    return 0
+    return _print_predictions(predict(args.checkpoint, args.images, args.topk, use_ema=not args.no_ema,
+                                      model_name=args.model), _show_classes)
 
 
 def add_commands(subparsers) -> None:
@@ -244,12 +276,18 @@ def add_commands(subparsers) -> None:
                                            "(detection: COCO mAP and per-class AP; segmentation: mIoU, "
                                            "pixel accuracy, per-class IoU)")
     p.add_argument("checkpoint")
-    p.add_argument("--data", default="digits", help="digits | fake | PATH to an image folder")
+    p.add_argument("--data", default="digits",
+                   help="classification: digits | fake | PATH to an image folder (default digits); detection "
+                        "(default: the run's validation data): digit-scenes | PATH to a COCO or YOLO folder with "
+                        "the same classes; segmentation (default: the run's validation data): digit-scenes | "
+                        "PATH to a VOC-style folder")
     add_batch_size(p, default=128, help="evaluation batch size (default 128)")
     add_input_size(p, square=True, help="resolution (default: the checkpoint's training size)")
     p.add_argument("--model", help="architecture for a plain weights file")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights, not the EMA")
     p.add_argument("--confusion", help="confusion-matrix PNG path (default next to the checkpoint)")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress output (as train's): only the results are printed")
     p.set_defaults(func=_cmd_eval)
 
     p = subparsers.add_parser("predict", help="top-k classes of image files (detection: boxes drawn on them; "

@@ -79,7 +79,9 @@ def plot_confusion(cm: torch.Tensor, classes: Sequence[str], path: str | Path) -
 
 def predict(checkpoint: str | Path, images: Sequence[str | Path], topk: int = 5, use_ema: bool = True,
             model_name: Optional[str] = None) -> list[dict]:
-    """For each image file: ``{"image", "top": [(class name, probability), ...]}``."""
+    """For each image file, in order: ``{"image", "top": [(class name, probability), ...]}``, or
+    ``{"image", "error"}`` (the file and the cause) for one that cannot be read; the other images
+    are still classified."""
     model, info = model_from_checkpoint(checkpoint, use_ema=use_ema, model_name=model_name)
     r = _recipe_of(info)
     tf = eval_transform(r)
@@ -89,11 +91,13 @@ def predict(checkpoint: str | Path, images: Sequence[str | Path], topk: int = 5,
     for path in images:
         p = Path(path)
         if not p.is_file():
-            raise FileNotFoundError(f"image not found: {p}")
+            out.append({"image": str(p), "error": f"{p}: image not found"})
+            continue
         try:
             x = read_rgb(p)
         except OSError as e:
-            raise ValueError(f"{p}: not a readable image ({e})") from None
+            out.append({"image": str(p), "error": f"{p}: not a readable image ({e})"})
+            continue
         with torch.no_grad():
             prob = model(tf(x).unsqueeze(0)).softmax(-1)[0]
         v, i = prob.topk(k)

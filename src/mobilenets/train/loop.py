@@ -30,6 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from ..extras import require
 from ..layers.bn_stats import set_bn
 from .checkpoint import get_rng_state, load_checkpoint, save_checkpoint, set_rng_state
 from .data import DataBundle
@@ -128,6 +129,7 @@ class _Run:
         self.best = {"top1": -1.0, "epoch": -1}
         self.rng_states = None
         self.files = {"best": out / "best.pt", "last": out / "last.pt"}
+        self.check_resume()
 
     # --- setup ---------------------------------------------------------------------------
     def setup(self, data: Optional[DataBundle]) -> None:
@@ -135,6 +137,8 @@ class _Run:
         r, dist = self.recipe, self.dist
         seed_everything(r.seed)
         self.task = task = get_task(r.task)
+        for module, feature in task.requires:
+            require(module, feature)
         self.data = data = data or task.build_data(r)
         task.check_data(data, r)
         if len(data.val) == 0:
@@ -172,6 +176,41 @@ class _Run:
             self.say(f"note: BatchNorm momentum {slowest:g} averages running statistics over ~{1 / slowest:.0f} "
                      f"steps, more than 2 epochs of {self.spe} steps here: the eval-mode model lags its weights "
                      f"(validation can stay near chance); --set bn_momentum=0.1 keeps the statistics current")
+
+    def check_resume(self) -> None:
+        """Refuse a resume that cannot continue the checkpoint, or that would overwrite a run that
+        went further (before anything is built or written): a finished run asked for no more
+        epochs, or ``best.pt`` resumed into its own folder, whose ``last.pt`` and metrics record
+        later epochs."""
+        ck, r, src = self.ck, self.recipe, self.resume_path
+        if ck is None:
+            return
+        done, mid, step = int(ck.get("epoch", 0)), int(ck.get("batch_in_epoch", 0)), int(ck.get("step", 0))
+        if done >= r.epochs and not mid:
+            raise TrainingError(f"{src}: the checkpoint has finished {done} epoch(s) and the run is set to "
+                                f"{r.epochs}: nothing left to train. To train further, ask for more epochs "
+                                f"(--epochs N with N > {done}); nothing was written")
+        later = []
+        last = self.files["last"]
+        if last.is_file() and last.resolve() != Path(src).resolve():
+            lk = load_checkpoint(last)
+            if int(lk.get("step", 0)) > step:
+                later.append(f"{last} is at epoch {lk.get('epoch')} (step {lk.get('step')})")
+        metrics = self.out / "metrics.json"
+        if metrics.is_file():
+            import json
+            try:
+                recorded = len(json.loads(metrics.read_text()).get("history", []))
+            except (ValueError, AttributeError):
+                recorded = 0
+            if recorded > done:
+                later.append(f"{metrics} records {recorded} epochs")
+        if later:
+            raise TrainingError(
+                f"{src} is at epoch {done} (step {step}), but {self.out} holds a run that went further: "
+                f"{'; '.join(later)}. Resuming here would overwrite its last.pt, metrics and curves. To continue "
+                f"that run resume from {last}; to branch from epoch {done}, pass a new output folder "
+                f"(--out DIR); nothing was written")
 
     def resume(self) -> None:
         """Load the checkpoint's model, optimizer, EMA, position, history and RNG states."""
@@ -454,7 +493,9 @@ class _Run:
             s = self.summary()
             s["final"] = final
             files["metrics_csv"], files["metrics_json"] = write_metrics(self.history, out, s)
-            png = plot_curves(self.history, out / "curves.png")
+            png = plot_curves(self.history, out / "curves.png",
+                              {"model": r.model, "dataset": r.dataset, "out": str(out), "task": r.task,
+                               "label_smoothing": r.label_smoothing})
             if png is not None:
                 files["curves"] = png
 

@@ -1,6 +1,6 @@
 """Training recipes: a typed :class:`Recipe`, optimizers, LR schedules, EMA, checkpoint averaging.
 
-Named recipes mirror the published ones (REFERENCE.md section 6):
+Named recipes mirror the published ones (torchvision's references/classification for MobileNetV3; the TF Model Garden MobileNetV4 configs; Chen et al. 2022 for Mobile-Former):
 
 * ``torchvision_mnv3``: RMSprop (alpha 0.9, TF-style eps 1e-3 -> PyTorch eps sqrt(1e-3) = 0.0316),
   lr 0.064 (batch 1024 on 8 GPUs x 128), step decay 0.973 every 2 epochs, 600 epochs,
@@ -188,7 +188,7 @@ RECIPES: dict[str, Recipe] = {
                      sched="cosine", warmup_epochs=1, scale_min=0.6, ratio=(0.85, 1.18), hflip=0.0,
                      label_smoothing=0.1, crop_pct=DIGITS_CROP_PCT, mean=DIGITS_MEAN, std=DIGITS_STD,
                      val_fraction=DIGITS_VAL_FRACTION, seed=DIGITS_SPLIT_SEED, bn_momentum=0.1),
-    # torchvision's MobileNetV3-Large recipe (references/classification, REFERENCE.md section 6).
+    # torchvision's MobileNetV3-Large recipe (torchvision's references/classification and its MobileNetV3 training write-up).
     "torchvision_mnv3": Recipe(
         model="mobilenetv3_large_100", dataset="imagefolder", img_size=224, epochs=600, batch_size=128,
         opt="rmsprop", lr=0.064, momentum=0.9, rmsprop_alpha=0.9, tf_eps=1e-3, weight_decay=1e-5,
@@ -352,7 +352,7 @@ def tf_to_torch_eps(tf_eps: float) -> float:
 
     TF computes ``g / sqrt(ms + eps_tf)``; PyTorch computes ``g / (sqrt(ms) + eps)``. Where it
     matters (``ms`` small against eps) the two agree when ``eps = sqrt(eps_tf)``: torchvision's
-    MobileNetV3 recipe uses 0.0316 = sqrt(1e-3) for TF's 1e-3 (REFERENCE.md section 6).
+    MobileNetV3 recipe uses 0.0316 = sqrt(1e-3) for TF's 1e-3 (torchvision's references/classification).
     """
     return math.sqrt(tf_eps)
 

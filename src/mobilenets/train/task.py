@@ -27,6 +27,10 @@ class ClassificationTask:
     metric = "top1"
     #: ``collate_fn`` of the loaders (None: PyTorch's default)
     collate_fn: Optional[Callable] = None
+    #: optional packages the task needs beyond its data, ``(module, feature)``: the loop checks
+    #: them before it builds anything, so a missing extra is one line at the start of a run, not
+    #: a traceback after the first epoch
+    requires: tuple[tuple[str, str], ...] = ()
 
     def build_data(self, recipe) -> DataBundle:
         return build_datasets(recipe)

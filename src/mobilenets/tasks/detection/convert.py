@@ -71,4 +71,4 @@ def load_detector_weights(model: nn.Module, source: Any, strict: bool = True) ->
             backbone or class count).
     """
     return load_task_weights(model, source, split_torchvision, model.backbone.body.body, "backbone.body.body.",
-                             strict, HINT)
+                             strict, HINT, task="detect")

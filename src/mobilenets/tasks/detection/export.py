@@ -4,8 +4,11 @@ a fixed maximum of detections: torchvision's own ops, traced), checked in ONNX R
 The exported graph takes one ``(3, H, W)`` float image in [0, 1] of the exported size (``image``;
 resize images to it first: the resize inside torchvision's detectors is traced with that size's
 scale factors, so another size would map boxes back wrongly) and returns the model's detection
-dict as outputs in its order (``boxes`` xyxy pixels, ``labels``, ``scores``; at most
-``detections_per_img`` rows). BatchNorm is folded first (torchvision's
+detections as three outputs, always in this order and with these names (:data:`OUTPUT_NAMES`):
+``boxes`` (float32 ``(N, 4)``, xyxy pixels of the input image), ``labels`` (int64 ``(N,)``, the
+class index, 0 being the background) and ``scores`` (float32 ``(N,)``), ``N`` at most
+``detections_per_img`` (torchvision's own dicts differ in key order between SSD / RetinaNet and
+Faster R-CNN; the file does not). BatchNorm is folded first (torchvision's
 ``FrozenBatchNorm2d`` too), so the file runs the same convolutions as the fused eager model.
 """
 
@@ -23,6 +26,23 @@ from ...deploy.export_swaps import swap_for_export
 from ...deploy.fuse import fuse
 from ...deploy.onnx_export import check_export_args
 from ...weights.io import atomic_write
+
+
+#: the exported file's outputs, in order, for every detector family
+OUTPUT_NAMES = ("boxes", "labels", "scores")
+
+
+class DetectionOutputs(nn.Module):
+    """A detector taking one image and returning its detections as the tuple
+    :data:`OUTPUT_NAMES` (the order the exported graph's outputs have)."""
+
+    def __init__(self, detector: nn.Module):
+        super().__init__()
+        self.detector = detector
+
+    def forward(self, images: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        out = self.detector(images)[0]
+        return tuple(out[k] for k in OUTPUT_NAMES)
 
 
 def unfreeze_batchnorm(module: nn.Module) -> nn.Module:
@@ -75,8 +95,7 @@ def export_detector_onnx(model: nn.Module, path: Union[str, Path], input_size: S
     net = fuse_detector(model)
     g = torch.Generator().manual_seed(0)
     example = torch.rand(3, *input_size, generator=g)
-    with torch.no_grad():
-        names = list(net([example])[0])
+    names = list(OUTPUT_NAMES)
     checks = list(images) if images is not None else [torch.rand(3, *input_size, generator=g) for _ in range(2)]
     for im in checks:
         if tuple(im.shape) != (3, *input_size):
@@ -86,8 +105,8 @@ def export_detector_onnx(model: nn.Module, path: Union[str, Path], input_size: S
     def write(tmp: str) -> None:
         with warnings.catch_warnings():  # torchvision's tracer warnings about Python scalars
             warnings.simplefilter("ignore")
-            torch.onnx.export(net, ([example],), tmp, input_names=["image"], output_names=names,
-                              opset_version=int(opset), do_constant_folding=True, dynamo=False,
+            torch.onnx.export(DetectionOutputs(net).eval(), ([example],), tmp, input_names=["image"],
+                              output_names=names, opset_version=int(opset), do_constant_folding=True, dynamo=False,
                               dynamic_axes={n: {0: "detections"} for n in names})
         if verify:
             verify_detector_onnx(tmp, net, checks, box_tol)
@@ -123,11 +142,9 @@ def verify_detector_onnx(file: Union[str, Path], model: nn.Module, images: Seque
                          box_tol: float = 1e-3) -> float:
     """Run ``file`` in ONNX Runtime on each image and compare with ``model`` (eval); the largest
     box difference in pixels. ``RuntimeError`` when the count, labels, boxes (``box_tol``) or
-    scores (1e-4) differ; skipped (``nan``) without onnxruntime."""
-    try:
-        import onnxruntime as ort
-    except ImportError:  # pragma: no cover - an optional extra
-        return float("nan")
+    scores (1e-4) differ; :class:`~mobilenets.extras.MissingDependencyError` without onnxruntime."""
+    from ...extras import require
+    ort = require("onnxruntime", "checking the exported detector with ONNX Runtime")
     sess = ort.InferenceSession(str(file), providers=["CPUExecutionProvider"])
     names = [o.name for o in sess.get_outputs()]
     worst = 0.0

@@ -37,6 +37,25 @@ FRCNN_DEFAULTS = dict(rpn_score_thresh=0.05)
 FRCNN_320_DEFAULTS = dict(min_size=320, max_size=640, rpn_pre_nms_top_n_test=150,
                           rpn_post_nms_top_n_test=150, rpn_score_thresh=0.05)
 FPN_CHANNELS = 256
+#: the shorter side torchvision's Faster R-CNN / RetinaNet resize their input to by default (``min_size``)
+RCNN_MIN_SIZE = 800
+
+
+def native_size(name: str, model_kwargs: Optional[dict] = None) -> int:
+    """The image side a registered detector works at: SSDLite320's fixed 320, else the shorter
+    side its transform resizes every image to (``min_size``: torchvision's 800; the ``_320_fpn``
+    Faster R-CNNs 320, at most 640 on the longer side), ``model_kwargs``' ``min_size`` first.
+    Training, prediction and export feed the detector images of this size (square), so nothing is
+    computed at another resolution only to be resized inside the model."""
+    entry = get_entry(name)
+    if entry.task != "detection":
+        raise ValueError(f"{name!r} is a {entry.task} model, not a detector")
+    if entry.family == "ssdlite":
+        return SSDLITE_SIZE[0]
+    size = (model_kwargs or {}).get("min_size")
+    if size is None:
+        size = (FRCNN_320_DEFAULTS if entry.defaults.get("low_res") else {}).get("min_size", RCNN_MIN_SIZE)
+    return int(max(size) if isinstance(size, (list, tuple)) else size)
 
 
 def _freeze(body: nn.Module, is_trained: bool, value: Optional[int], default: Optional[int]) -> None:
@@ -273,10 +292,32 @@ def _finish(model: nn.Module, backbone: str, family: str, pretrained: Any, stric
     model.backbone_name = backbone
     model.detector_family = family
     model.num_classes = _num_classes(model)
+    model.register_forward_pre_hook(check_call, with_kwargs=True)
     if pretrained is not None:
         from .convert import load_detector_weights
         load_detector_weights(model, pretrained, strict=strict)
     return model
+
+
+def check_call(model: nn.Module, args: tuple, kwargs: dict) -> None:
+    """Forward pre-hook of every detector: in train mode the detector computes its losses and
+    needs targets; called without them (inference on a model still in train mode, the default
+    after building), a ``ValueError`` says to call ``model.eval()`` first, instead of
+    torchvision's assertion; SSDLite training on one image, instead of BatchNorm's complaint
+    about its 1x1 maps, says it needs two."""
+    if not model.training:
+        return
+    name = getattr(model, "name", type(model).__name__)
+    targets = args[1] if len(args) > 1 else kwargs.get("targets")
+    if targets is None:
+        raise ValueError(f"{name} is in training mode, where it computes its losses from targets: call "
+                         f"model.eval() for detections (model.eval(); model([image])), or pass targets for "
+                         f"training (model(images, [{{'boxes': ..., 'labels': ...}}, ...]))")
+    images = args[0] if args else kwargs.get("images")
+    if getattr(model, "detector_family", "") == "ssdlite" and len(images) < 2:
+        raise ValueError(f"{name} trains on batches of at least 2 images (its last extra maps are 1x1 at "
+                         f"320x320: BatchNorm needs more than one value per channel), got {len(images)}; "
+                         f"for detections call model.eval() first")
 
 
 def _num_classes(model: nn.Module) -> int:

@@ -43,6 +43,28 @@ def architecture(recipe) -> dict:
     return arch
 
 
+def size_for_model(base, recipe, size_given: bool = False):
+    """``recipe`` (the named recipe ``base`` with the user's changes) with ``img_size`` following
+    its model: a detection recipe sized for its own model (``img_size`` = that model's
+    :func:`~.models.native_size`: ``fasterrcnn``'s 800, ``ssdlite``'s and ``digit_scenes``' 320)
+    trains another model at *that* model's size, e.g. ``--recipe fasterrcnn --model
+    fasterrcnn_<backbone>_320_fpn`` at 320, not at 800 px only to be resized to 320 inside the
+    model. Unchanged when the user gave the size (``size_given``), the recipe is not sized for its
+    model, or the task is not detection."""
+    from .models import native_size
+
+    if size_given or recipe.task != "detect" or base.task != "detect":
+        return recipe
+    try:
+        own = native_size(base.model, base.model_kwargs)
+        new = native_size(recipe.model, recipe.model_kwargs)
+    except (KeyError, ValueError):  # not a detector: check_model names the problem when training starts
+        return recipe
+    if base.img_size != own or recipe.img_size != base.img_size or new == own:
+        return recipe
+    return recipe.replace(img_size=new)
+
+
 class DetectionTask(TaskModelTask):
     """Object detection: batches of ``(list of images, list of targets)``, the detector's own
     losses (torchvision's: box regression + classification, RPN losses for Faster R-CNN),
@@ -54,6 +76,7 @@ class DetectionTask(TaskModelTask):
     registry_task = "detection"
     model_names = "ssdlite320_*, fasterrcnn_*_fpn, retinanet_*_fpn"
     loss_name = "its own losses"
+    requires = (("torchmetrics", "detection metrics (COCO mAP)"), ("faster_coco_eval", "detection metrics (COCO mAP)"))
 
     def build_data(self, recipe) -> DataBundle:
         size = recipe.img_size
@@ -101,12 +124,10 @@ class DetectionTask(TaskModelTask):
 
 def mean_average_precision(class_metrics: bool = True):
     """torchmetrics' ``MeanAveragePrecision`` (boxes, xyxy) with the faster_coco_eval backend
-    (REFERENCE.md section 7: pycocotools' backend returns -1 for non-default thresholds)."""
-    try:
-        from torchmetrics.detection import MeanAveragePrecision
-    except ImportError:  # pragma: no cover - an optional extra
-        raise ImportError("detection metrics need torchmetrics and faster-coco-eval: "
-                          "pip install 'mobilenets[detect]'") from None
+    (pycocotools' backend returns -1 for non-default ``max_detection_thresholds``; torchmetrics' MeanAveragePrecision documentation)."""
+    from ...extras import require
+    require("faster_coco_eval", "detection metrics (COCO mAP)")
+    MeanAveragePrecision = require("torchmetrics.detection", "detection metrics (COCO mAP)").MeanAveragePrecision
     metric = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", class_metrics=class_metrics,
                                   backend="faster_coco_eval")
     metric.warn_on_many_detections = False  # COCO's AP reads the top 100 per image, as intended

@@ -48,4 +48,4 @@ def load_segmenter_weights(model: nn.Module, source: Any, strict: bool = True) -
         CheckpointError: the file does not fit, listing the keys.
     """
     return load_task_weights(model, source, split_torchvision, model.backbone.body, "backbone.body.",
-                             strict, HINT)
+                             strict, HINT, task="segment")

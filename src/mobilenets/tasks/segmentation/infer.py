@@ -103,8 +103,9 @@ def predict_segmentation(path: PathLike, images: Sequence[PathLike], out_dir: Op
     The image's shorter side is resized to the run's ``img_size`` (as the evaluation
     transform), the logits interpolated back to the original size.
 
-    Returns one dict per image: ``image``, ``output`` (the PNG), ``classes`` (``{name: share of
-    the pixels}``, largest first, the background included).
+    Returns one dict per image, in order: ``image``, ``output`` (the PNG), ``classes`` (``{name:
+    share of the pixels}``, largest first, the background included); or, for an image that cannot
+    be read, ``image`` and ``error`` (the file and the cause), the other images still processed.
     """
     from torchvision.transforms.v2 import functional as TF
     from torchvision.utils import draw_segmentation_masks
@@ -116,7 +117,11 @@ def predict_segmentation(path: PathLike, images: Sequence[PathLike], out_dir: Op
     norm = Normalize(r.mean, r.std)
     results = []
     for img_path in images:
-        img = read_image(img_path)
+        try:
+            img = read_image(img_path)
+        except ValueError as e:
+            results.append({"image": str(img_path), "error": str(e)})
+            continue
         h, w = img.shape[1:]
         x = TF.resize(img, [r.img_size], antialias=True).float() / 255
         logits = model(norm(x[None]))["out"]

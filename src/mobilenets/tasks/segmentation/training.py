@@ -31,11 +31,9 @@ def segmentation_metrics(num_classes: int):
     labels) and ``pixel_acc`` (``MulticlassAccuracy``, micro), every one ignoring label 255.
     ``miou`` and ``iou`` share one confusion matrix (torchmetrics' compute groups); under DDP
     torchmetrics sums the states of every rank before computing."""
-    try:
-        from torchmetrics import MetricCollection
-        from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
-    except ImportError:  # pragma: no cover - an optional extra
-        raise ImportError("segmentation metrics need torchmetrics: pip install 'mobilenets[detect]'") from None
+    from ...extras import require
+    MetricCollection = require("torchmetrics", "segmentation metrics (mIoU)").MetricCollection
+    from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
     common = dict(num_classes=num_classes, ignore_index=IGNORE_INDEX, validate_args=False)
     return MetricCollection({
         "miou": MulticlassJaccardIndex(average="macro", **common),
@@ -75,6 +73,7 @@ class SegmentationTask(TaskModelTask):
     registry_task = "segmentation"
     model_names = "lraspp_*, deeplabv3_*, fcn_*"
     loss_name = "its own loss"
+    requires = (("torchmetrics", "segmentation metrics (mIoU)"),)
 
     def build_data(self, recipe) -> DataBundle:
         size = recipe.img_size
