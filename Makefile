@@ -15,7 +15,7 @@ ISA_LIMITS ?= ONEDNN_MAX_CPU_ISA=AVX2 ONEDNN_MAX_CPU_ISA=SSE41 ATEN_CPU_CAPABILI
 ISA_TESTS  ?= tests/test_parity.py tests/test_fuse.py tests/test_cpu.py tests/test_onnx.py \
               tests/test_fuzz_inputs.py
 
-.PHONY: run test test-all test-isa bench install install-dev clean
+.PHONY: run test test-all test-isa bench docs install install-dev clean
 
 $(VENV)/.created:
 	$(PYTHON) -m venv $(VENV)
@@ -57,6 +57,10 @@ test-isa: $(VENV)/.installed-dev
 
 test-all: $(VENV)/.installed-dev
 	$(PY) -m pytest -q -m "slow or not slow" $(PYTEST_ARGS)
+
+# the user guide as a site (build/site); the suite builds it with --strict too (tests/test_docs.py)
+docs: $(VENV)/.installed-dev
+	$(VENV)/bin/mkdocs build --strict
 
 bench: $(VENV)/.installed-dev
 	$(PY) benchmarks/bench_eager.py

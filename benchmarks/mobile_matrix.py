@@ -16,7 +16,7 @@ Per family, one digits-trained checkpoint (``--checkpoint NAME=PATH``, or traine
     flock /work/bench.lock python benchmarks/mobile_matrix.py --train-epochs 20 --out benchmarks/out/mobile
     python benchmarks/mobile_matrix.py --checkpoint mobilenetv4_conv_small=runs/<run>/best.pt --families mobilenetv4_conv_small
 
-``--readme README.md`` replaces the block between ``<!-- mobile-matrix:begin -->`` and
+``--readme benchmarks/MOBILE.md`` replaces the block between ``<!-- mobile-matrix:begin -->`` and
 ``<!-- mobile-matrix:end -->`` with the table; ``--markdown FILE`` writes table + details.
 """
 

@@ -64,7 +64,7 @@ def test_all_seven_registered_in_their_family():
         assert isinstance(entry.spec, MobileFormerSpec) and entry.spec.name == name
 
 
-# --- specs (REFERENCE.md section 4) -----------------------------------------------------------
+# --- specs (the official code's variants, paper Table 1) -----------------------------------------------------------
 @pytest.mark.parametrize("name,stem,tokens,head", [
     ("mobileformer_26m", 8, (3, 128), (576, 1024)), ("mobileformer_52m", 8, (3, 128), (576, 1024)),
     ("mobileformer_96m", 12, (4, 128), (768, 1280)), ("mobileformer_151m", 12, (6, 192), (768, 1280)),

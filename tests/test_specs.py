@@ -76,7 +76,7 @@ def test_parse_errors_name_the_problem(text, match):
 
 
 def test_v4_tables_match_reference():
-    """Spot-check the block tables against REFERENCE section 2."""
+    """Spot-check the block tables against the MobileNetV4 paper's tables (Qin et al. 2024, Appendix)."""
     from mobilenets.archs.mobilenetv4 import CONV_SMALL, HYBRID_MEDIUM
     s3 = CONV_SMALL[3]
     assert [(b.a, b.k, b.stride, b.e, b.out) for b in s3] == [

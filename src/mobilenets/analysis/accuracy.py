@@ -1,8 +1,7 @@
 """Published ImageNet-1k top-1 accuracies, each with its source and evaluation resolution.
 
-Only the figures listed in the project's REFERENCE.md section 1 are kept here (they come
-from the papers and from the timm / torchvision model cards). Where REFERENCE lists both a
-paper and a library figure for one model, the library figure (the public weights) is the
+The figures come from the papers (each entry names its table) and from the timm /
+torchvision model cards. Where both a paper and a library figure exist for one model, the library figure (the public weights) is the
 entry and the paper figure is noted in ``note``.
 """
 

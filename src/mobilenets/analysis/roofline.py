@@ -1,4 +1,4 @@
-"""Roofline latency model (MobileNetV4 paper, section 4; REFERENCE section 5).
+"""Roofline latency model (MobileNetV4 paper, Qin et al. 2024, section 4).
 
 Per layer ``i``::
 

@@ -1,6 +1,6 @@
 """Mobile-Former (Chen et al., CVPR 2022, https://arxiv.org/abs/2108.05895), all seven
 ImageNet variants, as the official implementation (github.com/AAboys/MobileFormer,
-``mobile_former.py``) defines them; REFERENCE.md section 4 lists the same facts.
+``mobile_former.py``) defines them; the paper's Table 1 (Chen et al. 2022, arXiv:2108.05895) lists the same variants.
 
 Rows (paper Table 1 notation): ``lite(e, s, c)`` the token-free bneck-lite after the stem
 (3x3 depthwise with channel multiplier ``e``, stride ``s``, then 1x1 to ``c``);

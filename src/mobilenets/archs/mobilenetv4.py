@@ -3,7 +3,7 @@
 Rows: ``uir_a{start}_k{mid}`` is the Universal Inverted Bottleneck with start / middle
 depthwise kernels (0 = absent: ``a0`` IB, ``k0`` ConvNeXt-like, both ExtraDW, neither FFN);
 ``er`` the fused IB; ``cn`` conv-BN-act; ``mqa_h{heads}_d{key_dim}_v{kv_stride}`` Mobile MQA.
-Hybrid block order is the TF Model Garden / timm one (REFERENCE section 2); the parity tests
+Hybrid block order is the TF Model Garden / timm one (MobileNetV4 paper, Qin et al. 2024, Appendix Tables); the parity tests
 against timm are the ground truth. Head: pool -> 1x1 960->1280 (no bias) + BN + act -> Linear.
 Width variants scale every block (the last 960 conv included) but keep the 1280 head.
 """

@@ -113,7 +113,7 @@ class MultiQueryAttention2d(nn.Module):
 
 class MobileMQA(ResidualBlock):
     """MobileNetV4 Mobile MQA block: BN on the input -> multi-query attention -> layer scale
-    -> residual (REFERENCE section 2).
+    -> residual (MobileNetV4 paper, Qin et al. 2024, section 4.2).
 
     Args:
         in_chs, out_chs: channels. num_heads, key_dim, value_dim, kv_stride, query_stride,

@@ -17,7 +17,7 @@ with the first token.
 
 Where the paper's prose and the official implementation (github.com/AAboys/MobileFormer)
 differ, these modules follow the code, because that is what the published weights expect
-(REFERENCE.md section 4):
+(official code, github.com/AAboys/MobileFormer ``dna_blocks.py``):
 
 * the bridges project only the token side: keys and values of Mobile->Former are the raw
   feature map, and the query of Mobile<-Former is the raw feature map (no 1x1 convs);
@@ -39,11 +39,14 @@ import torch
 import torch.nn as nn
 
 from ..layers import ConvNormAct, DropPath
+from ..layers.bn_stats import check_batch_stats
 from ..layers.conv import NormLayer
 
 __all__ = ["ChannelShuffle", "DynamicReLU", "FormerToMobile", "Former", "LiteBottleneck",
            "MergedHead", "MobileBottleneck", "MobileDownsample", "MobileFormerBlock",
            "MobileToFormer"]
+
+torch.fx.wrap("check_batch_stats")  # a leaf under FX tracing (no branch on a traced shape)
 
 
 def _drop_path(p: float) -> nn.Module:
@@ -474,6 +477,7 @@ class MergedHead(nn.Module):
         self.fc = nn.Linear(self.hidden_size, num_classes) if num_classes > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor, tokens: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        check_batch_stats(x, self.training, "Mobile-Former head")
         x = self.pool_act(self.expand(self.shuffle(x)).mean((2, 3)))
         x = self.act(self.norm(self.hidden(torch.cat([x, tokens[:, 0]], dim=1))))
         if pre_logits:

@@ -16,7 +16,7 @@ def make_divisible(v: float, divisor: int = 8, min_value: Optional[int] = None,
                    round_limit: float = 0.9) -> int:
     """Round ``v`` to the nearest multiple of ``divisor`` (at least ``min_value``), adding one
     more ``divisor`` when rounding down lost more than 10% (the TF-slim rule every MobileNet
-    checkpoint was trained with; REFERENCE section 3)."""
+    checkpoint was trained with; TF-slim's ``_make_divisible``, used by the MobileNetV2 / V3 papers' code)."""
     min_value = min_value or divisor
     new_v = max(min_value, int(v + divisor / 2) // divisor * divisor)
     if new_v < round_limit * v:

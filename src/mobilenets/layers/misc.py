@@ -33,7 +33,7 @@ class SqueezeExcite(nn.Module):
 
 class LayerScale(nn.Module):
     """Per-channel learnable scale (CaiT), used on MobileNetV4 hybrid UIB and attention
-    blocks with init 1e-5 (REFERENCE section 2). Works on NCHW tensors."""
+    blocks with init 1e-5 (MobileNetV4 paper, Qin et al. 2024, section 5; timm's MobileNetV4). Works on NCHW tensors."""
 
     def __init__(self, chs: int, init_value: float = 1e-5):
         super().__init__()
