@@ -125,7 +125,7 @@ def test_ptq_multiplier_depthwise_runs_as_depthwise(tmp_path):
     quantize_onnx repeats their input channels so that every one runs as a plain depthwise
     QLinearConv (group == output channels); the fp32 graph keeps its grouped convs and the
     rewrite changes no number."""
-    from mobilenets.deploy.quantize import _repeat_multiplier_dw_inputs
+    from mobilenets.deploy.onnx_passes import _repeat_multiplier_dw_inputs
 
     torch.manual_seed(0)
     model = randomize_bn(mobilenets.create_model("mobileformer_26m")).eval()
@@ -431,7 +431,7 @@ def test_qat_export_errors(tmp_path):
 def test_qat_export_verification_catches_a_wrong_graph(tmp_path, monkeypatch):
     """The exported file is checked against the fake-quant model: an export mistake (here
     every int32 bias written twice as large) is an error and leaves no file behind."""
-    import mobilenets.deploy.quantize as Q
+    import mobilenets.deploy.onnx_passes as Q
 
     torch.manual_seed(0)
     qat = prepare_qat(randomize_bn(mobilenets.create_model("mobilenetv1_025")).eval(), calib())
@@ -452,27 +452,13 @@ def test_qat_export_verification_catches_a_wrong_graph(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_patch_through_the_old_import_path_and_its_undo_reach_the_home_module():
-    """``mobilenets.deploy.quantize.finalize_qdq = f`` patches the function where it is defined,
-    and putting the old one back restores it there too (it used to stay patched: the undo looked
-    the home module up from the test's function)."""
-    import mobilenets.deploy.onnx_passes as P
-    import mobilenets.deploy.quantize as Q
-
-    real = P.finalize_qdq
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(Q, "finalize_qdq", lambda path: {})
-        assert P.finalize_qdq is Q.finalize_qdq is not real
-    assert P.finalize_qdq is Q.finalize_qdq is real
-
-
 def test_qat_export_warns_when_the_integer_kernels_compute_something_else(tmp_path, monkeypatch):
     """Bias scales 0.1 % off: the QDQ graph still computes the fake-quant model (within rtol),
     but ONNX Runtime's QLinearConv adds the int32 biases at input x weight scale, so it computes
     something else than the graph: the export warns, naming an operator; a right file does not."""
     import warnings
 
-    import mobilenets.deploy.quantize as Q
+    import mobilenets.deploy.onnx_passes as Q
 
     torch.manual_seed(0)
     qat = prepare_qat(randomize_bn(mobilenets.create_model("mobilenetv1_025")).eval(), calib())

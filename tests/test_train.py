@@ -21,7 +21,19 @@ from mobilenets.train import (DatasetError, ModelEma, Recipe, TeacherError, aver
                               create_optimizer, distill_loss, kd_loss, load_checkpoint, load_teacher,
                               param_groups, save_checkpoint, stratified_split, tf_to_torch_eps, train)
 from mobilenets.train import loop as loop_mod
+from mobilenets.tasks.classification import ClassificationTask
 from mobilenets.train.data import ImageFolderDataset, build_datasets, load_digits_tensors
+
+
+def criterion_task(wrap):
+    """The classification task with its loss wrapped by ``wrap(criterion) -> criterion``, to
+    inject into ``train(..., task=)``."""
+    class Wrapped(ClassificationTask):
+        def prepare(self, recipe, num_classes, teacher):
+            super().prepare(recipe, num_classes, teacher)
+            self.criterion = wrap(self.criterion)
+    return Wrapped()
+
 
 TIMING = ("epoch_time_s", "train_img_per_s")
 
@@ -244,12 +256,9 @@ def test_resume_gives_identical_metrics(tmp_path, monkeypatch):
 def test_resume_mid_epoch_after_signal(tmp_path, monkeypatch):
     r = tiny(epochs=1)
     full = train(r, tmp_path / "full", progress=False)
-    real = loop_mod.build_criterion
     calls = {"n": 0}
 
-    def interrupting(recipe, teacher):
-        crit = real(recipe, teacher)
-
+    def interrupting(crit):
         def f(logits, x, y):
             calls["n"] += 1
             if calls["n"] == 3:
@@ -257,12 +266,10 @@ def test_resume_mid_epoch_after_signal(tmp_path, monkeypatch):
             return crit(logits, x, y)
         return f
 
-    monkeypatch.setattr(loop_mod, "build_criterion", interrupting)
-    stopped = train(r, tmp_path / "part", progress=False)
+    stopped = train(r, tmp_path / "part", progress=False, task=criterion_task(interrupting))
     assert stopped.exit_code == 128 + signal.SIGTERM and "SIGTERM" in stopped.message
     ck = load_checkpoint(tmp_path / "part" / "last.pt")
     assert ck["batch_in_epoch"] == 3 and ck["epoch"] == 0
-    monkeypatch.setattr(loop_mod, "build_criterion", real)
     resumed = train(r, tmp_path / "part", resume=tmp_path / "part" / "last.pt", progress=False)
     assert metrics(resumed.history) == metrics(full.history)
     assert same_state(resumed.model, full.model)
@@ -307,15 +314,11 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
         state["epochs_done"] = len(history)
         return real(history, out, summary)
 
-    real_crit = loop_mod.build_criterion
-
-    def nan_in_epoch_2(recipe, teacher):
-        crit = real_crit(recipe, teacher)
+    def nan_in_epoch_2(crit):
         return lambda logits, x, y: crit(logits, x, y) * (float("nan") if state["epochs_done"] >= 1 else 1.0)
 
     monkeypatch.setattr(loop_mod, "write_metrics", count)
-    monkeypatch.setattr(loop_mod, "build_criterion", nan_in_epoch_2)
-    res = train(r, tmp_path, progress=False)
+    res = train(r, tmp_path, progress=False, task=criterion_task(nan_in_epoch_2))
     assert res.exit_code == 1 and "non-finite loss" in res.message and "last.pt" in res.message
     ck = load_checkpoint(tmp_path / "last.pt")
     assert ck["epoch"] == 1 and len(ck["history"]) == 1

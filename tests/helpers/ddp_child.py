@@ -12,8 +12,8 @@ import sys
 
 import torch
 
+from mobilenets.tasks.classification import ClassificationTask
 from mobilenets.train import Recipe, train
-from mobilenets.train import loop
 from mobilenets.train.loop import TrainingError
 
 args = [a for a in sys.argv[1:] if a != "--resume"]
@@ -21,25 +21,27 @@ recipe, out = Recipe.from_dict(json.loads(args[0])), args[1]
 kill_rank, kill_at = (int(args[2]), int(args[3])) if len(args) > 3 else (-1, 0)
 torch.set_num_threads(1)
 rank = int(os.environ.get("RANK", "0"))
-real = loop.build_criterion
 calls = {"n": 0}
 
 
-def dying(recipe, teacher):
-    crit = real(recipe, teacher)
+class Dying(ClassificationTask):
+    """Classification whose loss kills this rank at its KILL_AT_STEP-th computation."""
 
-    def f(logits, x, y):
-        calls["n"] += 1
-        if rank == kill_rank and calls["n"] == kill_at:
-            os.kill(os.getpid(), signal.SIGKILL)
-        return crit(logits, x, y)
-    return f
+    def prepare(self, recipe, num_classes, teacher):
+        super().prepare(recipe, num_classes, teacher)
+        crit = self.criterion
+
+        def f(logits, x, y):
+            calls["n"] += 1
+            if rank == kill_rank and calls["n"] == kill_at:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return crit(logits, x, y)
+        self.criterion = f
 
 
-loop.build_criterion = dying
 resume = os.path.join(out, "last.pt") if "--resume" in sys.argv else None
 try:
-    res = train(recipe, out, resume=resume, progress=False)
+    res = train(recipe, out, resume=resume, progress=False, task=Dying())
 except TrainingError as e:  # as the CLI reports it
     print(f"error: {e}", file=sys.stderr, flush=True)
     sys.exit(2)

@@ -105,12 +105,8 @@ def model_from_checkpoint(path: PathLike, use_ema: bool = True) -> tuple[nn.Modu
         load_checkpoint(path)  # a file that cannot be read says why
         raise CheckpointError(f"{path}: not a mobilenets training checkpoint (it records no recipe); for a "
                               f"plain weights file use mobilenets.create_model(name, pretrained={str(path)!r})")
-    if task == "detect":
-        from .detection.infer import load_detector_checkpoint as load
-    elif task == "segment":
-        from .segmentation.infer import load_segmenter_checkpoint as load
-    else:
-        from ..factory import model_from_checkpoint as load
-    model, info = load(path, use_ema=use_ema)
+    from ..train.task import get_task
+
+    model, info = get_task(task).load(path, use_ema=use_ema)
     recipe = info["recipe"] if isinstance(info["recipe"], dict) else info["recipe"].to_dict()
     return model, {**info, "task": task, "model": recipe.get("model"), "recipe": recipe}

@@ -9,16 +9,19 @@ from typing import Optional
 import torch.nn as nn
 
 from ..train.data import DataBundle, DatasetError
+from .base import Task
 
 
-class TaskModelTask:
+class TaskModelTask(Task):
     """Base of :class:`~.detection.training.DetectionTask` and
-    :class:`~.segmentation.training.SegmentationTask`; subclasses set ``name``, ``metric``,
-    ``collate_fn``, ``registry_task`` (the registry's task of their models), ``model_names``
-    (for the error) and ``loss_name`` (what they train on), and implement the rest of the
-    :class:`mobilenets.train.task.ClassificationTask` protocol."""
+    :class:`~.segmentation.training.SegmentationTask`; subclasses set the
+    :class:`~.base.Task` identity (``name``, ``models``, ``best_metric``, ``default_recipe``),
+    ``collate_fn``, ``model_names`` (for the error) and ``loss_name`` (what they train on), and
+    implement the rest of the protocol."""
 
-    registry_task: str = ""
+    #: the built-in digit-scenes, or a folder in ``data_dir`` (COCO or YOLO for detection, VOC
+    #: for segmentation)
+    datasets = ("digit-scenes", "folder")
     model_names: str = ""
     loss_name: str = ""
 
@@ -33,6 +36,10 @@ class TaskModelTask:
                                                 "val": {**common, "num_images": recipe.scene_val_images}}
         return recipe.data_dir, None, {"train": {}, "val": {}}
 
+    def data_option(self, data: str) -> dict:
+        """``digit-scenes`` (generated), else a dataset folder."""
+        return {"dataset": "digit-scenes"} if data == "digit-scenes" else {"dataset": "folder", "data_dir": data}
+
     def check_data(self, data: DataBundle, recipe) -> None:
         if len(data.train) == 0:
             raise DatasetError(f"{recipe.data_dir or recipe.dataset}: the training set has no images")
@@ -42,8 +49,8 @@ class TaskModelTask:
     def check_model(self, recipe) -> None:
         from ..models.registry import get_entry
 
-        if get_entry(recipe.model).task != self.registry_task:
-            raise ValueError(f"--task {self.name} needs a {self.registry_task} model ({self.model_names}), "
+        if get_entry(recipe.model).task != self.models:
+            raise ValueError(f"--task {self.name} needs a {self.models} model ({self.model_names}), "
                              f"got {recipe.model!r}")
 
     def load_pretrained(self, model: nn.Module, path: str) -> str:
@@ -54,8 +61,8 @@ class TaskModelTask:
 
     def prepare(self, recipe, num_classes: int, teacher: Optional[nn.Module]) -> None:
         if teacher is not None:
-            raise ValueError(f"distillation (--teacher) is for classification; {self.registry_task} trains on "
+            raise ValueError(f"distillation (--teacher) is for classification; {self.models} trains on "
                              f"{self.loss_name}")
         if recipe.mixup or recipe.cutmix:
             raise ValueError(f"mixup / cutmix are classification augmentations; set them to 0 for "
-                             f"{self.registry_task}")
+                             f"{self.models}")

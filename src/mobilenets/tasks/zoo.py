@@ -6,7 +6,7 @@ them; ``list_models("ssdlite*")`` / ``list_models(task="detection")`` /
 ``list_models(task="segmentation")`` lists them).
 
 The builders import torchvision's detection / segmentation modules only when a model is built.
-Importing this module also registers the ``"detect"`` and ``"segment"`` training tasks.
+Importing this module also registers the ``"classify"``, ``"detect"`` and ``"segment"`` training tasks.
 """
 
 from __future__ import annotations
@@ -56,5 +56,6 @@ def register_all() -> None:
 
 register_all()
 
+from . import classification as _classification  # noqa: E402,F401  (registers the "classify" task)
 from .detection import training as _detection_training  # noqa: E402,F401  (registers the "detect" task)
 from .segmentation import training as _segmentation_training  # noqa: E402,F401  (registers "segment")

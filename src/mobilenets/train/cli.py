@@ -43,13 +43,18 @@ def _flag_overrides(args: argparse.Namespace) -> dict:
     return over
 
 
-# the recipe a task starts from when --recipe is not given
-_TASK_RECIPES = {"classify": "digits", "detect": "digit_scenes", "segment": "digit_scenes_seg"}
+def _base_recipe(args: argparse.Namespace):
+    """``--recipe``, else the named recipe ``--task`` starts from (classify's by default)."""
+    from .recipe import get_recipe
+    from .task import get_task
+    return get_recipe(args.recipe or get_task(args.task or "classify").default_recipe)
 
 
 def _training_recipe(args: argparse.Namespace):
-    from .recipe import apply_overrides, get_recipe
-    r = get_recipe(args.recipe or _TASK_RECIPES[args.task or "classify"])
+    from .recipe import apply_overrides
+    from .task import get_task
+    r = _base_recipe(args)
+    task = get_task(r.task)
     if args.task and r.task != args.task:
         raise UserError(f"recipe {args.recipe!r} is for task {r.task!r}, not {args.task!r}; "
                         f"see --list-recipes")
@@ -57,13 +62,7 @@ def _training_recipe(args: argparse.Namespace):
     if args.model:
         over["model"] = args.model
     if args.data:
-        if r.task in ("detect", "segment"):
-            over.update(dataset="digit-scenes") if args.data == "digit-scenes" else \
-                over.update(dataset="folder", data_dir=args.data)
-        elif args.data in ("digits", "fake"):
-            over["dataset"] = args.data
-        else:
-            over.update(dataset="imagefolder", data_dir=args.data)
+        over.update(task.data_option(args.data))
     over.update(_flag_overrides(args))
     if "img_size" in over and r.crop_size is not None and r.crop_size > over["img_size"]:
         over["crop_size"] = over["img_size"]  # a recipe's crop is for its own size: never beyond --input-size
@@ -72,10 +71,9 @@ def _training_recipe(args: argparse.Namespace):
     r = apply_overrides(r, {k: v for k, v in over.items() if k not in ("model", "data_dir", "teacher", "dataset")})
     r = r.replace(**{k: v for k, v in over.items() if k in ("model", "data_dir", "teacher", "dataset")})
     r = apply_overrides(r, args.set or [])
-    from ..tasks.detection.training import size_for_model  # a detection recipe's img_size follows --model
     size_given = "img_size" in over or any(s.split("=", 1)[0].strip().replace("-", "_") == "img_size"
                                            for s in args.set or [])
-    return size_for_model(get_recipe(args.recipe or _TASK_RECIPES[args.task or "classify"]), r, size_given)
+    return task.fit_recipe(_base_recipe(args), r, size_given)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -111,25 +109,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
     import os
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
-    f = res.final
+    from .task import get_task
+    task = get_task(r.task)
     mins, secs = divmod(res.elapsed_s, 60)
     print("\n=== training summary ===")
     print(f"model {r.model} on {r.dataset}, {len(res.history)} epochs in {int(mins)}m{secs:04.1f}s")
-    if "val_map" in f:
-        print(f"final val mAP {f['val_map']:.4f}  mAP50 {f['val_map50']:.4f}  mAP75 {f['val_map75']:.4f}"
-              + (f"  (EMA mAP {f['ema_val_map']:.4f})" if "ema_val_map" in f else ""))
-    if "val_miou" in f:
-        print(f"final val mIoU {f['val_miou']:.4f}  pixel accuracy {f['val_pixel_acc']:.4f}"
-              + (f"  (EMA mIoU {f['ema_val_miou']:.4f})" if "ema_val_miou" in f else ""))
-    if "val_top1" in f:
-        print(f"final val top-1 {f['val_top1']:.2f}%  top-5 {f['val_top5']:.2f}%"
-              + (f"  (EMA top-1 {f['ema_val_top1']:.2f}%)" if "ema_val_top1" in f else ""))
-    if "avg_val_top1" in f:
-        print(f"average of the last {f['avg_of']} epochs: top-1 {f['avg_val_top1']:.2f}%")
-    if r.task == "classify":
-        print(f"best val top-1 {res.best_top1:.2f}% at epoch {res.best_epoch}")
-    else:
-        print(f"best val {'mAP' if r.task == 'detect' else 'mIoU'} {res.best_top1:.4f} at epoch {res.best_epoch}")
+    for line in task.summarize(res.final):
+        print(line)
+    m = task.best_metric
+    best = "none" if res.best != res.best else m.format(res.best)  # NaN: no epoch validated
+    print(f"best val {m.label} {best} at epoch {res.best_epoch}")
     for k in ("best", "last", "averaged", "metrics_csv", "metrics_json", "curves"):
         if k in res.files:
             print(f"{k:13s} {res.files[k]}")
@@ -142,107 +131,41 @@ def _checkpoint_task(path: str) -> str | None:
     return checkpoint_task(path)
 
 
-def _cmd_eval_detection(args: argparse.Namespace) -> int:
-    from ..tasks.detection.infer import eval_detector_checkpoint
-    data = None if args.data == "digits" else args.data  # default: the run's own validation data
-    res = eval_detector_checkpoint(args.checkpoint, data, batch_size=min(args.batch_size, 16),
-                                   use_ema=not args.no_ema)
-    print(f"{args.checkpoint} on {data or 'its validation data'} ({res['n']} images): mAP {res['map']:.4f}  "
-          f"mAP50 {res['map50']:.4f}  mAP75 {res['map75']:.4f}  mAR@100 {res['mar_100']:.4f}")
-    names = res["class_names"]
-    rows = [[names[c] if c < len(names) else str(c), f"{ap:.4f}"] for c, ap in sorted(res["per_class"].items())]
-    if rows:
-        from ..clitools import table
-        print(table(["class", "AP"], rows, [False, True]))
-    return 0
-
-
-def _cmd_eval_segmentation(args: argparse.Namespace) -> int:
-    from ..tasks.segmentation.infer import eval_segmenter_checkpoint
-    data = None if args.data == "digits" else args.data  # default: the run's own validation data
-    size = square_size(args.input_size, "eval")
-    res = eval_segmenter_checkpoint(args.checkpoint, data, batch_size=min(args.batch_size, 16),
-                                    use_ema=not args.no_ema, img_size=size)
-    print(f"{args.checkpoint} on {data or 'its validation data'} ({res['n']} images"
-          + (f" at {size}px" if size else "") + f"): mIoU {res['miou']:.4f}  pixel accuracy "
-          f"{res['pixel_acc']:.4f}  loss {res['loss']:.4f}")
-    names = res["class_names"]
-    rows = [[names[c], "absent" if iou is None else f"{iou:.4f}"] for c, iou in enumerate(res["per_class"])]
-    from ..clitools import table
-    print(table(["class", "IoU"], rows, [False, True]))
-    return 0
+def _checkpoint_task_of(args: argparse.Namespace):
+    """The :class:`~mobilenets.tasks.base.Task` of ``args.checkpoint`` (a plain weights file:
+    classification, which takes ``--model``)."""
+    from .task import get_task
+    return get_task(_checkpoint_task(args.checkpoint) or "classify")
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    task = _checkpoint_task(args.checkpoint)
-    if task == "detect":
-        return _cmd_eval_detection(args)
-    if task == "segment":
-        return _cmd_eval_segmentation(args)
-    from .infer import eval_checkpoint
-    png = args.confusion or str(Path(args.checkpoint).with_name(Path(args.checkpoint).stem + "_confusion.png"))
-    res = eval_checkpoint(args.checkpoint, args.data, args.batch_size, use_ema=not args.no_ema,
-                          img_size=square_size(args.input_size, "eval"), confusion_png=png,
-                          model_name=args.model)
-    print(f"{args.checkpoint} on {args.data}: top-1 {res['top1']:.2f}%  top-5 {res['top5']:.2f}%  "
-          f"loss {res['loss']:.4f}  ({res['n']} images)")
-    if res.get("confusion_png"):
-        print(f"confusion matrix: {res['confusion_png']}")
+    task = _checkpoint_task_of(args)
+    data = None if args.data == "digits" and task.name != "classify" else args.data  # the run's own val data
+    res = task.eval_checkpoint(args.checkpoint, data, batch_size=args.batch_size, use_ema=not args.no_ema,
+                               img_size=square_size(args.input_size, "eval"), confusion_png=args.confusion,
+                               model_name=args.model)
+    for line in task.eval_report(args.checkpoint, data, res):
+        print(line)
     return 0
 
 
-def _print_predictions(results, show) -> int:
-    """Print each image's prediction (``show``) and, on stderr, one line per image that could not
-    be read (the others are still predicted); exit code 2 when any failed, else 0."""
+def _cmd_predict(args: argparse.Namespace) -> int:
+    """Print each image's prediction and, on stderr, one line per image that could not be read
+    (the others are still predicted); exit code 2 when any failed, else 0."""
+    task = _checkpoint_task_of(args)
+    results = task.predict(args.checkpoint, args.images, out_dir=args.out_dir, use_ema=not args.no_ema,
+                           topk=args.topk, score_thresh=args.score_thresh, model_name=args.model)
     failed = 0
     for r in results:
         if "error" in r:
             failed += 1
             print(f"mobilenets predict: error: {r['error']}", file=sys.stderr, flush=True)
         else:
-            show(r)
+            for line in task.show_prediction(r, score_thresh=args.score_thresh):
+                print(line)
     if failed:
         print(f"mobilenets predict: {failed} of {len(results)} image(s) could not be read", file=sys.stderr)
     return 2 if failed else 0
-
-
-def _show_detections(r: dict, thresh: float) -> None:
-    n = len(r["detections"])
-    if n:
-        print(f"{r['image']}: {n} detection(s) >= {thresh:.2f} -> {r['output']}")
-    else:
-        best = r.get("best_score")
-        why = (f"best score {best:.2f}; lower --score-thresh to see them" if best is not None
-               else "the model returned none")
-        print(f"{r['image']}: 0 detections >= {thresh:.2f} ({why}) -> {r['output']}")
-    for d in r["detections"]:
-        print(f"  {d['score'] * 100:6.2f}%  {d['label']:>8s}  box {d['box']}")
-
-
-def _show_classes(r: dict) -> None:
-    print(r["image"])
-    for name, p in r["top"]:
-        print(f"  {p * 100:6.2f}%  {name}")
-
-
-def _cmd_predict(args: argparse.Namespace) -> int:
-    task = _checkpoint_task(args.checkpoint)
-    if task == "segment":
-        from ..tasks.segmentation.infer import predict_segmentation
-        results = predict_segmentation(args.checkpoint, args.images, args.out_dir, use_ema=not args.no_ema)
-        return _print_predictions(results, lambda r: print(
-            f"{r['image']}: " + ", ".join(f"{k} {v * 100:.1f}%" for k, v in r["classes"].items())
-            + f" -> {r['output']}"))
-    if task == "detect":
-        from ..tasks.detection.infer import predict_detections
-        results = predict_detections(args.checkpoint, args.images, args.out_dir, args.score_thresh,
-                                     use_ema=not args.no_ema)
-        return _print_predictions(results, lambda r: _show_detections(r, args.score_thresh))
-    from .infer import predict
-    if args.topk < 1:
-        raise UserError(f"--topk must be >= 1, got {args.topk}")
-    return _print_predictions(predict(args.checkpoint, args.images, args.topk, use_ema=not args.no_ema,
-                                      model_name=args.model), _show_classes)
 
 
 def add_commands(subparsers) -> None:
@@ -251,7 +174,8 @@ def add_commands(subparsers) -> None:
                               description="Train a model. Defaults: mobilenetv4_conv_small on the built-in "
                                           "digits dataset with the 'digits' recipe. Distributed: "
                                           "torchrun --nproc_per_node=N -m mobilenets.train ...")
-    p.add_argument("--task", choices=("classify", "detect", "segment"), default=None,
+    from .task import task_names
+    p.add_argument("--task", choices=task_names(), default=None,
                    help="classify (default), detect or segment; picks the default recipe "
                         "(digits / digit_scenes / digit_scenes_seg)")
     p.add_argument("--recipe", default=None, help="named recipe (see --list-recipes; default: the task's)")

@@ -27,7 +27,6 @@ from typing import Callable, Optional
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from ..extras import require
@@ -36,30 +35,29 @@ from .checkpoint import get_rng_state, load_checkpoint, save_checkpoint, set_rng
 from .data import DataBundle
 from .distributed import (DistInfo, all_reduce_sum, epoch_order, epoch_seed, seed_everything,  # noqa: F401
                           is_peer_failure, setup_distributed)
-from .evaluate import evaluate
 from .recipe import LRSchedule, ModelEma, Recipe, average_state_dicts, create_optimizer
 from .task import get_task
 from .reporting import plot_curves, progress_bar, write_metrics  # called through this module: tests patch them
 
-__all__ = ["DistInfo", "TrainResult", "TrainingError", "build_criterion", "evaluate", "plot_curves",
-           "setup_distributed", "train", "write_metrics"]
+__all__ = ["DistInfo", "TrainResult", "TrainingError", "plot_curves", "setup_distributed", "train",
+           "write_metrics"]
 
 
 class TrainingError(RuntimeError):
     """The run cannot continue (non-finite loss, bad resume checkpoint)."""
 
 
-def build_criterion(recipe: Recipe, teacher: Optional[nn.Module]) -> Callable:
-    """``criterion(logits, images, targets) -> loss``; targets are class indices or soft
-    (MixUp/CutMix) probabilities; label smoothing applies to both."""
-    def hard(logits, targets):
-        return F.cross_entropy(logits.float(), targets, label_smoothing=recipe.label_smoothing)
 
-    if teacher is None:
-        return lambda logits, images, targets: hard(logits, targets)
-    from .distill import Distiller
-    return Distiller(teacher, hard, recipe.distill_alpha, recipe.distill_temp)
-
+def _best_record(saved, default: dict) -> dict:
+    """The best-so-far record of a checkpoint: ``{"metric", "value", "epoch"}`` (checkpoints
+    written before the record named its metric kept ``{"top1": value or -1, "epoch"}``)."""
+    if not isinstance(saved, dict):
+        return dict(default)
+    if "value" in saved:
+        return dict(saved)
+    old = [v for k, v in saved.items() if k != "epoch"]
+    value = old[0] if old and old[0] is not None and old[0] >= 0 else None
+    return {"metric": default["metric"], "value": value, "epoch": saved.get("epoch", -1)}
 
 
 # --- the run ---------------------------------------------------------------------------------
@@ -68,14 +66,20 @@ class TrainResult:
     exit_code: int                       # 0 done, 1 non-finite loss, 128 + signal when interrupted
     out_dir: Path
     history: list[dict]
-    best_top1: float = float("nan")
+    best: float = float("nan")           # the best validation value of ``best_metric``
     best_epoch: int = -1
+    best_metric: str = ""                # the task's metric that picks best.pt (top1, map, miou)
     final: dict = field(default_factory=dict)
     elapsed_s: float = 0.0
     message: str = ""
     files: dict = field(default_factory=dict)
     model: Optional[nn.Module] = None     # the raw trained model (this rank's replica)
     ema: Optional[nn.Module] = None
+
+    @property
+    def best_top1(self) -> float:
+        """The best validation top-1 (%) of a classification run (NaN for other tasks)."""
+        return self.best if self.best_metric == "top1" else float("nan")
 
 
 class _StopFlag:
@@ -119,14 +123,15 @@ class _Run:
     """One training run: its state, and one method per phase (see the module notes)."""
 
     def __init__(self, recipe: Recipe, out: Path, resume: Optional[str | Path], progress: bool,
-                 log: Callable[[str], None]):
+                 log: Callable[[str], None], task=None):
         self.recipe, self.out, self.resume_path, self.progress = recipe, out, resume, progress
+        self.task = task if task is not None else get_task(recipe.task)
         self.dist = setup_distributed(recipe)
         self.say = log if self.dist.main else (lambda s: None)
         self.ck = load_checkpoint(resume) if resume else None
         self.step, self.start_epoch, self.skip_batches, self.partial = 0, 0, 0, None
         self.history: list[dict] = []
-        self.best = {"top1": -1.0, "epoch": -1}
+        self.best = {"metric": self.task.best_metric.name, "value": None, "epoch": -1}
         self.rng_states = None
         self.files = {"best": out / "best.pt", "last": out / "last.pt"}
         self.check_resume()
@@ -136,7 +141,7 @@ class _Run:
         """Data, teacher, model, optimizer, EMA, schedule; ``ValueError`` for bad data first."""
         r, dist = self.recipe, self.dist
         seed_everything(r.seed)
-        self.task = task = get_task(r.task)
+        task = self.task
         for module, feature in task.requires:
             require(module, feature)
         self.data = data = data or task.build_data(r)
@@ -226,7 +231,7 @@ class _Run:
             self.skip_batches = int(ck.get("batch_in_epoch", 0))
             self.partial = ck.get("partial")
             self.history = list(ck.get("history", []))
-            self.best = dict(ck.get("best", self.best))
+            self.best = _best_record(ck.get("best"), self.best)
             self.rng_states = ck.get("rng")
         except (KeyError, RuntimeError, ValueError) as e:
             raise TrainingError(f"{self.resume_path}: cannot resume from this checkpoint "
@@ -282,9 +287,8 @@ class _Run:
     def summary(self) -> dict:
         r = self.recipe
         return {"model": r.model, "dataset": r.dataset, "recipe": r.to_dict(),
-                "classes": list(self.data.classes), "task": r.task, "best_metric": self.task.metric,
-                "best_top1": self.best["top1"],
-                "best_epoch": self.best["epoch"], "world_size": self.dist.world,
+                "classes": list(self.data.classes), "task": r.task, "best_metric": self.best["metric"],
+                "best_value": self.best["value"], "best_epoch": self.best["epoch"], "world_size": self.dist.world,
                 "elapsed_s": round(time.time() - self.t_start, 2)}
 
     def stop_with(self, code: int, msg: str) -> bool:
@@ -324,7 +328,8 @@ class _Run:
         finally:
             self.stop.restore()
             res = self.result
-            res.history, res.best_top1, res.best_epoch = self.history, self.best["top1"], self.best["epoch"]
+            res.history, res.best_epoch, res.best_metric = self.history, self.best["epoch"], self.best["metric"]
+            res.best = float("nan") if self.best["value"] is None else self.best["value"]
             res.elapsed_s = time.time() - self.t_start
             res.files = {k: v for k, v in self.files.items() if Path(v).exists()} if dist.main else {}
             res.model, res.ema = self.raw, (self.ema.module if self.ema is not None else None)
@@ -425,9 +430,7 @@ class _Run:
                         all_reduce_sum(b.data, dist).div_(dist.world)
         seen_t = all_reduce_sum(torch.tensor([float(seen)]), dist)
         row = {"epoch": epoch + 1, "lr": self.sched(max(0, self.step - 1)),
-               "train_loss": sums[0].item() / max(1.0, sums[2].item())}
-        if self.task.name == "classify":
-            row["train_top1"] = 100 * sums[1].item() / max(1.0, sums[2].item())
+               **self.task.train_stats(sums[0].item(), sums[1].item(), sums[2].item())}
         if (epoch + 1) % r.eval_every == 0 or epoch + 1 == r.epochs:
             v = self.task.evaluate(raw, self.val_loader, dist.device, self.C, dist, r.channels_last)
             row.update({f"val_{k}": x for k, x in v.items()})
@@ -442,10 +445,11 @@ class _Run:
         """Record the row, keep the best, write checkpoints and metrics, log the epoch."""
         r, out = self.recipe, self.out
         self.history.append(row)
-        metric = row.get(f"ema_val_{self.task.metric}" if self.ema is not None else f"val_{self.task.metric}")
-        is_best = metric is not None and metric > self.best["top1"]
+        m = self.task.best_metric
+        value = row.get(f"ema_val_{m.name}" if self.ema is not None else f"val_{m.name}")
+        is_best = m.better(value, self.best["value"])
         if is_best:
-            self.best = {"top1": metric, "epoch": epoch + 1}
+            self.best = {"metric": m.name, "value": value, "epoch": epoch + 1}
         self.skip_batches, self.partial = 0, None
         if not self.dist.main:
             return
@@ -459,14 +463,13 @@ class _Run:
             if old.exists():
                 old.unlink()
         write_metrics(self.history, out, self.summary())
-        task, m = self.task, self.task.metric
+        task = self.task
         val = {k[4:]: v for k, v in row.items() if k.startswith("val_")}
         ema = {k[8:]: v for k, v in row.items() if k.startswith("ema_val_")}
         self.say(f"epoch {epoch + 1}/{r.epochs}: train loss {row['train_loss']:.4f}"
-                 + (f" top-1 {row['train_top1']:.2f}%" if task.name == "classify" else "")
-                 + (f" | {task.describe(val)}" if m in val else "")
-                 + (f" | EMA {m} {ema[m]:.{2 if m == 'top1' else 4}f}{'%' if m == 'top1' else ''}"
-                    if m in ema else "")
+                 + task.describe_train(row)
+                 + (f" | {task.describe(val)}" if m.name in val else "")
+                 + (f" | EMA {m.name} {m.format(ema[m.name])}" if m.name in ema else "")
                  + f" | {row['epoch_time_s']:.1f}s, {row['train_img_per_s']:.0f} img/s")
 
     def finalize(self) -> None:
@@ -502,14 +505,16 @@ class _Run:
 
 def train(recipe: Recipe, out_dir: str | Path, resume: Optional[str | Path] = None,
           progress: bool = True, log: Callable[[str], None] = print,
-          data: Optional[DataBundle] = None) -> TrainResult:
+          data: Optional[DataBundle] = None, task=None) -> TrainResult:
     """Train ``recipe`` into ``out_dir`` (``best.pt``, ``last.pt``, ``metrics.csv/json``,
     ``curves.png``). ``resume``: a ``last.pt`` to continue from (its recipe is used; pass a
-    recipe with more epochs to extend). Returns a :class:`TrainResult`; raises ``ValueError``
-    subclasses for bad data or teacher before any training step.
+    recipe with more epochs to extend). ``task``: the :class:`~mobilenets.tasks.base.Task`
+    object to train (default: the registered task of ``recipe.task``). Returns a
+    :class:`TrainResult`; raises ``ValueError`` subclasses for bad data or teacher before any
+    training step.
     """
     recipe.validate()
-    run = _Run(recipe, Path(out_dir), resume, progress, log)
+    run = _Run(recipe, Path(out_dir), resume, progress, log, task)
     try:
         run.setup(data)
         run.resume()

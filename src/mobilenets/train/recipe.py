@@ -37,10 +37,6 @@ OPTIMIZERS = ("sgd", "adamw", "rmsprop")
 SCHEDULES = ("cosine", "step", "poly", "constant")
 AUTO_AUGMENTS = ("none", "autoaugment", "randaugment", "trivialaugment")
 DATASETS = ("digits", "imagefolder", "fake", "digit-scenes", "folder")
-#: which datasets each training task reads
-#: ("folder": a COCO or YOLO detection folder / a VOC segmentation folder in data_dir)
-TASK_DATASETS = {"classify": ("digits", "imagefolder", "fake"), "detect": ("digit-scenes", "folder"),
-                 "segment": ("digit-scenes", "folder")}
 
 
 @dataclass
@@ -129,10 +125,11 @@ class Recipe:
         need(self.sched in SCHEDULES, f"sched must be one of {SCHEDULES}, got {self.sched!r}")
         need(self.auto_augment in AUTO_AUGMENTS,
              f"auto_augment must be one of {AUTO_AUGMENTS}, got {self.auto_augment!r}")
-        need(self.task in TASK_DATASETS, f"task must be one of {tuple(TASK_DATASETS)}, got {self.task!r}")
-        need(self.dataset in TASK_DATASETS.get(self.task, DATASETS),
-             f"dataset must be one of {TASK_DATASETS.get(self.task, DATASETS)} for task {self.task!r}, "
-             f"got {self.dataset!r}")
+        from .task import get_task, task_names
+        need(self.task in task_names(), f"task must be one of {tuple(task_names())}, got {self.task!r}")
+        datasets = get_task(self.task).datasets
+        need(self.dataset in datasets,
+             f"dataset must be one of {datasets} for task {self.task!r}, got {self.dataset!r}")
         need(self.dataset not in ("imagefolder", "folder") or bool(self.data_dir),
              f"dataset {self.dataset!r} needs data_dir (--data PATH)")
         need(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")

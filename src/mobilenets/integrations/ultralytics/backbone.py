@@ -12,7 +12,7 @@ import functools
 import inspect
 import json
 import numbers
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 import torch.nn as nn
@@ -191,9 +191,8 @@ class MobileNetBackbone(nn.Module):
         # a YOLO checkpoint unpickled in a fresh process: its model.yaml names this module, and
         # Ultralytics rebuilds from the YAML (model.train()), so the parser must know it again
         super().__setstate__(state)
-        from .hook import register_if_imported
-
-        register_if_imported()
+        for fn in AFTER_UNPICKLE:
+            fn()
 
 
 def _fmt_width(width: float) -> str:
@@ -271,6 +270,10 @@ MobileNetV4HybridMedium = _alias("MobileNetV4HybridMedium", "mobilenetv4_hybrid_
 MobileNetV4HybridLarge = _alias("MobileNetV4HybridLarge", "mobilenetv4_hybrid_large")
 
 #: every YAML module name :func:`register` makes known to Ultralytics' parser
+#: called after a backbone is unpickled: :mod:`.hook` adds its parser registration here when it
+#: is imported (the package imports it, so before any backbone is built or unpickled)
+AFTER_UNPICKLE: list[Callable[[], None]] = []
+
 MODULES: dict[str, type] = {"MobileNetBackbone": MobileNetBackbone,
                             **{n: globals()[n] for n in TUTORIAL_NAMES}}
 

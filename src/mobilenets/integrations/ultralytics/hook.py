@@ -25,7 +25,7 @@ from __future__ import annotations
 import functools
 import sys
 
-from .backbone import MODULES, row_args, row_channels
+from .backbone import AFTER_UNPICKLE, MODULES, row_args, row_channels
 
 #: the first Ultralytics release with the ``Index`` module the pre-pass relies on
 MIN_VERSION = "8.3.64"
@@ -133,6 +133,10 @@ def register_if_imported() -> None:
     else nothing: unpickling our module alone must not import Ultralytics."""
     if "ultralytics.nn.tasks" in sys.modules:
         register()
+
+
+if register_if_imported not in AFTER_UNPICKLE:
+    AFTER_UNPICKLE.append(register_if_imported)
 
 
 def is_registered() -> bool:

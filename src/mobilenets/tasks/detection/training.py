@@ -16,6 +16,7 @@ import torch.nn as nn
 
 from ...train.data import DataBundle
 from ...train.task import register_task
+from ..base import Metric
 from ..training import TaskModelTask
 from ..data import DigitScenes, detection_collate, detection_transforms, open_detection_data
 
@@ -71,12 +72,16 @@ class DetectionTask(TaskModelTask):
     validation mAP / mAP50 / mAP75 and per-class AP."""
 
     name = "detect"
-    metric = "map"
+    best_metric = Metric("map", "mAP")
+    default_recipe = "digit_scenes"
     collate_fn = staticmethod(detection_collate)
-    registry_task = "detection"
+    models = "detection"
     model_names = "ssdlite320_*, fasterrcnn_*_fpn, retinanet_*_fpn"
     loss_name = "its own losses"
     requires = (("torchmetrics", "detection metrics (COCO mAP)"), ("faster_coco_eval", "detection metrics (COCO mAP)"))
+
+    def fit_recipe(self, base, recipe, size_given: bool):
+        return size_for_model(base, recipe, size_given)
 
     def build_data(self, recipe) -> DataBundle:
         size = recipe.img_size
@@ -117,6 +122,52 @@ class DetectionTask(TaskModelTask):
         [0, 1] and ``n`` images (per-class AP: :func:`evaluate_detector`)."""
         res = evaluate_detector(model, loader, device, dist)  # channels_last: the model's weights
         return {k: res[k] for k in ("map", "map50", "map75", "n")}
+
+    def load(self, path, use_ema: bool = True, **options):
+        from .infer import load_detector_checkpoint
+
+        return load_detector_checkpoint(path, use_ema)
+
+    def eval_checkpoint(self, path, data, *, batch_size: int = 8, use_ema: bool = True, img_size=None,
+                        **options) -> dict:
+        from .infer import eval_detector_checkpoint
+
+        return eval_detector_checkpoint(path, data, batch_size=min(batch_size, 16), use_ema=use_ema)
+
+    def eval_report(self, path, data, res: dict) -> list[str]:
+        from ...textutil import table
+
+        lines = [f"{path} on {data or 'its validation data'} ({res['n']} images): mAP {res['map']:.4f}  "
+                 f"mAP50 {res['map50']:.4f}  mAP75 {res['map75']:.4f}  mAR@100 {res['mar_100']:.4f}"]
+        names = res["class_names"]
+        rows = [[names[c] if c < len(names) else str(c), f"{ap:.4f}"] for c, ap in sorted(res["per_class"].items())]
+        if rows:
+            lines.append(table(["class", "AP"], rows, [False, True]))
+        return lines
+
+    def predict(self, path, images, *, out_dir=None, use_ema: bool = True, score_thresh: float = 0.5,
+                **options) -> list[dict]:
+        from .infer import predict_detections
+
+        return predict_detections(path, images, out_dir, score_thresh, use_ema=use_ema)
+
+    def show_prediction(self, r: dict, score_thresh: float = 0.5, **options) -> list[str]:
+        n = len(r["detections"])
+        if n:
+            lines = [f"{r['image']}: {n} detection(s) >= {score_thresh:.2f} -> {r['output']}"]
+        else:
+            best = r.get("best_score")
+            why = (f"best score {best:.2f}; lower --score-thresh to see them" if best is not None
+                   else "the model returned none")
+            lines = [f"{r['image']}: 0 detections >= {score_thresh:.2f} ({why}) -> {r['output']}"]
+        return lines + [f"  {d['score'] * 100:6.2f}%  {d['label']:>8s}  box {d['box']}" for d in r["detections"]]
+
+    def summarize(self, final: dict) -> list[str]:
+        f = final
+        if "val_map" not in f:
+            return []
+        return [f"final val mAP {f['val_map']:.4f}  mAP50 {f['val_map50']:.4f}  mAP75 {f['val_map75']:.4f}"
+                + (f"  (EMA mAP {f['ema_val_map']:.4f})" if "ema_val_map" in f else "")]
 
     def describe(self, v: dict, prefix: str = "") -> str:
         return f"{prefix}val mAP {v['map']:.4f} mAP50 {v['map50']:.4f} mAP75 {v['map75']:.4f}"

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from ...train.data import DataBundle, DatasetError
 from ...train.task import register_task
+from ..base import Metric
 from ..training import TaskModelTask
 from ..data import (IGNORE_INDEX, SceneSegmentation, open_segmentation_data, segmentation_collate,
                     segmentation_transforms)
@@ -68,9 +69,10 @@ class SegmentationTask(TaskModelTask):
     torchvision's pixel cross-entropy (+ aux), validation mIoU / pixel accuracy / per-class IoU."""
 
     name = "segment"
-    metric = "miou"
+    best_metric = Metric("miou", "mIoU")
+    default_recipe = "digit_scenes_seg"
     collate_fn = staticmethod(segmentation_collate)
-    registry_task = "segmentation"
+    models = "segmentation"
     model_names = "lraspp_*, deeplabv3_*, fcn_*"
     loss_name = "its own loss"
     requires = (("torchmetrics", "segmentation metrics (mIoU)"),)
@@ -119,6 +121,46 @@ class SegmentationTask(TaskModelTask):
         """mIoU, pixel accuracy and pixel loss over the whole (sharded) validation set."""
         res = evaluate_segmenter(model, loader, num_classes, self.normalize, device, channels_last, dist)
         return {k: res[k] for k in ("miou", "pixel_acc", "loss", "n")}
+
+    def load(self, path, use_ema: bool = True, **options):
+        from .infer import load_segmenter_checkpoint
+
+        return load_segmenter_checkpoint(path, use_ema)
+
+    def eval_checkpoint(self, path, data, *, batch_size: int = 8, use_ema: bool = True, img_size=None,
+                        **options) -> dict:
+        from .infer import eval_segmenter_checkpoint
+
+        res = eval_segmenter_checkpoint(path, data, batch_size=min(batch_size, 16), use_ema=use_ema,
+                                        img_size=img_size)
+        return {**res, "img_size": img_size}
+
+    def eval_report(self, path, data, res: dict) -> list[str]:
+        from ...textutil import table
+
+        size = res.get("img_size")
+        names = res["class_names"]
+        rows = [[names[c], "absent" if iou is None else f"{iou:.4f}"] for c, iou in enumerate(res["per_class"])]
+        return [f"{path} on {data or 'its validation data'} ({res['n']} images"
+                + (f" at {size}px" if size else "") + f"): mIoU {res['miou']:.4f}  pixel accuracy "
+                f"{res['pixel_acc']:.4f}  loss {res['loss']:.4f}",
+                table(["class", "IoU"], rows, [False, True])]
+
+    def predict(self, path, images, *, out_dir=None, use_ema: bool = True, **options) -> list[dict]:
+        from .infer import predict_segmentation
+
+        return predict_segmentation(path, images, out_dir, use_ema=use_ema)
+
+    def show_prediction(self, r: dict, **options) -> list[str]:
+        return [f"{r['image']}: " + ", ".join(f"{k} {v * 100:.1f}%" for k, v in r["classes"].items())
+                + f" -> {r['output']}"]
+
+    def summarize(self, final: dict) -> list[str]:
+        f = final
+        if "val_miou" not in f:
+            return []
+        return [f"final val mIoU {f['val_miou']:.4f}  pixel accuracy {f['val_pixel_acc']:.4f}"
+                + (f"  (EMA mIoU {f['ema_val_miou']:.4f})" if "ema_val_miou" in f else "")]
 
     def describe(self, v: dict, prefix: str = "") -> str:
         return f"{prefix}val mIoU {v['miou']:.4f} pixel acc {v['pixel_acc']:.4f}"

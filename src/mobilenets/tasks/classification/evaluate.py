@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .distributed import DistInfo, all_reduce_sum
+from ...train.distributed import DistInfo, all_reduce_sum
 
 
 @torch.no_grad()

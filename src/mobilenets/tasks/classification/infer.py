@@ -7,11 +7,11 @@ from typing import Optional, Sequence
 
 import torch
 
-from ..data import read_rgb
-from .checkpoint import model_from_checkpoint
-from .data import ImageFolderDataset, build_datasets, eval_transform
+from ...data import read_rgb
+from ...factory import model_from_checkpoint
+from ...train.data import ImageFolderDataset, build_datasets, eval_transform
+from ...train.recipe import Recipe
 from .evaluate import evaluate
-from .recipe import Recipe
 
 
 def _recipe_of(info: dict, img_size: Optional[int] = None) -> Recipe:
