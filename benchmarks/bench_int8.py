@@ -222,9 +222,9 @@ def timm_onnx(name: str, path: Path, size: int, num_classes: int):
 def run_model(name: str, args, work: Path) -> dict:
     from mobilenets.deploy import (agreement, calibration_batches, cosine, export_onnx, export_qat_onnx,
                                    int8_op_counts, onnx_logits, ort_session, prepare_qat, quantize_onnx)
-    from mobilenets.train.data import build_datasets
+    from mobilenets.data.classification import build_datasets
     from mobilenets.train.loop import train
-    from mobilenets.train.recipe import get_recipe
+    from mobilenets.train.recipes import get_recipe
 
     res: dict = {"model": name}
     S = args.img_size

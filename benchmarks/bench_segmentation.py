@@ -114,7 +114,7 @@ def resolution(args, tmp: Path) -> None:
 def ceiling(args, tmp: Path) -> None:
     import torch.nn.functional as F
 
-    from mobilenets.tasks.data import SceneSegmentation
+    from mobilenets.data import SceneSegmentation
     from mobilenets.tasks.segmentation.training import segmentation_metrics
 
     data = SceneSegmentation("val", size=args.size or 320)

@@ -12,7 +12,7 @@ from torch.utils.flop_counter import FlopCounterMode
 import mobilenets
 from mobilenets.analysis import (ACCURACY, DTYPE_BYTES, calibrate, pareto_front, profile,
                                  roofline, spearman, sweep)
-from mobilenets.analysis.cli import add_commands, macs_at_224
+from mobilenets.cli.analysis import add_commands, macs_at_224
 from mobilenets.blocks import FusedIB, InvertedResidual, UniversalInvertedBottleneck
 from mobilenets.blocks.attention import MultiQueryAttention2d
 

@@ -9,7 +9,7 @@ import pytest
 
 import mobilenets
 from mobilenets.cli import build_parser, main
-from mobilenets.clitools import UserError, run_handler
+from mobilenets.cli.common import UserError, run_handler
 
 
 def _parse(*argv):
@@ -31,7 +31,7 @@ def test_checkpoint_error_printed_whole(tmp_path, capsys):
 
 
 def test_unexpected_exception_is_a_bug_exit_1_with_traceback(monkeypatch, capsys):
-    import mobilenets.cli as cli
+    import mobilenets.cli.models as cli
 
     def broken(*a, **k):
         raise TypeError("an internal bug")
@@ -62,7 +62,7 @@ def test_run_handler_user_errors_vs_bugs(exc, code, capsys):
 
 
 def test_unknown_recipe_is_a_user_error(capsys):
-    from mobilenets.train.cli import main as train_main
+    from mobilenets.cli.train import main as train_main
     assert train_main(["train", "--recipe", "nope"]) == 2
     err = capsys.readouterr().err
     assert "error: unknown recipe 'nope'; choose from" in err and "Traceback" not in err
@@ -140,7 +140,7 @@ def test_size_with_three_numbers_is_a_usage_error(capsys):
 
 
 def test_train_size_and_batch_reach_the_recipe(capsys):
-    from mobilenets.train.cli import main as train_main
+    from mobilenets.cli.train import main as train_main
     assert train_main(["train", "--input-size", "40", "--batch", "16", "--print-recipe"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert "img_size = 40" in out and "batch_size = 16" in out

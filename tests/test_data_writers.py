@@ -1,4 +1,4 @@
-"""The dataset writers (mobilenets.tasks.data.writers): the files they wrote before the numpy /
+"""The dataset writers (mobilenets.data.writers): the files they wrote before the numpy /
 worker-process rewrite, byte for byte, with or without workers; YOLO labels that the library's
 own reader reads back without clipping."""
 
@@ -12,9 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
-from mobilenets.tasks.data import (DataWarning, DigitScenes, SceneSegmentation, YoloDetection, voc_colormap,
+from mobilenets.data import (DataWarning, DigitScenes, SceneSegmentation, YoloDetection, voc_colormap,
                                    write_coco, write_voc, write_yolo)
-from mobilenets.tasks.data.writers import _yolo_extent
+from mobilenets.data.writers import _yolo_extent
 
 
 # --- the writers' per-item work as it was (torch ops), the reference ------------------------------
@@ -181,7 +181,7 @@ class _OldScenes(DigitScenes):
     products over all of it (then the same strokes and blobs)."""
 
     def _background(self, g):
-        from mobilenets.tasks.data.scenes import _hat_weights, _randint
+        from mobilenets.data.scenes import _hat_weights, _randint
         h, w = self.size
         base = (0.06 + 0.2 * torch.rand(3, generator=g)).numpy()
         field = ((torch.rand(3, 3, 3, generator=g) - 0.5) * 2 * (0.06 * self.noise)).numpy()

@@ -156,7 +156,7 @@ def test_ssdlite_cut_points_follow_torchvision_on_mnv3_and_fall_back_elsewhere()
     v3 = mobilenets.create_model("mobilenetv3_large_100")
     # torchvision: stage_indices [0, 2, 4, 7, 13, 16]; C4 = block 13's expansion, then the last conv
     assert units(v3) == [0, 2, 4, 7, 13, 16]
-    assert ssdlite_taps(v3) == [("expansion", 13), ("out", 16)]
+    assert ssdlite_taps(v3) == [("pre_stride", 13), ("out", 16)]
     det = mobilenets.create_model("ssdlite320_mobilenetv4_conv_small")
     assert det.backbone.out_channels[:2] == [576, 960]  # UIB 96 -> x6 expansion at stride 16
     mf = mobilenets.create_model("mobileformer_26m")

@@ -68,7 +68,7 @@ def test_cli_train_eval_predict_export(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "mAP50" in text and "(4 images)" in text
 
-    from mobilenets.tasks.data import DigitScenes
+    from mobilenets.data import DigitScenes
     from torchvision.utils import save_image
     img = tmp_path / "scene.png"
     save_image(DigitScenes("val", size=(150, 200), num_images=1)[0][0], img)
@@ -130,7 +130,8 @@ def test_onnx_export_with_nms_matches_eager(name, tmp_path):
 
 def test_ddp_detection_identical_replicas_and_whole_set_map(tmp_path):
     from mobilenets.tasks.detection.infer import load_detector_checkpoint
-    from mobilenets.tasks.detection.training import DetectionTask, evaluate_detector
+    from mobilenets.tasks.detection.task import DetectionTask
+    from mobilenets.tasks.detection.training import evaluate_detector
     r = tiny(epochs=1, scene_images=8, scene_val_images=6)
     a, _ = spawn_ddp(tmp_path, r)  # the classification DDP test's workers; identical replicas checked
     row = a["history"][-1]
@@ -160,7 +161,7 @@ def test_a_320_detector_trains_and_exports_at_320(capsys):
     # --recipe fasterrcnn is sized for its own model (800); the _320_fpn model given with --model
     # trains at its own 320 (torchvision's min_size 320, max_size 640), unless a size is given
     from mobilenets.tasks.detection.models import native_size
-    from mobilenets.tasks.detection.training import DetectionTask
+    from mobilenets.tasks.detection.task import DetectionTask
     from mobilenets.train.recipe import Recipe
 
     def resolved(*extra):

@@ -140,7 +140,7 @@ def _scene_images(d: Path) -> None:
     """``street.jpg`` and ``scene.png`` (digit-scenes images) and an image folder of digits."""
     from PIL import Image
     from mobilenets.data import load_digits_tensors
-    from mobilenets.tasks.data import DigitScenes
+    from mobilenets.data import DigitScenes
 
     ds = DigitScenes("val", num_images=2)
     for i, name in enumerate(("street.jpg", "scene.png")):

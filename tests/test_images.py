@@ -62,9 +62,9 @@ def test_a_truncated_file_that_opens_fails_on_read_as_oserror(tmp_path):
 
 def test_readers_skip_and_count_under_a_foreign_opener(tmp_path, foreign_opener):
     from mobilenets.deploy import calibration_batches
-    from mobilenets.tasks.data import SceneSegmentation, VocSegmentation, write_voc
-    from mobilenets.tasks.data.files import DataWarning, _image_opens
-    from mobilenets.train.data import ImageFolderDataset
+    from mobilenets.data import SceneSegmentation, VocSegmentation, write_voc
+    from mobilenets.data.files import DataWarning, _image_opens
+    from mobilenets.data.classification import ImageFolderDataset
 
     (tmp_path / "folder" / "a").mkdir(parents=True)
     for i in range(2):

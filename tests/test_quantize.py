@@ -290,14 +290,14 @@ def test_ptq_failure_leaves_no_file_and_keeps_old_one(tmp_path, monkeypatch):
 def test_calibration_batches_sources(tmp_path):
     from PIL import Image
 
-    from mobilenets.train.data import build_datasets
-    from mobilenets.train.recipe import get_recipe
+    from mobilenets.data.classification import build_datasets
+    from mobilenets.train.recipes import get_recipe
 
     x = calibration_batches("digits", count=20, input_size=(40, 48))
     assert x.shape == (20, 3, 40, 48) and x.dtype == torch.float32
     assert -1.0 <= float(x.min()) < 0 < float(x.max()) <= 1.0  # the digits recipe: mean = std = 0.5
     # drawn from the training split, so the validation images stay held out
-    from mobilenets.train.data import eval_transform
+    from mobilenets.data.classification import eval_transform
     r = get_recipe("digits").replace(img_size=40)
     split = build_datasets(r, train_tf=eval_transform(r))
     train_imgs = {img.numpy().tobytes() for img, _ in split.train}
@@ -485,9 +485,9 @@ def test_qat_export_warns_when_the_integer_kernels_compute_something_else(tmp_pa
 
 # --- trained models (slow) -----------------------------------------------------------------
 def _train_digits(tmp_path, name: str, epochs: int, size: int):
-    from mobilenets.train.data import build_datasets
+    from mobilenets.data.classification import build_datasets
     from mobilenets.train.loop import train
-    from mobilenets.train.recipe import get_recipe
+    from mobilenets.train.recipes import get_recipe
 
     r = get_recipe("digits").replace(model=name, epochs=epochs, img_size=size)
     res = train(r, tmp_path / "run", progress=False, log=lambda s: None)
@@ -515,8 +515,8 @@ def test_trained_digits_int8_accuracy(tmp_path, one_thread):
     assert acc(ref) - acc(ptq) <= 1.0 and agreement(ptq, ref) >= 0.99, (acc(ref), acc(ptq), agreement(ptq, ref))
 
     qat = prepare_qat(model, cal)
-    from mobilenets.train.data import build_datasets
-    from mobilenets.train.recipe import get_recipe
+    from mobilenets.data.classification import build_datasets
+    from mobilenets.train.recipes import get_recipe
     train_ds = build_datasets(get_recipe("digits").replace(img_size=size)).train
     loader = torch.utils.data.DataLoader(train_ds, batch_size=64, shuffle=True, drop_last=True,
                                          generator=torch.Generator().manual_seed(0))

@@ -1,4 +1,4 @@
-"""Detection data (mobilenets.tasks.data): the generated digit-scenes, the v2 augmentations,
+"""Detection data (mobilenets.data): the generated digit-scenes, the v2 augmentations,
 COCO / YOLO writers and readers with their bad-input handling, and ``mobilenets data``."""
 
 import argparse
@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from mobilenets.data import DIGITS_SPLIT_SEED, DIGITS_VAL_FRACTION, load_digits_tensors, stratified_split
-from mobilenets.tasks.data import (CocoDetection, DataWarning, DigitScenes, YoloDetection, detection_collate,
+from mobilenets.data import (CocoDetection, DataWarning, DigitScenes, YoloDetection, detection_collate,
                                    detection_transforms, open_detection_data, semantic_mask, write_coco,
                                    write_yolo)
 
@@ -501,8 +501,8 @@ def test_open_detection_data_rejects_unknown_specs(tmp_path):
 
 # --- the CLI --------------------------------------------------------------------------------------
 def _cli(argv):
-    from mobilenets.clitools import run_handler
-    from mobilenets.tasks.data.cli import register
+    from mobilenets.cli.common import run_handler
+    from mobilenets.cli.data import register
 
     parser = argparse.ArgumentParser(prog="mobilenets")
     register(parser.add_subparsers(dest="command"))

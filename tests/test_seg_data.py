@@ -1,4 +1,4 @@
-"""Segmentation data (mobilenets.tasks.data): digit-scenes as class maps, VOC-style folders
+"""Segmentation data (mobilenets.data): digit-scenes as class maps, VOC-style folders
 (reader, writer, labelmap.txt) with their bad-input handling, the v2 segmentation transforms,
 the collate, open_segmentation_data and ``mobilenets data digit-scenes --format voc``."""
 
@@ -13,11 +13,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from mobilenets.tasks.data import (IGNORE_INDEX, VOC_CLASSES, DataWarning, DigitScenes, SceneSegmentation,
+from mobilenets.data import (IGNORE_INDEX, VOC_CLASSES, DataWarning, DigitScenes, SceneSegmentation,
                                    VocSegmentation, open_segmentation_data, segmentation_collate,
                                    segmentation_transforms, semantic_mask, voc_colormap, write_coco, write_voc,
                                    write_yolo)
-from mobilenets.train.data import DatasetError
+from mobilenets.data.classification import DatasetError
 from test_scenes import _cli, _Exploding, _tree, _walk  # the same helpers as the detection data
 
 DIGIT_NAMES = ["__background__"] + [str(d) for d in range(10)]

@@ -111,7 +111,7 @@ def test_segmentation_recipe_checks():
 
 
 def test_poly_schedule():
-    from mobilenets.train.recipe import LRSchedule
+    from mobilenets.train.optim import LRSchedule
     s = LRSchedule(tiny(lr=0.1, epochs=10, warmup_epochs=0, poly_power=0.9), steps_per_epoch=10)
     assert s(0) == pytest.approx(0.1) and s(50) == pytest.approx(0.1 * 0.5 ** 0.9) and s(100) == 0.0
 
@@ -134,7 +134,7 @@ def test_cli_train_eval_predict_export(tmp_path, capsys):
     assert low["n"] == 4 and low != eval_segmenter_checkpoint(out / "best.pt")
 
     from mobilenets.data import read_rgb
-    from mobilenets.tasks.data import DigitScenes
+    from mobilenets.data import DigitScenes
     from torchvision.utils import save_image
     img = tmp_path / "scene.png"
     save_image(DigitScenes("val", size=(150, 200), num_images=1)[0][0], img)
@@ -193,7 +193,8 @@ def test_onnx_export_matches_eager_and_refuses_a_wrong_graph(name, kw, tmp_path,
 
 def test_ddp_segmentation_identical_replicas_and_whole_set_miou(tmp_path):
     from mobilenets.tasks.segmentation.infer import load_segmenter_checkpoint
-    from mobilenets.tasks.segmentation.training import Normalize, SegmentationTask
+    from mobilenets.tasks.segmentation.task import SegmentationTask
+    from mobilenets.tasks.segmentation.training import Normalize
     r = tiny(epochs=1, scene_images=8, scene_val_images=6)
     a, _ = spawn_ddp(tmp_path, r)  # the classification DDP test's workers; identical replicas checked
     row = a["history"][-1]
@@ -207,7 +208,7 @@ def test_ddp_segmentation_identical_replicas_and_whole_set_miou(tmp_path):
 
 
 def test_crop_size_sets_the_training_crop_and_keeps_the_eval_size():
-    from mobilenets.tasks.segmentation.training import SegmentationTask
+    from mobilenets.tasks.segmentation.task import SegmentationTask
     from mobilenets.train import apply_overrides
     r = apply_overrides(tiny(img_size=128, scene_images=2, scene_val_images=1), ["crop_size=64"])
     data = SegmentationTask().build_data(r)
@@ -225,7 +226,7 @@ def test_input_size_caps_the_recipes_crop(capsys):
     """digit_scenes_seg crops 192 px of its 320 px scenes; --input-size below the crop trains on
     crops of that size (not on crops padded with the ignore label), above it keeps the crop, and
     an explicit crop_size wins."""
-    from mobilenets.train.cli import main as train_main
+    from mobilenets.cli.train import main as train_main
 
     def recipe(*argv):
         assert train_main(["train", "--task", "segment", *argv, "--print-recipe"]) == 0

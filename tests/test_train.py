@@ -22,7 +22,7 @@ from mobilenets.train import (DatasetError, ModelEma, Recipe, TeacherError, aver
                               param_groups, save_checkpoint, stratified_split, tf_to_torch_eps, train)
 from mobilenets.train import loop as loop_mod
 from mobilenets.tasks.classification import ClassificationTask
-from mobilenets.train.data import ImageFolderDataset, build_datasets, load_digits_tensors
+from mobilenets.data.classification import ImageFolderDataset, build_datasets, load_digits_tensors
 
 
 def criterion_task(wrap):
@@ -338,7 +338,7 @@ def test_schedules_warmup_and_step():
 
 # --- commands ------------------------------------------------------------------------------------
 def _cli(*argv) -> int:
-    from mobilenets.train.cli import main
+    from mobilenets.cli.train import main
     return main(list(argv))
 
 

@@ -6,7 +6,7 @@ feature that needs more imports it with :func:`require`, so a user without it ge
 naming the feature, the missing package and the extra to install
 (``pip install 'mobilenets[onnx]'``) instead of a traceback from deep inside the feature. The
 command line reports that line and exits with 2 (a :class:`MissingDependencyError` is an
-``ImportError``, which :func:`mobilenets.clitools.run_handler` treats as a user error).
+``ImportError``, which :func:`mobilenets.cli.common.run_handler` treats as a user error).
 """
 
 from __future__ import annotations

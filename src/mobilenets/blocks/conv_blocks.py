@@ -55,10 +55,16 @@ class ResidualBlock(nn.Module):
         reads that expanded map as its stride-16 feature (torchvision's "C4 expansion")."""
         return False
 
-    def forward_expansion(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    @property
+    def pre_stride_chs(self) -> int:
+        """Channels of the map :meth:`forward_pre_stride` returns (blocks that
+        :meth:`expands_before_stride`)."""
+        return self.mid_chs
+
+    def forward_pre_stride(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(expanded map, block output)`` in one pass, for blocks that
-        :meth:`expands_before_stride`: the expansion conv's output (after its activation) and
-        what ``forward(x)`` returns."""
+        :meth:`expands_before_stride`: the expansion conv's output (after its activation),
+        before the block's stride, and what ``forward(x)`` returns."""
         e = self._expand(x)
         return e, self._shortcut(self._after_expansion(e), x)
 
@@ -72,6 +78,10 @@ class ResidualBlock(nn.Module):
 class ConvBlock(ConvNormAct):
     """A plain conv-BN-act used as a block (MobileNetV4 ``cn`` rows and the last 1x1 conv of
     V2/V3/V4). Same parameters as :class:`ConvNormAct`."""
+
+    @property
+    def out_chs(self) -> int:
+        return self.conv.out_channels
 
     @property
     def stride(self) -> int:
@@ -122,6 +132,7 @@ class InvertedResidual(ResidualBlock):
                  norm: NormLayer = nn.BatchNorm2d, aa: Optional[str] = None, skip: bool = True,
                  drop_path: float = 0.0, layer_scale: Optional[float] = None):
         super().__init__(in_chs, out_chs, stride, skip, drop_path, layer_scale)
+        self.mid_chs = mid_chs
         self.expand = ConvNormAct(in_chs, mid_chs, 1, norm=norm, act=act)
         self.dw = ConvNormAct(mid_chs, mid_chs, kernel_size, stride, dilation, groups=mid_chs,
                               norm=norm, act=act, aa=aa)
@@ -150,6 +161,7 @@ class FusedIB(ResidualBlock):
                  norm: NormLayer = nn.BatchNorm2d, aa: Optional[str] = None, skip: bool = True,
                  drop_path: float = 0.0, layer_scale: Optional[float] = None):
         super().__init__(in_chs, out_chs, stride, skip, drop_path, layer_scale)
+        self.mid_chs = mid_chs
         self.expand = ConvNormAct(in_chs, mid_chs, kernel_size, stride, dilation, norm=norm, act=act, aa=aa)
         self.project = ConvNormAct(mid_chs, out_chs, 1, norm=norm, act=None)
 
@@ -176,6 +188,7 @@ class UniversalInvertedBottleneck(ResidualBlock):
                  norm: NormLayer = nn.BatchNorm2d, aa: Optional[str] = None, skip: bool = True,
                  drop_path: float = 0.0, layer_scale: Optional[float] = None):
         super().__init__(in_chs, out_chs, stride, skip, drop_path, layer_scale)
+        self.mid_chs = mid_chs
         if stride > 1 and not (start_k or mid_k):
             raise ValueError("a strided UIB needs a start or middle depthwise conv (FFN cannot stride)")
         self.start_k, self.mid_k = start_k, mid_k

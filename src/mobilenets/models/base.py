@@ -11,6 +11,10 @@ checks) lives here.
 
 Protocol for consumers (detection / segmentation heads, feature extractors):
 
+* ``walk(x, until=, blocks=, keep=, pre_stride=)``: the one run of the backbone, stage by
+  stage or block by block (a :class:`Step` per position: the state after it, and a block's
+  pre-stride map on request); everything below is built on it. ``layer_shapes()``: the
+  channels and reduction of every block position, without running anything.
 * ``forward_features(x)``: the final backbone output (a tensor, or :class:`MapAndTokens`);
   ``forward_head(forward_features(x))`` is ``forward(x)``.
 * ``stage_outputs(x)``: one :class:`StageOutput` ``(name, map, tokens)`` for the stem and each
@@ -21,7 +25,7 @@ Protocol for consumers (detection / segmentation heads, feature extractors):
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Any, Collection, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -29,7 +33,7 @@ import torch.nn as nn
 from ..layers.bn_stats import set_bn
 from .fuse import fuse as _fuse
 from .intermediates import IntermediatesMixin
-from .state import MIN_INPUT_SIZE, MapAndTokens, State, StageOutput, check_input, split_state
+from .state import MIN_INPUT_SIZE, MapAndTokens, StageOutput, State, Step, check_input, split_state
 
 __all__ = ["MIN_INPUT_SIZE", "Backbone", "MapAndTokens", "State", "StageOutput", "check_input",
            "check_options", "default_init", "feature_levels", "split_state"]
@@ -109,7 +113,7 @@ class Backbone(IntermediatesMixin, nn.Module):
         """What :meth:`forward_features` returns, from the state after the last stage."""
         return state
 
-    def _drop_head(self) -> None:
+    def drop_head(self) -> None:
         """Remove the classifier (and whatever only it reads)."""
         self.head = None
 
@@ -117,6 +121,62 @@ class Backbone(IntermediatesMixin, nn.Module):
         raise NotImplementedError
 
     # --- the contract ---------------------------------------------------------------------
+    def walk(self, x: torch.Tensor, until: Optional[int] = None, blocks: bool = False,
+             keep: Optional[Collection[int]] = None, pre_stride: Collection[int] = ()) -> list[Step]:
+        """Run the backbone from the input: the one walk that :meth:`forward_features`,
+        :meth:`stage_outputs`, ``features_only``, :meth:`forward_intermediates` and the task
+        models' taps all take.
+
+        Positions: 0 is the stem; ``i`` is stage ``i - 1`` (or, with ``blocks``, block ``i - 1``
+        of :meth:`blocks`, torchvision's ``features`` index space).
+
+        Args:
+            x: ``(N, in_chans, H, W)`` input.
+            until: stop after this position (default: run everything).
+            blocks: step block by block instead of stage by stage.
+            keep: the positions to return (default: every one); the last position run is
+                always returned, so the caller has the final state.
+            pre_stride: block positions (``blocks=True``) whose expanded map before the
+                block's stride to return too (blocks that :meth:`expands_before_stride`;
+                SSDLite's stride-16 feature).
+
+        Returns:
+            One :class:`Step` ``(position, state, pre_stride map or None)`` per kept position.
+        """
+        check_input(x, self.in_chans, dtype=self.input_dtype())
+        units = [b for _, b in self.blocks()] if blocks else list(self.stages)
+        if until is not None:
+            units = units[:until]
+        state = self._begin(x)
+        steps = [Step(0, state)] if keep is None or 0 in keep or not units else []
+        for i, unit in enumerate(units, start=1):
+            expanded = None
+            if i in pre_stride:
+                if not blocks:
+                    raise ValueError("pre_stride positions are block positions: pass blocks=True")
+                fmap, tokens = split_state(state)
+                expanded, y = unit.forward_pre_stride(fmap)
+                state = y if tokens is None else type(state)(y, tokens)
+            else:
+                state = self._run_block(unit, state) if blocks else self._run_stage(unit, state)
+            if keep is None or i in keep or i == len(units):
+                steps.append(Step(i, state, expanded))
+        return steps
+
+    def layer_shapes(self) -> list[tuple[int, int]]:
+        """``(channels, reduction)`` of the map at every block position of :meth:`walk`
+        (0: the stem; ``i``: block ``i - 1``), from the blocks' ``out_chs`` and ``stride``:
+        no forward pass (a dilated block has stride 1)."""
+        stem = [f for f in self.feature_info if f["stage"] == -1]
+        chs, red = (stem[0]["num_chs"], stem[0]["reduction"]) if stem else (None, 2)
+        if chs is None:
+            chs = self.stem.conv.out_channels
+        out = [(chs, red)]
+        for _, blk in self.blocks():
+            red *= blk.stride
+            out.append((blk.out_chs, red))
+        return out
+
     def forward_features(self, x: torch.Tensor) -> Any:
         """Backbone output before pooling: ``(N, num_features, H/32, W/32)`` (with its tokens,
         as :class:`MapAndTokens`, for families that have them).
@@ -124,11 +184,7 @@ class Backbone(IntermediatesMixin, nn.Module):
         Args:
             x: ``(N, in_chans, H, W)`` input, H, W >= 32.
         """
-        check_input(x, self.in_chans, dtype=self.input_dtype())
-        state = self._begin(x)
-        for stage in self.stages:
-            state = self._run_stage(stage, state)
-        return self._finish(state)
+        return self._finish(self.walk(x, keep=())[-1].state)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``(N, num_classes)`` (the head's hidden vector when ``num_classes == 0``)."""
@@ -144,13 +200,8 @@ class Backbone(IntermediatesMixin, nn.Module):
         Returns:
             ``[StageOutput("stem", map, tokens), StageOutput("stages.0", ...), ...]``.
         """
-        check_input(x, self.in_chans, dtype=self.input_dtype())
-        state = self._begin(x)
-        out = [StageOutput("stem", *split_state(state))]
-        for i, stage in enumerate(self.stages[:depth]):
-            state = self._run_stage(stage, state)
-            out.append(StageOutput(f"stages.{i}", *split_state(state)))
-        return out
+        return [StageOutput("stem" if s.position == 0 else f"stages.{s.position - 1}", *split_state(s.state))
+                for s in self.walk(x, until=depth)]
 
     def blocks(self) -> list[tuple[str, nn.Module]]:
         """Every block in execution order, flattened over the stages: ``(path, module)``
@@ -174,15 +225,8 @@ class Backbone(IntermediatesMixin, nn.Module):
     def _feature_maps(self, x: torch.Tensor, levels: Sequence[int]) -> list[torch.Tensor]:
         """Maps at the given feature levels (indices into ``feature_info``), shallow to deep;
         runs only the stages up to the deepest requested level."""
-        check_input(x, self.in_chans, dtype=self.input_dtype())
         take = sorted(self._level_positions()[i] for i in levels)
-        state = self._begin(x)
-        outs = [split_state(state)[0]] if 0 in take else []
-        for i, stage in enumerate(self.stages[: take[-1]], start=1):
-            state = self._run_stage(stage, state)
-            if i in take:
-                outs.append(split_state(state)[0])
-        return outs
+        return [split_state(s.state)[0] for s in self.walk(x, until=take[-1], keep=take)]
 
     def prune_for_features(self, max_index: int) -> None:
         """Drop the classifier and the stages deeper than feature level ``max_index``.
@@ -191,7 +235,7 @@ class Backbone(IntermediatesMixin, nn.Module):
             max_index: index into ``feature_info`` of the deepest level still needed.
         """
         self.stages = self.stages[: self._level_positions()[max_index]]
-        self._drop_head()
+        self.drop_head()
 
     def reset_classifier(self, num_classes: int) -> None:
         """Replace the final Linear with a fresh one.

@@ -16,7 +16,7 @@ from typing import Any, Optional, Sequence, Union
 import torch
 import torch.nn as nn
 
-from .state import check_input, split_state
+from .state import split_state
 
 Indices = Optional[Union[int, Sequence[int]]]
 LOCATIONS = ("", "bottleneck", "expansion")
@@ -53,7 +53,7 @@ def take_indices(num_levels: int, indices: Indices) -> tuple[list[int], int]:
 
 class IntermediatesMixin:
     """``forward_intermediates`` / ``prune_intermediate_layers`` / expansion taps over the
-    backbone's stage protocol (``_begin``, ``_run_stage``, ``_finish``, ``_drop_head``)."""
+    backbone's stage protocol (``_begin``, ``_run_stage``, ``_finish``, ``drop_head``)."""
 
     def forward_intermediates(self, x: torch.Tensor, indices: Indices = None, norm: bool = False,
                               stop_early: bool = False, output_fmt: str = "NCHW",
@@ -78,17 +78,13 @@ class IntermediatesMixin:
         taken, deepest = take_indices(len(self.feature_info), indices)
         positions = self._level_positions()
         wanted = {positions[i] for i in taken}
-        stages = self.stages[: positions[deepest]] if stop_early else self.stages
-        check_input(x, self.in_chans, dtype=self.input_dtype())
-        state = self._begin(x)
-        maps = [split_state(state)[0]] if 0 in wanted else []
-        for i, stage in enumerate(stages, start=1):
-            state = self._run_stage(stage, state)
-            if i in wanted:
-                maps.append(split_state(state)[0])
+        until = positions[deepest] if stop_early else None
+        steps = self.walk(x, until=until, keep=wanted)
+        maps = [split_state(s.state)[0] for s in steps if s.position in wanted]
         if intermediates_only:
             return maps
-        final = self._finish(state) if len(stages) == len(self.stages) else state
+        state = steps[-1].state
+        final = self._finish(state) if steps[-1].position == len(self.stages) else state
         return final, maps
 
     def prune_intermediate_layers(self, indices: Indices = 1, prune_norm: bool = False,
@@ -109,9 +105,9 @@ class IntermediatesMixin:
         if keep < len(self.stages) and (prune_head or deepest < len(self.feature_info) - 1):
             self.stages = self.stages[:keep]
             self.num_features = self.feature_info[deepest]["num_chs"]
-            self._drop_head()
+            self.drop_head()
         elif prune_head:
-            self._drop_head()
+            self.drop_head()
         return taken
 
     def expansion_info(self) -> list[dict]:

@@ -172,7 +172,7 @@ class MobileFormer(Backbone):
             return state
         return MapAndTokens(state.map, self.to_former(state.map, state.tokens))
 
-    def _drop_head(self) -> None:
+    def drop_head(self) -> None:
         self.to_former = None
         self.head = None
 

@@ -45,6 +45,21 @@ class StageOutput(NamedTuple):
     tokens: Optional[torch.Tensor] = None
 
 
+class Step(NamedTuple):
+    """One point of :meth:`~mobilenets.models.base.Backbone.walk`.
+
+    Attributes:
+        position: 0 the stem; ``i`` stage (or block) ``i - 1``.
+        state: what the backbone passes on after it (a map, or :class:`MapAndTokens`).
+        pre_stride: the block's expanded map before its stride, when the walk was asked for
+            it at this position (else ``None``).
+    """
+
+    position: int
+    state: Any
+    pre_stride: Optional[torch.Tensor] = None
+
+
 #: What a stage takes and returns: a map (MobileNet V1-V4) or a map with its tokens (Mobile-Former).
 State = Union[torch.Tensor, MapAndTokens]
 

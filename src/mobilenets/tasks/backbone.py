@@ -3,9 +3,10 @@ reads (taps), which layers train, BatchNorm frozen as torchvision freezes it, an
 classification backbone a task model starts from.
 
 Every family is read through the one backbone protocol (:class:`mobilenets.models.Backbone`):
-the stem, then :meth:`~mobilenets.models.Backbone.blocks` one by one with ``_run_block`` (so
-Mobile-Former's tokens travel along), and, for an expansion tap, a block's
-``forward_expansion``. No family-specific branches.
+:meth:`~mobilenets.models.Backbone.walk` block by block (Mobile-Former's tokens travel along),
+asking for a block's pre-stride map where a tap reads it, and
+:meth:`~mobilenets.models.Backbone.layer_shapes` for the channels and strides of the taps.
+No family-specific branches.
 
 Units (torchvision's ``stage_indices`` for MobileNetV2/V3, defined for every family): the stem,
 each block that downsamples, and the last block. ``trainable_backbone_layers=k`` trains the
@@ -21,7 +22,7 @@ from typing import Any, Optional, Sequence
 import torch
 import torch.nn as nn
 
-from ..models.base import Backbone, check_input
+from ..models.base import Backbone
 from ..models.registry import get_entry
 from ..models.state import split_state
 
@@ -92,8 +93,10 @@ class Taps(nn.Module):
     the tokens.
 
     A tap is ``(kind, i)`` in the flattened index space of :func:`units` (0 = the stem, i =
-    block i-1): ``("out", i)`` that layer's output map, ``("expansion", i)`` block i-1's
-    expansion output (it must :meth:`expands_before_stride`). Only the layers up to the deepest
+    block i-1): ``("out", i)`` that layer's output map, ``("pre_stride", i)`` block i-1's
+    expanded map before its stride (it must :meth:`expands_before_stride`; SSDLite's "C4
+    expansion", not timm's ``feature_location="expansion"``, which is the map before a block's
+    projection). Only the layers up to the deepest
     tap run; the backbone's classifier and later blocks are removed.
 
     Args:
@@ -102,7 +105,8 @@ class Taps(nn.Module):
         names: the keys of the returned maps (default ``"0", "1", ...``).
 
     Attributes:
-        channels: channels of each tapped map.
+        channels: channels of each tapped map. strides: its reduction of the input (both
+            known at construction: :meth:`output_shape`).
     """
 
     def __init__(self, backbone: Backbone, taps: Sequence[tuple[str, int]],
@@ -114,60 +118,49 @@ class Taps(nn.Module):
             raise ValueError(f"names must be {len(taps)} distinct keys, one per tap, got {list(self.names)}")
         last = max(i for _, i in taps)
         for kind, i in taps:
-            if kind == "expansion" and not (i > 0 and blocks[i - 1][1].expands_before_stride()):
+            if kind not in ("out", "pre_stride"):
+                raise ValueError(f"tap kind must be 'out' or 'pre_stride', got {kind!r}")
+            if kind == "pre_stride" and not (i > 0 and blocks[i - 1][1].expands_before_stride()):
                 raise ValueError(f"block {i - 1} ({type(blocks[i - 1][1]).__name__}) has no expansion "
                                  f"before its stride to tap")
-            if kind not in ("out", "expansion"):
-                raise ValueError(f"tap kind must be 'out' or 'expansion', got {kind!r}")
         self.taps = [tuple(t) for t in taps]
         self._at: dict[int, list[tuple[int, str]]] = {}  # layer index -> (output position, kind)
         for n, (kind, i) in enumerate(self.taps):
             self._at.setdefault(i, []).append((n, kind))
         # keep only what runs: the stem and the blocks up to the deepest tap (module paths, and
         # so checkpoint keys, stay those of the classification backbone)
-        backbone._drop_head()
+        backbone.drop_head()
         if last == 0:
             backbone.stages = nn.Sequential()
         else:
             si, bi = (int(p) for p in blocks[last - 1][0].split(".")[1:])
             backbone.stages = nn.Sequential(*backbone.stages[:si], backbone.stages[si][: bi + 1])
         self.body = backbone
-        self.channels = tap_channels(self)
+        shapes = backbone.layer_shapes()
+        #: channels and stride (reduction) of each tapped map, from the blocks' configuration
+        self.channels = [blocks[i - 1][1].pre_stride_chs if kind == "pre_stride" else shapes[i][0]
+                         for kind, i in self.taps]
+        self.strides = [shapes[i - 1][1] if kind == "pre_stride" else shapes[i][1] for kind, i in self.taps]
 
     def forward_with_tokens(self, x: torch.Tensor) -> tuple[OrderedDict, Optional[torch.Tensor]]:
         """``(maps, tokens)``: the tapped maps and, for Mobile-Former, the global tokens after
         the deepest tapped block (``None`` for the MobileNets); a head may use or ignore them."""
-        body, wanted = self.body, self._at
-        check_input(x, body.in_chans, dtype=body.input_dtype())
+        pre = {i for i, kinds in self._at.items() if any(k == "pre_stride" for _, k in kinds)}
         out: dict[int, torch.Tensor] = {}
-        state = body._begin(x)
-        for n, kind in wanted.get(0, []):
-            out[n] = split_state(state)[0]
-        for i, (_, blk) in enumerate(body.blocks(), start=1):
-            kinds = wanted.get(i, [])
-            if any(k == "expansion" for _, k in kinds):
-                fmap, tokens = split_state(state)
-                e, y = blk.forward_expansion(fmap)
-                state = y if tokens is None else type(state)(y, tokens)
-            else:
-                e = None
-                state = body._run_block(blk, state)
-            for n, kind in kinds:
-                out[n] = e if kind == "expansion" else split_state(state)[0]
-        return OrderedDict((self.names[n], out[n]) for n in range(len(self.taps))), split_state(state)[1]
+        steps = self.body.walk(x, blocks=True, keep=set(self._at), pre_stride=pre)
+        for step in steps:
+            for n, kind in self._at.get(step.position, []):
+                out[n] = step.pre_stride if kind == "pre_stride" else split_state(step.state)[0]
+        tokens = split_state(steps[-1].state)[1]
+        return OrderedDict((self.names[n], out[n]) for n in range(len(self.taps))), tokens
 
     def forward(self, x: torch.Tensor) -> OrderedDict:
         return self.forward_with_tokens(x)[0]
 
-
-def tap_channels(taps: Taps, size: tuple[int, int] = (320, 320)) -> list[int]:
-    """Channels of every tapped map (a dry run on one zero image in eval mode)."""
-    was = taps.training
-    taps.eval()
-    with torch.no_grad():
-        maps = taps(torch.zeros(1, taps.body.in_chans, *size))
-    taps.train(was)
-    return [m.shape[1] for m in maps.values()]
+    def output_shape(self) -> OrderedDict:
+        """``name -> (channels, stride)`` of every tapped map, known without running anything
+        (detectron2's ``output_shape()``)."""
+        return OrderedDict((n, (c, s)) for n, c, s in zip(self.names, self.channels, self.strides))
 
 
 def build_backbone(name: str, pretrained_backbone: Any = None, width_mult: Optional[float] = None,

@@ -9,7 +9,7 @@ overrides what differs):
   ``detection`` / ``segmentation``; :func:`mobilenets.train.task.get_task` takes either),
   ``default_recipe`` (the named recipe ``mobilenets train --task <name>`` starts from),
   ``requires`` (optional packages, checked before anything is built);
-* data: ``build_data(recipe)`` -> a :class:`~mobilenets.train.data.DataBundle`,
+* data: ``build_data(recipe)`` -> a :class:`~mobilenets.data.classification.DataBundle`,
   ``check_data``, ``collate_fn``;
 * model: ``build_model(recipe, num_classes)``, ``load_pretrained``;
 * loss: ``prepare(recipe, num_classes, teacher)`` once, then ``to_device`` and
@@ -37,7 +37,7 @@ from typing import Any, Callable, Optional, Union
 import torch
 import torch.nn as nn
 
-from ..train.data import DataBundle
+from ..data import DataBundle
 
 PathLike = Union[str, Path]
 

@@ -8,8 +8,19 @@ from typing import Optional
 
 import torch.nn as nn
 
-from ..train.data import DataBundle, DatasetError
+from ..data import DataBundle, DatasetError
 from .base import Task
+
+
+def data_sources(recipe, fill) -> tuple[str, Optional[list], dict]:
+    """``(spec, fill, per-split options)``: ``"digit-scenes"`` generated at the training size
+    with the recipe's counts and seed (``fill``: the scenes' mean, for padding), or the folder
+    in ``data_dir`` (no fill: the ImageNet mean)."""
+    if recipe.dataset == "digit-scenes":
+        common = {"size": recipe.img_size, "seed": recipe.seed}
+        return "digit-scenes", list(fill), {"train": {**common, "num_images": recipe.scene_images},
+                                            "val": {**common, "num_images": recipe.scene_val_images}}
+    return recipe.data_dir, None, {"train": {}, "val": {}}
 
 
 class TaskModelTask(Task):
@@ -25,16 +36,7 @@ class TaskModelTask(Task):
     model_names: str = ""
     loss_name: str = ""
 
-    @staticmethod
-    def sources(recipe, fill) -> tuple[str, Optional[list], dict]:
-        """``(spec, fill, per-split options)``: ``"digit-scenes"`` generated at the training size
-        with the recipe's counts and seed (``fill``: the scenes' mean, for padding), or the folder
-        in ``data_dir`` (no fill: the ImageNet mean)."""
-        if recipe.dataset == "digit-scenes":
-            common = {"size": recipe.img_size, "seed": recipe.seed}
-            return "digit-scenes", list(fill), {"train": {**common, "num_images": recipe.scene_images},
-                                                "val": {**common, "num_images": recipe.scene_val_images}}
-        return recipe.data_dir, None, {"train": {}, "val": {}}
+    sources = staticmethod(lambda recipe, fill: data_sources(recipe, fill))
 
     def data_option(self, data: str) -> dict:
         """``digit-scenes`` (generated), else a dataset folder."""

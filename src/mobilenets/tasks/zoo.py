@@ -57,5 +57,5 @@ def register_all() -> None:
 register_all()
 
 from . import classification as _classification  # noqa: E402,F401  (registers the "classify" task)
-from .detection import training as _detection_training  # noqa: E402,F401  (registers the "detect" task)
-from .segmentation import training as _segmentation_training  # noqa: E402,F401  (registers "segment")
+from .detection import task as _detection_task  # noqa: E402,F401  (registers the "detect" task)
+from .segmentation import task as _segmentation_task  # noqa: E402,F401  (registers "segment")

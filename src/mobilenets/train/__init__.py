@@ -6,11 +6,13 @@
 """
 
 from .checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
-from .data import DatasetError, build_datasets, stratified_split
+from ..data.classification import DatasetError, build_datasets, stratified_split
 from .distill import TeacherError, distill_loss, kd_loss, load_teacher
 from .loop import TrainingError, TrainResult, train
-from .recipe import (RECIPES, LRSchedule, ModelEma, Recipe, apply_overrides, average_state_dicts,
-                     create_optimizer, get_recipe, param_groups, tf_to_torch_eps)
+from .ema import ModelEma, average_state_dicts
+from .optim import LRSchedule, create_optimizer, param_groups, tf_to_torch_eps
+from .recipe import Recipe, apply_overrides
+from .recipes import RECIPES, get_recipe
 
 __all__ = ["DatasetError", "LRSchedule", "ModelEma", "RECIPES", "Recipe", "TeacherError", "TrainResult",
            "TrainingError", "apply_overrides", "average_state_dicts", "build_datasets", "create_optimizer",

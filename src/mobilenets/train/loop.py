@@ -32,10 +32,12 @@ from torch.utils.data import DataLoader, Dataset
 from ..extras import require
 from ..layers.bn_stats import set_bn
 from .checkpoint import get_rng_state, load_checkpoint, save_checkpoint, set_rng_state
-from .data import DataBundle
+from ..data import DataBundle
 from .distributed import (DistInfo, all_reduce_sum, epoch_order, epoch_seed, seed_everything,  # noqa: F401
                           is_peer_failure, setup_distributed)
-from .recipe import LRSchedule, ModelEma, Recipe, average_state_dicts, create_optimizer
+from .ema import ModelEma, average_state_dicts
+from .optim import LRSchedule, create_optimizer
+from .recipe import Recipe
 from .task import get_task
 from .reporting import plot_curves, progress_bar, write_metrics  # called through this module: tests patch them
 

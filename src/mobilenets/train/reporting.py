@@ -8,7 +8,6 @@ import json
 from pathlib import Path
 from typing import Optional
 
-from ..progress import ProgressLines as _Printer  # noqa: F401  (its old name)
 from ..progress import progress_bar as _shared_progress_bar
 
 

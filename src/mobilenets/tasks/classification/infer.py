@@ -9,7 +9,7 @@ import torch
 
 from ...data import read_rgb
 from ...factory import model_from_checkpoint
-from ...train.data import ImageFolderDataset, build_datasets, eval_transform
+from ...data.classification import ImageFolderDataset, build_datasets, eval_transform
 from ...train.recipe import Recipe
 from .evaluate import evaluate
 

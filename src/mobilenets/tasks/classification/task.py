@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ...train.data import DataBundle, batch_mixer, build_datasets, check_classes
+from ...data.classification import DataBundle, batch_mixer, build_datasets, check_classes
 from ...train.task import register_task
 from ..base import Metric, PathLike, Task
 from .evaluate import evaluate

@@ -20,10 +20,9 @@ from typing import Sequence
 import torch.nn as nn
 
 from ...models.base import Backbone
-from ..backbone import Taps, _stride, freeze_layers, frozen_batchnorm, tap_channels, units  # noqa: F401
+from ..backbone import Taps, _stride, freeze_layers, frozen_batchnorm, units  # noqa: F401
 
-__all__ = ["Taps", "fpn_taps", "freeze_layers", "frozen_batchnorm", "ssdlite_taps", "stride_taps",
-           "tap_channels", "units"]
+__all__ = ["Taps", "fpn_taps", "freeze_layers", "frozen_batchnorm", "ssdlite_taps", "stride_taps", "units"]
 
 
 def ssdlite_taps(backbone: Backbone) -> list[tuple[str, int]]:
@@ -34,7 +33,7 @@ def ssdlite_taps(backbone: Backbone) -> list[tuple[str, int]]:
         raise ValueError("SSDLite needs a backbone that downsamples to stride 32")
     down = idx[-2]  # the block (1-based) that reaches stride 32
     blk = backbone.blocks()[down - 1][1]
-    c4 = ("expansion", down) if _expands(blk) else ("out", down - 1)
+    c4 = ("pre_stride", down) if _expands(blk) else ("out", down - 1)
     return [c4, ("out", idx[-1])]
 
 

@@ -11,7 +11,8 @@ import torch.nn as nn
 
 from ..checkpoint import checkpoint_task, load_task_checkpoint, read_image, save_drawn
 from .convert import load_detector_weights
-from .training import DetectionTask, architecture, evaluate_detector
+from ...data import detection_collate
+from .training import architecture, detection_data, evaluate_detector
 
 PathLike = Union[str, Path]
 
@@ -37,12 +38,12 @@ def eval_detector_checkpoint(path: PathLike, data: Optional[str] = None, batch_s
     if data:
         r = r.replace(dataset="digit-scenes", data_dir=None) if data == "digit-scenes" else \
             r.replace(dataset="folder", data_dir=data)
-    bundle = DetectionTask().build_data(r)
+    bundle = detection_data(r)
     if bundle.num_classes != len(info["classes"]):
         raise ValueError(f"{data or r.dataset} has {bundle.num_classes - 1} object classes but the checkpoint "
                          f"detects {len(info['classes']) - 1}")
     loader = torch.utils.data.DataLoader(bundle.val, batch_size=batch_size, shuffle=False,
-                                         collate_fn=DetectionTask.collate_fn)
+                                         collate_fn=detection_collate)
     res = evaluate_detector(model, loader)
     res["class_names"] = info["classes"]
     return res

@@ -13,7 +13,8 @@ import torch.nn.functional as F
 
 from ..checkpoint import checkpoint_task, load_task_checkpoint, read_image, save_drawn
 from .convert import load_segmenter_weights
-from .training import Normalize, SegmentationTask, evaluate_segmenter
+from ...data import segmentation_collate
+from .training import Normalize, evaluate_segmenter, segmentation_data
 
 PathLike = Union[str, Path]
 
@@ -45,21 +46,21 @@ def eval_segmenter_checkpoint(path: PathLike, data: Optional[str] = None, batch_
     nearest-neighbour), as torchvision evaluates its 520 px models at 320 px; the scenes stay
     those of the run (generated at its size). Default: the run's size.
     """
-    from ..data import segmentation_transforms
+    from ...data import segmentation_transforms
 
     model, info = load_segmenter_checkpoint(path, use_ema)
     r = info["recipe"]
     if data:
         r = r.replace(dataset="digit-scenes", data_dir=None) if data == "digit-scenes" else \
             r.replace(dataset="folder", data_dir=data)
-    bundle = SegmentationTask().build_data(r)
+    bundle = segmentation_data(r)
     if img_size:
         bundle.val.transforms = segmentation_transforms(False, int(img_size))
     if bundle.classes != info["classes"]:
         raise ValueError(f"{data or r.dataset} has the classes {bundle.classes} but the checkpoint segments "
                          f"{info['classes']}")
     loader = torch.utils.data.DataLoader(bundle.val, batch_size=batch_size, shuffle=False,
-                                         collate_fn=SegmentationTask.collate_fn)
+                                         collate_fn=segmentation_collate)
     res = evaluate_segmenter(model, loader, len(info["classes"]), Normalize(r.mean, r.std))
     res["class_names"] = info["classes"]
     return res
@@ -67,7 +68,7 @@ def eval_segmenter_checkpoint(path: PathLike, data: Optional[str] = None, batch_
 
 def class_colors(n: int) -> list[tuple[int, int, int]]:
     """VOC's colour map for ``n`` classes (the background black)."""
-    from ..data import voc_colormap
+    from ...data import voc_colormap
 
     return voc_colormap(n)
 

@@ -12,7 +12,7 @@ from typing import Callable, Optional, Sequence, Union
 import torch
 from torch.utils.data import Dataset
 
-from ...data import open_image, read_rgb
+from .common import open_image, read_rgb
 
 
 PathLike = Union[str, os.PathLike]

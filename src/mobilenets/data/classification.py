@@ -17,24 +17,19 @@ from __future__ import annotations
 
 import os
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import torch
 from torch.utils.data import Dataset
 
-from ..data import IMG_EXTENSIONS, load_digits_tensors, open_image, read_rgb, stratified_split
-from ..data import eval_transform as _eval_transform
-from .recipe import Recipe
+from .common import (IMG_EXTENSIONS, DataBundle, DatasetError, load_digits_tensors, open_image, read_rgb,
+                     stratified_split)
+from .common import eval_transform as _eval_transform
 
 __all__ = ["IMG_EXTENSIONS", "DataBundle", "DatasetError", "FakeDataset", "ImageFolderDataset", "Subset",
            "TensorImageDataset", "batch_mixer", "build_datasets", "check_classes", "eval_transform",
            "load_digits_tensors", "stratified_split", "train_transform"]
-
-class DatasetError(ValueError):
-    """A dataset that cannot be trained on (empty, one class, unreadable)."""
-
 
 def check_classes(labels: Sequence[int], num_classes: int, what: str) -> None:
     """Raise :class:`DatasetError` for an empty or single-class dataset."""
@@ -157,7 +152,7 @@ class Subset(Dataset):
 
 
 # --- transforms ----------------------------------------------------------------------------------
-def train_transform(r: Recipe) -> Callable:
+def train_transform(r) -> Callable:
     """RandomResizedCrop, flip, Auto/Rand/TrivialAugment, normalize, RandomErasing (uint8 in)."""
     from torchvision.transforms import v2
 
@@ -176,13 +171,13 @@ def train_transform(r: Recipe) -> Callable:
     return v2.Compose(t)
 
 
-def eval_transform(r: Recipe) -> Callable:
+def eval_transform(r) -> Callable:
     """Resize the short side to ``img_size / crop_pct``, center crop ``img_size``, normalize
     (:func:`mobilenets.data.eval_transform`, the one calibration uses too)."""
     return _eval_transform(r.img_size, r.crop_pct, r.mean, r.std)
 
 
-def batch_mixer(r: Recipe, num_classes: int) -> Optional[Callable]:
+def batch_mixer(r, num_classes: int) -> Optional[Callable]:
     """MixUp and/or CutMix on a batch (one picked at random when both are on); returns soft
     targets. ``None`` when both are off."""
     from torchvision.transforms import v2
@@ -198,19 +193,7 @@ def batch_mixer(r: Recipe, num_classes: int) -> Optional[Callable]:
 
 
 # --- building ------------------------------------------------------------------------------------
-@dataclass
-class DataBundle:
-    train: Dataset
-    val: Dataset
-    classes: list[str]
-    skipped: int = 0
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-
-def build_datasets(r: Recipe, train_tf: Optional[Callable] = None,
+def build_datasets(r, train_tf: Optional[Callable] = None,
                    val_tf: Optional[Callable] = None) -> DataBundle:
     """Train/val datasets for a recipe; raises :class:`DatasetError` for an empty or
     single-class dataset (before any training starts)."""

@@ -8,12 +8,12 @@ from typing import Callable, Optional
 
 import torch
 
-from ...data import IMG_EXTENSIONS
+from .common import IMG_EXTENSIONS
 from .files import PathLike, _FileDetection, _clip_box
 
 
 def _load_yaml(path: Path) -> dict:
-    from ...extras import require
+    from ..extras import require
     yaml = require("yaml", "reading a YOLO data.yaml")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))

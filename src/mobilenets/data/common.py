@@ -1,6 +1,6 @@
 """Images and their evaluation transform, shared by training and deployment.
 
-Training (:mod:`mobilenets.train.data`) and INT8 calibration (:mod:`mobilenets.deploy.calibration`)
+Training (:mod:`mobilenets.data.classification`) and INT8 calibration (:mod:`mobilenets.deploy.calibration`)
 must see images exactly as the model will at inference, and deployment must not depend on the
 training package: both take the built-in digits, the image files and the one evaluation
 transform from here.
@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence, Union
 
 import torch
+from torch.utils.data import Dataset
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 
@@ -25,6 +27,25 @@ DIGITS_CROP_PCT = 1.0
 # The held-out share and seed of the digits split: calibration draws from the same training split.
 DIGITS_VAL_FRACTION = 0.2
 DIGITS_SPLIT_SEED = 0
+
+
+class DatasetError(ValueError):
+    """A dataset that cannot be trained on (empty, one class, unreadable)."""
+
+
+@dataclass
+class DataBundle:
+    """A task's training and validation sets, its class names, and how many unreadable
+    images the readers skipped."""
+
+    train: Dataset
+    val: Dataset
+    classes: list[str]
+    skipped: int = 0
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
 
 
 def stratified_split(labels: Sequence[int], val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -51,7 +72,7 @@ def stratified_split(labels: Sequence[int], val_fraction: float, seed: int) -> t
 
 def load_digits_tensors(img_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """All 1797 digits as uint8 RGB (N, 3, img_size, img_size) and labels."""
-    from .extras import require
+    from ..extras import require
     load_digits = require("sklearn.datasets", "the built-in digits data (scikit-learn's)").load_digits
 
     d = load_digits()

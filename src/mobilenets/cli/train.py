@@ -3,7 +3,7 @@
 The main CLI wires them in with :func:`add_commands`; ``python -m mobilenets.train`` (and so
 ``torchrun --nproc_per_node=2 -m mobilenets.train ...``) runs them directly. Every handler returns
 an exit code; user errors print their message on stderr and return 2
-(:func:`mobilenets.clitools.run_handler`). ``train`` and ``eval`` take the shared
+(:func:`mobilenets.cli.common.run_handler`). ``train`` and ``eval`` take the shared
 ``--input-size N`` (square; old spelling ``--img-size``) and ``--batch-size`` (alias ``--batch``).
 """
 
@@ -16,14 +16,14 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Optional, Sequence
 
-from ..clitools import UserError, add_batch_size, add_input_size, run_handler, square_size
+from .common import UserError, add_batch_size, add_input_size, run_handler, square_size
 
-# recipe fields with a shared CLI flag (clitools) instead of a generated one
+# recipe fields with a shared CLI flag (cli.common) instead of a generated one
 _SHARED_FIELDS = ("img_size", "batch_size")
 
 
 def _recipe_flags(p: argparse.ArgumentParser) -> None:
-    from .recipe import Recipe
+    from ..train.recipe import Recipe
     g = p.add_argument_group("recipe fields (override the chosen --recipe; same as --set FIELD=VALUE)")
     for f in fields(Recipe):
         flag = "--" + f.name.replace("_", "-")
@@ -45,14 +45,14 @@ def _flag_overrides(args: argparse.Namespace) -> dict:
 
 def _base_recipe(args: argparse.Namespace):
     """``--recipe``, else the named recipe ``--task`` starts from (classify's by default)."""
-    from .recipe import get_recipe
-    from .task import get_task
+    from ..train.recipes import get_recipe
+    from ..train.task import get_task
     return get_recipe(args.recipe or get_task(args.task or "classify").default_recipe)
 
 
 def _training_recipe(args: argparse.Namespace):
-    from .recipe import apply_overrides
-    from .task import get_task
+    from ..train.recipe import apply_overrides
+    from ..train.task import get_task
     r = _base_recipe(args)
     task = get_task(r.task)
     if args.task and r.task != args.task:
@@ -78,8 +78,9 @@ def _training_recipe(args: argparse.Namespace):
 
 def _cmd_train(args: argparse.Namespace) -> int:
     import torch
-    from .loop import train
-    from .recipe import RECIPES, Recipe
+    from ..train.loop import train
+    from ..train.recipe import Recipe
+    from ..train.recipes import RECIPES
 
     if args.list_recipes:
         for name, r in RECIPES.items():
@@ -89,9 +90,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.resume:
-        from .checkpoint import load_checkpoint
+        from ..train.checkpoint import load_checkpoint
         ck = load_checkpoint(args.resume)
-        from .recipe import apply_overrides
+        from ..train.recipe import apply_overrides
         r = Recipe.from_dict(ck.get("recipe") or {})
         r = apply_overrides(apply_overrides(r, _flag_overrides(args)), args.set or [])
         out = Path(args.out) if args.out else Path(args.resume).parent
@@ -109,7 +110,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     import os
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
-    from .task import get_task
+    from ..train.task import get_task
     task = get_task(r.task)
     mins, secs = divmod(res.elapsed_s, 60)
     print("\n=== training summary ===")
@@ -134,7 +135,7 @@ def _checkpoint_task(path: str) -> str | None:
 def _checkpoint_task_of(args: argparse.Namespace):
     """The :class:`~mobilenets.tasks.base.Task` of ``args.checkpoint`` (a plain weights file:
     classification, which takes ``--model``)."""
-    from .task import get_task
+    from ..train.task import get_task
     return get_task(_checkpoint_task(args.checkpoint) or "classify")
 
 
@@ -174,7 +175,7 @@ def add_commands(subparsers) -> None:
                               description="Train a model. Defaults: mobilenetv4_conv_small on the built-in "
                                           "digits dataset with the 'digits' recipe. Distributed: "
                                           "torchrun --nproc_per_node=N -m mobilenets.train ...")
-    from .task import task_names
+    from ..train.task import task_names
     p.add_argument("--task", choices=task_names(), default=None,
                    help="classify (default), detect or segment; picks the default recipe "
                         "(digits / digit_scenes / digit_scenes_seg)")
@@ -230,15 +231,15 @@ def add_commands(subparsers) -> None:
 
 
 def _user_errors() -> tuple:
-    from .data import DatasetError
-    from .distill import TeacherError
-    from .loop import TrainingError
+    from ..data import DatasetError
+    from ..train.distill import TeacherError
+    from ..train.loop import TrainingError
     return (DatasetError, TeacherError, TrainingError)
 
 
 def handle(args: argparse.Namespace) -> int:
     """Run a parsed command with the shared handling: user errors exit 2 with their message, bugs 1
-    with a traceback (:func:`mobilenets.clitools.run_handler`)."""
+    with a traceback (:func:`mobilenets.cli.common.run_handler`)."""
     return run_handler(args.func, args)
 
 

@@ -1,5 +1,12 @@
-"""Detection and segmentation data: the built-in ``digit-scenes``, COCO / YOLO / VOC readers and
-writers, the augmentations and the DataLoader collates.
+"""All data, one package: what every dataset shares, classification, detection and
+segmentation datasets, their readers, writers and augmentations.
+
+- :mod:`.common`: the normalisation constants, reading image files (:func:`read_rgb`, errors
+  naming the file), scikit-learn's digits and their stratified split, the evaluation transform,
+  :class:`DatasetError` and :class:`DataBundle` (a task's train / val sets and classes).
+- :mod:`.classification`: ``digits`` / ``imagefolder`` / ``fake`` datasets, the training
+  transforms, MixUp / CutMix (:func:`build_datasets`, :func:`batch_mixer`).
+- :mod:`.files`: what the file readers share (the bad-input log, the skip-and-count dataset).
 
 Detection:
 
@@ -37,6 +44,10 @@ lists the names, background first, and ``.colors`` one ``(r, g, b)`` per class
 (:func:`voc_colormap` unless the folder's labelmap gives them).
 """
 
+from .common import (DIGITS_CROP_PCT, DIGITS_MEAN, DIGITS_SPLIT_SEED, DIGITS_STD, DIGITS_VAL_FRACTION,
+                     IMAGENET_CROP_PCT, IMAGENET_MEAN, IMAGENET_STD, IMG_EXTENSIONS, DataBundle, DatasetError,
+                     ImageReadError, default_workers, eval_transform, load_digits_tensors, open_image, read_rgb,
+                     stratified_split)
 from .formats import (CocoDetection, DataWarning, YoloDetection, detection_collate, open_detection_data,
                       write_coco, write_yolo)
 from .scenes import DIGIT_CLASSES, DigitScenes, semantic_mask
@@ -45,7 +56,11 @@ from .transforms import detection_transforms, segmentation_transforms, to_tv_ten
 from .voc import IGNORE_INDEX, VOC_CLASSES, VocSegmentation, voc_colormap
 from .writers import write_voc
 
-__all__ = ["DIGIT_CLASSES", "IGNORE_INDEX", "VOC_CLASSES", "CocoDetection", "DataWarning", "DigitScenes",
+__all__ = ["DIGITS_CROP_PCT", "DIGITS_MEAN", "DIGITS_SPLIT_SEED", "DIGITS_STD", "DIGITS_VAL_FRACTION",
+           "IMAGENET_CROP_PCT", "IMAGENET_MEAN", "IMAGENET_STD", "IMG_EXTENSIONS", "DataBundle", "DatasetError",
+           "ImageReadError", "default_workers", "eval_transform", "load_digits_tensors", "open_image", "read_rgb",
+           "stratified_split",
+           "DIGIT_CLASSES", "IGNORE_INDEX", "VOC_CLASSES", "CocoDetection", "DataWarning", "DigitScenes",
            "SceneSegmentation", "VocSegmentation", "YoloDetection", "detection_collate", "detection_transforms",
            "open_detection_data", "open_segmentation_data", "segmentation_collate", "segmentation_transforms",
            "semantic_mask", "to_tv_tensors", "voc_colormap", "write_coco", "write_voc", "write_yolo"]

@@ -1,21 +1,13 @@
-"""``mobilenets <command>``: the command-line interface.
-
-Commands: ``list`` (models with params and MACs), ``info`` (per-stage shapes and feature
-levels), ``profile`` and ``roofline`` (hardware-aware analysis), ``train``, ``eval`` and
-``predict`` (training), ``export`` and ``bench`` (deployment). Every handler returns an exit
-code; user errors print their message on stderr and exit with 2, bugs a traceback and 1 (see
-:func:`mobilenets.clitools.run_handler`). Every command spells the shared options the same
-way (:mod:`mobilenets.clitools`): ``--json [FILE]``, ``--input-size N | H W``, ``--batch-size``.
-"""
+"""``mobilenets list`` (the registered models with parameters and MACs) and ``mobilenets info``
+(a model's per-stage shapes and feature levels; a task model's backbone maps)."""
 
 from __future__ import annotations
 
 import argparse
 import math
-import sys
-from typing import Optional, Sequence
+from typing import Optional
 
-from .clitools import UserError, add_input_size, add_json, emit_json, json_only, run_handler, table
+from .common import UserError, add_input_size, add_json, emit_json, json_only, table
 
 
 def list_rows(pattern: str = "*", family: Optional[str] = None, macs: bool = True,
@@ -26,7 +18,7 @@ def list_rows(pattern: str = "*", family: Optional[str] = None, macs: bool = Tru
     :func:`mobilenets.tasks.listing.model_costs` (the per-version cache, else each model
     built once without its random initialisation)."""
     import mobilenets
-    from .tasks.listing import COST_SIZES, model_costs
+    from ..tasks.listing import COST_SIZES, model_costs
 
     import warnings
     with warnings.catch_warnings():  # no match is the UserError below, naming the families
@@ -55,7 +47,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
     emit_json(args, rows)
     if json_only(args):
         return 0
-    from .tasks.cost import COST_SIZE
+    from ..tasks.cost import COST_SIZE
     at = str(COST_SIZE.get(args.task, 224))
     extra = [] if args.task == "classification" else ["backbone"]
     headers = ["name", "family"] + extra + ["params (M)"] + ([] if args.no_macs else [f"MACs @{at} (M)"])
@@ -97,7 +89,7 @@ def _task_info(args: argparse.Namespace, entry) -> int:
     """``info`` for a detector or segmenter: its backbone, parameters, MACs (at 320 / 520) and
     the maps its neck / heads read."""
     import mobilenets
-    from .tasks.cost import COST_SIZE, find_taps, task_macs
+    from ..tasks.cost import COST_SIZE, find_taps, task_macs
 
     model = mobilenets.create_model(args.name).eval()
     s = COST_SIZE[entry.task]
@@ -107,24 +99,17 @@ def _task_info(args: argparse.Namespace, entry) -> int:
     print(f"params: {mobilenets.count_params(model) / 1e6:.3f} M   MACs at {s}x{s}: "
           f"{task_macs(model, entry.task) / 1e6:.1f} M   classes (incl. background): {model.num_classes}")
     taps = find_taps(model)
-    rows = [[name, f"{kind} of layer {layer}", ch]
-            for name, (kind, layer), ch in zip(taps.names, taps.taps, taps.channels)]
+    label = {"out": "out", "pre_stride": "pre-stride expansion"}
+    rows = [[name, f"{label[kind]} of layer {layer}", ch, stride]
+            for name, (kind, layer), ch, stride in zip(taps.names, taps.taps, taps.channels, taps.strides)]
     print(f"\nbackbone maps the {'neck' if entry.task == 'detection' else 'heads'} read"
           f"{'s' if entry.task == 'detection' else ''} (layer 0 = stem, i = block i-1):")
-    print(table(["map", "tap", "channels"], rows, [True, False, True]))
+    print(table(["map", "tap", "channels", "stride"], rows, [True, False, True, True]))
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
-    from .analysis.cli import add_commands as add_analysis
-    from .deploy.cli import add_commands as add_deploy
-    from .train.cli import add_commands as add_train
-
-    parser = argparse.ArgumentParser(prog="mobilenets", description=__doc__.splitlines()[0])
-    parser.add_argument("--version", action="version", version=f"mobilenets {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-
+def add_commands(sub) -> None:
+    """Register ``list`` and ``info`` on an ``add_subparsers()`` object."""
     p = sub.add_parser("list", help="registered models with params and MACs")
     p.add_argument("pattern", nargs="?", default="*", help="shell glob, e.g. 'mobilenetv4*'")
     p.add_argument("--family", help="only this family (mobilenetv1 ... mobileformer; ssdlite, fasterrcnn, retinanet)")
@@ -139,23 +124,3 @@ def build_parser() -> argparse.ArgumentParser:
     add_input_size(p, default=(224, 224), help="input size of the forward pass (default 224)")
     p.add_argument("--num-classes", type=int, default=1000)
     p.set_defaults(func=_cmd_info)
-
-    add_analysis(sub)
-    add_train(sub)
-    add_deploy(sub)
-    from .tasks.data.cli import register as add_data
-    add_data(sub)
-    return parser
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
-    return run_handler(args.func, args)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -14,7 +14,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 import torch
 from torch.utils.data import Dataset
 
-from ...train.data import DatasetError
+from .common import DatasetError
 from .files import PathLike
 from .scenes import DIGIT_CLASSES, DigitScenes, semantic_mask
 from .voc import IGNORE_INDEX, VocSegmentation, is_voc_folder, voc_colormap
@@ -34,7 +34,7 @@ class SceneSegmentation(Dataset):
         num_images: how many images (default: 2000 for train, 500 for val).
         seed: the scene seed.
         transforms: a callable on ``(image, mask)``, e.g.
-            :func:`mobilenets.tasks.data.segmentation_transforms`.
+            :func:`mobilenets.data.segmentation_transforms`.
         **scene_kw: other :class:`DigitScenes` options (``digits_per_image``, ``digit_size``,
             ``color``, ``noise``).
     """

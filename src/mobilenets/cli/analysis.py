@@ -8,7 +8,7 @@ The main CLI wires them in with :func:`add_commands`::
     return args.func(args)          # every handler returns an exit code
 
 User errors (unknown model, bad sizes, bad numbers, matplotlib missing) print their message
-on stderr and return 2 (:func:`mobilenets.clitools.run_handler`). Both commands take the shared
+on stderr and return 2 (:func:`mobilenets.cli.common.run_handler`). Both commands take the shared
 ``--json [FILE]`` and ``--input-size N | H W``; ``profile`` also ``--batch-size``.
 """
 
@@ -17,13 +17,13 @@ from __future__ import annotations
 import argparse
 import functools
 import math
-from typing import Optional, Sequence
+from typing import Optional
 
-from ..clitools import (UserError, add_batch_size, add_input_size, add_json, emit_json, json_only,
+from .common import (UserError, add_batch_size, add_input_size, add_json, emit_json, json_only,
                         run_handler as _run, table as _table)
-from .accuracy import ACCURACY
-from .profile import DTYPE_BYTES, Profile, profile
-from .roofline import DEFAULT_PEAK_MACS, DEFAULT_RPS, sweep
+from ..analysis.accuracy import ACCURACY
+from ..analysis.profile import DTYPE_BYTES, Profile, profile
+from ..analysis.roofline import DEFAULT_PEAK_MACS, DEFAULT_RPS, sweep
 
 _SUFFIX = {"k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12, "p": 1e15}
 
@@ -115,7 +115,7 @@ def _size(args, default=(224, 224)) -> Optional[tuple]:
 def _cmd_profile(args: argparse.Namespace) -> int:
     prof = profile(args.name, _size(args), batch_size=args.batch_size, dtype=args.dtype)
     if args.plot:
-        from .plots import plot_intensity
+        from ..analysis.plots import plot_intensity
         plot_intensity(prof, args.plot)
     if args.json:
         d = prof.to_dict()
@@ -152,7 +152,7 @@ def _cmd_roofline(args: argparse.Namespace) -> int:
     acc = {p.model: ACCURACY[p.model].top1 for p in profiles if p.model in ACCURACY}
     fronts = {rp: set(sw.pareto(rp, acc)) for rp in rps}
     if args.plot:
-        from .plots import plot_sweep
+        from ..analysis.plots import plot_sweep
         if not acc:
             raise UserError("--plot needs models with a published accuracy "
                             "(see mobilenets.analysis.accuracy.ACCURACY)")

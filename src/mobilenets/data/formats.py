@@ -1,6 +1,6 @@
 """Detection data on disk: COCO and YOLO (Ultralytics) writers and readers.
 
-Every reader returns what :class:`~mobilenets.tasks.data.DigitScenes` returns: ``(image,
+Every reader returns what :class:`~mobilenets.data.DigitScenes` returns: ``(image,
 target)`` with ``image`` float32 (3, H, W) in [0, 1] and ``target`` a dict with ``boxes``
 float32 (N, 4) xyxy absolute pixels, ``labels`` int64 (N,) in 1..K (0 is the background, as
 torchvision counts), ``image_id`` int and, from COCO files with segmentations, ``masks`` uint8

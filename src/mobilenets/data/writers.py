@@ -192,7 +192,7 @@ def write_coco(dataset: Dataset, out_dir: PathLike, split: str,
     Returns:
         The annotation file.
     """
-    from ...weights.io import atomic_write
+    from ..weights.io import atomic_write
 
     _check_split(split)
     _check_workers(workers, "write_coco")
@@ -265,7 +265,7 @@ def write_yolo(dataset: Dataset, out_dir: PathLike, split: str,
     Returns:
         The data.yaml file.
     """
-    from ...weights.io import atomic_write
+    from ..weights.io import atomic_write
 
     _check_split(split)
     _check_workers(workers, "write_yolo")
@@ -336,7 +336,7 @@ def write_voc(dataset: Dataset, out_dir: PathLike, split: str,
               progress: Optional[Callable[[int], None]] = None, *, image_format: str = "png",
               workers: int = 0) -> Path:
     """Write a segmentation dataset as a VOC-style folder (read back by
-    :class:`~mobilenets.tasks.data.VocSegmentation`): item ``i`` has the id ``<split>/<i:06d>``,
+    :class:`~mobilenets.data.VocSegmentation`): item ``i`` has the id ``<split>/<i:06d>``,
     its image ``out_dir/JPEGImages/<split>/<i:06d>.png`` and its mask
     ``out_dir/SegmentationClass/<split>/<i:06d>.png``, a palette PNG (mode "P", pixel value =
     class index, 255 = ignore, colours ``dataset.colors`` or VOC's colour map);
@@ -367,7 +367,7 @@ def write_voc(dataset: Dataset, out_dir: PathLike, split: str,
         ValueError: a mask value outside the classes (naming the item), or ``out_dir`` already
             holds other splits with a different class list.
     """
-    from ...weights.io import atomic_write
+    from ..weights.io import atomic_write
 
     _check_split(split)
     if image_format not in ("png", "jpg"):

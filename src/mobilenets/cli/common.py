@@ -19,7 +19,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from .textutil import table  # noqa: F401  (re-exported: the commands print tables)
+from ..textutil import table  # noqa: F401  (re-exported: the commands print tables)
 
 #: ``args.json`` when ``--json`` is given without FILE: JSON goes to stdout.
 JSON_STDOUT = "-"

@@ -16,7 +16,7 @@ from typing import Any, Optional, Sequence, Union
 
 import torch
 
-from ...data import IMAGENET_MEAN
+from .common import IMAGENET_MEAN
 from .voc import IGNORE_INDEX
 
 __all__ = ["detection_transforms", "segmentation_transforms", "to_tv_tensors"]
@@ -70,7 +70,7 @@ def detection_transforms(train: bool, size: Union[int, Sequence[int], None] = 32
         size: output size, an int (square) or ``(H, W)``; None keeps the input size (then train
             outputs vary in size).
         fill: per-channel fill of the zoom-out canvas (default the ImageNet mean;
-            :attr:`DigitScenes.mean <mobilenets.tasks.data.DigitScenes.mean>` for the scenes).
+            :attr:`DigitScenes.mean <mobilenets.data.DigitScenes.mean>` for the scenes).
         zoom_out: the largest zoom-out factor (>= 1; 1 disables zoom out).
         iou_crop_trials: crops ``RandomIoUCrop`` tries per drawn minimum IoU before drawing
             another (torchvision's default is 40; with boxes much smaller than the image the
@@ -139,7 +139,7 @@ def segmentation_transforms(train: bool, size: int, fill: Optional[Sequence[floa
         train: the augmenting pipeline (True) or the evaluation one (False).
         size: the crop side (train) and the shorter side (eval), in pixels.
         fill: per-channel fill of the train padding (default the ImageNet mean;
-            :attr:`SceneSegmentation.mean <mobilenets.tasks.data.SceneSegmentation.mean>` for the scenes).
+            :attr:`SceneSegmentation.mean <mobilenets.data.SceneSegmentation.mean>` for the scenes).
         scale: the range of the random resize, as multiples of ``size``.
         crop: the train crop side (default ``size``).
     """

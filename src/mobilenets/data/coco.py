@@ -21,7 +21,7 @@ def _coco_api():
         return COCO
     except ImportError:
         pass
-    from ...extras import MissingDependencyError, install_hint
+    from ..extras import MissingDependencyError, install_hint
     try:
         from faster_coco_eval import COCO
         return COCO

@@ -7,7 +7,7 @@ little gaussian grain. Every digit has an exact box, a label and a per-pixel ins
 Determinism: item ``i`` is drawn from its own ``torch.Generator`` seeded from
 ``(seed, split, i)``, so it is the same on every call, in every worker and every process,
 whatever else was drawn before. Generation is cheap (a few ms), so nothing is cached on disk;
-:func:`mobilenets.tasks.data.write_coco` / :func:`~mobilenets.tasks.data.write_yolo` write the
+:func:`mobilenets.data.write_coco` / :func:`~mobilenets.data.write_yolo` write the
 scenes out for other tools.
 
 No leakage: train scenes paste only digits of the classification training split and val scenes
@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ...data import DIGITS_SPLIT_SEED, DIGITS_VAL_FRACTION, load_digits_tensors, stratified_split
+from .common import DIGITS_SPLIT_SEED, DIGITS_VAL_FRACTION, load_digits_tensors, stratified_split
 
 __all__ = ["DigitScenes", "semantic_mask", "DIGIT_CLASSES"]
 
@@ -127,7 +127,7 @@ class DigitScenes(Dataset):
         num_images: how many images (default: 2000 for train, 500 for val).
         seed: the scene seed; item ``i`` depends only on ``(seed, split, i)``.
         transforms: a callable on ``(image, target)`` applied after generation, e.g.
-            :func:`mobilenets.tasks.data.detection_transforms`.
+            :func:`mobilenets.data.detection_transforms`.
         digits_per_image: ``(min, max)`` digits drawn per image (default 1-6); a digit that
             finds no free place after 30 tries is left out, so an image may hold fewer.
         digit_size: ``(min, max)`` side in pixels of a pasted digit's square (default 24-128,

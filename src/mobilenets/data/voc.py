@@ -2,7 +2,7 @@
 (``labelmap.txt`` or VOC's 21 names) and VOC's colour map.
 
 The layout (PASCAL VOC 2012's, also what CVAT / Datumaro export and :func:`write_voc
-<mobilenets.tasks.data.write_voc>` writes)::
+<mobilenets.data.write_voc>` writes)::
 
     root/
       JPEGImages/<id>.jpg          (or .jpeg / .png / any image type; <id> may hold a sub-folder)
@@ -27,8 +27,8 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
-from ...data import IMG_EXTENSIONS, open_image, read_rgb
-from ...train.data import DatasetError
+from .common import IMG_EXTENSIONS, open_image, read_rgb
+from .common import DatasetError
 from .files import PathLike, _FileDataset, _image_opens, _SkipItem
 
 __all__ = ["IGNORE_INDEX", "VOC_CLASSES", "VocSegmentation", "voc_colormap"]
@@ -133,7 +133,7 @@ def _mask_mode_error(path: Path, mode: str) -> ValueError:
         f"{path}: a mask of mode {mode!r}; SegmentationClass/ needs class-index PNGs: mode 'P' (palette, "
         f"as VOC) or 'L' (greyscale), each pixel's value its class index, {IGNORE_INDEX} = ignore. To convert "
         f"a colour mask, map each colour to its class index (the colours of {LABELMAP}, or VOC's colour "
-        f"map: mobilenets.tasks.data.voc_colormap()) and save the (H, W) uint8 index array with "
+        f"map: mobilenets.data.voc_colormap()) and save the (H, W) uint8 index array with "
         f"PIL.Image.fromarray(index, mode='L').save(...)")
 
 
@@ -161,7 +161,7 @@ class VocSegmentation(_FileDataset):
 
     - no folder, no ``JPEGImages/`` / ``SegmentationClass/`` or no ``ImageSets/Segmentation/<split>.txt``:
       ``FileNotFoundError`` naming the path and the layout expected (it lists the splits there are);
-      a split file listing no ids: :class:`~mobilenets.train.data.DatasetError`;
+      a split file listing no ids: :class:`~mobilenets.data.classification.DatasetError`;
     - an image or mask that is missing or does not decode (corrupt PNG / JPEG): skipped and
       counted (``dataset.issues["unreadable_images"]``, one :class:`DataWarning`), as the
       detection readers do; when none is readable, ``FileNotFoundError``;
@@ -181,7 +181,7 @@ class VocSegmentation(_FileDataset):
         root: the dataset folder (holding ``JPEGImages/``, ``SegmentationClass/``, ``ImageSets/``).
         split: the split list to read, ``ImageSets/Segmentation/<split>.txt`` (``train``, ``val``, ...).
         transforms: a callable on ``(image, mask)``, e.g.
-            :func:`mobilenets.tasks.data.segmentation_transforms`.
+            :func:`mobilenets.data.segmentation_transforms`.
         check_images: read every image's and mask's header up front (see above).
     """
 

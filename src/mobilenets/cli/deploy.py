@@ -1,6 +1,6 @@
 """``mobilenets export`` and ``mobilenets bench``: deployment from the command line.
 
-Both take the shared ``--input-size`` (:mod:`mobilenets.clitools`; ``bench`` square only, its
+Both take the shared ``--input-size`` (:mod:`mobilenets.cli.common`; ``bench`` square only, its
 old ``--size N`` an alias); ``bench`` also ``--batch-size B [B ...]`` (alias ``--batch``) and
 ``--json [FILE]``.
 """
@@ -12,7 +12,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from ..clitools import (UserError, add_batch_size, add_input_size, add_json, emit_json, json_only,
+from .common import (UserError, add_batch_size, add_input_size, add_json, emit_json, json_only,
                         square_size)
 
 
@@ -49,14 +49,14 @@ def calibration_for(args: argparse.Namespace, model, size: tuple, norm=None):
     """The ``--calib`` images for an INT8 export (:class:`~.calibration.CalibrationSet`: the
     images really used, and the unreadable files skipped), normalized as the model was trained
     (``norm``: the recipe's ``mean`` / ``std`` / ``crop_pct``)."""
-    from .calibration import calibration_set
+    from ..deploy.calibration import calibration_set
 
     return calibration_set(args.calib, count=args.calib_count, input_size=size,
                            in_chans=getattr(model, "in_chans", 3), **(norm or {}))
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from . import export_onnx
+    from ..deploy import export_onnx
 
     if args.format not in FORMATS:  # argparse choices already enforce it; kept for API callers
         raise UserError(f"unsupported format {args.format!r}; expected one of {', '.join(FORMATS)}")
@@ -83,7 +83,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if args.format != "onnx":
         return _export_mobile(args, model, info, size, out)
     if args.int8:
-        from . import quantize_onnx
+        from ..deploy import quantize_onnx
         calib = calibration_for(args, model, size, info["norm"])
         path = quantize_onnx(model, out, calib.images, input_size=size, dynamic_batch=args.dynamic_batch,
                              opset=args.opset)
@@ -102,7 +102,7 @@ FORMATS = {"onnx": ".onnx", "executorch": ".pte", "tflite": ".tflite"}
 
 
 def _export_mobile(args: argparse.Namespace, model, info: dict, size: tuple, out: Path) -> int:
-    from . import export_executorch, export_tflite
+    from ..deploy import export_executorch, export_tflite
 
     if args.dynamic_batch:
         raise UserError(f"--format {args.format} writes a fixed-shape file (batch 1): drop --dynamic-batch")
@@ -152,7 +152,7 @@ def _load_segmenter(args: argparse.Namespace):
 
 
 def _export_segmenter(args: argparse.Namespace, model, name: str, img_size: int, norm) -> int:
-    from . import export_onnx
+    from ..deploy import export_onnx
 
     size = tuple(args.input_size) if args.input_size else (img_size, img_size)
     if args.format != "onnx":  # the "out" logits as one tensor (deploy.mobile.MainOutput)
@@ -187,7 +187,7 @@ def _export_detector(args: argparse.Namespace, model, name: str, img_size: int) 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     import mobilenets
-    from .bench import ALL_PATHS, bench
+    from ..deploy.bench import ALL_PATHS, bench
 
     names: list[str] = []
     for pat in args.names:
@@ -222,7 +222,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 def add_commands(subparsers) -> None:
     """Register ``export`` and ``bench`` on an ``argparse`` subparsers object."""
-    from .bench import ALL_PATHS
+    from ..deploy.bench import ALL_PATHS
 
     p = subparsers.add_parser("export", help="export a model or checkpoint to ONNX, ExecuTorch or LiteRT (fp32 or INT8)",
                               description="Export a registry model (random or --weights) or a training "

@@ -5,7 +5,7 @@
 segmentation folder (class masks), with progress on stderr (:mod:`mobilenets.progress`: a bar
 on a terminal, a line per quarter otherwise) and a summary line; ``--workers N`` processes draw and
 encode the images (the files are the same whatever N). ``--input-size N | H W`` (alias ``--size``)
-and ``--json [FILE]`` are the shared options of :mod:`mobilenets.clitools`.
+and ``--json [FILE]`` are the shared options of :mod:`mobilenets.cli.common`.
 """
 
 from __future__ import annotations
@@ -16,16 +16,16 @@ import sys
 import time
 from pathlib import Path
 
-from ...clitools import UserError, add_input_size, add_json, emit_json, json_only
-from ...data import default_workers
+from .common import UserError, add_input_size, add_json, emit_json, json_only
+from ..data import default_workers
 
 
 def _cmd_digit_scenes(args: argparse.Namespace) -> int:
-    from ...progress import progress_bar
-    from .formats import write_coco, write_yolo
-    from .scenes import DigitScenes
-    from .segmentation import SceneSegmentation
-    from .writers import write_voc
+    from ..progress import progress_bar
+    from ..data.formats import write_coco, write_yolo
+    from ..data.scenes import DigitScenes
+    from ..data.segmentation import SceneSegmentation
+    from ..data.writers import write_voc
 
     for flag, n in (("--train-images", args.train_images), ("--val-images", args.val_images)):
         if n < 0:
@@ -82,7 +82,7 @@ def _count_written(fmt: str, out: Path, split: str, path: Path) -> int:
     import numpy as np
     from PIL import Image
 
-    from .scenes import DIGIT_CLASSES
+    from ..data.scenes import DIGIT_CLASSES
 
     total = 0
     for p in (out / "SegmentationClass" / split).glob("*.png"):
