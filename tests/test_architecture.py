@@ -166,3 +166,12 @@ def test_importing_the_library_never_imports_a_framework():
     assert out.returncode == 0, out.stdout + out.stderr[-2000:]
     n, bridge = out.stdout.split()[:2]
     assert int(n) > 80 and bridge == "True"   # it really walked the package, the integrations included
+
+
+def test_no_per_task_branches_or_stamped_metadata():
+    """A task is one Task object, not ``if task.name == ...`` branches; what a model is lives in
+    its ModelInfo record, not in attributes read back with getattr defaults."""
+    patterns = ("task.name ==", 'getattr(model, "in_chans"', 'getattr(model, "name"', ".backbone_name =",
+                ".detector_family", ".segmenter_family")
+    hits = [f"{p.relative_to(ROOT)}: {pat}" for p in ROOT.rglob("*.py") for pat in patterns if pat in p.read_text()]
+    assert not hits, hits

@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 
 from .models.features import FeatureExtractor
+from .models.info import ModelInfo, model_info, set_model_info, trained_info
 from .models.registry import get_entry
 from .weights import load_weights, read_checkpoint
 from .weights.checkpoint import CheckpointError, load_checkpoint
@@ -65,19 +66,19 @@ def create_model(name: str, pretrained: Pretrained = None, num_classes: Optional
             model = entry.builder(pretrained=pretrained or None, strict=strict, **kwargs)
         except TypeError as e:
             raise TypeError(f"{name}: {e}{_keyword_hint(e, entry)}") from None
-        model.name = name
-        return model
+        # the builder knows the task model's shape (backbone, classes, native size); the name is ours
+        return set_model_info(model, model_info(model).replace(name=name, task=entry.task, family=entry.family))
     num_classes = 1000 if num_classes is None else num_classes
     try:
         model = entry.builder(num_classes=num_classes, in_chans=in_chans, **kwargs)
     except TypeError as e:
         raise TypeError(f"{name}: {e}{_keyword_hint(e, entry)}") from None
-    model.name = name
+    info = ModelInfo(name=name, family=entry.family, num_classes=num_classes).replace(in_chans=in_chans)
+    set_model_info(model, info)
     if pretrained is not None and pretrained is not False:
         load_weights(model, pretrained, strict=strict)
     if features_only:
-        model = FeatureExtractor(model, out_indices, feature_location)
-        model.name = name
+        model = set_model_info(FeatureExtractor(model, out_indices, feature_location), info)
     elif out_indices is not None or feature_location:
         raise ValueError(f"out_indices and feature_location are only used with features_only=True, "
                          f"got out_indices={out_indices}, feature_location={feature_location!r}")
@@ -142,6 +143,8 @@ def model_from_checkpoint(path: str | Path, use_ema: bool = True, model_name: st
     model = create_model(name, num_classes=n, **(arch if isinstance(arch, dict) else {}))
     load_weights(model, sd)
     model.eval()
+    saved = ck.get("model_info") if (ck.get("model_info") or {}).get("name") == name else None
+    set_model_info(model, trained_info(model_info(model), saved, recipe if recipe.get("model") == name else None))
     info = {"recipe": recipe, "classes": classes or [str(i) for i in range(n)],
-            "epoch": ck.get("epoch"), "best": ck.get("best")}
+            "epoch": ck.get("epoch"), "best": ck.get("best"), "model_info": model_info(model)}
     return model, info

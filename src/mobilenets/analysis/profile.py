@@ -53,6 +53,8 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from ..models.info import model_info
+
 MIN_INPUT_SIZE = 32
 
 #: bytes per element for the accounting dtypes
@@ -352,7 +354,7 @@ def _resolve_model(model: Union[str, nn.Module]) -> tuple:
         return m, model
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a registry name or an nn.Module, got {type(model).__name__}")
-    return model, getattr(model, "name", None) or type(model).__name__
+    return model, model_info(model).name
 
 
 def _resolve_size(input_size) -> tuple:
@@ -396,7 +398,7 @@ def profile(model: Union[str, nn.Module], input_size: Union[int, Sequence[int]] 
     first = next(iter(model.parameters()), None)
     device = first.device if first is not None else torch.device("cpu")
     run_dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
-    in_chans = getattr(model, "in_chans", 3)
+    in_chans = model_info(model).in_chans
     tensors = list(model.parameters()) + list(model.buffers())
     weight_keys = {k for k in (_storage_key(t) for t in tensors) if k}
     counter = _Counter(weight_keys, DTYPE_BYTES[key])

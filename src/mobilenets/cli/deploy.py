@@ -12,6 +12,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from ..models.info import model_info
 from .common import (UserError, add_batch_size, add_input_size, add_json, emit_json, json_only,
                         square_size)
 
@@ -52,7 +53,7 @@ def calibration_for(args: argparse.Namespace, model, size: tuple, norm=None):
     from ..deploy.calibration import calibration_set
 
     return calibration_set(args.calib, count=args.calib_count, input_size=size,
-                           in_chans=getattr(model, "in_chans", 3), **(norm or {}))
+                           in_chans=model_info(model).in_chans, **(norm or {}))
 
 
 def _cmd_export(args: argparse.Namespace) -> int:

@@ -47,7 +47,7 @@ lists the names, background first, and ``.colors`` one ``(r, g, b)`` per class
 from .common import (DIGITS_CROP_PCT, DIGITS_MEAN, DIGITS_SPLIT_SEED, DIGITS_STD, DIGITS_VAL_FRACTION,
                      IMAGENET_CROP_PCT, IMAGENET_MEAN, IMAGENET_STD, IMG_EXTENSIONS, DataBundle, DatasetError,
                      ImageReadError, default_workers, eval_transform, load_digits_tensors, open_image, read_rgb,
-                     stratified_split)
+                     stratified_split, transform_for)
 from .formats import (CocoDetection, DataWarning, YoloDetection, detection_collate, open_detection_data,
                       write_coco, write_yolo)
 from .scenes import DIGIT_CLASSES, DigitScenes, semantic_mask
@@ -59,7 +59,7 @@ from .writers import write_voc
 __all__ = ["DIGITS_CROP_PCT", "DIGITS_MEAN", "DIGITS_SPLIT_SEED", "DIGITS_STD", "DIGITS_VAL_FRACTION",
            "IMAGENET_CROP_PCT", "IMAGENET_MEAN", "IMAGENET_STD", "IMG_EXTENSIONS", "DataBundle", "DatasetError",
            "ImageReadError", "default_workers", "eval_transform", "load_digits_tensors", "open_image", "read_rgb",
-           "stratified_split",
+           "stratified_split", "transform_for",
            "DIGIT_CLASSES", "IGNORE_INDEX", "VOC_CLASSES", "CocoDetection", "DataWarning", "DigitScenes",
            "SceneSegmentation", "VocSegmentation", "YoloDetection", "detection_collate", "detection_transforms",
            "open_detection_data", "open_segmentation_data", "segmentation_collate", "segmentation_transforms",

@@ -16,11 +16,11 @@ from typing import Callable, Iterator, Sequence, Union
 import torch
 from torch.utils.data import Dataset
 
+# the ImageNet constants are defined with the ModelInfo record whose defaults they are
+from ..models.info import IMAGENET_CROP_PCT, IMAGENET_MEAN, IMAGENET_STD, ModelInfo  # noqa: F401  (re-exported)
+
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-IMAGENET_CROP_PCT = 0.875
 # The digits are grey strokes on black, upscaled and never cropped: 0.5 maps [0, 1] to [-1, 1].
 DIGITS_MEAN = DIGITS_STD = (0.5, 0.5, 0.5)
 DIGITS_CROP_PCT = 1.0
@@ -124,15 +124,22 @@ def read_rgb(path: Union[str, os.PathLike]) -> torch.Tensor:
 
 
 def eval_transform(size: Union[int, Sequence[int]], crop_pct: float, mean: Sequence[float],
-                   std: Sequence[float]) -> Callable:
+                   std: Sequence[float], interpolation: str = "bilinear") -> Callable:
     """The evaluation transform: resize the short side to ``max(H, W) / crop_pct``, center crop
     ``size`` (an int or ``(H, W)``), scale to [0, 1], normalize. uint8 images in, float out."""
-    from torchvision.transforms import v2
+    from torchvision.transforms import InterpolationMode, v2
 
     crop = [int(size), int(size)] if isinstance(size, int) else [int(s) for s in size]
     short = int(round(max(crop) / crop_pct))
-    return v2.Compose([v2.Resize(short, antialias=True), v2.CenterCrop(crop),
+    mode = InterpolationMode(interpolation)
+    return v2.Compose([v2.Resize(short, interpolation=mode, antialias=True), v2.CenterCrop(crop),
                        v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))])
+
+
+def transform_for(info: ModelInfo) -> Callable:
+    """The evaluation transform a model expects, from its
+    :class:`~mobilenets.models.info.ModelInfo` (size, crop, mean, std, interpolation)."""
+    return eval_transform(info.img_size, info.crop_pct, info.mean, info.std, info.interpolation)
 
 
 def default_workers(limit: int = 4) -> int:

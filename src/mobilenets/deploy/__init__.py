@@ -3,9 +3,9 @@
 from .fuse import fold_bn_after, fold_bn_before, fuse
 
 __all__ = ["fold_bn_after", "fold_bn_before", "fuse"]
-from .onnx_export import export_onnx  # noqa: E402
+from .onnx_export import export_onnx, read_model_info  # noqa: E402
 
-__all__ += ["export_onnx"]
+__all__ += ["export_onnx", "read_model_info"]
 from .calibration import calibration_batches  # noqa: E402
 from .ort import (KernelCheck, OnnxFileError, agreement, cosine, int8_op_counts, kernel_vs_qdq,  # noqa: E402
                   onnx_logits, ort_session, read_onnx)

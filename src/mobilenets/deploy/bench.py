@@ -55,6 +55,7 @@ from typing import Callable, Iterable, Optional, Sequence
 import torch
 import torch.nn as nn
 
+from ..models.info import model_info
 from .timing import interleaved_timings, machine_info, quantile, ratio_spread  # noqa: F401  (re-exported)
 
 OURS = ("eager", "fused_cl", "fused_onednn", "compile", "ort_fp32", "ort_int8")
@@ -175,7 +176,7 @@ def build_paths(name: str, batch: int, size: int = 224, threads: int = 2,
             torch.manual_seed(seed)
             model = randomize_bn_stats(create_model(name), seed, size)
     model = model.eval()
-    in_chans = getattr(model, "in_chans", 3)
+    in_chans = model_info(model).in_chans
     x = torch.randn(batch, in_chans, size, size, generator=torch.Generator().manual_seed(seed + batch))
     have_ort = _have("onnxruntime") and _have("onnx")
 

@@ -27,6 +27,7 @@ import torch
 import torch.nn as nn
 
 from ..layers import ConvNormAct
+from ..models.info import model_info
 from .fuse import fuse
 
 __all__ = ["onednn_available", "PackedConvAct", "optimize_for_cpu"]
@@ -140,7 +141,7 @@ def optimize_for_cpu(model: nn.Module, input_size: tuple[int, int] = (224, 224),
         shapes.setdefault(id(mod), tuple(inp[0].shape))
 
     hooks = [b.register_forward_pre_hook(record) for b in blocks]
-    in_chans = getattr(model, "in_chans", 3)
+    in_chans = model_info(model).in_chans
     try:
         with torch.no_grad():
             net(torch.zeros(batch_size, in_chans, *input_size).contiguous(memory_format=torch.channels_last))

@@ -23,6 +23,7 @@ import torch.nn as nn
 
 from .calibration import NO_CALIBRATION, Calibration, _as_batches, calibration_batches
 from .export_swaps import swap_for_export
+from ..models.info import model_info
 from .fuse import fuse
 
 #: calibration images used when ``calib`` is a source name (``"digits"``, ``"fake"``, a folder)
@@ -132,13 +133,15 @@ class MainOutput(nn.Module):
 
 def prepare(model: nn.Module, int8: bool = False) -> tuple[nn.Module, nn.Module, int]:
     """``(fused eager net, its mobile export form, input channels)``; the model is not modified.
-    ``int8``: the forms for an INT8 file (``"mobile_int8"``). A segmenter
-    (``model.segmenter_family``) exports its ``"out"`` logits (:class:`MainOutput`)."""
+    ``int8``: the forms for an INT8 file (``"mobile_int8"``). A segmenter (its
+    :func:`~mobilenets.models.info.model_info` task) exports its ``"out"`` logits
+    (:class:`MainOutput`)."""
+    info = model_info(model)
     fused = fuse(model)
-    if getattr(model, "segmenter_family", None):
+    if info.task == "segmentation":
         fused = MainOutput(fused).eval()
     net = swap_for_export(fused, target="mobile_int8" if int8 else "mobile")
-    return fused, net, int(getattr(model, "in_chans", 3))
+    return fused, net, info.in_chans
 
 
 def resolve_calibration(calib: Union[str, os.PathLike, Calibration], input_size: tuple[int, int],

@@ -9,6 +9,7 @@ interrupted or failed export never leaves a half-written model behind.
 from __future__ import annotations
 
 import copy
+import json
 import warnings
 from pathlib import Path
 from typing import Optional, Sequence, Union
@@ -17,6 +18,7 @@ import torch
 import torch.nn as nn
 
 from ..extras import require
+from ..models.info import ModelInfo, model_info
 from ..weights.io import atomic_write
 from .export_swaps import swap_for_export
 from .fuse import fuse
@@ -51,7 +53,7 @@ def export_onnx(model: nn.Module, path: Union[str, Path], input_size: Sequence[i
     if verify:
         require("onnxruntime", "checking the exported ONNX file with ONNX Runtime (verify=False skips it)")
     net = fuse(model) if fused else copy.deepcopy(model).eval()
-    in_chans = getattr(model, "in_chans", 3)
+    in_chans = model_info(model).in_chans
     x = torch.randn(2 if dynamic_batch else 1, in_chans, *input_size)
     with torch.no_grad():
         ref = net(x)  # the eager modules: verification checks the export forms against them
@@ -77,8 +79,34 @@ def export_onnx(model: nn.Module, path: Union[str, Path], input_size: Sequence[i
         torch.onnx.export(net, (x,), tmp, input_names=["input"], output_names=out_names,
                           opset_version=int(opset), dynamic_axes=axes, do_constant_folding=True,
                           dynamo=False)
+        write_model_info(tmp, model_info(model).replace(input_size=(in_chans, *input_size)))
 
     return atomic_write(path, write)
+
+
+#: the ONNX ``metadata_props`` key holding the exported model's :class:`ModelInfo` (JSON)
+MODEL_INFO_KEY = "mobilenets.model_info"
+
+
+def write_model_info(file: Union[str, Path], info: ModelInfo) -> None:
+    """Record ``info`` (name, task, classes, preprocessing) in an ONNX file's metadata, so a
+    runtime reads how to feed the model from the file itself (:func:`read_model_info`)."""
+    onnx = require("onnx", "ONNX export")
+    proto = onnx.load(str(file))
+    for p in [p for p in proto.metadata_props if p.key == MODEL_INFO_KEY]:
+        proto.metadata_props.remove(p)
+    proto.metadata_props.add(key=MODEL_INFO_KEY, value=json.dumps(info.to_dict()))
+    onnx.save(proto, str(file))
+
+
+def read_model_info(file: Union[str, Path]) -> Optional[ModelInfo]:
+    """The :class:`ModelInfo` an exported ONNX file records (None: a file without one)."""
+    onnx = require("onnx", "reading an ONNX file's metadata")
+    proto = onnx.load(str(file), load_external_data=False)
+    for p in proto.metadata_props:
+        if p.key == MODEL_INFO_KEY:
+            return ModelInfo.from_dict(json.loads(p.value))
+    return None
 
 
 def check_export_args(path: Union[str, Path], input_size: Sequence[int], opset: int,

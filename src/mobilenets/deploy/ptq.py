@@ -46,7 +46,7 @@ import torch.nn as nn
 from ..weights.io import atomic_write
 from . import onnx_passes
 from .calibration import NO_CALIBRATION, Calibration, _as_batches
-from .onnx_export import MAX_OPSET, export_onnx
+from .onnx_export import MAX_OPSET, export_onnx, read_model_info, write_model_info
 from .onnx_passes import (MIN_QDQ_OPSET, _dequantize_outputs, _drop_unused_initializers, _graph_input,
                           _repeat_multiplier_dw_inputs, _spatial_means_as_global_pool, _unshare_initializers)
 from .ort import _quiet_ort_python_logging, _require_ort, ort_session, read_onnx
@@ -185,6 +185,10 @@ def quantize_onnx(model_or_path: Union[nn.Module, str, os.PathLike], out: Union[
             onnx_passes.finalize_qdq(tmp)  # any bias ONNX Runtime left float would keep its conv in float
             if float_output:
                 _dequantize_outputs(tmp)
+            if is_module:  # the fp32 export's record (the quantizer does not carry metadata over)
+                info = read_model_info(fp32)
+                if info is not None:
+                    write_model_info(tmp, info)
             if verify:
                 _verify_int8(tmp, name, batches[0])
 

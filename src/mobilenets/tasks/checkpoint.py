@@ -10,6 +10,7 @@ from typing import Callable, Optional, Union
 
 import torch.nn as nn
 
+from ..models.info import model_info, set_model_info, trained_info
 from ..weights import CheckpointError
 from ..weights.checkpoint import load_checkpoint
 
@@ -53,7 +54,10 @@ def load_task_checkpoint(path: PathLike, task: str, architecture: Callable, load
     sd = ck["state_dict"] if use_ema or ck.get("model") is None else ck["model"]
     model = create_model(recipe.model, num_classes=len(classes), **architecture(recipe))
     load(model, sd)
-    return model.eval(), {"recipe": recipe, "classes": classes, "epoch": ck.get("epoch"), "best": ck.get("best")}
+    info = trained_info(model_info(model), ck.get("model_info"), ck["recipe"])
+    set_model_info(model, info)
+    return model.eval(), {"recipe": recipe, "classes": classes, "epoch": ck.get("epoch"), "best": ck.get("best"),
+                          "model_info": info}
 
 
 def read_image(path: PathLike):

@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..extras import require
 from ..layers.bn_stats import set_bn
+from ..models.info import model_info, set_model_info, trained_info
 from .checkpoint import get_rng_state, load_checkpoint, save_checkpoint, set_rng_state
 from ..data import DataBundle
 from .distributed import (DistInfo, all_reduce_sum, epoch_order, epoch_seed, seed_everything,  # noqa: F401
@@ -159,6 +160,9 @@ class _Run:
             self.teacher = load_teacher(r.teacher, self.C, r.teacher_weights, dist.device)
 
         model = task.build_model(r, self.C)
+        # the trained model is described by its recipe's preprocessing (saved in every checkpoint)
+        self.info = trained_info(model_info(model), recipe=r.to_dict())
+        set_model_info(model, self.info)
         if r.bn_momentum is not None:
             set_bn(model, momentum=r.bn_momentum)
         if r.pretrained and self.ck is None:
@@ -267,7 +271,7 @@ class _Run:
                 "optimizer": self.opt.state_dict(), "step": self.step, "epoch": epoch,
                 "batch_in_epoch": batch_in_epoch, "partial": part, "rng": rng,
                 "recipe": self.recipe.to_dict(), "classes": list(self.data.classes), "history": self.history,
-                "best": self.best, "world_size": self.dist.world,
+                "best": self.best, "world_size": self.dist.world, "model_info": self.info.to_dict(),
                 "mobilenets_meta": {"format": "mobilenets", "arch": self.recipe.model}}
 
     def save_mid_epoch(self, epoch: int, batch_idx: int, sums: torch.Tensor) -> None:
@@ -490,7 +494,7 @@ class _Run:
                 final.update({f"avg_val_{k}": v for k, v in a.items() if k not in ("loss", "n")}, avg_of=len(paths))
                 if dist.main:
                     from ..weights import save_weights
-                    avg_model.name = r.model
+                    set_model_info(avg_model, self.info)
                     files["averaged"] = save_weights(avg_model, out / "averaged.pth")
                     self.say(f"average of the last {len(paths)} epochs: {self.task.describe(a)}")
         self.result.final = final

@@ -9,6 +9,7 @@ from typing import Mapping, Optional, Union
 import torch
 import torch.nn as nn
 
+from ..models.info import model_info
 from .convert import LAYOUTS, adapt_shape, detect_layout, export_mobileformer_official
 from .io import (WRAPPER_KEYS, CheckpointError, read_checkpoint, resolve_hf_hub, unwrap_state_dict,
                  write_checkpoint)
@@ -88,9 +89,17 @@ def find_matching_models(sd: Mapping[str, torch.Tensor], family: str, exclude: s
     return found
 
 
+def _registered_name(model: nn.Module) -> str:
+    """The registry name of a model ``create_model`` built ("" for any other module)."""
+    from ..models.registry import is_model
+
+    name = model_info(model).name
+    return name if is_model(name) else ""
+
+
 def _variant_hint(sd: Mapping[str, torch.Tensor], model: nn.Module) -> str:
-    names = find_matching_models(sd, _family(model), getattr(model, "name", ""),
-                                 getattr(model, "num_classes", 1000), getattr(model, "in_chans", 3))
+    info = model_info(model)
+    names = find_matching_models(sd, _family(model), _registered_name(model), info.num_classes, info.in_chans)
     if not names:
         return ""
     return (f"\n  it appears to be a checkpoint for {' or '.join(names)} (every key and shape fits); "
@@ -102,7 +111,7 @@ def _fit_hint(meta: Mapping, model: nn.Module, sd: Mapping[str, torch.Tensor], t
     """The likely cause of a checkpoint that does not fit, in words, before the key lists: the
     architecture the file records (our files and training checkpoints name it), or a classifier
     of another size (``num_classes=``)."""
-    name = getattr(model, "name", "")
+    name = _registered_name(model)
     arch = meta.get("arch")
     hints = []
     if arch and name and arch != name:
@@ -157,7 +166,7 @@ def check_checkpoint_task(meta: Mapping, where: str, model: nn.Module, task: Opt
     got, want = meta.get("task"), task
     if want is None:
         try:
-            want = _REGISTRY_TASKS.get(get_entry(getattr(model, "name", "")).task, "classify")
+            want = _REGISTRY_TASKS.get(get_entry(_registered_name(model)).task, "classify")
         except (KeyError, ValueError):
             want = "classify"
     if not got or got == want:
@@ -165,7 +174,7 @@ def check_checkpoint_task(meta: Mapping, where: str, model: nn.Module, task: Opt
     from .io import TRAINING_TASKS as words
 
     arch = meta.get("arch", "?")
-    name = getattr(model, "name", type(model).__name__)
+    name = model_info(model).name
     msg = (f"{where}: this is a {words.get(got, got)} checkpoint of {arch} (mobilenets train --task {got}), "
            f"not {words.get(want, want)} weights for {name}")
     if want == "classify":
@@ -267,7 +276,7 @@ def load_weights(model: nn.Module, source: Source, strict: bool = True) -> LoadR
 def save_weights(model: nn.Module, path: Union[str, Path]) -> Path:
     """Save ``model``'s weights in our layout (``.safetensors`` or ``.pth`` by suffix),
     atomically, with the BatchNorm settings and architecture name as metadata."""
-    meta = {"format": "mobilenets", "arch": getattr(model, "name", type(model).__name__)}
+    meta = {"format": "mobilenets", "arch": model_info(model).name}
     bn = next((m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)), None)
     if bn is not None:
         meta.update(bn_eps=repr(bn.eps), bn_momentum=repr(bn.momentum))

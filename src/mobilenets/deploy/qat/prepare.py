@@ -7,11 +7,12 @@ from typing import Iterable, Optional, Union
 import torch
 import torch.nn as nn
 
+from ...models.info import model_info
 from .modules import ActFakeQuant, QATModel, QConvNormAct, QHead, QResidual, QSqueezeExcite
 
 
 def _unsupported(model: nn.Module, why: str) -> ValueError:
-    name = getattr(model, "name", None) or type(model).__name__
+    name = model_info(model).name
     return ValueError(f"quantization-aware training is not available for {name}: {why}. Use post-training "
                       f"quantization instead: quantize_onnx(model, 'model_int8.onnx', calibration_batches(...)) "
                       f"(CLI: mobilenets export --int8 --calib DIR), which quantizes it with ONNX Runtime")
@@ -100,7 +101,7 @@ def prepare_qat(model: nn.Module, example_input: Optional[Union[torch.Tensor, It
         raise _unsupported(model, "its Mobile MQA attention blocks (batched matmuls, softmax) have no "
                                   "fake-quant mapping here")
     # a deep copy in eval mode (BN folded, dropout / drop-path removed), converted in place
-    qat = QATModel(fuse(model), getattr(model, "name", type(model).__name__))
+    qat = QATModel(fuse(model), model_info(model).name)
     _convert(qat.net, model, 64 if reduce_range else 127, qat.fq_input)
     if example_input is not None:
         qat.calibrate(example_input)

@@ -7,7 +7,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from ...data import read_rgb
+from ...data import read_rgb, transform_for
 from ...factory import model_from_checkpoint
 from ...data.classification import ImageFolderDataset, build_datasets, eval_transform
 from ...train.recipe import Recipe
@@ -83,8 +83,7 @@ def predict(checkpoint: str | Path, images: Sequence[str | Path], topk: int = 5,
     ``{"image", "error"}`` (the file and the cause) for one that cannot be read; the other images
     are still classified."""
     model, info = model_from_checkpoint(checkpoint, use_ema=use_ema, model_name=model_name)
-    r = _recipe_of(info)
-    tf = eval_transform(r)
+    tf = transform_for(info["model_info"])  # the preprocessing the model was trained (or built) with
     classes = info["classes"]
     k = max(1, min(topk, len(classes)))
     out = []

@@ -24,7 +24,8 @@ import torch.nn as nn
 
 from ...deploy.export_swaps import swap_for_export
 from ...deploy.fuse import fuse
-from ...deploy.onnx_export import check_export_args
+from ...deploy.onnx_export import check_export_args, write_model_info
+from ...models.info import model_info
 from ...weights.io import atomic_write
 
 
@@ -108,6 +109,7 @@ def export_detector_onnx(model: nn.Module, path: Union[str, Path], input_size: S
             torch.onnx.export(DetectionOutputs(net).eval(), ([example],), tmp, input_names=["image"],
                               output_names=names, opset_version=int(opset), do_constant_folding=True, dynamo=False,
                               dynamic_axes={n: {0: "detections"} for n in names})
+        write_model_info(tmp, model_info(model).replace(input_size=(3, *input_size)))
         if verify:
             verify_detector_onnx(tmp, net, checks, box_tol)
 

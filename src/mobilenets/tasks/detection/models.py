@@ -23,6 +23,7 @@ import torch
 import torch.nn as nn
 
 from ...layers import make_divisible
+from ...models.info import ModelInfo, model_info, set_model_info
 from ...models.registry import get_entry
 from ..backbone import build_backbone
 from .backbone import Taps, fpn_taps, freeze_layers, frozen_batchnorm, ssdlite_taps, stride_taps, units
@@ -289,9 +290,12 @@ def _check_options(cls: type, kwargs: dict) -> dict:
 
 
 def _finish(model: nn.Module, backbone: str, family: str, pretrained: Any, strict: bool) -> nn.Module:
-    model.backbone_name = backbone
-    model.detector_family = family
     model.num_classes = _num_classes(model)
+    t = model.transform  # torchvision's: resizes to its min_size and normalises inside the model
+    size = int(max(t.min_size))
+    set_model_info(model, ModelInfo(name=family, task="detection", family=family, backbone=backbone,
+                                    num_classes=model.num_classes, mean=tuple(t.image_mean), std=tuple(t.image_std),
+                                    input_size=(3, size, size), crop_pct=1.0))
     model.register_forward_pre_hook(check_call, with_kwargs=True)
     if pretrained is not None:
         from .convert import load_detector_weights
@@ -307,14 +311,14 @@ def check_call(model: nn.Module, args: tuple, kwargs: dict) -> None:
     about its 1x1 maps, says it needs two."""
     if not model.training:
         return
-    name = getattr(model, "name", type(model).__name__)
+    name = model_info(model).name
     targets = args[1] if len(args) > 1 else kwargs.get("targets")
     if targets is None:
         raise ValueError(f"{name} is in training mode, where it computes its losses from targets: call "
                          f"model.eval() for detections (model.eval(); model([image])), or pass targets for "
                          f"training (model(images, [{{'boxes': ..., 'labels': ...}}, ...]))")
     images = args[0] if args else kwargs.get("images")
-    if getattr(model, "detector_family", "") == "ssdlite" and len(images) < 2:
+    if model_info(model).family == "ssdlite" and len(images) < 2:
         raise ValueError(f"{name} trains on batches of at least 2 images (its last extra maps are 1x1 at "
                          f"320x320: BatchNorm needs more than one value per channel), got {len(images)}; "
                          f"for detections call model.eval() first")

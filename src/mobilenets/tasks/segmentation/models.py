@@ -19,6 +19,7 @@ from typing import Any, Optional, Sequence
 import torch.nn as nn
 
 from ...models.base import Backbone
+from ...models.info import ModelInfo, set_model_info
 from ..backbone import Taps, build_backbone
 from .backbone import output_stride_of, segmentation_taps
 
@@ -114,11 +115,12 @@ def fcn(backbone: str, num_classes: int = 21, pretrained: Any = None, strict: bo
 
 def _finish(model: nn.Module, backbone: str, family: str, aux_loss: bool, pretrained: Any,
             strict: bool) -> nn.Module:
-    model.backbone_name = backbone
-    model.segmenter_family = family
     model.aux_loss = aux_loss
     model.num_classes = _num_classes(model)
     model.output_stride = output_stride_of(model.backbone.body)
+    # torchvision's segmentation references evaluate at 520 px, ImageNet-normalised
+    set_model_info(model, ModelInfo(name=family, task="segmentation", family=family, backbone=backbone,
+                                    num_classes=model.num_classes, input_size=(3, 520, 520), crop_pct=1.0))
     if pretrained is not None:
         from .convert import load_segmenter_weights
         load_segmenter_weights(model, pretrained, strict=strict)
