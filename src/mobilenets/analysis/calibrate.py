@@ -238,7 +238,7 @@ def onnxruntime_available() -> bool:
 
 
 def _ort_session(model: torch.nn.Module, x: torch.Tensor, threads: int):
-    import onnxruntime as ort
+    from ..onnxrt import ort_session
 
     fd, path = tempfile.mkstemp(suffix=".onnx")
     os.close(fd)
@@ -247,10 +247,7 @@ def _ort_session(model: torch.nn.Module, x: torch.Tensor, threads: int):
             warnings.simplefilter("ignore")
             torch.onnx.export(model, (x,), path, input_names=["input"], output_names=["logits"],
                               opset_version=17, dynamo=False)
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+        sess = ort_session(path, threads, feature="measuring ONNX Runtime latency")
     finally:
         os.remove(path)
     return sess

@@ -94,7 +94,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         kind = "fp32, BatchNorm folded"
     mb = path.stat().st_size / 2 ** 20
     print(f"wrote {path} ({mb:.1f} MiB): {info['name']}, {kind}, input "
-          f"{'N' if args.dynamic_batch else '1'}x{getattr(model, 'in_chans', 3)}x{size[0]}x{size[1]}, "
+          f"{'N' if args.dynamic_batch else '1'}x{model_info(model).in_chans}x{size[0]}x{size[1]}, "
           f"opset {args.opset}" + ("" if args.int8 else ", checked with ONNX Runtime"))
     return 0
 

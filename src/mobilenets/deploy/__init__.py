@@ -19,7 +19,7 @@ from .cpu import PackedConvAct, onednn_available, optimize_for_cpu  # noqa: E402
 __all__ += ["optimize_for_cpu", "PackedConvAct", "onednn_available"]
 from .executorch_export import PteRunner, export_executorch, pte_logits  # noqa: E402
 from .litert_export import TfliteRunner, export_tflite, tflite_logits, tflite_ops  # noqa: E402
-from .mobile import LoweringError, MobileExport  # noqa: E402
+from .mobile import LoweringError, MobileExport, Runtime, export_mobile  # noqa: E402
 
-__all__ += ["export_executorch", "export_tflite", "MobileExport", "LoweringError", "PteRunner", "TfliteRunner",
-            "pte_logits", "tflite_logits", "tflite_ops"]
+__all__ += ["export_executorch", "export_tflite", "export_mobile", "Runtime", "MobileExport", "LoweringError",
+            "PteRunner", "TfliteRunner", "pte_logits", "tflite_logits", "tflite_ops"]

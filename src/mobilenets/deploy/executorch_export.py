@@ -23,10 +23,8 @@ import torch
 import torch.nn as nn
 
 from ..extras import require
-from ..weights.io import atomic_write
-from .mobile import (DEFAULT_CALIB_COUNT, LoweringError, MobileExport, check_int8_args, check_mobile_args,
-                     check_shape, chunks, export_program, prepare, pt2e_quantize, resolve_calibration,
-                     verify_export)
+from .mobile import (DEFAULT_CALIB_COUNT, Lowered, MobileExport, Runtime, check_shape, chunks, export_mobile,
+                     export_program, pt2e_quantize)
 
 _WHY_LOGGERS = ("executorch.backends.xnnpack.partition.config.generic_node_configs",
                 "executorch.backends.xnnpack.partition.config.gemm_configs",
@@ -115,6 +113,38 @@ def outside_delegates(edge, reasons: Optional[dict] = None) -> tuple[dict, list[
     return dict(outside), lines, delegates
 
 
+class ExecuTorchRuntime(Runtime):
+    """ExecuTorch with the XNNPACK delegate: PT2E with ``XNNPACKQuantizer``,
+    ``to_edge_transform_and_lower`` with ``XnnpackPartitioner``, ``to_executorch``; the file runs
+    in ``executorch.runtime``."""
+
+    name, label, suffix = "executorch", "ExecuTorch", ".pte"
+    backend = "the XNNPACK delegate (they would run on ExecuTorch's portable kernels, slowly)"
+
+    def require(self) -> None:
+        _require_executorch()
+
+    def quantize(self, net, x, images):
+        return pt2e_quantize(net, x, images, xnnpack_quantizer()), {}
+
+    def lower(self, net, x, options, model_name) -> Lowered:
+        edge, reasons = _lower(export_program(net, x))
+        outside, lines, _ = outside_delegates(edge, reasons)
+        ops = dict(Counter(getattr(n.target, "__name__", str(n.target)).split(".")[-1]
+                           for n in edge.exported_program().graph_module.graph.nodes if n.op == "call_function"))
+
+        def write(tmp: str) -> None:  # after the driver's check of what stayed outside XNNPACK
+            with open(tmp, "wb") as f:
+                edge.to_executorch().write_to_file(f)
+        return Lowered(write, ops, outside, lines)
+
+    def runner(self, path: str) -> "PteRunner":
+        return PteRunner(path)
+
+
+EXECUTORCH = ExecuTorchRuntime()
+
+
 def export_executorch(model: nn.Module, path: Union[str, os.PathLike], input_size: Sequence[int] = (224, 224),
                       calib=None, *, int8: Optional[bool] = None, batch_size: int = 1,
                       calib_count: int = DEFAULT_CALIB_COUNT, verify: bool = True, atol_rel: float = 1e-4,
@@ -144,42 +174,8 @@ def export_executorch(model: nn.Module, path: Union[str, os.PathLike], input_siz
         LoweringError: an op XNNPACK does not take (named, with the module and the fix).
         ImportError: executorch is not installed. RuntimeError: verification failed.
     """
-    path, size = check_mobile_args(path, input_size, ".pte", batch_size)
-    int8 = check_int8_args(calib, int8)
-    _require_executorch()
-    fused, net, in_chans = prepare(model)
-    x = torch.randn(batch_size, in_chans, *size, generator=torch.Generator().manual_seed(0))
-    images = None
-    if int8:
-        images = resolve_calibration(calib, size, in_chans, calib_count)
-        net = pt2e_quantize(net, x, images, xnnpack_quantizer())
-    with torch.no_grad():
-        ref = (net if int8 else fused)(x)  # INT8: the PT2E reference graph (quantization simulated)
-    edge, reasons = _lower(export_program(net, x))
-    outside, lines, _ = outside_delegates(edge, reasons)
-    if outside and not allow_fallback:
-        raise LoweringError(
-            f"{type(model).__name__}: {sum(outside.values())} op(s) would run on ExecuTorch's portable kernels "
-            f"instead of XNNPACK:\n  " + "\n  ".join(lines) + "\nFix: an export form of that module computing the "
-            "same function from ops XNNPACK takes (mobilenets/deploy/export_swaps.py, MOBILE_FORMS), or "
-            "allow_fallback=True to accept the slower portable kernels")
-    program = edge.to_executorch()
-    ops = dict(Counter(getattr(n.target, "__name__", str(n.target)).split(".")[-1]
-                       for n in edge.exported_program().graph_module.graph.nodes if n.op == "call_function"))
-    result: dict = {}
-
-    def write(tmp: str) -> None:
-        with open(tmp, "wb") as f:
-            program.write_to_file(f)
-        if verify:
-            runner = PteRunner(tmp)
-            result["check"] = verify_export(runner, batch_size, fused, x, ref, atol_rel, "ExecuTorch", int8,
-                                            images)
-
-    atomic_write(path, write)
-    err, agree, n_agree = result.get("check", (None, None, 0))
-    return MobileExport(Path(path), "executorch", "int8" if int8 else "fp32", tuple(x.shape), err, agree, n_agree,
-                        outside, ops)
+    return export_mobile(EXECUTORCH, model, path, input_size, calib, int8=int8, batch_size=batch_size,
+                         calib_count=calib_count, verify=verify, atol_rel=atol_rel, allow_fallback=allow_fallback)
 
 
 def set_threads(threads: int) -> None:

@@ -26,9 +26,8 @@ import torch
 import torch.nn as nn
 
 from ..extras import require
-from ..weights.io import atomic_write
-from .mobile import (DEFAULT_CALIB_COUNT, LoweringError, MobileExport, check_int8_args, check_mobile_args,
-                     check_shape, chunks, prepare, pt2e_quantize, resolve_calibration, verify_export)
+from .mobile import (DEFAULT_CALIB_COUNT, LoweringError, Lowered, MobileExport, Runtime, check_shape, chunks,
+                     export_mobile, pt2e_quantize)
 
 
 def litert_quantizer():
@@ -131,6 +130,49 @@ def tflite_ops(path_or_bytes: Union[str, os.PathLike, bytes]) -> tuple[dict, dic
     return dict(builtin), dict(other)
 
 
+class LiteRTRuntime(Runtime):
+    """LiteRT through litert-torch (its PT2E quantizer, completed by :func:`annotate_float_gaps`;
+    the ``"mobile_int8"`` export forms for INT8); the file runs in ai-edge-litert's Interpreter."""
+
+    name, label, suffix = "litert", "LiteRT", ".tflite"
+    backend = "LiteRT's builtin ops (custom / Flex ops are not in the standard LiteRT runtime)"
+    int8_forms = True
+
+    def require(self) -> None:
+        require("litert_torch", "LiteRT export")
+        require("ai_edge_litert.interpreter", "LiteRT export")
+
+    def quantize(self, net, x, images):
+        from litert_torch.quantize.quant_config import QuantConfig
+
+        quantizer = litert_quantizer()
+        with _quiet():
+            net = pt2e_quantize(net, x, images, quantizer, fold_quantize=False)
+        return net, {"quant_config": QuantConfig(pt2e_quantizer=quantizer)}
+
+    def lower(self, net, x, options, model_name) -> Lowered:
+        import litert_torch
+
+        try:
+            with _quiet():
+                flat = bytes(litert_torch.convert(net, (x,), **options).model_content())
+        except Exception as e:  # noqa: BLE001 - the converter raises many classes
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise LoweringError(f"litert-torch cannot convert {model_name} ({type(e).__name__}: "
+                                f"{first[:300]}); the fix is an export form of the module that fails in "
+                                f"mobilenets/deploy/export_swaps.py (MOBILE_FORMS)") from e
+        builtin, other = tflite_ops(flat)
+        outside = {f"{k} (custom/Flex)": v for k, v in other.items()}
+        return Lowered(lambda tmp: Path(tmp).write_bytes(flat), builtin, outside,
+                       [f"{k}: {v}" for k, v in outside.items()])
+
+    def runner(self, path: str) -> "TfliteRunner":
+        return TfliteRunner(path, threads=2)
+
+
+LITERT = LiteRTRuntime()
+
+
 def export_tflite(model: nn.Module, path: Union[str, os.PathLike], input_size: Sequence[int] = (224, 224),
                   calib=None, *, int8: Optional[bool] = None, batch_size: int = 1,
                   calib_count: int = DEFAULT_CALIB_COUNT, verify: bool = True, atol_rel: float = 1e-4,
@@ -157,50 +199,8 @@ def export_tflite(model: nn.Module, path: Union[str, os.PathLike], input_size: S
         LoweringError: the converter failed or wrote non-builtin ops (named, with the fix).
         ImportError: litert-torch / ai-edge-litert not installed. RuntimeError: verification failed.
     """
-    path, size = check_mobile_args(path, input_size, ".tflite", batch_size)
-    int8 = check_int8_args(calib, int8)
-    litert_torch = require("litert_torch", "LiteRT export")
-    require("ai_edge_litert.interpreter", "LiteRT export")
-    fused, net, in_chans = prepare(model, int8)
-    x = torch.randn(batch_size, in_chans, *size, generator=torch.Generator().manual_seed(0))
-    images, kwargs = None, {}
-    if int8:
-        from litert_torch.quantize.quant_config import QuantConfig
-
-        images = resolve_calibration(calib, size, in_chans, calib_count)
-        quantizer = litert_quantizer()
-        with _quiet():
-            net = pt2e_quantize(net, x, images, quantizer, fold_quantize=False)
-        kwargs["quant_config"] = QuantConfig(pt2e_quantizer=quantizer)
-    with torch.no_grad():
-        ref = (net if int8 else fused)(x)
-    try:
-        with _quiet():
-            edge_model = litert_torch.convert(net, (x,), **kwargs)
-            flat = edge_model.model_content()
-    except Exception as e:  # noqa: BLE001 - the converter raises many classes
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise LoweringError(f"litert-torch cannot convert {type(model).__name__} ({type(e).__name__}: "
-                            f"{first[:300]}); the fix is an export form of the module that fails in "
-                            f"mobilenets/deploy/export_swaps.py (MOBILE_FORMS)") from e
-    builtin, other = tflite_ops(bytes(flat))
-    if other and not allow_fallback:
-        raise LoweringError(f"{type(model).__name__}: the LiteRT file would need non-builtin ops "
-                            f"{dict(other)} (custom / Flex: not in the standard LiteRT runtime). Fix: an "
-                            f"export form of the module producing them (mobilenets/deploy/export_swaps.py, "
-                            f"MOBILE_FORMS), or allow_fallback=True")
-    result: dict = {}
-
-    def write(tmp: str) -> None:
-        Path(tmp).write_bytes(bytes(flat))
-        if verify:
-            runner = TfliteRunner(tmp, threads=2)
-            result["check"] = verify_export(runner, batch_size, fused, x, ref, atol_rel, "LiteRT", int8, images)
-
-    atomic_write(path, write)
-    err, agree, n_agree = result.get("check", (None, None, 0))
-    return MobileExport(Path(path), "litert", "int8" if int8 else "fp32", tuple(x.shape), err, agree, n_agree,
-                        {f"{k} (custom/Flex)": v for k, v in other.items()}, builtin)
+    return export_mobile(LITERT, model, path, input_size, calib, int8=int8, batch_size=batch_size,
+                         calib_count=calib_count, verify=verify, atol_rel=atol_rel, allow_fallback=allow_fallback)
 
 
 class TfliteRunner:

@@ -21,9 +21,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from ..models.info import model_info
 from .calibration import NO_CALIBRATION, Calibration, _as_batches, calibration_batches
 from .export_swaps import swap_for_export
-from ..models.info import model_info
 from .fuse import fuse
 
 #: calibration images used when ``calib`` is a source name (``"digits"``, ``"fake"``, a folder)
@@ -236,3 +236,90 @@ def verify_export(run: Callable[[torch.Tensor], torch.Tensor], batch: int, fp32_
     if fp.ndim != 2:
         return err, None, 0
     return err, agreement(q, fp), len(imgs)
+
+
+# --- the one on-device export driver ----------------------------------------------------------
+@dataclass
+class Lowered:
+    """What a runtime's :meth:`Runtime.lower` produced: ``write(path)`` writes the file;
+    ``ops`` the operator counts; ``outside`` the ops its accelerated backend does not take
+    (``{"op @ module": count}``), with ``lines`` describing them for the error."""
+
+    write: Callable[[str], None]
+    ops: dict
+    outside: dict = field(default_factory=dict)
+    lines: list = field(default_factory=list)
+
+
+class Runtime:
+    """One on-device runtime for :func:`export_mobile`: the driver runs the steps every runtime
+    shares (check the arguments, fuse and swap in the export forms, calibrate and quantize,
+    take the reference output, lower, refuse ops outside the accelerated backend, write
+    atomically, run the written file and compare); a runtime supplies only these members.
+
+    ``name`` (:attr:`MobileExport.runtime`), ``label`` (for messages), ``suffix`` (of its files),
+    ``backend`` (what "outside" means, for the error), ``int8_forms`` (whether INT8 exports use the
+    ``"mobile_int8"`` export forms), and the methods below."""
+
+    name: str = ""
+    label: str = ""
+    suffix: str = ""
+    backend: str = ""
+    int8_forms: bool = False
+
+    def require(self) -> None:
+        """:class:`~mobilenets.extras.MissingDependencyError` when its packages are missing."""
+        raise NotImplementedError
+
+    def quantize(self, net: nn.Module, x: torch.Tensor, images: torch.Tensor) -> tuple[nn.Module, dict]:
+        """``(the PT2E-quantized net, options for lower)``."""
+        raise NotImplementedError
+
+    def lower(self, net: nn.Module, x: torch.Tensor, options: dict, model_name: str) -> Lowered:
+        """The program for ``net`` at input ``x`` (a :class:`LoweringError` when it cannot)."""
+        raise NotImplementedError
+
+    def runner(self, path: str) -> Callable[[torch.Tensor], torch.Tensor]:
+        """Something that runs the written file on a batch."""
+        raise NotImplementedError
+
+
+def export_mobile(runtime: Runtime, model: nn.Module, path: Union[str, os.PathLike],
+                  input_size: Sequence[int] = (224, 224), calib=None, *, int8: Optional[bool] = None,
+                  batch_size: int = 1, calib_count: int = DEFAULT_CALIB_COUNT, verify: bool = True,
+                  atol_rel: float = 1e-4, allow_fallback: bool = False) -> MobileExport:
+    """Export ``model`` for ``runtime`` (:func:`~mobilenets.deploy.export_executorch` and
+    :func:`~mobilenets.deploy.export_tflite` document the arguments), verified by running the
+    written file in the runtime."""
+    from ..weights.io import atomic_write
+
+    path, size = check_mobile_args(path, input_size, runtime.suffix, batch_size)
+    int8 = check_int8_args(calib, int8)
+    runtime.require()
+    fused, net, in_chans = prepare(model, int8 and runtime.int8_forms)
+    x = torch.randn(batch_size, in_chans, *size, generator=torch.Generator().manual_seed(0))
+    images, options = None, {}
+    if int8:
+        images = resolve_calibration(calib, size, in_chans, calib_count)
+        net, options = runtime.quantize(net, x, images)
+    with torch.no_grad():
+        ref = (net if int8 else fused)(x)  # INT8: the PT2E reference graph (quantization simulated)
+    lowered = runtime.lower(net, x, options, type(model).__name__)
+    if lowered.outside and not allow_fallback:
+        raise LoweringError(
+            f"{type(model).__name__}: {sum(lowered.outside.values())} op(s) outside {runtime.backend}:\n  "
+            + "\n  ".join(lowered.lines or [f"{k}: {v}" for k, v in lowered.outside.items()])
+            + "\nFix: an export form of that module computing the same function from ops the runtime takes "
+            "(mobilenets/deploy/export_swaps.py, MOBILE_FORMS), or allow_fallback=True to accept them")
+    result: dict = {}
+
+    def write(tmp: str) -> None:
+        lowered.write(tmp)
+        if verify:
+            result["check"] = verify_export(runtime.runner(tmp), batch_size, fused, x, ref, atol_rel,
+                                            runtime.label, int8, images)
+
+    atomic_write(path, write)
+    err, agree, n_agree = result.get("check", (None, None, 0))
+    return MobileExport(Path(path), runtime.name, "int8" if int8 else "fp32", tuple(x.shape), err, agree, n_agree,
+                        lowered.outside, lowered.ops)

@@ -19,6 +19,7 @@ import torch.nn as nn
 
 from ..extras import require
 from ..models.info import ModelInfo, model_info
+from ..onnxrt import ort_session
 from ..weights.io import atomic_write
 from .export_swaps import swap_for_export
 from .fuse import fuse
@@ -126,8 +127,7 @@ def check_export_args(path: Union[str, Path], input_size: Sequence[int], opset: 
 
 
 def _verify(file: str, x: torch.Tensor, refs: list[torch.Tensor], atol_rel: float) -> Optional[float]:
-    ort = require("onnxruntime", "checking the exported ONNX file with ONNX Runtime")
-    sess = ort.InferenceSession(file, providers=["CPUExecutionProvider"])
+    sess = ort_session(file, feature="checking the exported ONNX file with ONNX Runtime")
     outs = sess.run(None, {"input": x.numpy()})
     worst = 0.0
     for o, r in zip(outs, refs):

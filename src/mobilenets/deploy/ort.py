@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from ..extras import require
+from ..onnxrt import OnnxFileError, ort_session as _ort_session  # noqa: F401  (OnnxFileError: deploy's API)
 
 
 def _require_ort(feature: str = "INT8 quantization"):
@@ -52,38 +53,12 @@ def cosine(a: Union[torch.Tensor, np.ndarray], b: Union[torch.Tensor, np.ndarray
     return float(a @ b / (a.norm() * b.norm()).clamp(min=1e-300))
 
 
-def ort_session(path: Union[str, Path], threads: int = 0, optimized_path: Optional[str] = None,
+def ort_session(path: Union[str, Path, bytes, Any], threads: int = 0, optimized_path: Optional[str] = None,
                 optimize: bool = True, spinning: bool = True):
-    """A CPU ``InferenceSession`` (quiet logging; ``threads=0``: ONNX Runtime's default).
-    ``optimize=False`` runs the graph as written (QDQ simulated in float, no int8 kernels).
-    ``spinning=False``: worker threads sleep after a run instead of spinning (ONNX Runtime's
-    default keeps them busy-waiting, which steals the cores from whatever runs next: use it
-    when timing ONNX Runtime interleaved with other paths)."""
-    ort = _require_ort()
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    if threads:
-        so.intra_op_num_threads = threads
-        so.inter_op_num_threads = 1
-    if not spinning:
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
-                                   else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
-    if optimized_path:
-        so.optimized_model_filepath = optimized_path
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"ONNX model not found: {path}")
-    try:
-        return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    except Exception as e:  # noqa: BLE001 - ORT raises its own classes (InvalidProtobuf, Fail, ...)
-        if not type(e).__module__.startswith("onnxruntime"):
-            raise
-        raise OnnxFileError(f"{path}: ONNX Runtime cannot load it as a model "
-                            f"({str(e).splitlines()[0][:300]})") from None
-
-
-class OnnxFileError(ValueError):
-    """An ``.onnx`` file that is not a loadable ONNX model (corrupt, empty, not ONNX)."""
+    """A CPU ``InferenceSession`` (:func:`mobilenets.onnxrt.ort_session`, the one factory), with
+    the INT8 tools checked too (``optimize=False`` runs QDQ as written)."""
+    _require_ort()
+    return _ort_session(path, threads, optimized_path, optimize, spinning)
 
 
 def read_onnx(path: Union[str, Path]):
@@ -204,7 +179,7 @@ def kernel_vs_qdq(path: Union[str, Path], images: Union[torch.Tensor, np.ndarray
     if not any(n.op_type == "QuantizeLinear" for n in proto.graph.node):
         raise ValueError(f"{path}: not a QDQ model (no QuantizeLinear nodes); quantize it first with "
                          f"quantize_onnx() or export_qat_onnx()")
-    ort = _require_ort()
+    _require_ort()
     parts = quantized_node_subgraphs(proto)
     g = proto.graph
     producer = {o: n for n in g.node for o in n.output}
@@ -221,14 +196,7 @@ def kernel_vs_qdq(path: Union[str, Path], images: Union[torch.Tensor, np.ndarray
         return q.input[0], consts[q.input[1]].astype(np.float64), zp.astype(np.float64), axis
 
     def session(model, optimize: bool, dump: Optional[str] = None):
-        so = ort.SessionOptions()
-        so.log_severity_level = 3
-        so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
-        so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
-                                       else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
-        if dump:
-            so.optimized_model_filepath = dump
-        return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        return _ort_session(model, threads, dump, optimize)
 
     # the reference: the whole graph as written, every checked tensor (and what its Q rounds) an output
     quant = {out: quantizer(out) for out, _, _ in parts}

@@ -43,6 +43,7 @@ from typing import Any, Sequence, Union
 import numpy as np
 import torch.nn as nn
 
+from ..models.info import model_info
 from ..weights.io import atomic_write
 from . import onnx_passes
 from .calibration import NO_CALIBRATION, Calibration, _as_batches
@@ -139,7 +140,7 @@ def quantize_onnx(model_or_path: Union[nn.Module, str, os.PathLike], out: Union[
             input_size = (input_size, input_size)
         if len(input_size) != 2:
             raise ValueError(f"input_size must be (H, W), got {tuple(input_size)}")
-        in_chans = getattr(model_or_path, "in_chans", 3)
+        in_chans = model_info(model_or_path).in_chans
         shape = (in_chans, int(input_size[0]), int(input_size[1]))
         batches = _as_batches(calibration, shape, None if dynamic_batch else 1)  # fail before exporting
 

@@ -132,14 +132,17 @@ def set_model_info(model: nn.Module, info: ModelInfo) -> nn.Module:
     return model
 
 
-def model_info(model: nn.Module) -> ModelInfo:
-    """The :class:`ModelInfo` of ``model``: the one ``create_model`` (or a training run, or a
-    checkpoint) attached, else one derived from its layers with the ImageNet defaults."""
-    info = model.__dict__.get("model_info")
+def model_info(module: nn.Module) -> ModelInfo:
+    """The :class:`ModelInfo` of ``module``: the one ``create_model`` (or a training run, or a
+    checkpoint) attached, else one derived from it with the ImageNet defaults: its ``in_chans``
+    attribute when it declares one (timm-style modules do), else its first convolution's input
+    channels; its last linear layer's outputs as the classes."""
+    info = module.__dict__.get("model_info")
     if isinstance(info, ModelInfo):
         return info
-    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    c = convs[0].in_channels if convs else 3
+    convs = [m for m in module.modules() if isinstance(m, nn.Conv2d)]
+    linears = [m for m in module.modules() if isinstance(m, nn.Linear)]
+    declared = getattr(module, "in_chans", None)
+    c = int(declared) if isinstance(declared, int) and declared > 0 else (convs[0].in_channels if convs else 3)
     n = linears[-1].out_features if linears else 0
-    return ModelInfo(name=type(model).__name__, num_classes=n).replace(in_chans=c)
+    return ModelInfo(name=type(module).__name__, num_classes=n).replace(in_chans=c)

@@ -16,6 +16,7 @@ from typing import Any, Callable, Mapping, Optional, Union
 import torch
 import torch.nn as nn
 
+from ..models.info import model_info
 from ..weights import (CheckpointError, check_checkpoint_task, format_key_problems, read_checkpoint, resolve_hf_hub,
                        unwrap_state_dict)
 from ..weights.convert import LAYOUTS
@@ -89,7 +90,7 @@ def load_task_weights(model: nn.Module, source: Any, split: BackboneSplit, body:
     mismatched = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(target[k].shape)}"
                   for k, v in sd.items() if k in target and v.shape != target[k].shape]
     if strict and (missing or unexpected or mismatched):
-        raise CheckpointError(f"{where} ({layout} layout) does not fit {getattr(model, 'name', type(model).__name__)}:"
+        raise CheckpointError(f"{where} ({layout} layout) does not fit {model_info(model).name}:"
                               + format_key_problems(missing, unexpected, mismatched)
                               + (f"\n  ({hint})" if hint else ""))
     bad = {m.split(":")[0] for m in mismatched}

@@ -261,7 +261,7 @@ def load_weights(model: nn.Module, source: Source, strict: bool = True) -> LoadR
             fitted[k] = v
     if strict and (missing or unexpected or mismatched):
         raise CheckpointError(
-            f"{where} ({layout} layout) does not fit {getattr(model, 'name', type(model).__name__)}:"
+            f"{where} ({layout} layout) does not fit {model_info(model).name}:"
             + _fit_hint(meta, model, sd, target, missing, unexpected, mismatched)
             + format_key_problems(missing, unexpected, mismatched) + _variant_hint(raw, model))
     model.load_state_dict(fitted, strict=False)

@@ -9,6 +9,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from ...models.info import model_info
+
 
 class ActFakeQuant(nn.Module):
     """Per-tensor asymmetric uint8 fake quantization of an activation.
@@ -273,8 +275,8 @@ class QATModel(nn.Module):
         self.fq_input = ActFakeQuant()
         self.net = net
         self.name = name
-        self.in_chans = getattr(net, "in_chans", 3)
-        self.num_classes = getattr(net, "num_classes", None)
+        info = model_info(net)
+        self.in_chans, self.num_classes = info.in_chans, info.num_classes
         self.example_input: Optional[torch.Tensor] = None  # set by calibrate(); export checks with it
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -145,9 +145,9 @@ def verify_detector_onnx(file: Union[str, Path], model: nn.Module, images: Seque
     """Run ``file`` in ONNX Runtime on each image and compare with ``model`` (eval); the largest
     box difference in pixels. ``RuntimeError`` when the count, labels, boxes (``box_tol``) or
     scores (1e-4) differ; :class:`~mobilenets.extras.MissingDependencyError` without onnxruntime."""
-    from ...extras import require
-    ort = require("onnxruntime", "checking the exported detector with ONNX Runtime")
-    sess = ort.InferenceSession(str(file), providers=["CPUExecutionProvider"])
+    from ...onnxrt import ort_session
+
+    sess = ort_session(file, feature="checking the exported detector with ONNX Runtime")
     names = [o.name for o in sess.get_outputs()]
     worst = 0.0
     model.eval()
