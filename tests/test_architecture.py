@@ -178,3 +178,15 @@ def test_no_per_task_branches_or_stamped_metadata():
     hits = [f"{p.relative_to(ROOT)}:{i}: {line.strip()}" for p in ROOT.rglob("*.py") if p != reader
             for i, line in enumerate(p.read_text().splitlines(), 1) if pattern.search(line)]
     assert not hits, hits
+
+
+def test_long_modules_say_why():
+    """A library module over 400 lines says in its docstring why it is one module ("Why one
+    module: ..."); otherwise it is split by job."""
+    long = []
+    for p in sorted(ROOT.rglob("*.py")):
+        text = p.read_text()
+        doc = ast.get_docstring(ast.parse(text)) or ""
+        if len(text.splitlines()) > 400 and "Why one module:" not in doc:
+            long.append(f"{p.relative_to(ROOT)} ({len(text.splitlines())} lines)")
+    assert not long, long

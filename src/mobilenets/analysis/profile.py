@@ -39,6 +39,9 @@ Bytes (the roofline's memory traffic; MobileNetV4 paper section 4 does not state
 ``Profile.params`` is the weight (and bias) elements the counted ops read; BatchNorm
 parameters fold into the convs at deployment, so they are not in it. ``Profile.model_params``
 is ``sum(p.numel())`` over the whole model, as the papers' tables report it.
+
+Why one module: the two interceptors, the per-op counting rules and the layer attribution are
+one counting pass; the report types are the pass's result and nothing else builds them.
 """
 
 from __future__ import annotations

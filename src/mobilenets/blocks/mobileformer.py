@@ -29,6 +29,10 @@ differ, these modules follow the code, because that is what the published weight
   as one depthwise-separable pair).
 
 Tokens are batch-first here, ``(N, M, d)`` (the official code keeps them ``(M, N, d)``).
+
+Why one module: these are one paper's block, its parts defined against each other (the bridges
+read the Mobile sub-block's channels, dynamic ReLU the Former's first token); none is used
+outside Mobile-Former.
 """
 
 from __future__ import annotations

@@ -6,6 +6,9 @@ their files in the calling process, or with ``workers=N`` in N worker processes 
 ``DataLoader``'s): the files are the same either way, byte for byte, as every item depends only
 on its index. The per-image arithmetic is numpy's, single-threaded (torch's intra-op threads
 only slow such small ops down).
+
+Why one module: the three writers share the per-item pipeline (draw, encode, write atomically,
+in the calling process or in workers) and differ only in their annotation files.
 """
 
 from __future__ import annotations

@@ -138,8 +138,8 @@ class ExecuTorchRuntime(Runtime):
                 edge.to_executorch().write_to_file(f)
         return Lowered(write, ops, outside, lines)
 
-    def runner(self, path: str) -> "PteRunner":
-        return PteRunner(path)
+    def runner(self, path: str, threads: Optional[int] = None) -> "PteRunner":
+        return PteRunner(path, threads=threads or 0)
 
 
 EXECUTORCH = ExecuTorchRuntime()

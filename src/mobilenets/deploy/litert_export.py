@@ -166,8 +166,8 @@ class LiteRTRuntime(Runtime):
         return Lowered(lambda tmp: Path(tmp).write_bytes(flat), builtin, outside,
                        [f"{k}: {v}" for k, v in outside.items()])
 
-    def runner(self, path: str) -> "TfliteRunner":
-        return TfliteRunner(path, threads=2)
+    def runner(self, path: str, threads: Optional[int] = None) -> "TfliteRunner":
+        return TfliteRunner(path, threads=2 if threads is None else threads)
 
 
 LITERT = LiteRTRuntime()

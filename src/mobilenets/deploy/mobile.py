@@ -279,8 +279,9 @@ class Runtime:
         """The program for ``net`` at input ``x`` (a :class:`LoweringError` when it cannot)."""
         raise NotImplementedError
 
-    def runner(self, path: str) -> Callable[[torch.Tensor], torch.Tensor]:
-        """Something that runs the written file on a batch."""
+    def runner(self, path: str, threads: Optional[int] = None) -> Callable[[torch.Tensor], torch.Tensor]:
+        """Something that runs the written file on a batch (``threads``: None for the runtime's
+        own verification setting)."""
         raise NotImplementedError
 
 

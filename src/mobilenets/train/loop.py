@@ -13,6 +13,10 @@ epoch differ).
 ``epoch`` (each made of ``step`` calls) and ``finalize``. Processes and seeds live in
 :mod:`.distributed`, validation in :mod:`.evaluate`, progress and metrics files in
 :mod:`.reporting`; their public names are re-exported here.
+
+Why one module: the phases of one run read and write one state (``_Run``: step, epoch, best,
+history, the model, EMA, optimizer, loaders); split by phase, each part would pass that state
+around, and the tests patch the run's writers (``write_metrics``, ``save_checkpoint``) here.
 """
 
 from __future__ import annotations
