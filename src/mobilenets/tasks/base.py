@@ -76,6 +76,8 @@ class Task:
     models: str = ""
     best_metric: Metric
     default_recipe: str = ""
+    #: the validation metrics the end-of-training summary prints after the best one
+    summary_metrics: tuple[Metric, ...] = ()
     #: the recipe's ``dataset`` values the task reads
     datasets: tuple[str, ...] = ()
     #: ``collate_fn`` of the loaders (None: PyTorch's default)
@@ -141,11 +143,13 @@ class Task:
         return f"{prefix}val {m.label} {m.format(v[m.name])}"
 
     def summarize(self, final: dict) -> list[str]:
-        """The end-of-training summary lines for the last history row (``final``)."""
+        """The end-of-training summary lines for the last history row (``final``): the best
+        metric, then :attr:`summary_metrics`, then the EMA's best metric."""
         m = self.best_metric
         if f"val_{m.name}" not in final:
             return []
-        return [f"final val {m.label} {m.format(final[f'val_{m.name}'])}"
+        return ["  ".join(f"{'final val ' if x is m else ''}{x.label} {x.format(final[f'val_{x.name}'])}"
+                          for x in (m, *self.summary_metrics))
                 + (f"  (EMA {m.label} {m.format(final[f'ema_val_{m.name}'])})" if f"ema_val_{m.name}" in final else "")]
 
     def describe_train(self, row: dict) -> str:

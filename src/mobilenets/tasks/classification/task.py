@@ -35,6 +35,7 @@ class ClassificationTask(Task):
     name = "classify"
     models = "classification"
     best_metric = Metric("top1", "top-1", percent=True)
+    summary_metrics = (Metric("top5", "top-5", percent=True),)
     default_recipe = "digits"
     datasets = ("digits", "imagefolder", "fake")
 
@@ -86,13 +87,8 @@ class ClassificationTask(Task):
 
     def summarize(self, final: dict) -> list[str]:
         f = final
-        lines = []
-        if "val_top1" in f:
-            lines.append(f"final val top-1 {f['val_top1']:.2f}%  top-5 {f['val_top5']:.2f}%"
-                         + (f"  (EMA top-1 {f['ema_val_top1']:.2f}%)" if "ema_val_top1" in f else ""))
-        if "avg_val_top1" in f:
-            lines.append(f"average of the last {f['avg_of']} epochs: top-1 {f['avg_val_top1']:.2f}%")
-        return lines
+        return super().summarize(f) + ([f"average of the last {f['avg_of']} epochs: top-1 {f['avg_val_top1']:.2f}%"]
+                                       if "avg_val_top1" in f else [])
 
     def describe_train(self, row: dict) -> str:
         return f" top-1 {row['train_top1']:.2f}%"

@@ -21,6 +21,7 @@ class DetectionTask(TaskModelTask):
 
     name = "detect"
     best_metric = Metric("map", "mAP")
+    summary_metrics = (Metric("map50", "mAP50"), Metric("map75", "mAP75"))
     default_recipe = "digit_scenes"
     collate_fn = staticmethod(detection_collate)
     models = "detection"
@@ -104,13 +105,6 @@ class DetectionTask(TaskModelTask):
                    else "the model returned none")
             lines = [f"{r['image']}: 0 detections >= {score_thresh:.2f} ({why}) -> {r['output']}"]
         return lines + [f"  {d['score'] * 100:6.2f}%  {d['label']:>8s}  box {d['box']}" for d in r["detections"]]
-
-    def summarize(self, final: dict) -> list[str]:
-        f = final
-        if "val_map" not in f:
-            return []
-        return [f"final val mAP {f['val_map']:.4f}  mAP50 {f['val_map50']:.4f}  mAP75 {f['val_map75']:.4f}"
-                + (f"  (EMA mAP {f['ema_val_map']:.4f})" if "ema_val_map" in f else "")]
 
     def describe(self, v: dict, prefix: str = "") -> str:
         return f"{prefix}val mAP {v['map']:.4f} mAP50 {v['map50']:.4f} mAP75 {v['map75']:.4f}"

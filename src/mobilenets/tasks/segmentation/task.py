@@ -21,6 +21,7 @@ class SegmentationTask(TaskModelTask):
 
     name = "segment"
     best_metric = Metric("miou", "mIoU")
+    summary_metrics = (Metric("pixel_acc", "pixel accuracy"),)
     default_recipe = "digit_scenes_seg"
     collate_fn = staticmethod(segmentation_collate)
     models = "segmentation"
@@ -95,13 +96,6 @@ class SegmentationTask(TaskModelTask):
     def show_prediction(self, r: dict, **options) -> list[str]:
         return [f"{r['image']}: " + ", ".join(f"{k} {v * 100:.1f}%" for k, v in r["classes"].items())
                 + f" -> {r['output']}"]
-
-    def summarize(self, final: dict) -> list[str]:
-        f = final
-        if "val_miou" not in f:
-            return []
-        return [f"final val mIoU {f['val_miou']:.4f}  pixel accuracy {f['val_pixel_acc']:.4f}"
-                + (f"  (EMA mIoU {f['ema_val_miou']:.4f})" if "ema_val_miou" in f else "")]
 
     def describe(self, v: dict, prefix: str = "") -> str:
         return f"{prefix}val mIoU {v['miou']:.4f} pixel acc {v['pixel_acc']:.4f}"
