@@ -2,6 +2,7 @@
 (mobilenets.deploy.bench). Timings are never asserted on, only their bookkeeping."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -42,6 +43,15 @@ def test_quantile():
     assert B.quantile([0, 10], 0.25) == 2.5
 
 
+def _deploy_goals():
+    import importlib.util
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "deploy_goals.py"
+    spec = importlib.util.spec_from_file_location("deploy_goals", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def test_bench_rows_ratios_and_roofline():
     pytest.importorskip("timm")
     paths = ["eager", "fused_cl", "fused_onednn", "ort_fp32", "timm_eager", "timm_ort", "tv_eager"]
@@ -62,7 +72,7 @@ def test_bench_rows_ratios_and_roofline():
     assert rows["timm_ort"].vs_timm_ort == pytest.approx(1.0)
     assert rep.macs["mobilenetv3_small_050"] == mobilenets.analysis.profile(
         mobilenets.create_model("mobilenetv3_small_050"), input_size=(64, 64)).macs
-    goals = rep.goals()
+    goals = _deploy_goals().goals(rep)  # our targets live in benchmarks/, not in the library
     assert len(goals) == 1 and "best fp32" in goals[0]
     best_fused = min(("fused_cl", "fused_onednn"), key=lambda p: rows[p].ms)  # the goal uses the faster one
     assert f"fused ({best_fused})/timm eager {rows[best_fused].ms / rows['timm_eager'].ms:.2f}" in goals[0]
@@ -214,3 +224,30 @@ def test_cli_int8_reports_the_calibration_really_done(fmt, tmp_path, capsys):
     assert "broken.jpg (" in text and "empty.png (" in text
     assert "128 requested (--calib-count), the folder has 5 image files)" in text
     assert "calibrated on 128" not in text and out.exists()
+
+
+def test_export_goes_through_the_models_task(tmp_path, capsys):
+    """`mobilenets export` asks the model's Task (no per-task branch): its export module, its
+    formats, its checks. An untrained registry detector (every score tied at detections_per_img)
+    exports: the verification compares the detections above the tie."""
+    from mobilenets.train.task import get_task
+
+    det = get_task("detection")
+    model = mobilenets.create_model("ssdlite320_mobilenetv1_025").eval()
+    with torch.no_grad():
+        boxes, labels, scores = det.export_module(model)(torch.rand(3, 320, 320))
+    assert boxes.shape[-1] == 4 and labels.dtype == torch.int64 and scores.shape == labels.shape
+    assert det.export_formats == ("onnx",) and get_task("classify").export_module(model) is model
+    with pytest.raises(ValueError, match=r"detectors export to ONNX only \(decode \+ NMS in the graph\); --format "
+                                         r"executorch is for classifiers and feature extractors and segmenters"):
+        det.check_export("executorch", False, False)
+    assert main(["export", "ssdlite320_mobilenetv1_025", "--out", str(tmp_path / "d.onnx")]) == 0
+    out = capsys.readouterr().out
+    assert "decode + NMS in the graph, input image 3x320x320 in [0, 1]" in out and "normalized with" not in out
+    assert main(["export", "lraspp_mobilenetv3_small_050", "--out", str(tmp_path / "s.onnx"), "--int8",
+                 "--calib", "fake"]) == 2
+    assert "--int8 ONNX exports are not for segmenters" in capsys.readouterr().err
+    assert main(["export", "lraspp_mobilenetv3_small_050", "--out", str(tmp_path / "s.onnx"), "--input-size", "96"]) == 0
+    out = capsys.readouterr().out
+    assert "input 1x3x96x96; opset 17; checked with ONNX Runtime: max diff" in out and "normalized with mean (0.485" in out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.onnx", "s.onnx"]

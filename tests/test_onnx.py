@@ -65,3 +65,31 @@ def test_attention_exports_without_needless_layout_ops(tmp_path):
     ops = [n.op_type for n in onnx.load(str(path)).graph.node]
     assert ops.count("Transpose") == blocks and "Expand" not in ops
     assert ops.count("Softmax") == blocks and ops.count("MatMul") == 2 * blocks
+
+
+def test_onnx_runtime_is_a_runtime_of_the_one_driver(tmp_path):
+    """ONNX Runtime goes through the same export driver as ExecuTorch and LiteRT: fp32 checked
+    against eager on every output, INT8 (ONNX Runtime's QDQ quantizer on the fp32 file) checked by
+    running the file (agreement with fp32 measured), the ModelInfo in the file's metadata."""
+    from mobilenets.deploy import Runtime, export_mobile, ort_session, read_model_info
+    from mobilenets.deploy.onnx_export import OnnxRuntime
+
+    model = mobilenets.create_model("mobilenetv2_035", num_classes=7).eval()
+    rt = OnnxRuntime(opset=17)
+    assert isinstance(rt, Runtime) and rt.suffix == ".onnx"
+    fp32 = export_mobile(rt, model, tmp_path / "m.onnx", (64, 64))
+    assert fp32.precision == "fp32" and fp32.max_rel_diff <= 1e-4 and fp32.ops["Conv"] > 10
+    assert "checked with ONNX Runtime" in fp32.summary() and "every op in ONNX Runtime" in fp32.summary()
+    images = torch.randn(8, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    q = export_mobile(rt, model, tmp_path / "q.onnx", (64, 64), calib=images)
+    assert q.precision == "int8" and q.agreement is not None and q.agreement_images == 8
+    assert q.ops.get("QuantizeLinear", 0) > 0 and q.ops.get("DequantizeLinear", 0) > 0  # the file's ops
+    info = read_model_info(q.path)
+    assert info.name == "mobilenetv2_035" and info.num_classes == 7 and info.input_size == (3, 64, 64)
+    # features_only: every map an output, each checked
+    feats = mobilenets.create_model("mobilenetv2_035", features_only=True).eval()
+    res = export_mobile(rt, feats, tmp_path / "f.onnx", (64, 64))
+    assert len(ort_session(res.path).get_outputs()) == len(feats(torch.zeros(1, 3, 64, 64)))
+    with pytest.raises(ValueError, match="unsupported opset 9"):
+        export_mobile(OnnxRuntime(opset=9), model, tmp_path / "x.onnx", (64, 64))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.onnx", "m.onnx", "q.onnx"]

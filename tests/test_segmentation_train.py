@@ -175,17 +175,17 @@ def test_onnx_export_matches_eager_and_refuses_a_wrong_graph(name, kw, tmp_path,
     for o, (k, r) in zip(outs, ref.items()):
         assert float(np.abs(o - r.numpy()).max() / r.abs().max()) <= 1e-4, k
     # the verification refuses a graph that computes something else, and leaves no file
-    import mobilenets.deploy.onnx_export as ox
-    real = ox.swap_for_export
+    import mobilenets.deploy.mobile as driver  # the export driver swaps in the export forms
+    real = driver.swap_for_export
 
-    def broken(net, inplace=True):
-        net = real(net, inplace=inplace)
+    def broken(net, **kw):
+        net = real(net, **kw)
         with torch.no_grad():
             net.classifier.low_classifier.bias.add_(1.0) if hasattr(net.classifier, "low_classifier") \
                 else net.classifier[-1].bias.add_(1.0)
         return net
 
-    monkeypatch.setattr(ox, "swap_for_export", broken)
+    monkeypatch.setattr(driver, "swap_for_export", broken)
     with pytest.raises(RuntimeError, match="differs from eager"):
         export_onnx(model, tmp_path / "bad.onnx", input_size=(160, 192))
     assert not (tmp_path / "bad.onnx").exists()

@@ -13,23 +13,23 @@ import warnings
 from pathlib import Path
 
 from ..models.info import model_info
+from ..tasks.base import EXPORT_FORMATS as FORMATS
 from .common import (UserError, add_batch_size, add_input_size, add_json, emit_json, json_only,
                         square_size)
 
 
 def load_for_export(source: str, model_name: str | None = None, num_classes: int | None = None,
                     weights: str | None = None):
-    """``(model, info)`` for a registry name (optionally with ``weights``) or a checkpoint path.
-
-    ``info`` has ``name``, ``img_size`` and ``norm`` (the training recipe's ``mean``, ``std`` and
-    ``crop_pct`` for the calibration images, when a checkpoint records them; else None).
-    """
+    """``(model in eval mode, name)`` for a registry name of any task (optionally with
+    ``weights``), a training checkpoint of any task, or a plain weights file with ``model_name``.
+    The model's :class:`~mobilenets.models.info.ModelInfo` says how to feed it (a checkpoint's:
+    the recipe's size and normalization)."""
     import mobilenets
     from ..models.registry import is_model
 
     if is_model(source):
-        model = mobilenets.create_model(source, num_classes=num_classes or 1000, pretrained=weights)
-        return model.eval(), {"name": source, "img_size": None, "norm": None}
+        model = mobilenets.create_model(source, num_classes=num_classes, pretrained=weights)
+        return model.eval(), source
     path = Path(source)
     if not path.exists():
         from ..weights.io import SAFETENSORS_SUFFIXES, TORCH_SUFFIXES
@@ -38,26 +38,30 @@ def load_for_export(source: str, model_name: str | None = None, num_classes: int
         mobilenets.get_entry(source)  # not a file either: UnknownModelError naming close matches
     if weights:
         raise UserError("--weights goes with a model name; a checkpoint path already holds weights")
+    from ..tasks.checkpoint import checkpoint_task
+
+    if path.is_file() and checkpoint_task(path) not in (None, "classify"):
+        model, info = mobilenets.model_from_checkpoint(path)  # a detection / segmentation run
+        return model, info["model"] or path.stem
     from ..factory import model_from_checkpoint
     model, info = model_from_checkpoint(path, model_name=model_name, num_classes=num_classes)
-    recipe = info.get("recipe") or {}
-    norm = {k: recipe[k] for k in ("mean", "std", "crop_pct") if recipe.get(k) is not None} or None
-    return model, {"name": recipe.get("model") or model_name or path.stem, "img_size": recipe.get("img_size"),
-                   "norm": norm}
+    return model, info["recipe"].get("model") or model_name or path.stem
 
 
-def calibration_for(args: argparse.Namespace, model, size: tuple, norm=None):
+def calibration_for(args: argparse.Namespace, model, size: tuple):
     """The ``--calib`` images for an INT8 export (:class:`~.calibration.CalibrationSet`: the
-    images really used, and the unreadable files skipped), normalized as the model was trained
-    (``norm``: the recipe's ``mean`` / ``std`` / ``crop_pct``)."""
+    images really used, and the unreadable files skipped), normalized as the model's
+    :class:`~mobilenets.models.info.ModelInfo` says (a checkpoint's: as it was trained)."""
     from ..deploy.calibration import calibration_set
 
-    return calibration_set(args.calib, count=args.calib_count, input_size=size,
-                           in_chans=model_info(model).in_chans, **(norm or {}))
+    info = model_info(model)
+    return calibration_set(args.calib, count=args.calib_count, input_size=size, in_chans=info.in_chans,
+                           mean=info.mean, std=info.std, crop_pct=info.crop_pct)
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from ..deploy import export_onnx
+    """Through the model's Task: its formats, its export module, its checks (no per-task branch)."""
+    from ..train.task import get_task
 
     if args.format not in FORMATS:  # argparse choices already enforce it; kept for API callers
         raise UserError(f"unsupported format {args.format!r}; expected one of {', '.join(FORMATS)}")
@@ -69,121 +73,28 @@ def _cmd_export(args: argparse.Namespace) -> int:
     suffix = FORMATS[args.format]
     if args.format != "onnx" and Path(args.out).suffix.lower() != suffix:
         raise UserError(f"--format {args.format} writes a {suffix} file; got --out {args.out}")
-    det = _load_detector(args)
-    if det is not None:
-        if args.format != "onnx":
-            raise UserError(f"detectors export to ONNX only (decode + NMS in the graph); --format "
-                            f"{args.format} is for classifiers and feature extractors")
-        return _export_detector(args, *det)
-    seg = _load_segmenter(args)
-    if seg is not None:
-        return _export_segmenter(args, *seg)
-    model, info = load_for_export(args.source, args.model, args.num_classes, args.weights)
-    size = tuple(args.input_size) if args.input_size else (info["img_size"] or 224,) * 2
-    out = Path(args.out)
-    if args.format != "onnx":
-        return _export_mobile(args, model, info, size, out)
-    if args.int8:
-        from ..deploy import quantize_onnx
-        calib = calibration_for(args, model, size, info["norm"])
-        path = quantize_onnx(model, out, calib.images, input_size=size, dynamic_batch=args.dynamic_batch,
-                             opset=args.opset)
-        kind = f"INT8 (static, QDQ, {calib.summary()})"
-    else:
-        path = export_onnx(model, out, input_size=size, opset=args.opset, dynamic_batch=args.dynamic_batch)
-        kind = "fp32, BatchNorm folded"
-    mb = path.stat().st_size / 2 ** 20
-    print(f"wrote {path} ({mb:.1f} MiB): {info['name']}, {kind}, input "
-          f"{'N' if args.dynamic_batch else '1'}x{model_info(model).in_chans}x{size[0]}x{size[1]}, "
-          f"opset {args.opset}" + ("" if args.int8 else ", checked with ONNX Runtime"))
+    model, name = load_for_export(args.source, args.model, args.num_classes, args.weights)
+    info = model_info(model)
+    task = get_task(info.task)
+    try:
+        task.check_export(args.format, args.int8, args.dynamic_batch)
+        if args.dynamic_batch and args.format != "onnx":
+            raise ValueError(f"--format {args.format} writes a fixed-shape file (batch 1): drop --dynamic-batch")
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    size = tuple(args.input_size) if args.input_size else tuple(info.input_size[1:])
+    calib = calibration_for(args, model, size) if args.int8 else None
+    res = task.export(model, args.format, Path(args.out), size, calib=None if calib is None else calib.images,
+                      opset=args.opset, dynamic_batch=args.dynamic_batch, allow_fallback=args.allow_fallback)
+    kind = res.kind[:-1] + f", {calib.summary()})" if calib is not None else res.kind
+    print(f"wrote {res.path} ({res.path.stat().st_size / 2 ** 20:.1f} MiB): {name}, {kind}, input "
+          f"{res.input_shape}; {res.checked}"
+          + (f"; inputs normalized with mean {_short(info.mean)} std {_short(info.std)}" if res.normalized else ""))
     return 0
 
 
-FORMATS = {"onnx": ".onnx", "executorch": ".pte", "tflite": ".tflite"}
-
-
-def _export_mobile(args: argparse.Namespace, model, info: dict, size: tuple, out: Path) -> int:
-    from ..deploy import export_executorch, export_tflite
-
-    if args.dynamic_batch:
-        raise UserError(f"--format {args.format} writes a fixed-shape file (batch 1): drop --dynamic-batch")
-    fn = export_executorch if args.format == "executorch" else export_tflite
-    calib = calibration_for(args, model, size, info.get("norm")) if args.int8 else None
-    res = fn(model, out, input_size=size, calib=None if calib is None else calib.images,
-             allow_fallback=args.allow_fallback)
-    kind = (f"INT8 (PT2E static, per-channel weights, {calib.summary()})" if calib is not None
-            else "fp32, BatchNorm folded")
-    shape = "x".join(str(s) for s in res.input_shape)
-    print(f"wrote {res.path} ({res.path.stat().st_size / 2 ** 20:.1f} MiB): {info['name']}, {kind}, input {shape}; "
-          f"{res.summary()}")
-    return 0
-
-
-def _load_detector(args: argparse.Namespace):
-    """``(detector, name, img_size)`` when the source is a detection model name or a detection
-    training checkpoint, else None."""
-    import mobilenets
-    from ..models.registry import is_model
-    from ..tasks.detection.infer import is_detection_checkpoint, load_detector_checkpoint
-
-    if is_model(args.source) and mobilenets.get_entry(args.source).task == "detection":
-        from ..tasks.detection.models import native_size
-        model = mobilenets.create_model(args.source, num_classes=args.num_classes, pretrained=args.weights)
-        return model.eval(), args.source, native_size(args.source)  # the size the detector works at
-    if Path(args.source).is_file() and is_detection_checkpoint(args.source):
-        model, info = load_detector_checkpoint(args.source)
-        return model, info["recipe"].model, info["recipe"].img_size
-    return None
-
-
-def _load_segmenter(args: argparse.Namespace):
-    """``(segmenter, name, img_size, normalization)`` when the source is a segmentation model
-    name or a segmentation training checkpoint, else None."""
-    import mobilenets
-    from ..models.registry import is_model
-    from ..tasks.segmentation.infer import is_segmentation_checkpoint, load_segmenter_checkpoint
-
-    if is_model(args.source) and mobilenets.get_entry(args.source).task == "segmentation":
-        model = mobilenets.create_model(args.source, num_classes=args.num_classes or 21, pretrained=args.weights)
-        return model.eval(), args.source, 520, None
-    if Path(args.source).is_file() and is_segmentation_checkpoint(args.source):
-        model, info = load_segmenter_checkpoint(args.source)
-        r = info["recipe"]
-        return model, r.model, r.img_size, (tuple(r.mean), tuple(r.std))
-
-
-def _export_segmenter(args: argparse.Namespace, model, name: str, img_size: int, norm) -> int:
-    from ..deploy import export_onnx
-
-    size = tuple(args.input_size) if args.input_size else (img_size, img_size)
-    if args.format != "onnx":  # the "out" logits as one tensor (deploy.mobile.MainOutput)
-        norm = None if norm is None else {"mean": norm[0], "std": norm[1]}
-        return _export_mobile(args, model, {"name": name, "norm": norm}, size, Path(args.out))
-    if args.int8:
-        raise UserError("--int8 ONNX exports are for classifiers; segmenters export ONNX in fp32 (BatchNorm "
-                        "folded), or INT8 with --format executorch|tflite")
-    path = export_onnx(model, args.out, input_size=size, opset=args.opset, dynamic_batch=args.dynamic_batch)
-    outs = "out, aux" if getattr(model, "aux_loss", False) else "out"
-    print(f"wrote {path} ({path.stat().st_size / 2 ** 20:.1f} MiB): {name}, fp32, BatchNorm folded, input "
-          f"{'N' if args.dynamic_batch else '1'}x3x{size[0]}x{size[1]}"
-          + (f" normalized with mean {norm[0]} std {norm[1]}" if norm else " (normalized)")
-          + f", outputs {outs} (N x {model.num_classes} x H x W logits), opset {args.opset}, "
-            f"checked with ONNX Runtime (1e-4 relative)")
-    return 0
-
-
-def _export_detector(args: argparse.Namespace, model, name: str, img_size: int) -> int:
-    from ..tasks.detection.export import export_detector_onnx
-
-    if args.int8 or args.dynamic_batch:
-        raise UserError("detectors export one fp32 image at a time with NMS in the graph: "
-                        "--int8 and --dynamic-batch are for classifiers")
-    size = tuple(args.input_size) if args.input_size else (img_size, img_size)
-    path = export_detector_onnx(model, args.out, input_size=size, opset=args.opset)
-    print(f"wrote {path} ({path.stat().st_size / 2 ** 20:.1f} MiB): {name}, fp32, BatchNorm folded, "
-          f"decode + NMS in the graph, input image 3x{size[0]}x{size[1]} in [0, 1], opset {args.opset}, "
-          f"checked with ONNX Runtime (boxes within 1e-3 px)")
-    return 0
+def _short(values) -> str:
+    return "(" + ", ".join(f"{v:.3g}" for v in values) + ")"
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -215,8 +126,6 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     print(report.table(markdown=args.markdown))
     print("\nms: median per batch; p25-p75: quartiles of the timed iterations. x timm ORT / x timm eager: "
           "ratio of medians in this run (< 1: faster); x roofline: ms / (MACs / measured peak MAC rate), fp32 paths only.")
-    for line in report.goals():
-        print("goal " + line)
     emit_json(args, report.as_dict())
     return 0
 

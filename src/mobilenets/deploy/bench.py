@@ -47,7 +47,7 @@ from typing import Callable, Iterable, Optional, Sequence
 
 import torch
 
-from .bench_paths import ALL_PATHS, FP32_OURS, INT8_PATHS, LABELS, build_paths
+from .bench_paths import ALL_PATHS, FP32_OURS, INT8_PATHS, LABELS, build_paths  # noqa: F401  (FP32_OURS re-exported)
 from .timing import interleaved_timings, machine_info, quantile, ratio_spread  # noqa: F401  (re-exported)
 
 # --- the benchmark ---------------------------------------------------------------------------
@@ -98,41 +98,6 @@ class BenchReport:
         if not self.peak_macs or model not in self.macs:
             return None
         return self.macs[model] * batch / self.peak_macs * 1e3
-
-    def goals(self) -> list[str]:
-        """The deployment goals, checked on this run's ratios (one line per model and batch)."""
-        out = []
-        by = {}
-        for r in self.rows:
-            by.setdefault((r.model, r.batch), {})[r.path] = r
-        for (model, batch), rs in by.items():
-            ms = {p: r.ms for p, r in rs.items() if r.ms is not None}
-            parts = []
-            fused = {p: ms[p] for p in ("fused_cl", "fused_onednn") if p in ms}
-            if fused and "timm_eager" in ms:
-                best = min(fused, key=fused.get)
-                v = fused[best] / ms["timm_eager"]
-                parts.append(f"fused ({best})/timm eager {v:.2f} ({'met' if v <= 0.7 else 'not met'}, goal <= 0.7)")
-            fp32 = {p: ms[p] for p in FP32_OURS if p in ms}
-            if fp32 and "timm_ort" in ms:
-                best = min(fp32, key=fp32.get)
-                v = fp32[best] / ms["timm_ort"]
-                parts.append(f"best fp32 ({best})/timm ORT {v:.2f} ({'met' if v <= 1.0 else 'not met'}, goal <= 1.0)")
-            if fp32 and self.roofline_ms(model, batch):
-                v = min(fp32.values()) / self.roofline_ms(model, batch)
-                parts.append(f"best fp32/roofline limit {v:.2f} ({'met' if v <= 1.5 else 'not met'}, goal <= 1.5)")
-            for q, f, what in (("et_xnnpack_int8", "et_xnnpack_fp32", "ExecuTorch"), ("litert_int8", "litert_fp32", "LiteRT")):
-                if q in ms and f in ms:
-                    v = ms[q] / ms[f]
-                    parts.append(f"{what} INT8/fp32 {v:.2f} ({'met' if v <= 0.5 else 'not met'}, goal <= 0.5)")
-            if "et_xnnpack_fp32" in ms and "ort_fp32" in ms:
-                parts.append(f"ExecuTorch fp32/ORT fp32 {ms['et_xnnpack_fp32'] / ms['ort_fp32']:.2f}")
-            if "ort_int8" in ms and "timm_ort" in ms:
-                v = ms["ort_int8"] / ms["timm_ort"]
-                parts.append(f"INT8/timm ORT {v:.2f} ({'met' if v <= 0.5 else 'not met'}, goal <= 0.5)")
-            if parts:
-                out.append(f"{model} b{batch}: " + "; ".join(parts))
-        return out
 
     def table(self, markdown: bool = False) -> str:
         from ..textutil import table

@@ -118,8 +118,9 @@ class ExecuTorchRuntime(Runtime):
     ``to_edge_transform_and_lower`` with ``XnnpackPartitioner``, ``to_executorch``; the file runs
     in ``executorch.runtime``."""
 
-    name, label, suffix = "executorch", "ExecuTorch", ".pte"
+    name, label, suffix = "executorch", "ExecuTorch (XNNPACK)", ".pte"
     backend = "the XNNPACK delegate (they would run on ExecuTorch's portable kernels, slowly)"
+    complete = "every op in XNNPACK"
 
     def require(self) -> None:
         _require_executorch()

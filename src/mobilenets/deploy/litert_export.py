@@ -136,6 +136,7 @@ class LiteRTRuntime(Runtime):
 
     name, label, suffix = "litert", "LiteRT", ".tflite"
     backend = "LiteRT's builtin ops (custom / Flex ops are not in the standard LiteRT runtime)"
+    complete = "builtin ops only"
     int8_forms = True
 
     def require(self) -> None:

@@ -1,13 +1,16 @@
-"""What the two on-device exporters share (:mod:`.executorch_export`, :mod:`.litert_export`).
+"""The one export driver (:func:`export_mobile`) and the :class:`Runtime` protocol every runtime
+implements: ONNX Runtime (:mod:`.onnx_export`), ExecuTorch-XNNPACK (:mod:`.executorch_export`),
+LiteRT (:mod:`.litert_export`); another runtime (CoreML, OpenVINO) is one more file.
 
-Both go through ``torch.export``: the model is fused (BatchNorms folded), its modules swapped
-for their ``"mobile"`` export forms (:mod:`.export_swaps`), exported at one fixed input shape,
-and, for INT8, quantized with PT2E (``prepare_pt2e`` -> calibration -> ``convert_pt2e``) by the
-runtime's own quantizer: per-channel symmetric int8 weights, static (calibrated) int8
-activations. Every file is then loaded and RUN in its runtime and checked against eager:
-fp32 within ``atol_rel`` relative; INT8 by its top-1 agreement with fp32 on the calibration
-images, and by its distance to the PT2E reference graph (the quantized model simulated in
-float by PyTorch).
+The driver fuses the model (BatchNorms folded), swaps its modules for the runtime's export forms
+(:mod:`.export_swaps`), and, for INT8, quantizes with the runtime's own quantizer (the on-device
+runtimes: PT2E, ``prepare_pt2e`` -> calibration -> ``convert_pt2e``, per-channel symmetric int8
+weights, static int8 activations; ONNX Runtime: its static QDQ quantizer on the fp32 file). The
+runtime lowers the net, the file is written atomically with the model's
+:class:`~mobilenets.models.info.ModelInfo` where the format holds metadata, then loaded and RUN in
+its runtime and checked against eager: fp32 within ``atol_rel`` relative (every output); INT8 by
+its top-1 agreement with fp32 on the calibration images, and by its distance to the runtime's
+INT8 reference (PT2E: the quantized model simulated in float by PyTorch).
 """
 
 from __future__ import annotations
@@ -43,7 +46,8 @@ class MobileExport(os.PathLike):
     ``Path(result)``); ``str(result)`` is the path.
 
     Attributes:
-        path: the file. runtime: ``"executorch"`` or ``"litert"``. precision: ``"fp32"`` / ``"int8"``.
+        path: the file. runtime: ``"onnx"``, ``"executorch"`` or ``"litert"``. precision: ``"fp32"`` /
+            ``"int8"``.
         input_shape: the fixed input ``(N, C, H, W)``.
         max_rel_diff: fp32: max |runtime - eager| / max |eager| on a random input; INT8: the
             same against the PT2E reference graph (``None``: not verified).
@@ -64,6 +68,7 @@ class MobileExport(os.PathLike):
     agreement_images: int = 0
     outside: dict = field(default_factory=dict)
     ops: dict = field(default_factory=dict)
+    notes: tuple = ()  # the runtime's ("checked in <label>", fully-lowered phrase, INT8 reference) for summary()
 
     def __fspath__(self) -> str:
         return str(self.path)
@@ -77,18 +82,18 @@ class MobileExport(os.PathLike):
 
     def summary(self) -> str:
         """One line: what was checked, in the runtime."""
-        rt = {"executorch": "ExecuTorch (XNNPACK)", "litert": "LiteRT"}[self.runtime]
+        checked, complete, reference = self.notes or (f"checked in {self.runtime}", "fully lowered",
+                                                      "the INT8 reference")
         parts = []
         if self.max_rel_diff is not None:
-            vs = "the PT2E reference" if self.precision == "int8" else "eager"
+            vs = reference if self.precision == "int8" else "eager"
             parts.append(f"max diff {self.max_rel_diff:.1e} relative vs {vs}")
         if self.agreement is not None:
             parts.append(f"top-1 agreement with fp32 {100 * self.agreement:.1f}% on {self.agreement_images} "
                          f"calibration images")
-        where = "every op in XNNPACK" if self.runtime == "executorch" else "builtin ops only"
-        parts.append(where if self.fully_lowered else f"{sum(self.outside.values())} op(s) outside: "
+        parts.append(complete if self.fully_lowered else f"{sum(self.outside.values())} op(s) outside: "
                      + ", ".join(self.outside))
-        return f"checked in {rt}: " + "; ".join(parts)
+        return f"{checked}: " + "; ".join(parts)
 
 
 def check_mobile_args(path: Union[str, os.PathLike], input_size: Sequence[int], suffix: str,
@@ -131,17 +136,23 @@ class MainOutput(nn.Module):
         return self.model(x)["out"]
 
 
-def prepare(model: nn.Module, int8: bool = False) -> tuple[nn.Module, nn.Module, int]:
-    """``(fused eager net, its mobile export form, input channels)``; the model is not modified.
-    ``int8``: the forms for an INT8 file (``"mobile_int8"``). A segmenter (its
-    :func:`~mobilenets.models.info.model_info` task) exports its ``"out"`` logits
-    (:class:`MainOutput`)."""
+def prepare(model: nn.Module, int8: bool = False, target: Optional[str] = None, main_output: bool = True,
+            fused: bool = True) -> tuple[nn.Module, nn.Module, int]:
+    """``(fused eager net, its export form, input channels)``; the model is not modified.
+
+    ``target``: the export forms (:func:`~.export_swaps.swap_for_export`; default ``"mobile"``,
+    ``"mobile_int8"`` with ``int8``). ``main_output``: a segmenter (its
+    :func:`~mobilenets.models.info.model_info` task) exports its ``"out"`` logits as one tensor
+    (:class:`MainOutput`: what a mobile runtime returns); else every output, in order.
+    ``fused=False``: BatchNorms kept (a copy in eval mode)."""
+    import copy
+
     info = model_info(model)
-    fused = fuse(model)
-    if info.task == "segmentation":
-        fused = MainOutput(fused).eval()
-    net = swap_for_export(fused, target="mobile_int8" if int8 else "mobile")
-    return fused, net, info.in_chans
+    net = fuse(model) if fused else copy.deepcopy(model).eval()
+    if main_output and info.task == "segmentation":
+        net = MainOutput(net).eval()
+    form = swap_for_export(net, target=target or ("mobile_int8" if int8 else "mobile"))
+    return net, form, info.in_chans
 
 
 def resolve_calibration(calib: Union[str, os.PathLike, Calibration], input_size: tuple[int, int],
@@ -208,33 +219,48 @@ def rel_diff(out: torch.Tensor, ref: torch.Tensor) -> float:
     return float((out.float() - ref.float()).abs().max() / ref.float().abs().max().clamp_min(1e-12))
 
 
+def outputs(out: Any) -> list[torch.Tensor]:
+    """A model's or a runner's outputs as a list of tensors, in order (a dict's values, a list or
+    tuple, one tensor)."""
+    if isinstance(out, dict):
+        out = list(out.values())
+    if isinstance(out, (list, tuple)):
+        return [torch.as_tensor(o) for o in out]
+    return [torch.as_tensor(out)]
+
+
 def verify_export(run: Callable[[torch.Tensor], torch.Tensor], batch: int, fp32_net: nn.Module,
                   x: torch.Tensor, ref: torch.Tensor, atol_rel: float, what: str, int8: bool,
                   images: Optional[torch.Tensor]) -> tuple[float, Optional[float], int]:
     """Run the written file: ``(max rel diff, INT8 agreement with fp32 or None, images)``.
 
-    fp32: ``run(x)`` against ``ref`` (eager), ``RuntimeError`` above ``atol_rel``. INT8:
-    ``run(x)`` against ``ref`` (the PT2E reference graph), non-finite outputs are an error;
-    the agreement with ``fp32_net`` is measured on the first calibration ``images``.
+    fp32: every output of ``run(x)`` against ``ref`` (eager), ``RuntimeError`` above ``atol_rel``.
+    INT8: against ``ref`` (the runtime's INT8 reference), non-finite outputs are an error; the
+    agreement with ``fp32_net`` (a single 2-D output: logits) is measured on the first
+    calibration ``images``.
     """
     from .ort import agreement
 
-    out = run(x)
-    if tuple(out.shape) != tuple(ref.shape):
-        raise RuntimeError(f"{what} output has shape {tuple(out.shape)}, eager {tuple(ref.shape)}")
-    if not torch.isfinite(out).all():
-        raise RuntimeError(f"{what} produced non-finite outputs")
-    err = rel_diff(out, ref)
+    outs, refs = outputs(run(x)), outputs(ref)
+    if len(outs) != len(refs):
+        raise RuntimeError(f"{what} gives {len(outs)} output(s), eager {len(refs)}")
+    err = 0.0
+    for out, r in zip(outs, refs):
+        if tuple(out.shape) != tuple(r.shape):
+            raise RuntimeError(f"{what} output has shape {tuple(out.shape)}, eager {tuple(r.shape)}")
+        if not torch.isfinite(out).all():
+            raise RuntimeError(f"{what} produced non-finite outputs")
+        err = max(err, rel_diff(out, r))
     if not int8:
         if err > atol_rel:
             raise RuntimeError(f"{what} output differs from eager: relative max diff {err:.2e} > {atol_rel:.0e}")
         return err, None, 0
+    if len(refs) != 1 or refs[0].ndim != 2:
+        return err, None, 0
     imgs = images[:max(batch, (min(len(images), AGREEMENT_IMAGES) // batch) * batch)]
     with torch.no_grad():
         fp = torch.cat([fp32_net(c) for c in chunks(imgs, batch)])
-    q = torch.cat([run(c) for c in chunks(imgs, batch)])
-    if fp.ndim != 2:
-        return err, None, 0
+    q = torch.cat([outputs(run(c))[0] for c in chunks(imgs, batch)])
     return err, agreement(q, fp), len(imgs)
 
 
@@ -252,52 +278,71 @@ class Lowered:
 
 
 class Runtime:
-    """One on-device runtime for :func:`export_mobile`: the driver runs the steps every runtime
-    shares (check the arguments, fuse and swap in the export forms, calibrate and quantize,
-    take the reference output, lower, refuse ops outside the accelerated backend, write
-    atomically, run the written file and compare); a runtime supplies only these members.
+    """One runtime for :func:`export_mobile`: the driver runs the steps every runtime shares
+    (check the arguments, fuse and swap in the export forms, calibrate and quantize, take the
+    reference output, lower, refuse ops outside the accelerated backend, write atomically with
+    the model's record, run the written file and compare); a runtime supplies only these members.
 
     ``name`` (:attr:`MobileExport.runtime`), ``label`` (for messages), ``suffix`` (of its files),
-    ``backend`` (what "outside" means, for the error), ``int8_forms`` (whether INT8 exports use the
-    ``"mobile_int8"`` export forms), and the methods below."""
+    ``backend`` (what "outside" means, for the error), ``complete`` (the summary's phrase for a
+    file that lowered fully), ``int8_reference`` (what an INT8 file is compared with),
+    ``int8_forms`` (whether INT8 exports use the ``"mobile_int8"`` export forms), ``forms`` (the
+    fp32 export forms), ``main_output`` (a segmenter exports its ``"out"`` logits only: a mobile
+    file has one output), and the methods below. An instance may carry options (ONNX Runtime's
+    opset and dynamic batch)."""
 
     name: str = ""
     label: str = ""
     suffix: str = ""
     backend: str = ""
+    complete: str = "fully lowered"
+    int8_reference: str = "the PT2E reference"
     int8_forms: bool = False
+    forms: str = "mobile"
+    main_output: bool = True
+
+    @property
+    def checked(self) -> str:
+        """How :meth:`MobileExport.summary` opens: ``"checked in <label>"``."""
+        return f"checked in {self.label}"
 
     def require(self) -> None:
-        """:class:`~mobilenets.extras.MissingDependencyError` when its packages are missing."""
+        """:class:`~mobilenets.extras.MissingDependencyError` when its packages are missing
+        (``ValueError`` for options it cannot take)."""
         raise NotImplementedError
 
     def quantize(self, net: nn.Module, x: torch.Tensor, images: torch.Tensor) -> tuple[nn.Module, dict]:
-        """``(the PT2E-quantized net, options for lower)``."""
+        """``(the INT8 reference net, options for lower)``."""
         raise NotImplementedError
 
     def lower(self, net: nn.Module, x: torch.Tensor, options: dict, model_name: str) -> Lowered:
         """The program for ``net`` at input ``x`` (a :class:`LoweringError` when it cannot)."""
         raise NotImplementedError
 
-    def runner(self, path: str, threads: Optional[int] = None) -> Callable[[torch.Tensor], torch.Tensor]:
+    def runner(self, path: str, threads: Optional[int] = None) -> Callable[[torch.Tensor], Any]:
         """Something that runs the written file on a batch (``threads``: None for the runtime's
-        own verification setting)."""
+        own verification setting); a tensor, or a list of them for a file with several outputs."""
         raise NotImplementedError
+
+    def write_info(self, path: str, info) -> None:
+        """Record the model's :class:`~mobilenets.models.info.ModelInfo` in the written file (a
+        format without metadata: nothing)."""
 
 
 def export_mobile(runtime: Runtime, model: nn.Module, path: Union[str, os.PathLike],
                   input_size: Sequence[int] = (224, 224), calib=None, *, int8: Optional[bool] = None,
                   batch_size: int = 1, calib_count: int = DEFAULT_CALIB_COUNT, verify: bool = True,
-                  atol_rel: float = 1e-4, allow_fallback: bool = False) -> MobileExport:
-    """Export ``model`` for ``runtime`` (:func:`~mobilenets.deploy.export_executorch` and
-    :func:`~mobilenets.deploy.export_tflite` document the arguments), verified by running the
-    written file in the runtime."""
+                  atol_rel: float = 1e-4, allow_fallback: bool = False, fused: bool = True) -> MobileExport:
+    """Export ``model`` for ``runtime`` (any :class:`Runtime`: ONNX Runtime, ExecuTorch, LiteRT;
+    :func:`~mobilenets.deploy.export_executorch` documents the arguments), verified by running the
+    written file in the runtime. ``fused=False`` keeps the BatchNorms."""
     from ..weights.io import atomic_write
 
     path, size = check_mobile_args(path, input_size, runtime.suffix, batch_size)
     int8 = check_int8_args(calib, int8)
     runtime.require()
-    fused, net, in_chans = prepare(model, int8 and runtime.int8_forms)
+    target = "mobile_int8" if int8 and runtime.int8_forms else runtime.forms
+    fused, net, in_chans = prepare(model, target=target, main_output=runtime.main_output, fused=fused)
     x = torch.randn(batch_size, in_chans, *size, generator=torch.Generator().manual_seed(0))
     images, options = None, {}
     if int8:
@@ -316,6 +361,7 @@ def export_mobile(runtime: Runtime, model: nn.Module, path: Union[str, os.PathLi
 
     def write(tmp: str) -> None:
         lowered.write(tmp)
+        runtime.write_info(tmp, model_info(model).replace(input_size=(in_chans, *size)))
         if verify:
             result["check"] = verify_export(runtime.runner(tmp), batch_size, fused, x, ref, atol_rel,
                                             runtime.label, int8, images)
@@ -323,4 +369,4 @@ def export_mobile(runtime: Runtime, model: nn.Module, path: Union[str, os.PathLi
     atomic_write(path, write)
     err, agree, n_agree = result.get("check", (None, None, 0))
     return MobileExport(Path(path), runtime.name, "int8" if int8 else "fp32", tuple(x.shape), err, agree, n_agree,
-                        lowered.outside, lowered.ops)
+                        lowered.outside, lowered.ops, (runtime.checked, runtime.complete, runtime.int8_reference))

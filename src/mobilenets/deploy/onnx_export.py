@@ -1,28 +1,29 @@
-"""ONNX export, verified with ONNX Runtime.
+"""ONNX export, verified with ONNX Runtime: :class:`OnnxRuntime`, the ONNX Runtime
+:class:`~mobilenets.deploy.mobile.Runtime`, and :func:`export_onnx`.
 
 The graph is exported from the fused model (BatchNorms folded, no-ops removed), with the
 export forms of its modules swapped in (:mod:`.export_swaps`), by the TorchScript-based
-exporter; the file is written atomically (temp file + rename), so an
-interrupted or failed export never leaves a half-written model behind.
+exporter, through the one export driver: the file is written atomically (temp file + rename),
+so an interrupted or failed export never leaves a half-written model behind, then run in ONNX
+Runtime and compared with eager.
 """
 
 from __future__ import annotations
 
-import copy
 import json
+import tempfile
 import warnings
+from collections import Counter
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
 
 from ..extras import require
-from ..models.info import ModelInfo, model_info
+from ..models.info import ModelInfo
 from ..onnxrt import ort_session
-from ..weights.io import atomic_write
-from .export_swaps import swap_for_export
-from .fuse import fuse
+from .mobile import Lowered, Runtime
 
 MIN_OPSET, MAX_OPSET = 13, 20
 
@@ -30,7 +31,8 @@ MIN_OPSET, MAX_OPSET = 13, 20
 def export_onnx(model: nn.Module, path: Union[str, Path], input_size: Sequence[int] = (224, 224),
                 opset: int = 17, dynamic_batch: bool = False, fused: bool = True,
                 verify: bool = True, atol_rel: float = 1e-4) -> Path:
-    """Export ``model`` to ONNX at ``path``.
+    """Export ``model`` to ONNX at ``path`` (through the one export driver,
+    :func:`~mobilenets.deploy.export_mobile`, with :class:`OnnxRuntime`).
 
     Args:
         model: any model of this library: a classifier (output ``logits``), a ``features_only``
@@ -41,7 +43,7 @@ def export_onnx(model: nn.Module, path: Union[str, Path], input_size: Sequence[i
         dynamic_batch: make the batch dimension symbolic.
         fused: fold BatchNorms first (recommended; the math is the same).
         verify: run the file with ONNX Runtime and compare with eager; raise if max |diff| >
-            ``atol_rel`` x max |eager|.
+            ``atol_rel`` x max |eager| on any output.
 
     Returns:
         The path written.
@@ -50,39 +52,91 @@ def export_onnx(model: nn.Module, path: Union[str, Path], input_size: Sequence[i
         ValueError: unsupported opset or input size. RuntimeError: verification failed.
         MissingDependencyError: onnx (or, to verify, onnxruntime) is not installed.
     """
-    path = check_export_args(path, input_size, opset)
-    if verify:
-        require("onnxruntime", "checking the exported ONNX file with ONNX Runtime (verify=False skips it)")
-    net = fuse(model) if fused else copy.deepcopy(model).eval()
-    in_chans = model_info(model).in_chans
-    x = torch.randn(2 if dynamic_batch else 1, in_chans, *input_size)
-    with torch.no_grad():
-        ref = net(x)  # the eager modules: verification checks the export forms against them
-    swap_for_export(net, inplace=True)
-    if isinstance(ref, dict):  # a segmenter: its outputs, in order, under their own names
-        out_names, refs = list(ref), list(ref.values())
-    elif isinstance(ref, (list, tuple)):
-        out_names, refs = [f"features_{i}" for i in range(len(ref))], list(ref)
-    else:
-        out_names, refs = ["logits"], [ref]
-    axes = None
-    if dynamic_batch:
-        axes = {"input": {0: "batch"}, **{n: {0: "batch"} for n in out_names}}
+    from .mobile import export_mobile
 
-    def write(tmp: str) -> None:
+    path = check_export_args(path, input_size, opset)
+    runtime = OnnxRuntime(opset=opset, dynamic_batch=dynamic_batch, verify=verify)
+    return export_mobile(runtime, model, path, input_size, batch_size=2 if dynamic_batch else 1, verify=verify,
+                         atol_rel=atol_rel, fused=fused).path
+
+
+def output_names(out) -> list[str]:
+    """The ONNX output names of a model's output: a dict's keys (a segmenter: ``out``, ``aux``),
+    ``features_<i>`` for a list (``features_only``), else ``logits``."""
+    if isinstance(out, dict):
+        return list(out)
+    if isinstance(out, (list, tuple)):
+        return [f"features_{i}" for i in range(len(out))]
+    return ["logits"]
+
+
+class OnnxRuntime(Runtime):
+    """ONNX Runtime (CPU) as a :class:`~mobilenets.deploy.mobile.Runtime`: the TorchScript-based
+    exporter with the ``"onnx"`` export forms, every output kept under its name (input
+    ``input``); INT8 is ONNX Runtime's static QDQ quantization of the fp32 file
+    (:func:`~mobilenets.deploy.qdq.quantize_file`, :func:`~mobilenets.deploy.quantize_onnx`'s defaults) calibrated on the driver's images. The
+    file records the model's :class:`ModelInfo` in its metadata.
+
+    Args:
+        opset: 13-20. dynamic_batch: a symbolic batch dimension. verify: whether ONNX Runtime
+            will run the file (``require`` then asks for onnxruntime too).
+    """
+
+    name, label, suffix = "onnx", "ONNX Runtime", ".onnx"
+    backend = "ONNX Runtime"
+    complete = "every op in ONNX Runtime"
+    int8_reference = "the fp32 export"
+    forms = "onnx"
+    main_output = False
+    checked = "checked with ONNX Runtime"
+
+    def __init__(self, opset: int = 17, dynamic_batch: bool = False, verify: bool = True):
+        self.opset, self.dynamic_batch, self.verify = int(opset), bool(dynamic_batch), verify
+
+    def require(self) -> None:
+        require("onnx", "ONNX export")
+        if not MIN_OPSET <= self.opset <= MAX_OPSET:
+            raise ValueError(f"unsupported opset {self.opset}; expected {MIN_OPSET}..{MAX_OPSET} (17 is a good default)")
+        if self.verify:
+            require("onnxruntime", "checking the exported ONNX file with ONNX Runtime (verify=False skips it)")
+
+    def quantize(self, net, x, images):
+        return net, {"calibration": images}
+
+    def lower(self, net, x, options, model_name) -> Lowered:
+        import io
+
+        onnx = require("onnx", "ONNX export")
+        with torch.no_grad():
+            names = output_names(net(x))
+        axes = {"input": {0: "batch"}, **{n: {0: "batch"} for n in names}} if self.dynamic_batch else None
+        buf = io.BytesIO()
         with warnings.catch_warnings():  # the input-shape check is a constant in the traced graph
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
-            _export(tmp)
-        if verify:
-            _verify(tmp, x, refs, atol_rel)
+            torch.onnx.export(net, (x,), buf, input_names=["input"], output_names=names,
+                              opset_version=self.opset, dynamic_axes=axes, do_constant_folding=True, dynamo=False)
+        data = buf.getvalue()
+        ops = dict(Counter(n.op_type for n in onnx.load_from_string(data).graph.node))
+        calibration = options.get("calibration")
 
-    def _export(tmp: str) -> None:
-        torch.onnx.export(net, (x,), tmp, input_names=["input"], output_names=out_names,
-                          opset_version=int(opset), dynamic_axes=axes, do_constant_folding=True,
-                          dynamo=False)
-        write_model_info(tmp, model_info(model).replace(input_size=(in_chans, *input_size)))
+        def write(tmp: str) -> None:
+            if calibration is None:
+                Path(tmp).write_bytes(data)
+                return
+            from .qdq import quantize_file
+            with tempfile.TemporaryDirectory(prefix="mobilenets-onnx-") as d:
+                (Path(d) / "fp32.onnx").write_bytes(data)
+                quantize_file(Path(d) / "fp32.onnx", tmp, calibration)
+            ops.clear()  # the quantized file's operators
+            ops.update(Counter(n.op_type for n in onnx.load(tmp).graph.node))
+        return Lowered(write, ops)
 
-    return atomic_write(path, write)
+    def runner(self, path: str, threads: Optional[int] = None) -> Callable[[torch.Tensor], list]:
+        sess = ort_session(path, threads=threads or 0, feature="checking the exported ONNX file with ONNX Runtime")
+        return lambda x: [torch.from_numpy(o) for o in sess.run(None, {"input": x.numpy()})]
+
+    def write_info(self, path: str, info: ModelInfo) -> None:
+        write_model_info(path, info)
 
 
 #: the ONNX ``metadata_props`` key holding the exported model's :class:`ModelInfo` (JSON)
@@ -124,16 +178,3 @@ def check_export_args(path: Union[str, Path], input_size: Sequence[int], opset: 
     if path.suffix.lower() != ".onnx":
         raise ValueError(f"output file must end in .onnx, got {path.name!r}")
     return path
-
-
-def _verify(file: str, x: torch.Tensor, refs: list[torch.Tensor], atol_rel: float) -> Optional[float]:
-    sess = ort_session(file, feature="checking the exported ONNX file with ONNX Runtime")
-    outs = sess.run(None, {"input": x.numpy()})
-    worst = 0.0
-    for o, r in zip(outs, refs):
-        r = r.numpy()
-        err = float(abs(o - r).max() / max(abs(r).max(), 1e-12))
-        worst = max(worst, err)
-    if worst > atol_rel:
-        raise RuntimeError(f"ONNX Runtime output differs from eager: relative max diff {worst:.2e} > {atol_rel:.0e}")
-    return worst

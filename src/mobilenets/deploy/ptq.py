@@ -35,43 +35,18 @@ from __future__ import annotations
 
 import os
 import tempfile
-import warnings
-from collections import Counter
 from pathlib import Path
-from typing import Any, Sequence, Union
+from typing import Sequence, Union
 
-import numpy as np
 import torch.nn as nn
 
 from ..models.info import model_info
 from ..weights.io import atomic_write
-from . import onnx_passes
 from .calibration import NO_CALIBRATION, Calibration, _as_batches
 from .onnx_export import MAX_OPSET, export_onnx, read_model_info, write_model_info
-from .onnx_passes import (MIN_QDQ_OPSET, _dequantize_outputs, _drop_unused_initializers, _graph_input,
-                          _repeat_multiplier_dw_inputs, _spatial_means_as_global_pool, _unshare_initializers)
-from .ort import _quiet_ort_python_logging, _require_ort, ort_session, read_onnx
-
-METHODS = ("minmax", "entropy", "percentile")
-ACTIVATION_TYPES = ("uint8", "int8")
-WEIGHT_TYPES = ("int8", "uint8")
-
-
-def _pre_process(src: Path, dst: Path) -> Path:
-    """ONNX Runtime's recommended pre-processing (shape inference + graph optimization). It
-    matters for h-swish: with every tensor typed, the quantizer also quantizes the ``x *
-    hardsigmoid(x)`` product, and MobileNetV3's 19 h-swish ``Mul`` run as ``QLinearMul``
-    instead of float between DQ and Q. Without it the graph is quantized as is."""
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    try:
-        with _quiet_ort_python_logging():
-            quant_pre_process(str(src), str(dst))
-        return dst
-    except Exception as e:  # noqa: BLE001 - an optional step: quantize the unprocessed graph
-        warnings.warn(f"ONNX Runtime pre-processing failed ({type(e).__name__}: {str(e)[:120]}); quantizing the "
-                      f"graph as exported", stacklevel=3)
-        return src
+from .onnx_passes import MIN_QDQ_OPSET
+from .ort import _require_ort, read_onnx
+from .qdq import ACTIVATION_TYPES, METHODS, WEIGHT_TYPES, quantize_file  # noqa: F401  (re-exported)
 
 
 
@@ -127,10 +102,6 @@ def quantize_onnx(model_or_path: Union[nn.Module, str, os.PathLike], out: Union[
     if calibration is None:
         raise ValueError(NO_CALIBRATION)
     _require_ort()
-    import onnx
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_static)
-
     is_module = isinstance(model_or_path, nn.Module)
     if not is_module:
         src = Path(model_or_path)
@@ -144,68 +115,19 @@ def quantize_onnx(model_or_path: Union[nn.Module, str, os.PathLike], out: Union[
         shape = (in_chans, int(input_size[0]), int(input_size[1]))
         batches = _as_batches(calibration, shape, None if dynamic_batch else 1)  # fail before exporting
 
-    qtype = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
-    cmethod = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-               "percentile": CalibrationMethod.Percentile}[method]
     with tempfile.TemporaryDirectory(prefix="mobilenets-int8-") as tmpdir:
         fp32 = Path(tmpdir) / "fp32.onnx"
         if is_module:
             export_onnx(model_or_path, fp32, input_size=input_size, opset=opset, dynamic_batch=dynamic_batch)
-        proto = onnx.load(str(fp32 if is_module else src))
-        name, dims = _graph_input(proto)
-        if not is_module:
-            if len(dims) != 4:
-                raise ValueError(f"{src}: expected an image model with a 4-D input, got input {name!r} {dims}")
-            batches = _as_batches(calibration, dims[1:], dims[0])
-        _unshare_initializers(proto)
-        _repeat_multiplier_dw_inputs(proto)
-        _spatial_means_as_global_pool(proto)
-        _drop_unused_initializers(proto)
-        prepared = Path(tmpdir) / "prepared.onnx"
-        onnx.save(proto, str(prepared))
-        prepared = _pre_process(prepared, Path(tmpdir) / "preprocessed.onnx")
-
-        class _Reader(CalibrationDataReader):
-            def __init__(self):
-                self._it = iter([{name: b} for b in batches])
-
-            def get_next(self):
-                return next(self._it, None)
-
-        extra: dict[str, Any] = {}
-        if method == "percentile":
-            extra["CalibPercentile"] = 99.999
+        options = dict(per_channel=per_channel, method=method, activation_type=activation_type,
+                       weight_type=weight_type, reduce_range=reduce_range, float_output=float_output,
+                       exclude_nodes=exclude_nodes, verify=verify)
 
         def write(tmp: str) -> None:
-            with _quiet_ort_python_logging():
-                quantize_static(str(prepared), tmp, _Reader(), quant_format=QuantFormat.QDQ,
-                                per_channel=per_channel, reduce_range=reduce_range,
-                                activation_type=qtype[activation_type], weight_type=qtype[weight_type],
-                                calibrate_method=cmethod, nodes_to_exclude=list(exclude_nodes),
-                                extra_options=extra)
-            onnx_passes.finalize_qdq(tmp)  # any bias ONNX Runtime left float would keep its conv in float
-            if float_output:
-                _dequantize_outputs(tmp)
+            quantize_file(fp32 if is_module else src, tmp, batches if is_module else calibration, **options)
             if is_module:  # the fp32 export's record (the quantizer does not carry metadata over)
                 info = read_model_info(fp32)
                 if info is not None:
                     write_model_info(tmp, info)
-            if verify:
-                _verify_int8(tmp, name, batches[0])
 
         return atomic_write(out, write)
-
-
-
-def _verify_int8(path: str, input_name: str, batch: np.ndarray) -> None:
-    import onnx
-
-    m = onnx.load(path)
-    ops = Counter(n.op_type for n in m.graph.node)
-    if not ops.get("DequantizeLinear"):
-        raise RuntimeError(f"quantization produced no quantized operators (ops: {dict(ops)})")
-    sess = ort_session(path, threads=1)
-    outs = sess.run(None, {input_name: batch})
-    if not all(np.isfinite(o).all() for o in outs):
-        raise RuntimeError("the INT8 model produced non-finite outputs on the calibration images")
-

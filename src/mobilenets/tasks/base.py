@@ -20,7 +20,11 @@ overrides what differs):
 * summary: ``describe(values)`` (one log fragment);
 * after training: ``load(checkpoint)`` -> ``(model, info)``, the model rebuilt with the
   architecture options its recipe recorded (:func:`mobilenets.model_from_checkpoint` dispatches
-  here by the checkpoint's task).
+  here by the checkpoint's task); ``eval_checkpoint``, ``predict``;
+* export: ``export_module(model)`` (what every runtime exports: tensor in, tensors out),
+  ``export_formats`` / ``int8_formats`` (the runtimes it goes to), ``export(...)`` (through the
+  one export driver, :func:`mobilenets.deploy.export_mobile`, unless the task's file needs its
+  own checks) -> :class:`Exported`; ``mobilenets export`` has no per-task branch.
 
 A new task subclasses :class:`Task` in ``tasks/<task>/`` and registers itself with
 :func:`mobilenets.train.task.register_task` when its module is imported (``tasks/zoo.py``
@@ -40,6 +44,41 @@ import torch.nn as nn
 from ..data import DataBundle
 
 PathLike = Union[str, Path]
+
+#: ``mobilenets export --format`` -> the file suffix
+EXPORT_FORMATS = {"onnx": ".onnx", "executorch": ".pte", "tflite": ".tflite"}
+#: the runtimes' names, for messages
+FORMAT_LABELS = {"onnx": "ONNX", "executorch": "ExecuTorch", "tflite": "LiteRT"}
+
+
+@dataclass(frozen=True)
+class Exported:
+    """What :meth:`Task.export` wrote: the file, its input shape (a string, ``1x3x224x224``), how
+    it was made (``kind``: precision and method), what was checked (``checked``: one phrase) and
+    whether it takes normalized inputs (``normalized``; a detector's file normalizes itself)."""
+
+    path: Path
+    input_shape: str
+    kind: str
+    checked: str
+    normalized: bool = True
+
+
+def runtime_for(fmt: str, opset: int = 17, dynamic_batch: bool = False):
+    """The :class:`~mobilenets.deploy.mobile.Runtime` of an export format (``onnx``,
+    ``executorch``, ``tflite``)."""
+    if fmt == "onnx":
+        from ..deploy.onnx_export import OnnxRuntime
+        return OnnxRuntime(opset=opset, dynamic_batch=dynamic_batch)
+    if dynamic_batch:
+        raise ValueError(f"--format {fmt} writes a fixed-shape file (batch 1): drop --dynamic-batch")
+    if fmt == "executorch":
+        from ..deploy.executorch_export import EXECUTORCH
+        return EXECUTORCH
+    if fmt == "tflite":
+        from ..deploy.litert_export import LITERT
+        return LITERT
+    raise ValueError(f"unsupported format {fmt!r}; expected one of {', '.join(EXPORT_FORMATS)}")
 
 
 @dataclass(frozen=True)
@@ -180,3 +219,52 @@ class Task:
     def show_prediction(self, r: dict, **options: Any) -> list[str]:
         """One :meth:`predict` result as printable lines."""
         raise NotImplementedError
+
+    # --- export --------------------------------------------------------------------------------
+    #: the export formats its models go to, and those with INT8 (:data:`EXPORT_FORMATS`)
+    export_formats: tuple[str, ...] = tuple(EXPORT_FORMATS)
+    int8_formats: tuple[str, ...] = tuple(EXPORT_FORMATS)
+    #: its models, for messages (``classifiers``), and why its export formats are limited
+    plural: str = "models"
+    export_why: str = ""
+
+    def export_module(self, model: nn.Module) -> nn.Module:
+        """What every runtime exports: a module taking a normalized image batch and returning
+        tensors (a classifier: its logits, a feature extractor: its maps, a segmenter: its
+        ``out`` (and ``aux``) logits). The model itself unless the task wraps it."""
+        return model
+
+    def export(self, model: nn.Module, fmt: str, path: PathLike, input_size: tuple[int, int], *,
+               calib: Optional[torch.Tensor] = None, opset: int = 17, dynamic_batch: bool = False,
+               allow_fallback: bool = False) -> Exported:
+        """Write :meth:`export_module` of ``model`` as a ``fmt`` file (:data:`EXPORT_FORMATS`)
+        through the one export driver, verified by running it in its runtime; INT8 when
+        ``calib`` (normalized images) is given. ``ValueError`` for a format or option this
+        task's models do not take."""
+        from ..deploy.mobile import export_mobile
+
+        self.check_export(fmt, calib is not None, dynamic_batch)
+        res = export_mobile(runtime_for(fmt, opset, dynamic_batch), self.export_module(model), path, input_size,
+                            calib, batch_size=2 if dynamic_batch else 1, allow_fallback=allow_fallback)
+        shape = "x".join(str(s) for s in res.input_shape)
+        if dynamic_batch:
+            shape = "N" + shape[shape.index("x"):]
+        method = "static, QDQ" if fmt == "onnx" else "PT2E static, per-channel weights"
+        kind = f"INT8 ({method})" if calib is not None else "fp32, BatchNorm folded"
+        return Exported(res.path, shape, kind, (f"opset {opset}; " if fmt == "onnx" else "") + res.summary())
+
+    def check_export(self, fmt: str, int8: bool, dynamic_batch: bool) -> None:
+        """``ValueError`` naming what this task's models export to, for a format or INT8 they
+        do not take."""
+        if fmt not in EXPORT_FORMATS:
+            raise ValueError(f"unsupported format {fmt!r}; expected one of {', '.join(EXPORT_FORMATS)}")
+        if fmt not in self.export_formats:
+            from ..train.task import get_task, task_names
+            takers = [get_task(t).plural for t in task_names() if fmt in get_task(t).export_formats]
+            raise ValueError(f"{self.plural} export to {' / '.join(FORMAT_LABELS[f] for f in self.export_formats)} "
+                             f"only{f' ({self.export_why})' if self.export_why else ''}; --format {fmt} is for "
+                             + " and ".join(takers))
+        if int8 and fmt not in self.int8_formats:
+            raise ValueError(f"--int8 {FORMAT_LABELS[fmt]} exports are not for {self.plural}: they export "
+                             f"{FORMAT_LABELS[fmt]} in fp32 (BatchNorm folded)"
+                             + (f", or INT8 with --format {'|'.join(self.int8_formats)}" if self.int8_formats else ""))

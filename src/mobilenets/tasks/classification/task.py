@@ -32,6 +32,7 @@ class ClassificationTask(Task):
     """Image classification: ``(images, labels)`` batches, cross-entropy (label smoothing,
     MixUp / CutMix, distillation), validation top-1 / top-5."""
 
+    plural = "classifiers and feature extractors"
     name = "classify"
     models = "classification"
     best_metric = Metric("top1", "top-1", percent=True)

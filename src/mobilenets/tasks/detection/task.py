@@ -8,7 +8,7 @@ import torch.nn as nn
 
 from ...data import DataBundle
 from ...train.task import register_task
-from ..base import Metric
+from ..base import Exported, Metric
 from ..training import TaskModelTask
 from ...data import detection_collate
 from .training import architecture, detection_data, evaluate_detector, size_for_model
@@ -19,6 +19,8 @@ class DetectionTask(TaskModelTask):
     losses (torchvision's: box regression + classification, RPN losses for Faster R-CNN),
     validation mAP / mAP50 / mAP75 and per-class AP."""
 
+    plural = "detectors"
+    export_why = "decode + NMS in the graph"
     name = "detect"
     best_metric = Metric("map", "mAP")
     summary_metrics = (Metric("map50", "mAP50"), Metric("map75", "mAP75"))
@@ -66,6 +68,32 @@ class DetectionTask(TaskModelTask):
         [0, 1] and ``n`` images (per-class AP: :func:`evaluate_detector`)."""
         res = evaluate_detector(model, loader, device, dist)  # channels_last: the model's weights
         return {k: res[k] for k in ("map", "map50", "map75", "n")}
+
+    #: one fp32 image at a time, decode + NMS in the graph: ONNX (the mobile runtimes take no NMS)
+    export_formats = ("onnx",)
+    int8_formats = ()
+
+    def export_module(self, model: nn.Module) -> nn.Module:
+        """One ``(3, H, W)`` image in [0, 1] -> ``boxes``, ``labels``, ``scores`` (post-processing
+        included: :class:`~mobilenets.tasks.detection.export.DetectionOutputs`)."""
+        from .export import DetectionOutputs
+
+        return DetectionOutputs(model)
+
+    def export(self, model, fmt, path, input_size, *, calib=None, opset: int = 17, dynamic_batch: bool = False,
+               allow_fallback: bool = False) -> Exported:
+        """ONNX with the post-processing in the graph, checked detection by detection in ONNX
+        Runtime (:func:`~mobilenets.tasks.detection.export.export_detector_onnx`: its own
+        verification, boxes within 1e-3 px)."""
+        from .export import export_detector_onnx
+
+        self.check_export(fmt, calib is not None, dynamic_batch)
+        if dynamic_batch:
+            raise ValueError("detectors export one image at a time (decode + NMS in the graph): drop --dynamic-batch")
+        path = export_detector_onnx(model, path, input_size=input_size, opset=opset)
+        return Exported(path, f"image 3x{input_size[0]}x{input_size[1]} in [0, 1]",
+                        "fp32, BatchNorm folded, decode + NMS in the graph",
+                        f"opset {opset}; checked with ONNX Runtime (boxes within 1e-3 px)", normalized=False)
 
     def load(self, path, use_ema: bool = True, **options):
         from .infer import load_detector_checkpoint

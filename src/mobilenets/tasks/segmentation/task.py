@@ -19,6 +19,7 @@ class SegmentationTask(TaskModelTask):
     """Semantic segmentation: batches of ``(images (N, 3, H, W) in [0, 1], masks (N, H, W))``,
     torchvision's pixel cross-entropy (+ aux), validation mIoU / pixel accuracy / per-class IoU."""
 
+    plural = "segmenters"
     name = "segment"
     best_metric = Metric("miou", "mIoU")
     summary_metrics = (Metric("pixel_acc", "pixel accuracy"),)
@@ -63,6 +64,10 @@ class SegmentationTask(TaskModelTask):
         """mIoU, pixel accuracy and pixel loss over the whole (sharded) validation set."""
         res = evaluate_segmenter(model, loader, num_classes, self.normalize, device, channels_last, dist)
         return {k: res[k] for k in ("miou", "pixel_acc", "loss", "n")}
+
+    #: ONNX keeps ``out`` (and ``aux``) by name; a mobile file returns the ``out`` logits; INT8 is
+    #: PT2E for the mobile runtimes (ONNX Runtime's QDQ quantizer is set up for classifiers)
+    int8_formats = ("executorch", "tflite")
 
     def load(self, path, use_ema: bool = True, **options):
         from .infer import load_segmenter_checkpoint
