@@ -62,8 +62,10 @@ def test_prune_intermediate_layers_matches_timm(pair, indices):
     ref, ours, x = pair
     ref, ours = copy.deepcopy(ref), copy.deepcopy(ours)
     assert ours.prune_intermediate_layers(indices) == ref.prune_intermediate_layers(indices)
-    assert ours.head is None and ours.num_features == ref.num_features
+    # a working model, as timm's: no classifier, forward returns the (unpooled) final map
+    assert ours.num_features == ref.num_features and ours.num_classes == ref.num_classes == 0
     with torch.no_grad():
+        _close(ours(x), ref(x))
         r_maps = ref.forward_intermediates(x, indices=indices, intermediates_only=True)
         o_maps = ours.forward_intermediates(x, indices=indices, intermediates_only=True)
     assert len(o_maps) == len(r_maps)
@@ -89,7 +91,8 @@ def test_mobileformer_intermediates_and_prune():
         torch.testing.assert_close(final.map, model.forward_features(x).map)
         assert [m.shape[1] for m in maps] == [f["num_chs"] for f in model.feature_info]
         assert model.prune_intermediate_layers([1, 3]) == [1, 3]
-        assert model.head is None and model.to_former is None and len(model.stages) == 4  # stride 32 gone
+        assert model.to_former is None and len(model.stages) == 4  # stride 32 gone
+        torch.testing.assert_close(model(x), maps[3])  # a working model: forward gives the last kept map
         torch.testing.assert_close(model.forward_intermediates(x, [1, 3], intermediates_only=True),
                                    [maps[1], maps[3]])
 

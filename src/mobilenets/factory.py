@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import os
 import re
 from pathlib import Path
 from typing import Optional, Sequence, Union
@@ -23,7 +24,11 @@ Pretrained = Union[None, bool, str, Path, dict]
 def create_model(name: str, pretrained: Pretrained = None, num_classes: Optional[int] = None,
                  in_chans: int = 3, features_only: bool = False,
                  out_indices: Optional[Sequence[int]] = None, feature_location: str = "",
-                 strict: bool = True, **kwargs) -> nn.Module:
+                 strict: bool = True, *, device: Union[None, str, torch.device] = None,
+                 dtype: Optional[torch.dtype] = None, checkpoint_path: Union[None, str, Path] = None,
+                 feature_cls: Optional[str] = None, scriptable: Optional[bool] = None,
+                 exportable: Optional[bool] = None, no_jit: Optional[bool] = None,
+                 cache_dir: Union[None, str, Path] = None, **kwargs) -> nn.Module:
     """Build a registered model.
 
     Args:
@@ -41,7 +46,18 @@ def create_model(name: str, pretrained: Pretrained = None, num_classes: Optional
             ``"expansion"`` (the expanded map inside each level's last block; see
             :class:`FeatureExtractor`).
         strict: passed to :func:`mobilenets.load_weights`.
-        **kwargs: model options: ``width_mult``, ``drop_rate``, ``drop_path_rate``,
+        device, dtype: where and in which dtype the parameters and buffers are (timm's
+            ``device=`` / ``dtype=``; a ``torch.device`` context works too).
+        checkpoint_path: a weights file loaded after the model is built (timm's keyword; the
+            same loader as ``pretrained``).
+        feature_cls: with ``features_only``, timm's feature wrapper name: ``"list"``,
+            ``"getter"``, ``"hook"``, ``"fx"`` (all give the list of maps; one wrapper serves
+            them here) or ``"dict"`` (maps keyed by module path).
+        scriptable, exportable, no_jit: timm's layer-config flags, accepted: every model here
+            scripts and exports as built (export forms are swapped in by the exporters).
+        cache_dir: where ``hf-hub:`` weights are cached (the Hugging Face default otherwise).
+        **kwargs: model options (timm's ``global_pool``, ``drop_rate``, ``drop_path_rate``,
+            ``bn_momentum`` / ``bn_eps`` included): ``width_mult``, ``drop_rate``, ``drop_path_rate``,
             ``output_stride``, and family options (V3: ``reduced_tail``, ``dilated``). Task
             models (``ssdlite320_*``, ``fasterrcnn_*``, ``retinanet_*``) take their own options,
             e.g. ``pretrained_backbone=``, ``trainable_backbone_layers=`` (see
@@ -51,6 +67,12 @@ def create_model(name: str, pretrained: Pretrained = None, num_classes: Optional
         KeyError/ValueError: unknown name (with the closest matches) or bad options.
     """
     entry = get_entry(name)
+    for flag, value in (("scriptable", scriptable), ("exportable", exportable), ("no_jit", no_jit)):
+        if value is not None and not isinstance(value, bool):
+            raise TypeError(f"{flag} must be True, False or None, got {value!r}")
+    _timm_bn_args(kwargs, entry)
+    if cache_dir is not None:
+        os.environ.setdefault("HF_HUB_CACHE", str(cache_dir))
     if pretrained is True:
         raise ValueError(
             f"pretrained=True: mobilenets downloads nothing implicitly; pass a checkpoint path or "
@@ -67,6 +89,7 @@ def create_model(name: str, pretrained: Pretrained = None, num_classes: Optional
         except TypeError as e:
             raise TypeError(f"{name}: {e}{_keyword_hint(e, entry)}") from None
         # the builder knows the task model's shape (backbone, classes, native size); the name is ours
+        model = _place(model, device, dtype)
         return set_model_info(model, model_info(model).replace(name=name, task=entry.task, family=entry.family))
     num_classes = 1000 if num_classes is None else num_classes
     try:
@@ -77,12 +100,51 @@ def create_model(name: str, pretrained: Pretrained = None, num_classes: Optional
     set_model_info(model, info)
     if pretrained is not None and pretrained is not False:
         load_weights(model, pretrained, strict=strict)
+    if checkpoint_path:
+        load_weights(model, checkpoint_path, strict=strict)
+    model = _place(model, device, dtype)
     if features_only:
-        model = set_model_info(FeatureExtractor(model, out_indices, feature_location), info)
+        model = set_model_info(FeatureExtractor(model, out_indices, feature_location,
+                                                output=_feature_output(feature_cls)), info)
+    elif feature_cls is not None:
+        raise ValueError(f"feature_cls is only used with features_only=True, got feature_cls={feature_cls!r}")
     elif out_indices is not None or feature_location:
         raise ValueError(f"out_indices and feature_location are only used with features_only=True, "
                          f"got out_indices={out_indices}, feature_location={feature_location!r}")
     return model
+
+
+#: timm's ``feature_cls`` names -> what our one extractor returns
+FEATURE_CLS = {"list": "list", "getter": "list", "hook": "list", "fx": "list", "dict": "dict"}
+
+
+def _feature_output(feature_cls) -> str:
+    if feature_cls is None or feature_cls is FeatureExtractor:
+        return "list"
+    key = feature_cls.lower() if isinstance(feature_cls, str) else feature_cls
+    if key not in FEATURE_CLS and not (isinstance(key, str) and "hook" in key):
+        raise ValueError(f"feature_cls must be one of {', '.join(FEATURE_CLS)} (timm's wrapper names), got "
+                         f"{feature_cls!r}")
+    return FEATURE_CLS.get(key, "list")
+
+
+def _timm_bn_args(kwargs: dict, entry) -> None:
+    """timm's ``bn_momentum`` / ``bn_eps`` -> our ``norm_momentum`` / ``norm_eps`` (same meaning:
+    PyTorch's BatchNorm momentum and epsilon), for builders that take them."""
+    for timm_key, ours in (("bn_momentum", "norm_momentum"), ("bn_eps", "norm_eps")):
+        if timm_key in kwargs and ours in entry.options:
+            if ours in kwargs:
+                raise TypeError(f"pass {timm_key} or {ours}, not both")
+            kwargs[ours] = kwargs.pop(timm_key)
+
+
+def _place(model: nn.Module, device, dtype) -> nn.Module:
+    """``model`` on ``device`` / in ``dtype`` (floating parameters and buffers; None: as is)."""
+    if device is None and dtype is None:
+        return model
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise TypeError(f"dtype must be a floating torch.dtype (torch.float32, torch.bfloat16, ...), got {dtype!r}")
+    return model.to(device=device, dtype=dtype)
 
 
 def _keyword_hint(error: TypeError, entry) -> str:

@@ -44,6 +44,8 @@ class MultiQueryAttention2d(nn.Module):
         if query_stride > 1:
             self.q_pool = nn.AvgPool2d(query_stride)
             self.q_norm = norm(dim)
+        else:  # unused (no parameters); present so TorchScript compiles the stride test in _project
+            self.q_pool = self.q_norm = nn.Identity()
         self.q = nn.Conv2d(dim, num_heads * key_dim, 1, bias=False)
 
         def kv_down() -> nn.Module:

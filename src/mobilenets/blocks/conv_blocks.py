@@ -20,6 +20,9 @@ class ResidualBlock(nn.Module):
     depth and the shortcut, so every block handles them the same way.
     """
 
+    #: shape facts for builders and tasks, not for TorchScript (which would compile properties)
+    __jit_unused_properties__ = ['pre_stride_chs']
+
     def __init__(self, in_chs: int, out_chs: int, stride: int, skip: bool = True,
                  drop_path: float = 0.0, layer_scale: Optional[float] = None):
         super().__init__()
@@ -78,6 +81,9 @@ class ResidualBlock(nn.Module):
 class ConvBlock(ConvNormAct):
     """A plain conv-BN-act used as a block (MobileNetV4 ``cn`` rows and the last 1x1 conv of
     V2/V3/V4). Same parameters as :class:`ConvNormAct`."""
+
+    #: shape facts for builders and tasks, not for TorchScript (which would compile properties)
+    __jit_unused_properties__ = ['out_chs', 'stride', 'in_chs']
 
     @property
     def out_chs(self) -> int:
@@ -182,6 +188,9 @@ class UniversalInvertedBottleneck(ResidualBlock):
         start_k: start depthwise kernel (0: none). mid_k: middle depthwise kernel (0: none).
         mid_chs: expanded channels (``make_divisible(in_chs * expand, 8)``).
     """
+
+    #: shape facts for builders and tasks, not for TorchScript (which would compile properties)
+    __jit_unused_properties__ = ['kind', 'pre_stride_chs']
 
     def __init__(self, in_chs: int, out_chs: int, mid_chs: int, start_k: int = 0, mid_k: int = 3,
                  stride: int = 1, dilation: int = 1, act: ActLike = "relu",

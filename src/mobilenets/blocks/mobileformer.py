@@ -44,6 +44,7 @@ import torch.nn as nn
 
 from ..layers import ConvNormAct, DropPath
 from ..layers.bn_stats import check_batch_stats
+from ..layers.pool import GlobalPool, UnsupportedPoolError
 from ..layers.conv import NormLayer
 
 __all__ = ["ChannelShuffle", "DynamicReLU", "FormerToMobile", "Former", "LiteBottleneck",
@@ -454,6 +455,11 @@ class MergedHead(nn.Module):
     ``forward(x, tokens, pre_logits=False)``: ``x`` the final feature map, ``tokens``
     ``(N, M, d)``; ``pre_logits=True`` returns the ``hidden`` vector.
 
+    ``pool_type`` (timm's ``global_pool``): ``"avg"`` (the paper's), ``"max"`` or ``"avgmax"``
+    (the same width); ``""``: no pooling, the head returns the expanded map ``(N, expand * C, H,
+    W)`` (what it would pool; the token joins only pooled vectors). ``"catavgmax"`` would double
+    the width the hidden Linear was built for: refused.
+
     Args:
         in_chs: channels of the final map. token_dim: token width.
         hidden: hidden width (``head_hidden_size``). num_classes: outputs (0: no classifier).
@@ -461,13 +467,15 @@ class MergedHead(nn.Module):
         groups: groups of the 1x1 conv (channel shuffle before it when > 1).
         drop_rate: dropout before the classifier.
         norm: norm layer factory for the conv's BN.
+        pool_type: see above.
     """
 
     def __init__(self, in_chs: int, token_dim: int, hidden: int, num_classes: int = 1000,
                  expand: int = 6, groups: int = 1, drop_rate: float = 0.0,
-                 norm: NormLayer = nn.BatchNorm2d):
+                 norm: NormLayer = nn.BatchNorm2d, pool_type: str = "avg"):
         super().__init__()
         self.in_chs, self.hidden_size = in_chs, hidden
+        self.pool = GlobalPool(self._check_pool(pool_type))
         self.shuffle = _shuffle(groups, groups > 1)
         self.expand = ConvNormAct(in_chs, in_chs * expand, 1, groups=groups, norm=norm, act="relu6")
         self.pool_act = nn.Hardswish()
@@ -477,13 +485,31 @@ class MergedHead(nn.Module):
         self.drop = nn.Dropout(drop_rate)
         self.fc = nn.Linear(hidden, num_classes) if num_classes > 0 else nn.Identity()
 
-    def reset(self, num_classes: int) -> None:
-        self.fc = nn.Linear(self.hidden_size, num_classes) if num_classes > 0 else nn.Identity()
+    @staticmethod
+    def _check_pool(pool_type: str) -> str:
+        if pool_type == "catavgmax":
+            raise UnsupportedPoolError("Mobile-Former's head concatenates the pooled map with a token into a "
+                                       "hidden Linear sized for one pooled vector: global_pool='catavgmax' would "
+                                       "double it; use 'avg', 'max', 'avgmax' or ''")
+        return pool_type
+
+    def reset(self, num_classes: int, pool_type: Optional[str] = None) -> None:
+        """Replace the final Linear (on the head's device / dtype, in its mode); ``pool_type``:
+        change the pooling too (``None`` keeps it)."""
+        if pool_type is not None:
+            self.pool = GlobalPool(self._check_pool(pool_type))
+        ref = self.hidden.weight
+        self.fc = (nn.Linear(self.hidden_size, num_classes, device=ref.device, dtype=ref.dtype)
+                   if num_classes > 0 else nn.Identity())
+        self.train(self.training)
 
     def forward(self, x: torch.Tensor, tokens: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        check_batch_stats(x, self.training, "Mobile-Former head")
-        x = self.pool_act(self.expand(self.shuffle(x)).mean((2, 3)))
-        x = self.act(self.norm(self.hidden(torch.cat([x, tokens[:, 0]], dim=1))))
+        if self.pool.pool_type != "":
+            check_batch_stats(x, self.training, "Mobile-Former head")
+        x = self.pool(self.expand(self.shuffle(x)))
+        if self.pool.pool_type == "":  # pooling disabled: the map the head would pool
+            return x
+        x = self.act(self.norm(self.hidden(torch.cat([self.pool_act(x), tokens[:, 0]], dim=1))))
         if pre_logits:
             return x
         return self.fc(self.drop(x))

@@ -45,6 +45,9 @@ class ConvNormAct(nn.Module):
         bias: force a conv bias (default: only when there is no norm).
     """
 
+    #: shape facts for builders and tasks, not for TorchScript (which would compile properties)
+    __jit_unused_properties__ = ['in_chs', 'out_chs']
+
     def __init__(self, in_chs: int, out_chs: int, kernel_size: int = 1, stride: int = 1,
                  dilation: int = 1, groups: int = 1, norm: Optional[NormLayer] = nn.BatchNorm2d,
                  act: ActLike = "relu", aa: Optional[str] = None, bias: Optional[bool] = None):

@@ -23,7 +23,6 @@ Protocol for consumers (detection / segmentation heads, feature extractors):
   feature levels (one per resolution) with timm's semantics (see :mod:`.intermediates`).
 """
 
-from __future__ import annotations
 
 from typing import Any, Collection, Optional, Sequence
 
@@ -91,9 +90,10 @@ class Backbone(IntermediatesMixin, nn.Module):
     :meth:`_begin`, :meth:`_run_stage` and :meth:`_finish`.
     """
 
-    in_chans: int
-    num_classes: int
-    feature_info: list[dict]
+    # (no class-level annotations: TorchScript reads them as attribute types)
+    #: recompute each stage in the backward pass instead of storing its activations
+    #: (:meth:`set_grad_checkpointing`)
+    grad_checkpointing = False
 
     # --- what a family provides ---------------------------------------------------------
     def _begin(self, x: torch.Tensor) -> State:
@@ -157,6 +157,9 @@ class Backbone(IntermediatesMixin, nn.Module):
                 fmap, tokens = split_state(state)
                 expanded, y = unit.forward_pre_stride(fmap)
                 state = y if tokens is None else type(state)(y, tokens)
+            elif self.grad_checkpointing and torch.is_grad_enabled():
+                run = self._run_block if blocks else self._run_stage
+                state = torch.utils.checkpoint.checkpoint(run, unit, state, use_reentrant=False)
             else:
                 state = self._run_block(unit, state) if blocks else self._run_stage(unit, state)
             if keep is None or i in keep or i == len(units):
@@ -177,13 +180,19 @@ class Backbone(IntermediatesMixin, nn.Module):
             out.append((blk.out_chs, red))
         return out
 
-    def forward_features(self, x: torch.Tensor) -> Any:
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Backbone output before pooling: ``(N, num_features, H/32, W/32)`` (with its tokens,
         as :class:`MapAndTokens`, for families that have them).
 
         Args:
             x: ``(N, in_chans, H, W)`` input, H, W >= 32.
         """
+        if torch.jit.is_scripting():  # TorchScript: a conv family's map through stem and stages
+            return self.stages(self.stem(x))
+        return self._walk_features(x)
+
+    @torch.jit.unused
+    def _walk_features(self, x: torch.Tensor) -> Any:
         return self._finish(self.walk(x, keep=())[-1].state)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -237,19 +246,60 @@ class Backbone(IntermediatesMixin, nn.Module):
         self.stages = self.stages[: self._level_positions()[max_index]]
         self.drop_head()
 
-    def reset_classifier(self, num_classes: int) -> None:
-        """Replace the final Linear with a fresh one.
+    def plain_head(self) -> None:
+        """Replace the head (and whatever only it reads) by a plain one on the final map:
+        no pooling, no classifier (``forward`` returns the ``num_features`` map, as timm's
+        pruned models do); :meth:`reset_classifier` then adds pooling and a classifier at
+        that width."""
+        from ..layers.head import ClassifierHead
+
+        self.drop_head()
+        ref = next((p for p in self.parameters() if p.is_floating_point()), None)
+        head = ClassifierHead(self.num_features, 0, pool_type="")
+        self.head = head.to(ref.device, ref.dtype) if ref is not None else head
+        self.head.train(self.training)
+        self.num_classes, self.head_hidden_size = 0, self.num_features
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        """Replace the final Linear with a fresh one, on the model's device and dtype and in
+        its train / eval mode.
 
         Args:
             num_classes: outputs of the new classifier (0: none, ``forward`` returns the
                 ``head_hidden_size`` vector).
+            global_pool: the pooling (timm's types: ``"avg"``, ``"max"``, ``"avgmax"``,
+                ``"catavgmax"``, ``""``: none); ``None`` keeps the current one. A pooling that
+                changes the width a hidden head layer was built for raises
+                :class:`~mobilenets.layers.pool.UnsupportedPoolError` (timm asserts).
         """
-        self.num_classes = num_classes
-        self.head.reset(num_classes)
+        if self.head is None:  # removed for feature extraction: a plain head at the final width
+            self.plain_head()
+        self.head.reset(num_classes, global_pool)
+        ref = next((p for p in self.parameters() if p.is_floating_point()), None)
+        if ref is not None:
+            self.head.to(ref.device, ref.dtype)
+        self.num_classes, self.head_hidden_size = num_classes, self.head.hidden_size
 
     def get_classifier(self) -> nn.Module:
         """The final Linear (``nn.Identity`` without classifier)."""
-        return self.head.fc
+        return self.head.fc if self.head is not None else nn.Identity()
+
+    # --- timm's training hooks ------------------------------------------------------------
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Gradient checkpointing: each stage's activations are recomputed in the backward
+        pass instead of stored (less memory, about one more forward of compute); the outputs
+        and gradients are the same."""
+        self.grad_checkpointing = bool(enable)
+
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """timm's parameter groups (layer-wise learning-rate decay, ``timm.optim``): the stem,
+        then one group per stage (``coarse``) or per block; the head falls in the last."""
+        return dict(stem=r"^stem", blocks=r"^stages\.(\d+)" if coarse else r"^stages\.(\d+)\.(\d+)")
+
+    def no_weight_decay(self) -> set:
+        """Parameter names to train without weight decay besides biases and norms (which timm's
+        optimizer factory already exempts): none for the conv families."""
+        return set()
 
     def fuse(self) -> "Backbone":
         """Fold BatchNorms and drop inference no-ops in place (see :func:`mobilenets.deploy.fuse`)."""

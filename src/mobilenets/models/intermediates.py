@@ -57,7 +57,7 @@ class IntermediatesMixin:
 
     def forward_intermediates(self, x: torch.Tensor, indices: Indices = None, norm: bool = False,
                               stop_early: bool = False, output_fmt: str = "NCHW",
-                              intermediates_only: bool = False) -> Any:
+                              intermediates_only: bool = False, extra_blocks: bool = False) -> Any:
         """Feature maps at the selected feature levels, with timm's semantics.
 
         Args:
@@ -67,6 +67,8 @@ class IntermediatesMixin:
             stop_early: run only the stages up to the deepest selected level.
             output_fmt: ``"NCHW"`` (the only layout).
             intermediates_only: return the list of maps only.
+            extra_blocks: index every block instead of the feature levels (0: the stem, ``i``:
+                block ``i - 1`` of :meth:`blocks`), as timm's option.
 
         Returns:
             ``(final, maps)``: ``final`` what :meth:`forward_features` returns (after a
@@ -75,40 +77,70 @@ class IntermediatesMixin:
         """
         if output_fmt != "NCHW":
             raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
-        taken, deepest = take_indices(len(self.feature_info), indices)
-        positions = self._level_positions()
-        wanted = {positions[i] for i in taken}
-        until = positions[deepest] if stop_early else None
-        steps = self.walk(x, until=until, keep=wanted)
+        if extra_blocks:
+            taken, deepest = take_indices(len(self.blocks()) + 1, indices)
+            wanted = set(taken)
+            steps = self.walk(x, until=deepest if stop_early else None, blocks=True, keep=wanted)
+            end = len(self.blocks())
+        else:
+            taken, deepest = take_indices(len(self.feature_info), indices)
+            positions = self._level_positions()
+            wanted = {positions[i] for i in taken}
+            steps = self.walk(x, until=positions[deepest] if stop_early else None, keep=wanted)
+            end = len(self.stages)
         maps = [split_state(s.state)[0] for s in steps if s.position in wanted]
         if intermediates_only:
             return maps
         state = steps[-1].state
-        final = self._finish(state) if steps[-1].position == len(self.stages) else state
+        final = self._finish(state) if steps[-1].position == end else state
         return final, maps
 
     def prune_intermediate_layers(self, indices: Indices = 1, prune_norm: bool = False,
-                                  prune_head: bool = True) -> list[int]:
-        """Drop what the selected levels do not need: the stages after the deepest one and,
-        with ``prune_head`` or when stages go, the head (as timm).
+                                  prune_head: bool = True, extra_blocks: bool = False) -> list[int]:
+        """Drop what the selected levels do not need, as timm: the stages after the deepest one
+        and, with ``prune_head`` or when stages go, the head, replaced by a plain one
+        (:meth:`~mobilenets.models.base.Backbone.plain_head`: ``forward`` returns the final
+        map; ``reset_classifier(n, "avg")`` adds a classifier at its width).
 
         Args:
             indices: the levels to keep (see :meth:`forward_intermediates`).
             prune_norm: accepted for timm compatibility (no final norm here).
             prune_head: remove the classifier.
+            extra_blocks: ``indices`` index every block (0: the stem), not the feature levels.
 
         Returns:
-            The resolved level indices (as timm: order and duplicates as given).
+            The resolved indices (as timm: order and duplicates as given).
         """
-        taken, deepest = take_indices(len(self.feature_info), indices)
-        keep = self._level_positions()[deepest]  # stem + stages[:keep]
-        if keep < len(self.stages) and (prune_head or deepest < len(self.feature_info) - 1):
-            self.stages = self.stages[:keep]
-            self.num_features = self.feature_info[deepest]["num_chs"]
-            self.drop_head()
-        elif prune_head:
-            self.drop_head()
+        if extra_blocks:
+            blocks = self.blocks()
+            taken, deepest = take_indices(len(blocks) + 1, indices)
+            prune_end = deepest < len(blocks)
+            if prune_end:
+                self._keep_blocks(deepest)
+                self.num_features = self.layer_shapes()[deepest][0] if deepest else self._stem_chs()
+        else:
+            taken, deepest = take_indices(len(self.feature_info), indices)
+            keep = self._level_positions()[deepest]  # stem + stages[:keep]
+            prune_end = keep < len(self.stages) and (prune_head or deepest < len(self.feature_info) - 1)
+            if prune_end:
+                self.stages = self.stages[:keep]
+                self.num_features = self.feature_info[deepest]["num_chs"]
+        if prune_end or prune_head:
+            self.plain_head()
         return taken
+
+    def _keep_blocks(self, n: int) -> None:
+        """Keep the first ``n`` blocks (over the stages; 0: the stem alone)."""
+        stages, left = [], n
+        for stage in self.stages:
+            if left <= 0:
+                break
+            stages.append(stage if len(stage) <= left else stage[:left])
+            left -= len(stage)
+        self.stages = nn.Sequential(*stages)
+
+    def _stem_chs(self) -> int:
+        return self.layer_shapes()[0][0]
 
     def expansion_info(self) -> list[dict]:
         """``feature_info`` for ``feature_location="expansion"``: per level, the expanded map

@@ -14,7 +14,7 @@ from ..archs.mobileformer import MobileFormerRow, MobileFormerSpec
 from ..blocks.mobileformer import (LiteBottleneck, MergedHead, MobileBottleneck, MobileDownsample,
                                    MobileFormerBlock, MobileToFormer)
 from ..layers import ConvNormAct, make_divisible
-from .base import Backbone, MapAndTokens, check_options, feature_levels
+from .base import Backbone, MapAndTokens, check_options, feature_levels, split_state
 
 #: What :meth:`MobileFormer.forward_head` accepts: :class:`MapAndTokens` or any ``(map, tokens)`` pair.
 Features = Union[MapAndTokens, tuple[torch.Tensor, torch.Tensor]]
@@ -62,6 +62,8 @@ class MobileFormer(Backbone):
             stride 1 and their depthwise convs (and those of every later block) are dilated
             instead, as :class:`~mobilenets.models.MobileNet` does (segmentation heads; not in
             the paper, so no checkpoint was trained that way).
+        global_pool: the head's pooling (timm's ``global_pool``): ``"avg"`` (the paper's),
+            ``"max"``, ``"avgmax"``, or ``""`` (the head returns the map it would pool).
 
     Attributes:
         tokens: the learned ``(M, d)`` token table.
@@ -75,7 +77,7 @@ class MobileFormer(Backbone):
     def __init__(self, spec: MobileFormerSpec, num_classes: int = 1000, in_chans: int = 3,
                  width_mult: float = 1.0, drop_rate: Optional[float] = None,
                  drop_path_rate: float = 0.0, norm_eps: Optional[float] = None,
-                 norm_momentum: Optional[float] = None, output_stride: int = 32):
+                 norm_momentum: Optional[float] = None, output_stride: int = 32, global_pool: str = "avg"):
         super().__init__()
         check_options(width_mult, drop_path_rate, in_chans)
         if output_stride not in (8, 16, 32):
@@ -116,7 +118,7 @@ class MobileFormer(Backbone):
         # The last Mobile->Former feeds the head's token (official `local_global`).
         self.to_former = MobileToFormer(in_chs, d, spec.bridge_heads, drop_path_rate)
         self.head = MergedHead(in_chs, d, spec.head_hidden, num_classes, spec.head_expand, spec.groups,
-                               spec.drop_rate if drop_rate is None else drop_rate, norm)
+                               spec.drop_rate if drop_rate is None else drop_rate, norm, global_pool)
         self.head.norm.eps, self.head.norm.momentum = eps, mom
         self.head_hidden_size = spec.head_hidden
         self._init_weights()
@@ -198,9 +200,27 @@ class MobileFormer(Backbone):
         Raises:
             ValueError: a bare map without tokens.
         """
+        if not isinstance(self.head, MergedHead):  # pruned: a plain head on the map
+            return self.head(split_state(x)[0], pre_logits=pre_logits)
         if not isinstance(x, (tuple, list)):
             raise ValueError(
                 "Mobile-Former's head needs the tokens: pass what forward_features(x) returns "
                 f"(a (map, tokens) pair), got a {type(x).__name__}")
         fmap, tokens = x
         return self.head(fmap, tokens, pre_logits=pre_logits)
+
+    def __prepare_scriptable__(self):
+        raise NotImplementedError(
+            "torch.jit.script does not take Mobile-Former: its stages pass (map, tokens) pairs to blocks of two "
+            "signatures (token-free lite bottlenecks and Mobile-Former blocks) chosen in Python. Deploy it with "
+            "torch.export / torch.compile, or mobilenets.deploy (ONNX, ExecuTorch, LiteRT); timm has no Mobile-Former")
+
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """timm's parameter groups: the stem with the token table, one group per stage
+        (``coarse``) or block; the final Mobile->Former and the head in the last."""
+        groups = super().group_matcher(coarse)
+        return dict(groups, stem=r"^stem|^tokens")
+
+    def no_weight_decay(self) -> set:
+        """The learned tokens train without weight decay (as transformers' class tokens)."""
+        return {"tokens"}

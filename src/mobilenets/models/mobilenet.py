@@ -12,50 +12,11 @@ from ..archs.spec import BlockSpec, NetSpec
 from ..blocks import (ConvBlock, DepthwiseSeparable, FusedIB, InvertedResidual, MobileMQA,
                       UniversalInvertedBottleneck)
 from ..layers import ConvNormAct, get_act, make_divisible
-from ..layers.bn_stats import check_batch_stats
+from ..layers.head import ClassifierHead, new_linear  # noqa: F401  (re-exported)
 from .base import MIN_INPUT_SIZE, Backbone, check_input, check_options, feature_levels
 
-__all__ = ["MIN_INPUT_SIZE", "ClassifierHead", "MobileNet", "build_block", "check_input", "register_spec"]
-
-torch.fx.wrap("check_batch_stats")  # a leaf under FX tracing (no branch on a traced shape)
-
-
-class ClassifierHead(nn.Module):
-    """Global average pool -> [hidden Linear (+BN1d) + act] -> dropout -> Linear.
-
-    V1/V2 have no hidden layer; V3 has Linear(960->1280, bias) + h-swish (the paper's
-    "efficient last stage", section 5.1); V4 has Linear(960->1280, no bias) + BN + act.
-    The hidden layer is a Linear on the pooled vector: the same math as a 1x1 conv on a 1x1 map.
-    """
-
-    def __init__(self, in_chs: int, num_classes: int, hidden: int = 0, norm: bool = False,
-                 act: Optional[str] = None, drop_rate: float = 0.0, norm_eps: float = 1e-5,
-                 norm_momentum: float = 0.1):
-        super().__init__()
-        self.in_chs = in_chs
-        if hidden:
-            self.hidden = nn.Linear(in_chs, hidden, bias=not norm)
-            self.norm = nn.BatchNorm1d(hidden, eps=norm_eps, momentum=norm_momentum) if norm else nn.Identity()
-            self.act = get_act(act, inplace=True)
-        else:
-            self.hidden = self.norm = self.act = nn.Identity()
-        self.hidden_size = hidden or in_chs
-        self.drop = nn.Dropout(drop_rate)
-        self.fc = nn.Linear(self.hidden_size, num_classes) if num_classes > 0 else nn.Identity()
-
-    def reset(self, num_classes: int) -> None:
-        """Replace the final Linear (``num_classes`` 0: remove it)."""
-        self.fc = nn.Linear(self.hidden_size, num_classes) if num_classes > 0 else nn.Identity()
-
-    def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Logits from the ``(N, C, H, W)`` feature map (``pre_logits``: the hidden vector)."""
-        if isinstance(self.norm, nn.BatchNorm1d):
-            check_batch_stats(x, self.training, "classifier head")
-        x = self.act(self.norm(self.hidden(x.mean((2, 3)))))
-        if pre_logits:
-            return x
-        return self.fc(self.drop(x))
-
+__all__ = ["MIN_INPUT_SIZE", "ClassifierHead", "MobileNet", "build_block", "check_input", "new_linear",
+           "register_spec"]
 
 def _scaled(b: BlockSpec, width_mult: float) -> int:
     if b.width == "fixed":
@@ -110,12 +71,15 @@ class MobileNet(Backbone):
         drop_path_rate: stochastic depth, growing linearly to this rate over the blocks.
         output_stride: 32 (default), 16 or 8: later strides become dilations (segmentation).
         norm_eps, norm_momentum: BatchNorm settings (default: the spec's).
+        global_pool: the head's pooling, timm's ``global_pool`` (``"avg"``, ``"max"``,
+            ``"avgmax"``, ``"catavgmax"``, or ``""``: none, the head runs per position).
     """
 
     def __init__(self, spec: NetSpec, num_classes: int = 1000, in_chans: int = 3,
                  width_mult: float = 1.0, drop_rate: Optional[float] = None,
                  drop_path_rate: float = 0.0, output_stride: int = 32,
-                 norm_eps: Optional[float] = None, norm_momentum: Optional[float] = None):
+                 norm_eps: Optional[float] = None, norm_momentum: Optional[float] = None,
+                 global_pool: str = "avg"):
         super().__init__()
         check_options(width_mult, drop_path_rate, in_chans)
         if output_stride not in (8, 16, 32):
@@ -156,7 +120,7 @@ class MobileNet(Backbone):
         self.num_features = in_chs
         self.head = ClassifierHead(in_chs, num_classes, spec.head.hidden, spec.head.norm,
                                    spec.head.act or spec.act,
-                                   spec.drop_rate if drop_rate is None else drop_rate, eps, mom)
+                                   spec.drop_rate if drop_rate is None else drop_rate, eps, mom, global_pool)
         self.head_hidden_size = self.head.hidden_size
         self._init_weights()
 
