@@ -163,6 +163,9 @@ class _ResizeKeepRatio:
     def __init__(self, size: Sequence[int], mode, longest: bool):
         self.size, self.mode, self.longest = list(size), mode, longest
 
+    def __repr__(self) -> str:
+        return f"ResizeKeepRatio(size={self.size}, interpolation={self.mode.value}, longest={self.longest})"
+
     def __call__(self, img):
         from torchvision.transforms.v2 import functional as F
 
@@ -178,6 +181,9 @@ class _CenterCropOrPad:
 
     def __init__(self, size: Sequence[int], mean: Sequence[float]):
         self.size, self.mean = list(size), list(mean)
+
+    def __repr__(self) -> str:
+        return f"CenterCropOrPad(size={self.size}, fill=mean)"
 
     def __call__(self, img):
         from torchvision.transforms.v2 import functional as F
@@ -195,6 +201,9 @@ class _CenterCropOrPad:
 class _ToFloat:
     """PIL image / array / uint8 tensor -> float tensor in [0, 1] (``/ 255``, as
     ``torchvision.transforms.functional.to_tensor`` does); a float tensor is left as it is."""
+
+    def __repr__(self) -> str:
+        return "ToFloat(/255)"
 
     def __call__(self, img):
         from torchvision.transforms.v2 import functional as F
