@@ -162,7 +162,7 @@ def model_from_checkpoint(path: str | Path, use_ema: bool = True, model_name: st
     model = create_model(name, num_classes=n, **(arch if isinstance(arch, dict) else {}))
     load_weights(model, sd)
     model.eval()
-    saved = ck.get("model_info") if (ck.get("model_info") or {}).get("name") == name else None
+    saved = ck.get("model_info") if (ck.get("model_info") or {}).get("name") == model_info(model).name else None
     set_model_info(model, trained_info(model_info(model), saved, recipe if recipe.get("model") == name else None))
     info = {"recipe": recipe, "classes": classes or [str(i) for i in range(n)],
             "epoch": ck.get("epoch"), "best": ck.get("best"), "model_info": model_info(model)}
