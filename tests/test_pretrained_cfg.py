@@ -26,10 +26,25 @@ OURS_ONLY = sorted(n for n, e in _REGISTRY.items() if e.task == "classification"
 LAYOUT = {"first_conv": "stem.conv", "classifier": "head.fc"}
 
 
+TIMM = {n: _REGISTRY[n].reference["timm"] for n in SHARED}
+
+
+def _timm_name(tagged: str) -> str:
+    arch, _, tag = tagged.partition(".")
+    return TIMM[arch] + (f".{tag}" if tag else "")
+
+
 def _timm_cfg(tagged: str) -> dict:
-    """The dict timm.create_model(tagged) attaches as model.pretrained_cfg (without building it)."""
-    arch, tag = tagged.split(".", 1)
-    return get_pretrained_cfg(f"{_REGISTRY[arch].reference['timm']}.{tag}").to_dict()
+    """The dict timm.create_model(tagged) attaches as model.pretrained_cfg (without building it),
+    its ``architecture`` our name (the same as timm's for every name so far)."""
+    return {**get_pretrained_cfg(_timm_name(tagged)).to_dict(), "architecture": tagged.split(".")[0]}
+
+
+def _timm_model_cfg(tagged: str, **kw) -> dict:
+    """timm's model's pretrained_cfg with our names: the architecture's and our modules'."""
+    with torch.device("meta"):
+        theirs = timm.create_model(_timm_name(tagged), pretrained=False, **kw)
+    return {**theirs.pretrained_cfg, "architecture": tagged.split(".")[0], **LAYOUT}, theirs
 
 
 def _meta(name: str, **kw):
@@ -42,7 +57,7 @@ def test_the_lists_are_complete():
     a registered name with reference['timm'] is missing) and every tag of it is."""
     assert len(SHARED) >= 24 and len(TAGGED) >= 43
     for n in SHARED:
-        timm_tags = [c.split(".", 1)[1] for c in timm.models.get_arch_pretrained_cfgs(_REGISTRY[n].reference["timm"])]
+        timm_tags = [c.split(".", 1)[1] for c in timm.models.get_arch_pretrained_cfgs(TIMM[n])]
         assert list(_REGISTRY[n].tags) == timm_tags, f"{n}: regenerate with PYTHONPATH=src python tools/gen_timm_cfgs.py"
 
 
@@ -78,8 +93,9 @@ def test_every_tag_equals_timm_field_by_field(tagged):
 def test_timm_models_carry_the_same_cfg(tagged):
     """The dict compared above is what timm's own model carries (a few cheap models here, every
     tag in the slow test below)."""
-    ours, theirs = _meta(tagged), timm.create_model(tagged, pretrained=False)
-    assert {**theirs.pretrained_cfg, **LAYOUT} == ours.pretrained_cfg
+    ours = _meta(tagged)
+    want, theirs = _timm_model_cfg(tagged)
+    assert want == ours.pretrained_cfg
     assert timm.data.resolve_data_config(model=ours) == timm.data.resolve_data_config(model=theirs)
 
 
@@ -87,9 +103,8 @@ def test_timm_models_carry_the_same_cfg(tagged):
 @pytest.mark.parametrize("tagged", TAGGED)
 def test_every_tag_equals_timms_model(tagged):
     ours = _meta(tagged)
-    with torch.device("meta"):
-        theirs = timm.create_model(tagged, pretrained=False)
-    assert {**theirs.pretrained_cfg, **LAYOUT} == ours.pretrained_cfg
+    want, theirs = _timm_model_cfg(tagged)
+    assert want == ours.pretrained_cfg
     for test_size in (False, True):
         assert timm.data.resolve_data_config({}, model=ours, use_test_size=test_size) == \
             timm.data.resolve_data_config({}, model=theirs, use_test_size=test_size)
@@ -185,14 +200,18 @@ def test_an_unknown_tag_names_the_known_ones_closest_first():
 
 
 def test_list_models_and_list_pretrained_as_timm():
+    def ours(names):  # timm's names as ours
+        back = {t: n for n, t in TIMM.items()}
+        return sorted(back[t.split(".")[0]] + t[len(t.split(".")[0]):] for t in names)
+
     for n in SHARED:
-        assert mobilenets.list_pretrained(n) == sorted(timm.list_pretrained(n))
-        assert mobilenets.list_models(n, include_tags=True) == sorted(timm.list_models(n, include_tags=True))
+        assert mobilenets.list_pretrained(n) == ours(timm.list_pretrained(TIMM[n]))
+        assert mobilenets.list_models(n, include_tags=True) == ours(timm.list_models(TIMM[n], include_tags=True))
         assert mobilenets.list_models(n, pretrained=True, include_tags=False) == \
-            sorted(timm.list_models(n, pretrained=True, include_tags=False))
-    shared = set(SHARED)
+            ours(timm.list_models(TIMM[n], pretrained=True, include_tags=False))
+    timm_names = set(TIMM.values())
     assert mobilenets.list_models(pretrained=True) == \
-        sorted(t for t in timm.list_models(pretrained=True) if t.split(".")[0] in shared)
+        ours(t for t in timm.list_models(pretrained=True) if t.split(".")[0] in timm_names)
     assert "mobilenetv2_035.untrained" not in mobilenets.list_pretrained() and \
         "mobilenetv2_035.untrained" in mobilenets.list_models("mobilenetv2*", include_tags=True)
     # names timm lacks are listed untagged with include_tags (as timm does), never as pretrained
@@ -234,8 +253,7 @@ def test_export_takes_a_tagged_name_and_its_preprocessing(tmp_path, capsys):
 def test_pretrained_cfg_overlay_as_timm():
     overlay = dict(crop_pct=1.0, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), test_input_size=(3, 288, 288))
     ours = _meta("mobilenetv3_small_050", pretrained_cfg_overlay=overlay)
-    theirs = timm.create_model("mobilenetv3_small_050", pretrained=False, pretrained_cfg_overlay=overlay)
-    assert ours.pretrained_cfg == {**theirs.pretrained_cfg, **LAYOUT}
+    assert ours.pretrained_cfg == _timm_model_cfg("mobilenetv3_small_050", pretrained_cfg_overlay=overlay)[0]
     info = model_info(ours)
     assert (info.crop_pct, info.mean, info.std) == (1.0, (0.5,) * 3, (0.5,) * 3)   # the record follows
     assert transform_for(info)(torch.zeros(3, 300, 200, dtype=torch.uint8)).eq(-1).all()
@@ -250,9 +268,9 @@ def test_pretrained_cfg_overlay_as_timm():
 def test_a_dict_pretrained_cfg_is_completed_with_timms_defaults():
     given = dict(input_size=(3, 160, 160), interpolation="bilinear", num_classes=10)
     ours = _meta("mobilenetv2_050", pretrained_cfg=given)
-    theirs = timm.create_model("mobilenetv2_050", pretrained=False, pretrained_cfg=given)
+    want, theirs = _timm_model_cfg("mobilenetv2_050", pretrained_cfg=given)
     # timm leaves pool_size None for a cfg without one; ours gives the model's (5x5 at 160)
-    assert ours.pretrained_cfg == {**theirs.pretrained_cfg, **LAYOUT, "pool_size": (5, 5)}
+    assert ours.pretrained_cfg == {**want, "pool_size": (5, 5)}
     assert ours.num_classes == theirs.num_classes == 10
     assert model_info(ours).input_size == (3, 160, 160)
 
