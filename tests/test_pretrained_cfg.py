@@ -341,3 +341,16 @@ def test_resolve_data_config_precedence_as_timm():
     assert math.floor(224 / 0.95) == 235   # timm's floor (a round would give 236): the resize below
     tf = create_transform(224, crop_pct=0.95, interpolation="bicubic")
     assert tf.transforms[0].size == [235]
+
+
+def test_int8_calibration_resizes_as_the_model_expects():
+    """Calibration images go through the model's transform, its interpolation and crop mode included."""
+    from mobilenets.data import eval_transform
+    from mobilenets.deploy.calibration import calibration_set
+
+    # the "fake" source: random uint8 images at the size, drawn with the seed (0)
+    imgs = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    got = calibration_set("fake", 2, (64, 64), crop_pct=0.9, interpolation="bicubic", crop_mode="squash").images
+    assert torch.equal(got, eval_transform((64, 64), 0.9, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225),
+                                           "bicubic", "squash")(imgs))
+    assert not torch.equal(got, calibration_set("fake", 2, (64, 64), crop_pct=0.9).images)

@@ -56,7 +56,8 @@ def calibration_for(args: argparse.Namespace, model, size: tuple):
 
     info = model_info(model)
     return calibration_set(args.calib, count=args.calib_count, input_size=size, in_chans=info.in_chans,
-                           mean=info.mean, std=info.std, crop_pct=info.crop_pct)
+                           mean=info.mean, std=info.std, crop_pct=info.crop_pct, interpolation=info.interpolation,
+                           crop_mode=info.crop_mode)
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
