@@ -15,7 +15,11 @@ from mobilenets.train import Recipe, load_checkpoint, train
 
 def test_create_model_sets_the_record_for_every_task():
     m = mobilenets.create_model("mobilenetv3_small_050", num_classes=7)
-    assert model_info(m) == ModelInfo("mobilenetv3_small_050", "classification", "mobilenetv3", None, 3, 7)
+    # the preprocessing is that of timm's default tag (mobilenetv3_small_050.lamb_in1k: bicubic,
+    # ImageNet mean / std, 224, crop 0.875); a name timm lacks keeps the ModelInfo defaults
+    assert model_info(m) == ModelInfo("mobilenetv3_small_050", "classification", "mobilenetv3", None, 3, 7,
+                                      interpolation="bicubic")
+    assert model_info(mobilenets.create_model("mobilenetv1_025")) == ModelInfo("mobilenetv1_025", family="mobilenetv1")
     det = model_info(mobilenets.create_model("ssdlite320_mobilenetv2_035", num_classes=5))
     assert (det.task, det.family, det.backbone, det.num_classes, det.img_size, det.crop_pct) == \
         ("detection", "ssdlite", "mobilenetv2_035", 5, (320, 320), 1.0)

@@ -12,13 +12,13 @@ from . import zoo  # noqa: F401  (registers every model)
 from . import analysis, deploy  # noqa: F401  (mobilenets.analysis.profile, mobilenets.deploy.fuse)
 from .tasks import zoo as _task_zoo  # noqa: F401  (registers the detectors)
 from .factory import count_params, create_model, stage_shapes
-from .models import (FeatureExtractor, MobileFormer, MobileNet, ModelInfo, UnknownModelError, get_entry, list_models,
-                     model_info)
+from .models import (FeatureExtractor, MobileFormer, MobileNet, ModelInfo, UnknownModelError, UnknownTagError,
+                     get_entry, list_models, list_pretrained, model_info)
 from .tasks.checkpoint import model_from_checkpoint
 from .weights import CheckpointError, load_weights, save_weights
 
 from .version import __version__  # noqa: E402
 
 __all__ = ["CheckpointError", "FeatureExtractor", "MobileFormer", "MobileNet", "ModelInfo", "UnknownModelError",
-           "__version__", "count_params", "create_model", "get_entry", "list_models",
+           "UnknownTagError", "__version__", "count_params", "create_model", "get_entry", "list_models", "list_pretrained",
            "load_weights", "model_from_checkpoint", "model_info", "save_weights", "stage_shapes"]

@@ -14,6 +14,7 @@ import torch.nn as nn
 
 from .models.features import FeatureExtractor
 from .models.info import ModelInfo, model_info, set_model_info, trained_info
+from .models.pretrained import default_num_classes, info_from_cfg, model_cfg, resolve_pretrained_cfg
 from .models.registry import get_entry
 from .weights import load_weights, read_checkpoint
 from .weights.checkpoint import CheckpointError, load_checkpoint
@@ -24,7 +25,8 @@ Pretrained = Union[None, bool, str, Path, dict]
 def create_model(name: str, pretrained: Pretrained = None, num_classes: Optional[int] = None,
                  in_chans: int = 3, features_only: bool = False,
                  out_indices: Optional[Sequence[int]] = None, feature_location: str = "",
-                 strict: bool = True, *, device: Union[None, str, torch.device] = None,
+                 strict: bool = True, pretrained_cfg: Union[None, str, dict] = None,
+                 pretrained_cfg_overlay: Optional[dict] = None, *, device: Union[None, str, torch.device] = None,
                  dtype: Optional[torch.dtype] = None, checkpoint_path: Union[None, str, Path] = None,
                  feature_cls: Optional[str] = None, scriptable: Optional[bool] = None,
                  exportable: Optional[bool] = None, no_jit: Optional[bool] = None,
@@ -32,13 +34,18 @@ def create_model(name: str, pretrained: Pretrained = None, num_classes: Optional
     """Build a registered model.
 
     Args:
-        name: registry name (see :func:`mobilenets.list_models`).
+        name: registry name (see :func:`mobilenets.list_models`), optionally with a pretrained
+            tag, as timm's: ``mobilenetv3_large_100.ra_in1k`` (see
+            :func:`mobilenets.list_pretrained`). The model carries that tag's timm
+            ``pretrained_cfg`` (no tag: timm's default tag) and its :class:`ModelInfo` takes the
+            cfg's preprocessing (see :mod:`mobilenets.models.pretrained`).
         pretrained: ``None``/``False`` for random init, or a checkpoint: a path
             (``.pth/.pt/.bin/.safetensors``), ``"hf-hub:org/name"`` or a state dict, in our,
             timm's, torchvision's or the official Mobile-Former layout. No weights are
             downloaded implicitly.
-        num_classes: classifier outputs (0: none; default 1000). For detectors: classes
-            including the background, as torchvision counts them (default 91, COCO).
+        num_classes: classifier outputs (0: none; default: the tag's, e.g. 11221 for
+            ``mobilenetv3_large_100.miil_in21k``, else 1000). For detectors: classes including
+            the background, as torchvision counts them (default 91, COCO).
         in_chans: input channels.
         features_only: return a :class:`FeatureExtractor` giving one map per feature level.
         out_indices: the feature levels to return (default: all).
@@ -46,6 +53,10 @@ def create_model(name: str, pretrained: Pretrained = None, num_classes: Optional
             ``"expansion"`` (the expanded map inside each level's last block; see
             :class:`FeatureExtractor`).
         strict: passed to :func:`mobilenets.load_weights`.
+        pretrained_cfg: timm's: a tag (as ``name.tag``) or a cfg dict (completed with timm's
+            defaults) instead of the name's.
+        pretrained_cfg_overlay: timm's: cfg fields to replace (``dict(crop_pct=1.0)``); the
+            preprocessing ones reach the model's :class:`ModelInfo`.
         device, dtype: where and in which dtype the parameters and buffers are (timm's
             ``device=`` / ``dtype=``; a ``torch.device`` context works too).
         checkpoint_path: a weights file loaded after the model is built (timm's keyword; the
@@ -74,9 +85,11 @@ def create_model(name: str, pretrained: Pretrained = None, num_classes: Optional
     if cache_dir is not None:
         os.environ.setdefault("HF_HUB_CACHE", str(cache_dir))
     if pretrained is True:
+        hub = resolve_pretrained_cfg(name, pretrained_cfg, pretrained_cfg_overlay).get("hf_hub_id")
         raise ValueError(
             f"pretrained=True: mobilenets downloads nothing implicitly; pass a checkpoint path or "
-            f"'hf-hub:org/name' (e.g. a timm repo for {entry.reference.get('timm', name)})")
+            f"'hf-hub:org/name' (" + (f"this tag's weights: pretrained='hf-hub:{hub}')" if hub else
+                                      f"e.g. a timm repo for {entry.reference.get('timm', name)})"))
     if entry.task != "classification":
         if features_only or out_indices is not None or feature_location or in_chans != 3:
             raise ValueError(f"{name} is a {entry.task} model: features_only, out_indices, "
@@ -89,23 +102,28 @@ def create_model(name: str, pretrained: Pretrained = None, num_classes: Optional
         except TypeError as e:
             raise TypeError(f"{name}: {e}{_keyword_hint(e, entry)}") from None
         # the builder knows the task model's shape (backbone, classes, native size); the name is ours
+        info = model_info(model).replace(name=entry.name, task=entry.task, family=entry.family)
+        cfg = resolve_pretrained_cfg(name, pretrained_cfg, pretrained_cfg_overlay, info=info)
+        info = info_from_cfg(cfg, info)
         model = _place(model, device, dtype)
-        return set_model_info(model, model_info(model).replace(name=name, task=entry.task, family=entry.family))
-    num_classes = 1000 if num_classes is None else num_classes
+        return set_model_info(model, info, model_cfg(model, cfg, info))
+    cfg = resolve_pretrained_cfg(name, pretrained_cfg, pretrained_cfg_overlay)
+    num_classes = default_num_classes(cfg) if num_classes is None else num_classes
     try:
         model = entry.builder(num_classes=num_classes, in_chans=in_chans, **kwargs)
     except TypeError as e:
         raise TypeError(f"{name}: {e}{_keyword_hint(e, entry)}") from None
-    info = ModelInfo(name=name, family=entry.family, num_classes=num_classes).replace(in_chans=in_chans)
-    set_model_info(model, info)
+    info = info_from_cfg(cfg, ModelInfo(name=entry.name, family=entry.family, num_classes=num_classes)
+                         .replace(in_chans=in_chans))
+    set_model_info(model, info, model_cfg(model, cfg, info))
     if pretrained is not None and pretrained is not False:
         load_weights(model, pretrained, strict=strict)
     if checkpoint_path:
         load_weights(model, checkpoint_path, strict=strict)
     model = _place(model, device, dtype)
     if features_only:
-        model = set_model_info(FeatureExtractor(model, out_indices, feature_location,
-                                                output=_feature_output(feature_cls)), info)
+        fx = FeatureExtractor(model, out_indices, feature_location, output=_feature_output(feature_cls))
+        model = set_model_info(fx, info, model_cfg(fx, model.pretrained_cfg, info, features=True))
     elif feature_cls is not None:
         raise ValueError(f"feature_cls is only used with features_only=True, got feature_cls={feature_cls!r}")
     elif out_indices is not None or feature_location:
@@ -155,7 +173,7 @@ def _keyword_hint(error: TypeError, entry) -> str:
         return ""
     own = [p for p in inspect.signature(create_model).parameters if p not in ("name", "kwargs")]
     if entry.task != "classification":  # the backbone options are refused for task models
-        own = ["pretrained", "num_classes", "strict"]
+        own = ["pretrained", "num_classes", "strict", "pretrained_cfg", "pretrained_cfg_overlay", "device", "dtype"]
     known = list(dict.fromkeys(own + list(entry.options)))
     close = difflib.get_close_matches(m.group(1), known, n=3, cutoff=0.6)
     return (f"; did you mean {' or '.join(close)}?" if close else "") + f" (options: {', '.join(known)})"
@@ -205,7 +223,7 @@ def model_from_checkpoint(path: str | Path, use_ema: bool = True, model_name: st
     model = create_model(name, num_classes=n, **(arch if isinstance(arch, dict) else {}))
     load_weights(model, sd)
     model.eval()
-    saved = ck.get("model_info") if (ck.get("model_info") or {}).get("name") == name else None
+    saved = ck.get("model_info") if (ck.get("model_info") or {}).get("name") == model_info(model).name else None
     set_model_info(model, trained_info(model_info(model), saved, recipe if recipe.get("model") == name else None))
     info = {"recipe": recipe, "classes": classes or [str(i) for i in range(n)],
             "epoch": ck.get("epoch"), "best": ck.get("best"), "model_info": model_info(model)}

@@ -56,7 +56,8 @@ def calibration_for(args: argparse.Namespace, model, size: tuple):
 
     info = model_info(model)
     return calibration_set(args.calib, count=args.calib_count, input_size=size, in_chans=info.in_chans,
-                           mean=info.mean, std=info.std, crop_pct=info.crop_pct)
+                           mean=info.mean, std=info.std, crop_pct=info.crop_pct, interpolation=info.interpolation,
+                           crop_mode=info.crop_mode)
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -105,7 +106,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     for pat in args.names:
         with warnings.catch_warnings():  # no match is the UserError below
             warnings.simplefilter("ignore", UserWarning)
-            found = mobilenets.list_models(pat) if any(c in pat for c in "*?[") else [pat]
+            found = (mobilenets.list_models(pat, include_tags="." in pat) if any(c in pat for c in "*?[")
+                     else [pat])
         if not found:
             raise UserError(f"no model matches {pat!r}")
         names += [n for n in found if n not in names]
@@ -140,7 +142,7 @@ def add_commands(subparsers) -> None:
                                           "(XNNPACK; verified in ExecuTorch's runtime) or LiteRT .tflite "
                                           "(verified in LiteRT's Interpreter), BatchNorm folded, written "
                                           "atomically. --int8: static post-training quantization.")
-    p.add_argument("source", metavar="NAME|CHECKPOINT", help="registry name or checkpoint path")
+    p.add_argument("source", metavar="NAME|CHECKPOINT", help="registry name (NAME.TAG: a pretrained tag's preprocessing) or checkpoint path")
     p.add_argument("--format", choices=tuple(FORMATS), default="onnx",
                    help="onnx (ONNX Runtime), executorch (.pte, XNNPACK delegate) or tflite (LiteRT)")
     p.add_argument("--out", required=True, help="output file: .onnx, .pte or .tflite (as --format)")
@@ -162,7 +164,7 @@ def add_commands(subparsers) -> None:
                                           "prepacked, torch.compile, ONNX Runtime fp32 and INT8, ExecuTorch XNNPACK and LiteRT fp32 and INT8) and the reference paths (timm eager, timm -> "
                                           "ONNX Runtime, torchvision eager) in one interleaved run and prints "
                                           "ratios of medians and the roofline limit.")
-    b.add_argument("names", nargs="+", metavar="NAME", help="registry names or patterns")
+    b.add_argument("names", nargs="+", metavar="NAME", help="registry names (NAME.TAG too) or patterns")
     add_batch_size(b, default=[1, 32], multiple=True, help="batch sizes (default 1 32)")
     b.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
     add_input_size(b, default=(224, 224), square=True, help="input resolution (default 224)")

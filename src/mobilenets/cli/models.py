@@ -73,8 +73,9 @@ def _cmd_info(args: argparse.Namespace) -> int:
         print(f"paper: {paper}")
     if entry.reference:
         print("same architecture in: " + ", ".join(f"{k} {v}" for k, v in entry.reference.items()))
+    _print_pretrained(model, entry)
     print(f"params: {mobilenets.count_params(model) / 1e6:.3f} M   num_features: {model.num_features}   "
-          f"head_hidden_size: {model.head_hidden_size}   classes: {args.num_classes}")
+          f"head_hidden_size: {model.head_hidden_size}   classes: {model.num_classes}")
     print(f"\nforward pass at {h}x{w}:")
     # nominal stride (odd sizes round up at each downsampling, so h / out_h is not exact)
     rows = [[name, "x".join(map(str, s[1:])), s[1], 2 ** round(math.log2(h / s[2]))] for name, s in shapes]
@@ -83,6 +84,24 @@ def _cmd_info(args: argparse.Namespace) -> int:
     rows = [[i, f["module"], f["num_chs"], f["reduction"]] for i, f in enumerate(model.feature_info)]
     print(table(["index", "module", "channels", "reduction"], rows, [True, False, True, True]))
     return 0
+
+
+def _print_pretrained(model, entry) -> None:
+    """The tag the model's timm ``pretrained_cfg`` is for (and the name's other tags), its
+    weights and the preprocessing its ModelInfo took from it."""
+    from ..models.info import model_info
+
+    cfg, info = model.pretrained_cfg, model_info(model)
+    if cfg.get("tag"):
+        others = [t for t in entry.tags if t != cfg["tag"]]
+        weights = f"hf-hub:{cfg['hf_hub_id']}" if cfg.get("hf_hub_id") else cfg.get("url") or "none"
+        print(f"pretrained tag: {cfg['tag']}" + (" (timm's default)" if cfg["tag"] == entry.tags[0] else "")
+              + f"   weights: {weights}" + (f"   license: {cfg['license']}" if cfg.get("license") else "")
+              + (f"\nother tags: {', '.join(others)}" if others else ""))
+    h, w = info.img_size
+    print(f"preprocessing: {h}x{w}, crop_pct {info.crop_pct} ({info.crop_mode}), {info.interpolation}, "
+          f"mean {tuple(info.mean)}, std {tuple(info.std)}"
+          + (f"; test size {cfg['test_input_size'][1]}x{cfg['test_input_size'][2]}" if cfg.get("test_input_size") else ""))
 
 
 def _task_info(args: argparse.Namespace, entry) -> int:
@@ -120,7 +139,8 @@ def add_commands(sub) -> None:
     p.set_defaults(func=_cmd_list)
 
     p = sub.add_parser("info", help="per-stage output shapes and feature levels of a model")
-    p.add_argument("name")
+    p.add_argument("name", help="registry name, optionally with a pretrained tag (NAME.TAG, see "
+                   "mobilenets.list_pretrained())")
     add_input_size(p, default=(224, 224), help="input size of the forward pass (default 224)")
-    p.add_argument("--num-classes", type=int, default=1000)
+    p.add_argument("--num-classes", type=int, default=None, help="classifier size (default: the tag's, else 1000)")
     p.set_defaults(func=_cmd_info)

@@ -6,6 +6,9 @@ segmentation datasets, their readers, writers and augmentations.
   :class:`DatasetError` and :class:`DataBundle` (a task's train / val sets and classes).
 - :mod:`.classification`: ``digits`` / ``imagefolder`` / ``fake`` datasets, the training
   transforms, MixUp / CutMix (:func:`build_datasets`, :func:`batch_mixer`).
+- :mod:`.config`: timm's data-config API on our models: :func:`resolve_data_config` (the
+  preprocessing a model's ``pretrained_cfg`` asks for, as timm resolves it) and
+  :func:`create_transform` (timm's evaluation transform for that config).
 - :mod:`.files`: what the file readers share (the bad-input log, the skip-and-count dataset).
 
 Detection:
@@ -48,6 +51,7 @@ from .common import (DIGITS_CROP_PCT, DIGITS_MEAN, DIGITS_SPLIT_SEED, DIGITS_STD
                      IMAGENET_CROP_PCT, IMAGENET_MEAN, IMAGENET_STD, IMG_EXTENSIONS, DataBundle, DatasetError,
                      ImageReadError, default_workers, eval_transform, load_digits_tensors, open_image, read_rgb,
                      stratified_split, transform_for)
+from .config import create_transform, resolve_data_config, resolve_model_data_config
 from .formats import (CocoDetection, DataWarning, YoloDetection, detection_collate, open_detection_data,
                       write_coco, write_yolo)
 from .scenes import DIGIT_CLASSES, DigitScenes, semantic_mask
@@ -59,7 +63,7 @@ from .writers import write_voc
 __all__ = ["DIGITS_CROP_PCT", "DIGITS_MEAN", "DIGITS_SPLIT_SEED", "DIGITS_STD", "DIGITS_VAL_FRACTION",
            "IMAGENET_CROP_PCT", "IMAGENET_MEAN", "IMAGENET_STD", "IMG_EXTENSIONS", "DataBundle", "DatasetError",
            "ImageReadError", "default_workers", "eval_transform", "load_digits_tensors", "open_image", "read_rgb",
-           "stratified_split", "transform_for",
+           "stratified_split", "transform_for", "create_transform", "resolve_data_config", "resolve_model_data_config",
            "DIGIT_CLASSES", "IGNORE_INDEX", "VOC_CLASSES", "CocoDetection", "DataWarning", "DigitScenes",
            "SceneSegmentation", "VocSegmentation", "YoloDetection", "detection_collate", "detection_transforms",
            "open_detection_data", "open_segmentation_data", "segmentation_collate", "segmentation_transforms",

@@ -9,6 +9,7 @@ transform from here.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence, Union
@@ -124,22 +125,98 @@ def read_rgb(path: Union[str, os.PathLike]) -> torch.Tensor:
 
 
 def eval_transform(size: Union[int, Sequence[int]], crop_pct: float, mean: Sequence[float],
-                   std: Sequence[float], interpolation: str = "bilinear") -> Callable:
-    """The evaluation transform: resize the short side to ``max(H, W) / crop_pct``, center crop
-    ``size`` (an int or ``(H, W)``), scale to [0, 1], normalize. uint8 images in, float out."""
+                   std: Sequence[float], interpolation: str = "bilinear", crop_mode: str = "center") -> Callable:
+    """The evaluation transform, timm's (``timm.data.transforms_imagenet_eval``): resize to
+    ``floor(size / crop_pct)`` (per side), take a ``size`` crop (an int or ``(H, W)``), scale to
+    [0, 1], normalize. ``crop_mode``:
+
+    - ``"center"``: resize keeping the aspect ratio until both sides reach that size (a square
+      size: the shorter side to it), centre crop;
+    - ``"squash"``: resize each side to it (aspect ratio not kept), centre crop;
+    - ``"border"``: resize keeping the aspect ratio until the longer side reaches it, pad to
+      ``size`` with the mean colour, centre crop.
+
+    A PIL image, a uint8 tensor ``(..., C, H, W)`` or an array ``(H, W, C)`` in; a float tensor
+    out. On a PIL image the output equals timm's (same resize, same crop, same arithmetic)."""
     from torchvision.transforms import InterpolationMode, v2
 
     crop = [int(size), int(size)] if isinstance(size, int) else [int(s) for s in size]
-    short = int(round(max(crop) / crop_pct))
+    if crop_mode not in ("center", "squash", "border"):
+        raise ValueError(f"crop_mode must be one of ('center', 'squash', 'border'), got {crop_mode!r}")
+    scale = [math.floor(c / crop_pct) for c in crop]
     mode = InterpolationMode(interpolation)
-    return v2.Compose([v2.Resize(short, interpolation=mode, antialias=True), v2.CenterCrop(crop),
-                       v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))])
+    if crop_mode == "squash":
+        steps = [v2.Resize(scale, interpolation=mode, antialias=True), v2.CenterCrop(crop)]
+    elif crop_mode == "border":
+        steps = [_ResizeKeepRatio(scale, mode, longest=True), _CenterCropOrPad(crop, mean)]
+    elif scale[0] == scale[1]:
+        steps = [v2.Resize(scale[0], interpolation=mode, antialias=True), v2.CenterCrop(crop)]
+    else:
+        steps = [_ResizeKeepRatio(scale, mode, longest=False), v2.CenterCrop(crop)]
+    return v2.Compose(steps + [_ToFloat(), v2.Normalize(list(mean), list(std))])
+
+
+class _ResizeKeepRatio:
+    """Resize by one factor on both sides: the smallest (``longest=False``) or largest one that
+    brings a side to ``size`` (timm's ``ResizeKeepRatio``: each side ``round(side / ratio)``)."""
+
+    def __init__(self, size: Sequence[int], mode, longest: bool):
+        self.size, self.mode, self.longest = list(size), mode, longest
+
+    def __repr__(self) -> str:
+        return f"ResizeKeepRatio(size={self.size}, interpolation={self.mode.value}, longest={self.longest})"
+
+    def __call__(self, img):
+        from torchvision.transforms.v2 import functional as F
+
+        h, w = F.get_size(img)
+        ratios = (h / self.size[0], w / self.size[1])
+        r = max(ratios) if self.longest else min(ratios)
+        return F.resize(img, [round(h / r), round(w / r)], interpolation=self.mode, antialias=True)
+
+
+class _CenterCropOrPad:
+    """Pad (centred, with the mean colour) to at least ``size``, then centre crop ``size``
+    (timm's ``CenterCropOrPad`` with ``fill = round(255 * mean)``)."""
+
+    def __init__(self, size: Sequence[int], mean: Sequence[float]):
+        self.size, self.mean = list(size), list(mean)
+
+    def __repr__(self) -> str:
+        return f"CenterCropOrPad(size={self.size}, fill=mean)"
+
+    def __call__(self, img):
+        from torchvision.transforms.v2 import functional as F
+
+        h, w = F.get_size(img)
+        ch, cw = self.size
+        if ch > h or cw > w:
+            float_tensor = isinstance(img, torch.Tensor) and img.is_floating_point()
+            fill = list(self.mean) if float_tensor else [round(255 * v) for v in self.mean]
+            dw, dh = max(cw - w, 0), max(ch - h, 0)
+            img = F.pad(img, [dw // 2, dh // 2, (dw + 1) // 2, (dh + 1) // 2], fill=fill)
+        return F.center_crop(img, self.size)
+
+
+class _ToFloat:
+    """PIL image / array / uint8 tensor -> float tensor in [0, 1] (``/ 255``, as
+    ``torchvision.transforms.functional.to_tensor`` does); a float tensor is left as it is."""
+
+    def __repr__(self) -> str:
+        return "ToFloat(/255)"
+
+    def __call__(self, img):
+        from torchvision.transforms.v2 import functional as F
+
+        x = img if isinstance(img, torch.Tensor) else F.to_image(img)
+        x = x.as_subclass(torch.Tensor)
+        return x if x.is_floating_point() else x.to(torch.float32).div(255)
 
 
 def transform_for(info: ModelInfo) -> Callable:
     """The evaluation transform a model expects, from its
-    :class:`~mobilenets.models.info.ModelInfo` (size, crop, mean, std, interpolation)."""
-    return eval_transform(info.img_size, info.crop_pct, info.mean, info.std, info.interpolation)
+    :class:`~mobilenets.models.info.ModelInfo` (size, crop, mean, std, interpolation, crop mode)."""
+    return eval_transform(info.img_size, info.crop_pct, info.mean, info.std, info.interpolation, info.crop_mode)
 
 
 def default_workers(limit: int = 4) -> int:

@@ -63,13 +63,14 @@ class CalibrationSet:
 def calibration_batches(data: Union[str, os.PathLike] = "digits", count: int = 128,
                         input_size: Sequence[int] = (224, 224), in_chans: int = 3,
                         mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None,
-                        crop_pct: Optional[float] = None, seed: int = 0) -> torch.Tensor:
+                        crop_pct: Optional[float] = None, seed: int = 0, interpolation: str = "bilinear",
+                        crop_mode: str = "center") -> torch.Tensor:
     """A calibration tensor ``(count, in_chans, H, W)`` (float, normalized) from our datasets,
     through the evaluation transform (resize the short side to ``size / crop_pct``, center crop,
     normalize): :func:`calibration_set`'s images. Unreadable files of a folder are skipped with
     a ``UserWarning`` naming how many.
     """
-    found = calibration_set(data, count, input_size, in_chans, mean, std, crop_pct, seed)
+    found = calibration_set(data, count, input_size, in_chans, mean, std, crop_pct, seed, interpolation, crop_mode)
     if found.skipped:
         warnings.warn(f"{found.source}: skipped {len(found.skipped)} unreadable image(s) while building "
                       f"calibration data", stacklevel=2)
@@ -79,7 +80,8 @@ def calibration_batches(data: Union[str, os.PathLike] = "digits", count: int = 1
 def calibration_set(data: Union[str, os.PathLike] = "digits", count: int = 128,
                     input_size: Sequence[int] = (224, 224), in_chans: int = 3,
                     mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None,
-                    crop_pct: Optional[float] = None, seed: int = 0) -> CalibrationSet:
+                    crop_pct: Optional[float] = None, seed: int = 0, interpolation: str = "bilinear",
+                    crop_mode: str = "center") -> CalibrationSet:
     """Calibration images as :func:`calibration_batches` makes them, with what was done: how many
     images were really used (fewer than ``count`` when the source has fewer) and which files
     were unreadable (:class:`CalibrationSet`; ``summary()`` says it in one line).
@@ -96,6 +98,8 @@ def calibration_set(data: Union[str, os.PathLike] = "digits", count: int = 128,
             ``digits`` (mean = std = 0.5, crop 1.0) and to ImageNet's otherwise. Use the values
             the model was trained with.
         seed: which images are drawn.
+        interpolation, crop_mode: the resize and crop of the evaluation transform (a model's
+            ``ModelInfo`` says which: timm weights mostly want ``"bicubic"``).
     """
     if isinstance(input_size, int):
         input_size = (input_size, input_size)
@@ -131,7 +135,8 @@ def calibration_set(data: Union[str, os.PathLike] = "digits", count: int = 128,
         imgs = imgs[:, :1].expand(-1, in_chans, -1, -1)  # grey digits / noise: any channel count
     if len(mean) != in_chans:
         mean, std = (mean[0],) * in_chans, (std[0],) * in_chans
-    return CalibrationSet(eval_transform((h, w), crop_pct, mean, std)(imgs).contiguous(), key, int(count),
+    tf = eval_transform((h, w), crop_pct, mean, std, interpolation, crop_mode)
+    return CalibrationSet(tf(imgs).contiguous(), key, int(count),
                           available, skipped)
 
 

@@ -5,8 +5,11 @@ from .features import FeatureExtractor
 from .info import ModelInfo, model_info, set_model_info
 from .mobilenet import ClassifierHead, MobileNet, register_spec
 from .mobileformer import MobileFormer
-from .registry import ModelEntry, UnknownModelError, get_entry, list_models, register
+from .pretrained import resolve_pretrained_cfg
+from .registry import (ModelEntry, UnknownModelError, UnknownTagError, get_entry, list_models, list_pretrained, register,
+                       split_tag)
 
 __all__ = ["Backbone", "ClassifierHead", "FeatureExtractor", "MapAndTokens", "MobileFormer", "MobileNet",
-           "ModelEntry", "ModelInfo", "StageOutput", "UnknownModelError", "check_input", "get_entry", "list_models",
-           "model_info", "register", "register_spec", "set_model_info"]
+           "ModelEntry", "ModelInfo", "StageOutput", "UnknownModelError", "UnknownTagError", "check_input", "get_entry",
+           "list_models", "list_pretrained", "model_info", "register", "register_spec", "resolve_pretrained_cfg",
+           "set_model_info", "split_tag"]

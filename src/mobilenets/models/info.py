@@ -7,6 +7,12 @@ ONNX export in its metadata), so deployment, prediction and the data pipeline re
 instead of attributes stamped on modules. It carries what timm's ``pretrained_cfg`` and
 torchvision's ``Weights.transforms()`` carry.
 
+A model ``create_model`` built also carries timm's ``pretrained_cfg`` (and ``default_cfg``, the
+same dict), so timm's own data pipeline reads the right preprocessing from our models: that dict
+is a *view* of the record (its :data:`CFG_FIELDS` are the record's, rewritten by
+:func:`set_model_info` whenever the record changes) plus what only timm's cfg has (weights'
+source, licence, test size, first conv / classifier names; see :mod:`.pretrained`).
+
 :func:`model_info` reads it from any module; a module that ``create_model`` did not build (a
 torchvision model, a wrapper) gets a record derived from its layers (input channels from its
 first convolution, classes from its last linear layer) and the ImageNet defaults.
@@ -27,6 +33,11 @@ IMAGENET_CROP_PCT = 0.875
 
 TASKS = ("classification", "detection", "segmentation")
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
+#: timm's eval crop modes: "center" (resize the shorter side, crop), "squash" (resize both sides,
+#: crop), "border" (resize the longer side, pad, crop; see :func:`mobilenets.data.create_transform`)
+CROP_MODES = ("center", "squash", "border")
+#: the record's fields timm's ``pretrained_cfg`` carries under the same names
+CFG_FIELDS = ("input_size", "interpolation", "crop_pct", "crop_mode", "mean", "std")
 
 
 @dataclass(frozen=True)
@@ -45,6 +56,7 @@ class ModelInfo:
         crop_pct: centre-crop fraction at evaluation (resize the shorter side to
             ``size / crop_pct``, then crop ``size``; 1.0: resize only).
         interpolation: resize interpolation.
+        crop_mode: how the crop is taken (one of :data:`CROP_MODES`; timm's ``crop_mode``).
     """
 
     name: str
@@ -58,6 +70,7 @@ class ModelInfo:
     input_size: tuple[int, int, int] = (3, 224, 224)
     crop_pct: float = IMAGENET_CROP_PCT
     interpolation: str = "bilinear"
+    crop_mode: str = "center"
 
     def __post_init__(self) -> None:
         def need(cond: bool, msg: str) -> None:
@@ -73,6 +86,7 @@ class ModelInfo:
         need(0 < self.crop_pct <= 1, f"crop_pct must be in (0, 1], got {self.crop_pct}")
         need(self.interpolation in INTERPOLATIONS,
              f"interpolation must be one of {INTERPOLATIONS}, got {self.interpolation!r}")
+        need(self.crop_mode in CROP_MODES, f"crop_mode must be one of {CROP_MODES}, got {self.crop_mode!r}")
 
     @property
     def img_size(self) -> tuple[int, int]:
@@ -110,10 +124,11 @@ def trained_info(info: ModelInfo, saved: Any = None, recipe: Optional[Mapping[st
     if isinstance(saved, Mapping):
         s = ModelInfo.from_dict(saved)
         return info.replace(mean=s.mean, std=s.std, input_size=(info.in_chans, *s.img_size),
-                            crop_pct=s.crop_pct, interpolation=s.interpolation)
+                            crop_pct=s.crop_pct, interpolation=s.interpolation, crop_mode=s.crop_mode)
     if not recipe:
         return info
-    changes: dict = {}
+    # training validates with mobilenets.data.eval_transform: a bilinear resize and a centre crop
+    changes: dict = {"interpolation": "bilinear", "crop_mode": "center"}
     for k in ("mean", "std"):
         if recipe.get(k) is not None and len(recipe[k]) == info.in_chans:
             changes[k] = tuple(recipe[k])
@@ -124,11 +139,21 @@ def trained_info(info: ModelInfo, saved: Any = None, recipe: Optional[Mapping[st
     return info.replace(**changes)
 
 
-def set_model_info(model: nn.Module, info: ModelInfo) -> nn.Module:
-    """Attach ``info`` to ``model`` (replacing any); returns ``model``."""
+def set_model_info(model: nn.Module, info: ModelInfo,
+                   pretrained_cfg: Optional[Mapping[str, Any]] = None) -> nn.Module:
+    """Attach ``info`` to ``model`` (replacing any); returns ``model``.
+
+    The model's timm ``pretrained_cfg`` (``pretrained_cfg`` when given, else the one it carries,
+    if any) is re-attached as ``model.pretrained_cfg`` and ``model.default_cfg`` (one dict, as
+    timm has it) with its :data:`CFG_FIELDS` taken from ``info``: the record stays the one source
+    of the preprocessing, the cfg its timm-shaped view."""
     if not isinstance(info, ModelInfo):
         raise TypeError(f"expected a ModelInfo, got {type(info).__name__}")
     model.__dict__["model_info"] = info
+    cfg = model.__dict__.get("pretrained_cfg") if pretrained_cfg is None else pretrained_cfg
+    if isinstance(cfg, Mapping):
+        view = {**cfg, **{k: getattr(info, k) for k in CFG_FIELDS}}
+        model.__dict__["pretrained_cfg"] = model.__dict__["default_cfg"] = view
     return model
 
 

@@ -1,4 +1,11 @@
-"""Model registry: name -> builder, family and spec. Raises on duplicates."""
+"""Model registry: name -> builder, family and spec. Raises on duplicates.
+
+A name may carry a pretrained tag, as timm's do (``mobilenetv3_large_100.ra_in1k``): the tags of
+a name are timm's for the same architecture (``ModelEntry.reference["timm"]``), read from the
+generated :mod:`.timm_cfgs`, timm's default tag first. :func:`get_entry` and :func:`is_model`
+accept tagged names and check the tag; :func:`list_models` lists them with
+``include_tags=True`` (and only those with weights with ``pretrained=True``), as timm's does.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +14,11 @@ import fnmatch
 import inspect
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence, Union
 
 import torch.nn as nn
+
+from . import timm_cfgs
 
 
 @dataclass(frozen=True)
@@ -36,6 +45,34 @@ class ModelEntry:
     reference: dict = field(default_factory=dict)
     task: str = "classification"
     options: tuple[str, ...] = ()
+
+    @property
+    def pretrained_cfgs(self) -> list[dict]:
+        """timm's ``pretrained_cfg`` of every tag of this architecture (copies; timm's default tag
+        first; timm's values, module names included); ``[]`` where timm has none."""
+        return [dict(c) for c in timm_cfgs.CFGS.get(self.reference.get("timm", ""), ())]
+
+    @property
+    def tags(self) -> tuple[str, ...]:
+        """The pretrained tags this name accepts (``name.tag``), timm's default first."""
+        return tuple(c["tag"] for c in timm_cfgs.CFGS.get(self.reference.get("timm", ""), ()))
+
+    @property
+    def pretrained_tags(self) -> tuple[str, ...]:
+        """The tags that have weights (a URL or a Hugging Face Hub id), in :attr:`tags` order."""
+        return tuple(c["tag"] for c in timm_cfgs.CFGS.get(self.reference.get("timm", ""), ()) if has_weights(c))
+
+
+def has_weights(cfg: dict) -> bool:
+    """Whether a timm ``pretrained_cfg`` names weights (timm's ``PretrainedCfg.has_weights``)."""
+    return bool(cfg.get("url") or cfg.get("file") or cfg.get("hf_hub_id"))
+
+
+def split_tag(name: str) -> tuple[str, str]:
+    """``"mobilenetv3_large_100.ra_in1k"`` -> ``("mobilenetv3_large_100", "ra_in1k")``; ``""`` for no
+    tag (timm's ``split_model_name_tag``)."""
+    arch, _, tag = name.partition(".")
+    return arch, tag
 
 
 def keyword_options(*fns: Callable) -> tuple[str, ...]:
@@ -70,18 +107,40 @@ def register(name: str, family: str, builder: Callable[..., nn.Module], spec: An
     return entry
 
 
-def list_models(pattern: str = "*", family: Optional[str] = None, task: Optional[str] = None) -> list[str]:
+def list_models(pattern: str = "*", family: Optional[str] = None, task: Optional[str] = None,
+                pretrained: bool = False, include_tags: Optional[bool] = None,
+                exclude_filters: Union[str, Sequence[str]] = ()) -> list[str]:
     """Sorted registered names matching a shell-style ``pattern`` (and ``family``, and ``task``:
     ``"classification"``, ``"detection"`` or ``"segmentation"``; ``None``: every task).
+
+    As timm's ``list_models``: ``include_tags=True`` lists ``name.tag`` for every pretrained tag
+    (a name without tags stays untagged; a ``pattern`` without a tag part also matches its
+    tags); ``pretrained=True`` keeps only what has weights (tags with a URL or Hub id; untagged:
+    names whose default tag has weights) and includes the tags unless ``include_tags=False``;
+    ``exclude_filters``: patterns to drop.
 
     No match returns ``[]`` (as timm does) with a warning naming the families there are, so a
     pattern for another library's models (``"resnet*"``) or a misspelt family is not silent."""
     if task is not None and task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
-    found = sorted(n for n, e in _REGISTRY.items()
-                   if fnmatch.fnmatch(n, pattern) and (family is None or e.family == family)
-                   and (task is None or e.task == task))
-    if not found and _REGISTRY:
+    include_tags = pretrained if include_tags is None else include_tags
+    entries = [e for e in _REGISTRY.values()
+               if (family is None or e.family == family) and (task is None or e.task == task)]
+    names: dict[str, bool] = {}  # name (tagged or not) -> has weights
+    for e in entries:
+        if include_tags and e.tags:
+            cfgs = e.pretrained_cfgs
+            names.update((f"{e.name}.{c['tag']}", has_weights(c)) for c in cfgs)
+        else:
+            names[e.name] = bool(e.tags) and has_weights(e.pretrained_cfgs[0])  # the default tag's
+    excludes = [exclude_filters] if isinstance(exclude_filters, str) else list(exclude_filters)
+
+    def matches(n: str, pat: str) -> bool:  # "name*" also matches "name*.tag", as timm expands it
+        return fnmatch.fnmatch(n, pat) or (include_tags and "." not in pat and fnmatch.fnmatch(n, pat + ".*"))
+
+    matched = [n for n in names if matches(n, pattern) and not any(matches(n, x) for x in excludes)]
+    found = sorted(n for n in matched if names[n] or not pretrained)
+    if not matched and _REGISTRY:
         families = sorted({e.family for e in _REGISTRY.values() if task is None or e.task == task})
         warnings.warn(f"no model matches {pattern!r}" + (f" in family {family!r}" if family else "")
                       + (f" for task {task!r}" if task else "") + f"; the families are {', '.join(families)}",
@@ -89,12 +148,26 @@ def list_models(pattern: str = "*", family: Optional[str] = None, task: Optional
     return found
 
 
+def list_pretrained(pattern: str = "*", exclude_filters: Union[str, Sequence[str]] = ()) -> list[str]:
+    """``name.tag`` of every pretrained tag with weights matching ``pattern`` (timm's
+    ``list_pretrained``: ``list_models(pattern, pretrained=True, include_tags=True)``)."""
+    return list_models(pattern, pretrained=True, include_tags=True, exclude_filters=exclude_filters)
+
+
 def get_entry(name: str) -> ModelEntry:
-    """The entry for ``name``; an unknown name raises ``KeyError`` naming the closest matches."""
+    """The entry for ``name`` (``name.tag``: the name's entry, once the tag is checked); an unknown
+    name raises ``KeyError`` naming the closest matches, an unknown tag :class:`UnknownTagError`
+    naming the name's tags, the closest first."""
+    arch, tag = split_tag(name)
+    if arch in _REGISTRY:
+        entry = _REGISTRY[arch]
+        if tag and tag not in entry.tags:
+            raise UnknownTagError(_tag_message(entry, tag))
+        return entry
     try:
         return _REGISTRY[name]
     except KeyError:
-        close = difflib.get_close_matches(name, list(_REGISTRY), n=40, cutoff=0.5)
+        close = difflib.get_close_matches(arch, list(_REGISTRY), n=40, cutoff=0.5)
         # suggest models of the task the closest match has: a misspelt classifier name gets
         # classifiers, not the segmenters and detectors built on that classifier
         close = [n for n in close if _REGISTRY[n].task == _REGISTRY[close[0]].task][:5] if close else []
@@ -102,8 +175,19 @@ def get_entry(name: str) -> ModelEntry:
         raise UnknownModelError(f"unknown model {name!r}{hint} (see mobilenets.list_models())") from None
 
 
+def _tag_message(entry: ModelEntry, tag: str) -> str:
+    if not entry.tags:
+        return (f"{entry.name} has no pretrained tags (timm has no pretrained cfg for it), got {tag!r}; "
+                f"use {entry.name!r}")
+    ranked = sorted(entry.tags, key=lambda t: -difflib.SequenceMatcher(None, tag, t).ratio())
+    return (f"unknown pretrained tag {tag!r} for {entry.name}; did you mean {entry.name}.{ranked[0]}? "
+            f"(expected one of, closest first: {', '.join(ranked)}; timm's default: {entry.tags[0]})")
+
+
 def is_model(name: str) -> bool:
-    return name in _REGISTRY
+    """Whether :func:`get_entry` (and ``create_model``) accepts ``name`` (a tag must be known)."""
+    arch, tag = split_tag(name)
+    return arch in _REGISTRY and (not tag or tag in _REGISTRY[arch].tags)
 
 
 class UnknownModelError(KeyError, ValueError):
@@ -111,3 +195,7 @@ class UnknownModelError(KeyError, ValueError):
 
     def __str__(self) -> str:  # KeyError would repr() the message
         return str(self.args[0])
+
+
+class UnknownTagError(UnknownModelError):
+    """A known name with an unknown pretrained tag (``name.tag``)."""
