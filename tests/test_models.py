@@ -26,6 +26,15 @@ PARAMS = {
     "mobilenetv4_hybrid_medium_075": 7_313_528, "mobilenetv4_hybrid_large": 37_764_624,
     "mobilenetv4_hybrid_large_075": 22_754_984, "mobilenetv4_conv_aa_medium": 9_715_512,
     "mobilenetv4_conv_blur_medium": 9_715_512, "mobilenetv4_conv_aa_large": 32_590_864,
+    # timm's other MobileNets (timm 1.0.31's counts at 1000 classes)
+    "mobilenetv1_100h": 5_282_600, "mobilenetv2_110d": 4_516_520, "mobilenetv2_120d": 5_831_144,
+    "mobilenetv3_large_150d": 14_622_320, "mobilenetv3_rw": 5_479_918,
+    "tf_mobilenetv3_large_075": 3_993_528, "tf_mobilenetv3_large_100": 5_483_032,
+    "tf_mobilenetv3_large_minimal_100": 3_924_288, "tf_mobilenetv3_small_075": 2_041_872,
+    "tf_mobilenetv3_small_100": 2_542_856, "tf_mobilenetv3_small_minimal_100": 2_044_736,
+    "mobilenet_edgetpu_100": 4_091_432, "mobilenet_edgetpu_v2_xs": 4_459_880,
+    "mobilenet_edgetpu_v2_s": 5_986_456, "mobilenet_edgetpu_v2_m": 8_462_888,
+    "mobilenet_edgetpu_v2_l": 10_921_640,
 }
 # The figures as the papers and the reference libraries print them (millions), to tie the pins to them.
 REFERENCE_M = {
