@@ -177,7 +177,8 @@ def test_output_stride_8_for_segmentation():
         assert m.forward_features(torch.randn(1, 3, 64, 64)).shape[-1] == 8
 
 
-@pytest.mark.parametrize("name", ["mobilenetv2_100", "mobilenetv4_hybrid_medium"])
+@pytest.mark.parametrize("name", ["mobilenetv2_100", "mobilenetv4_hybrid_medium", "tf_mobilenetv3_small_100",
+                                  "mobilenet_edgetpu_v2_xs"])
 def test_torch_export(name):
     model = create_model(name).eval()
     x = torch.randn(1, 3, 96, 96)
@@ -185,7 +186,8 @@ def test_torch_export(name):
     torch.testing.assert_close(ep.module()(x), model(x))
 
 
-@pytest.mark.parametrize("name", ["mobilenetv1_100", "mobilenetv3_large_100", "mobilenetv4_hybrid_medium"])
+@pytest.mark.parametrize("name", ["mobilenetv1_100", "mobilenetv3_large_100", "mobilenetv4_hybrid_medium",
+                                  "tf_mobilenetv3_large_100", "mobilenet_edgetpu_v2_s"])
 def test_fx_symbolic_trace(name):
     """The MobileNets trace with torch.fx (FX graph-mode quantization needs it): the input
     check and the head's pooling do not branch on a traced value."""

@@ -39,9 +39,13 @@ def tf_same_pad(size: int, kernel_size: int, stride: int, dilation: int = 1) -> 
     gives ``ceil(size / stride)`` outputs, the odd pixel going *after* (TF's
     ``get_pad_shape`` convention, which the TF-ported checkpoints were trained with). Integer
     arithmetic only, so sizes that are symbolic under ``torch.export`` work too."""
-    out = -(-size // stride)  # ceil(size / stride)
-    total = (out - 1) * stride + (kernel_size - 1) * dilation + 1 - size
-    total = total if total > 0 else 0
+    # (ceil(size / stride) - 1) * stride + effective kernel - size, written with one modulo so
+    # a symbolic size (torch.export with dynamic H / W) stays a simple expression; it is >= 0
+    # whenever the effective kernel is at least the stride, the only case that needs max().
+    eff = (kernel_size - 1) * dilation + 1
+    total = eff - 1 - (size - 1) % stride
+    if eff < stride:
+        total = max(total, 0)
     return total // 2, total - total // 2
 
 
@@ -55,13 +59,12 @@ def pad_same(x: torch.Tensor, kernel_size: tuple[int, int], stride: tuple[int, i
              dilation: tuple[int, int]) -> torch.Tensor:
     """Zero-pad an ``(N, C, H, W)`` map for a TF "SAME" conv (:func:`tf_same_pad` per dim).
 
-    ``torch.fx.wrap``-ed: a leaf under FX symbolic tracing (the amounts come from the input
-    shape)."""
+    No branch on the sizes (a pad of 0 is a copy), so ``torch.export`` with symbolic H / W
+    keeps one graph for every size. ``torch.fx.wrap``-ed: a leaf under FX symbolic tracing
+    (the amounts come from the input shape)."""
     top, bottom = tf_same_pad(x.shape[-2], kernel_size[0], stride[0], dilation[0])
     left, right = tf_same_pad(x.shape[-1], kernel_size[1], stride[1], dilation[1])
-    if top or bottom or left or right:
-        x = F.pad(x, (left, right, top, bottom))
-    return x
+    return F.pad(x, (left, right, top, bottom))
 
 
 torch.fx.wrap("pad_same")
