@@ -135,3 +135,18 @@ def test_qat_refuses_dynamic_padding_by_name():
 
     with pytest.raises(ValueError, match="TF 'SAME' padding"):
         QConv2d.from_float(ConvNormAct(8, 8, 3, 2, pad_type="same").conv)
+
+
+def test_profile_and_info_of_a_tf_model(capsys):
+    from mobilenets.analysis.profile import profile
+    from mobilenets.cli import main
+
+    tf, pt = profile("tf_mobilenetv3_large_100"), profile("mobilenetv3_large_100")
+    # padding adds no MACs (same output sizes) ...
+    assert tf.macs == pt.macs and tf.params == pt.params
+    # ... but the stem conv reads the padded 225x225 input at 224x224 (TF pads bottom / right)
+    (stem,) = [r for r in tf.layers if r.name == "stem.conv"]
+    assert stem.input_bytes == 3 * 225 * 225 * 4 and stem.module == "Conv2dSame"
+    assert main(["info", "tf_mobilenetv3_large_100"]) == 0
+    out = capsys.readouterr().out
+    assert "timm tf_mobilenetv3_large_100" in out and "stages.6  960x7x7" in out
