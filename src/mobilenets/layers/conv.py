@@ -36,9 +36,10 @@ def same_padding(kernel_size: int, stride: int = 1, dilation: int = 1) -> int:
 
 def tf_same_pad(size: int, kernel_size: int, stride: int, dilation: int = 1) -> tuple[int, int]:
     """TensorFlow ``padding="SAME"`` along one dimension: the (before, after) zero padding that
-    gives ``ceil(size / stride)`` outputs, the odd pixel going *after* (TF's
-    ``get_pad_shape`` convention, which the TF-ported checkpoints were trained with). Integer
-    arithmetic only, so sizes that are symbolic under ``torch.export`` work too."""
+    gives ``ceil(size / stride)`` outputs, the odd pixel going *after* (TensorFlow's
+    documented rule: ``pad_along = max((out - 1) * stride + k_eff - size, 0)``, ``pad_before =
+    pad_along // 2``; the TF-ported checkpoints were trained with it). Integer arithmetic
+    only, so sizes that are symbolic under ``torch.export`` work too."""
     # (ceil(size / stride) - 1) * stride + effective kernel - size, written with one modulo so
     # a symbolic size (torch.export with dynamic H / W) stays a simple expression; it is >= 0
     # whenever the effective kernel is at least the stride, the only case that needs max().
