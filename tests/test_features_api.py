@@ -16,7 +16,11 @@ from conftest import randomize_bn
 timm = pytest.importorskip("timm")
 
 SIZE = (193, 161)
-TIMM_NAMES = ["mobilenetv3_large_100", "mobilenetv4_conv_small", "mobilenetv4_hybrid_medium", "mobilenetv2_100"]
+TIMM_NAMES = ["mobilenetv3_large_100", "mobilenetv4_conv_small", "mobilenetv4_hybrid_medium", "mobilenetv2_100",
+              # TF "SAME" padding with the stem as a level; EfficientNet-class conv_head, group convs
+              "tf_mobilenetv3_small_100", "mobilenet_edgetpu_v2_xs"]
+# every timm name the library has, for the cheap check (feature_info of a model built on meta)
+ALL_TIMM = [n for n in mobilenets.list_models(task="classification") if mobilenets.get_entry(n).reference.get("timm")]
 INDICES = [None, 2, [0, 2], [-1, 1], [3, 1, 3]]
 
 
@@ -37,6 +41,16 @@ def test_feature_info_is_timms(pair):
     ref, ours, _ = pair
     assert [(f["num_chs"], f["reduction"]) for f in ours.feature_info] == \
            [(f["num_chs"], f["reduction"]) for f in ref.feature_info]
+
+
+@pytest.mark.parametrize("name", ALL_TIMM)
+def test_feature_info_is_timms_everywhere(name):
+    ref_name = mobilenets.get_entry(name).reference["timm"]
+    with torch.device("meta"):
+        ref = timm.create_model(ref_name, features_only=True)
+        ours = mobilenets.create_model(name, features_only=True)
+    assert [(f["num_chs"], f["reduction"]) for f in ours.feature_info] == \
+           [(f["num_chs"], f["reduction"]) for f in ref.feature_info.get_dicts()]
 
 
 @pytest.mark.parametrize("indices", INDICES, ids=str)

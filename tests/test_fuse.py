@@ -11,7 +11,8 @@ from conftest import assert_same_function, randomize_bn
 _BN = nn.modules.batchnorm._BatchNorm
 
 
-@pytest.mark.parametrize("name", mobilenets.list_models("mobilenetv*"))
+@pytest.mark.parametrize("name", mobilenets.list_models("mobilenetv*") + mobilenets.list_models("tf_mobilenetv3*")
+                         + mobilenets.list_models("mobilenet_edgetpu*"))
 def test_fuse_equals_unfused(name):
     torch.manual_seed(0)
     model = randomize_bn(mobilenets.create_model(name)).eval()

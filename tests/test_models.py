@@ -26,6 +26,15 @@ PARAMS = {
     "mobilenetv4_hybrid_medium_075": 7_313_528, "mobilenetv4_hybrid_large": 37_764_624,
     "mobilenetv4_hybrid_large_075": 22_754_984, "mobilenetv4_conv_aa_medium": 9_715_512,
     "mobilenetv4_conv_blur_medium": 9_715_512, "mobilenetv4_conv_aa_large": 32_590_864,
+    # timm's other MobileNets (timm 1.0.31's counts at 1000 classes)
+    "mobilenetv1_100h": 5_282_600, "mobilenetv2_110d": 4_516_520, "mobilenetv2_120d": 5_831_144,
+    "mobilenetv3_large_150d": 14_622_320, "mobilenetv3_rw": 5_479_918,
+    "tf_mobilenetv3_large_075": 3_993_528, "tf_mobilenetv3_large_100": 5_483_032,
+    "tf_mobilenetv3_large_minimal_100": 3_924_288, "tf_mobilenetv3_small_075": 2_041_872,
+    "tf_mobilenetv3_small_100": 2_542_856, "tf_mobilenetv3_small_minimal_100": 2_044_736,
+    "mobilenet_edgetpu_100": 4_091_432, "mobilenet_edgetpu_v2_xs": 4_459_880,
+    "mobilenet_edgetpu_v2_s": 5_986_456, "mobilenet_edgetpu_v2_m": 8_462_888,
+    "mobilenet_edgetpu_v2_l": 10_921_640,
 }
 # The figures as the papers and the reference libraries print them (millions), to tie the pins to them.
 REFERENCE_M = {
@@ -168,7 +177,8 @@ def test_output_stride_8_for_segmentation():
         assert m.forward_features(torch.randn(1, 3, 64, 64)).shape[-1] == 8
 
 
-@pytest.mark.parametrize("name", ["mobilenetv2_100", "mobilenetv4_hybrid_medium"])
+@pytest.mark.parametrize("name", ["mobilenetv2_100", "mobilenetv4_hybrid_medium", "tf_mobilenetv3_small_100",
+                                  "mobilenet_edgetpu_v2_xs"])
 def test_torch_export(name):
     model = create_model(name).eval()
     x = torch.randn(1, 3, 96, 96)
@@ -176,7 +186,8 @@ def test_torch_export(name):
     torch.testing.assert_close(ep.module()(x), model(x))
 
 
-@pytest.mark.parametrize("name", ["mobilenetv1_100", "mobilenetv3_large_100", "mobilenetv4_hybrid_medium"])
+@pytest.mark.parametrize("name", ["mobilenetv1_100", "mobilenetv3_large_100", "mobilenetv4_hybrid_medium",
+                                  "tf_mobilenetv3_large_100", "mobilenet_edgetpu_v2_s"])
 def test_fx_symbolic_trace(name):
     """The MobileNets trace with torch.fx (FX graph-mode quantization needs it): the input
     check and the head's pooling do not branch on a traced value."""

@@ -13,7 +13,7 @@ pytest.importorskip("onnx")
 
 @pytest.mark.parametrize("name", ["mobilenetv1_025", "mobilenetv2_050", "mobilenetv3_small_100",
                                   "mobilenetv4_conv_small_050", "mobilenetv4_hybrid_medium_075",
-                                  "mobileformer_26m"])
+                                  "mobileformer_26m", "tf_mobilenetv3_small_075", "mobilenet_edgetpu_v2_xs"])
 def test_export_matches_eager(name, tmp_path):
     model = randomize_bn(mobilenets.create_model(name)).eval()
     path = export_onnx(model, tmp_path / "m.onnx", input_size=(96, 128), dynamic_batch=True)

@@ -36,7 +36,8 @@ def block_specs(draw):
               e=draw(st.sampled_from([1.0, 2.0, 2.5, 3.67, 4.5, 6.0])),
               se=draw(st.sampled_from([0.0, 0.25] if kind in ("ds", "dsa", "ir") else [0.0])),
               act=draw(st.sampled_from([None, "relu", "hard_swish", "gelu", "relu6", "silu"])),
-              width=draw(st.sampled_from(["scale", "max", "fixed"])))
+              width=draw(st.sampled_from(["scale", "max", "fixed"])),
+              gs=draw(st.sampled_from([0, 16, 64] if kind == "er" else [0])), skip=draw(st.booleans()))
     if uir and kw["stride"] == 2 and not (kw["a"] or kw["k"]):
         kw["k"] = 3  # a strided UIB needs a depthwise conv
     if kind == "mqa":
@@ -56,7 +57,8 @@ def test_repeat_keeps_stride_on_first_only():
     assert all(b.out == 96 and b.a == 0 and b.k == 3 and b.e == 2.0 for b in blocks)
 
 
-@pytest.mark.parametrize("name", mobilenets.list_models("mobilenetv*"))
+@pytest.mark.parametrize("name", mobilenets.list_models("mobilenetv*") + mobilenets.list_models("tf_mobilenetv3*")
+                         + mobilenets.list_models("mobilenet_edgetpu*"))
 def test_registered_specs_round_trip(name):
     spec = mobilenets.get_entry(name).spec
     assert parse_stages(spec.to_rows()) == spec.stages
@@ -69,10 +71,36 @@ def test_registered_specs_round_trip(name):
     ("ir_r1_k3_zz9_c8", "unknown option"),
     ("ir_r1_k3_s1_e6_c24_???", "cannot parse token"),
     ("mqa_r1_k3_s1_c64", "heads"),
+    ("ir_r1_k3_s1_e4_gs64_c64", "group size"),
 ])
 def test_parse_errors_name_the_problem(text, match):
     with pytest.raises(ValueError, match=match):
         parse_block(text)
+
+
+def test_group_size_and_noskip_tokens():
+    (b,) = parse_block("er_r1_k3_s1_e4_gs64_c48_noskip")
+    assert (b.gs, b.skip) == (64, False) and b.to_string() == "er_r1_k3_s1_e4_c48_gs64_noskip"
+
+
+@pytest.mark.parametrize("repeats,mult", [([1], 1.2), ([2], 1.2), ([4], 1.4), ([1, 1, 2], 1.2), ([1, 3], 1.2),
+                                          ([3], 1.4), ([1, 1, 2], 1.5), ([2, 2], 0.5), ([1], 2.0)])
+def test_depth_scaling_matches_timm(repeats, mult):
+    builder = pytest.importorskip("timm.models._efficientnet_builder")
+    from mobilenets.archs import scale_repeats
+
+    scaled = builder._scale_stage_depth(list(range(len(repeats))), repeats, mult, "ceil")
+    assert scale_repeats(repeats, mult) == [scaled.count(i) for i in range(len(repeats))]
+
+
+def test_depth_mult_scales_stages_and_keeps_fixed_ones():
+    rows = [["ds_r1_k3_s1_c16"], ["ir_r2_k3_s2_e6_c24"], ["ir_r1_k3_s1_e6_c320"]]
+    stages = parse_stages(rows, depth_mult=1.2, fixed_depth=(0, 2))
+    assert [len(st) for st in stages] == [1, 3, 1]
+    assert [b.stride for b in stages[1]] == [2, 1, 1]
+    assert [len(st) for st in parse_stages(rows, depth_mult=1.2)] == [2, 3, 2]
+    with pytest.raises(ValueError, match="depth_mult must be > 0"):
+        parse_stages(rows, depth_mult=0)
 
 
 def test_v4_tables_match_reference():

@@ -4,22 +4,28 @@ A model is a :class:`NetSpec` (data); :class:`mobilenets.models.MobileNet` build
 Block rows are written in a compact string form, parsed into :class:`BlockSpec` and printed
 back by :meth:`BlockSpec.to_string` (round trip tested)::
 
-    kind_r{repeat}_k{kernel}_s{stride}_e{expand}_c{out}[_a{start_k}][_se{ratio}][_nre|_hs|_gelu]
-        [_h{heads}_d{key_dim}_v{kv_stride}_q{query_stride}][_wmax|_wfix]
+    kind_r{repeat}_k{kernel}_s{stride}_e{expand}_c{out}[_a{start_k}][_gs{group_size}][_se{ratio}]
+        [_nre|_hs|_gelu][_h{heads}_d{key_dim}_v{kv_stride}_q{query_stride}][_noskip][_wmax|_wfix]
 
 kinds: ``cn`` conv-BN-act, ``ds`` depthwise-separable (linear pointwise, residual), ``dsa``
 (V1 form: activated pointwise, no residual), ``ir`` inverted residual, ``er`` fused IB,
 ``uir`` Universal Inverted Bottleneck (``a`` start dw kernel, ``k`` middle dw kernel, 0 = none),
 ``mqa`` Mobile MQA. ``nre``/``hs``/``gelu`` override the model activation for that block.
 ``wmax``: channels scale with width but never below the base (V2's last conv); ``wfix``:
-channels never scale.
+channels never scale. ``gs``: group size (channels per group) of an ``er`` block's expansion
+conv (MobileNet-EdgeTPU-V2's group convs). ``noskip``: no identity shortcut even where the
+shapes allow one.
+
+Depth scaling (:func:`parse_stages` ``depth_mult``) multiplies each stage's block count as
+EfficientNet (Tan & Le 2019, https://arxiv.org/abs/1905.11946) and timm's ``*_d`` variants do.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field, replace
-from typing import Optional
+from typing import Collection, Optional
 
 BLOCK_KINDS = ("cn", "ds", "dsa", "ir", "er", "uir", "mqa")
 _ACT_TOKENS = {"nre": "relu", "hs": "hard_swish", "gelu": "gelu", "re6": "relu6"}
@@ -41,6 +47,8 @@ class BlockSpec:
         act: activation override (``None``: the model's).
         heads, key_dim, kv_stride, query_stride: Mobile MQA settings.
         width: ``"scale"``, ``"max"`` (never below base) or ``"fixed"``.
+        gs: group size of an ``er`` block's expansion conv (0: an ungrouped conv).
+        skip: allow the identity shortcut (``noskip`` rows: no shortcut at all).
     """
 
     kind: str
@@ -56,6 +64,8 @@ class BlockSpec:
     kv_stride: int = 1
     query_stride: int = 1
     width: str = "scale"
+    gs: int = 0
+    skip: bool = True
 
     def __post_init__(self):
         # Every field is checked here, so a bad row fails with its name, not deep inside torch.
@@ -85,6 +95,8 @@ class BlockSpec:
             raise ValueError(f"{self.kind} block: squeeze-excite ratio (se) must be in [0, 1], got {self.se}")
         if self.se and self.kind not in ("ds", "dsa", "ir"):
             raise ValueError(f"{self.kind} block: squeeze-excite (se) is an option of ds, dsa and ir blocks")
+        if self.gs < 0 or (self.gs and self.kind != "er"):
+            raise ValueError(f"{self.kind} block: group size (gs) is an er block option (>= 1), got gs{self.gs}")
         if self.width not in ("scale", "max", "fixed"):
             raise ValueError(f"width must be 'scale', 'max' or 'fixed', got {self.width!r}")
         if self.kind == "mqa":
@@ -111,12 +123,16 @@ class BlockSpec:
         parts.append(f"c{self.out}")
         if self.a:
             parts.append(f"a{self.a}")
+        if self.gs:
+            parts.append(f"gs{self.gs}")
         if self.se:
             parts.append(f"se{num(self.se)}")
         if self.act is not None:
             parts.append(_ACT_TO_TOKEN.get(self.act, f"act-{self.act}"))
         if self.kind == "mqa":
             parts += [f"h{self.heads}", f"d{self.key_dim}", f"v{self.kv_stride}", f"q{self.query_stride}"]
+        if not self.skip:
+            parts.append("noskip")
         if self.width != "scale":
             parts.append({"max": "wmax", "fixed": "wfix"}[self.width])
         return "_".join(parts)
@@ -136,6 +152,8 @@ def parse_block(text: str) -> list[BlockSpec]:
             kw["act"] = _ACT_TOKENS[tok]
         elif tok.startswith("act-"):
             kw["act"] = tok[4:]
+        elif tok == "noskip":
+            kw["skip"] = False
         elif tok in ("wmax", "wfix"):
             kw["width"] = {"wmax": "max", "wfix": "fixed"}[tok]
         else:
@@ -143,7 +161,7 @@ def parse_block(text: str) -> list[BlockSpec]:
             if not m:
                 raise ValueError(f"cannot parse token {tok!r} in block string {text!r}")
             opts[m.group(1)] = m.group(2)
-    known = {"r", "k", "s", "e", "c", "a", "se", "h", "d", "v", "q"}
+    known = {"r", "k", "s", "e", "c", "a", "gs", "se", "h", "d", "v", "q"}
     unknown = set(opts) - known
     if unknown:
         raise ValueError(f"unknown option(s) {sorted(unknown)} in block string {text!r}")
@@ -152,20 +170,53 @@ def parse_block(text: str) -> list[BlockSpec]:
     repeat = int(opts.get("r", 1))
     if repeat < 1:
         raise ValueError(f"block string {text!r}: repeat (r) must be >= 1, got {repeat}")
-    for name in ("r", "k", "s", "c", "a", "h", "d", "v", "q"):
+    for name in ("r", "k", "s", "c", "a", "gs", "h", "d", "v", "q"):
         if name in opts and not opts[name].isdigit():
             raise ValueError(f"block string {text!r}: {name} takes a whole number, got {opts[name]!r}")
     spec = BlockSpec(
         kind=kind, out=int(opts["c"]), stride=int(opts.get("s", 1)), k=int(opts.get("k", 3)),
-        a=int(opts.get("a", 0)), e=float(opts.get("e", 1.0)), se=float(opts.get("se", 0.0)),
+        a=int(opts.get("a", 0)), gs=int(opts.get("gs", 0)), e=float(opts.get("e", 1.0)), se=float(opts.get("se", 0.0)),
         heads=int(opts.get("h", 0)), key_dim=int(opts.get("d", 0)), kv_stride=int(opts.get("v", 1)),
         query_stride=int(opts.get("q", 1)), **kw)
     return [spec] + [replace(spec, stride=1)] * (repeat - 1)
 
 
-def parse_stages(rows: list[list[str]]) -> tuple[tuple[BlockSpec, ...], ...]:
-    """Parse a list of stages, each a list of compact rows."""
-    return tuple(tuple(b for row in stage for b in parse_block(row)) for stage in rows)
+def scale_repeats(repeats: list[int], depth_mult: float) -> list[int]:
+    """Scale the repeats of one stage's rows by ``depth_mult``, as EfficientNet scales depth
+    (the stage total rounded up) and timm's ``decode_arch_def`` (``depth_trunc="ceil"``)
+    shares it out: row by row from the last, each row getting its rounded proportional share
+    of what is left (so the first row, often the strided one, is the last to grow)."""
+    if depth_mult == 1.0:
+        return list(repeats)
+    left, left_scaled = sum(repeats), int(math.ceil(sum(repeats) * depth_mult))
+    out = []
+    for r in reversed(repeats):
+        rs = max(1, round(r / left * left_scaled))
+        out.append(rs)
+        left, left_scaled = left - r, left_scaled - rs
+    return out[::-1]
+
+
+def parse_stages(rows: list[list[str]], depth_mult: float = 1.0,
+                 fixed_depth: Collection[int] = ()) -> tuple[tuple[BlockSpec, ...], ...]:
+    """Parse a list of stages, each a list of compact rows.
+
+    Args:
+        rows: the stages' rows.
+        depth_mult: block-count multiplier per stage (:func:`scale_repeats`); only the first
+            block of a repeated row keeps the row's stride.
+        fixed_depth: indices of stages whose depth never scales (timm's ``fix_first_last``).
+    """
+    if not depth_mult > 0:
+        raise ValueError(f"depth_mult must be > 0, got {depth_mult}")
+    stages = []
+    for si, stage in enumerate(rows):
+        parsed = [parse_block(row) for row in stage]
+        mult = 1.0 if si in fixed_depth else depth_mult
+        repeats = scale_repeats([len(p) for p in parsed], mult)
+        stages.append(tuple(b for p, r in zip(parsed, repeats)
+                            for b in [p[0]] + [replace(p[0], stride=1)] * (r - 1)))
+    return tuple(stages)
 
 
 @dataclass(frozen=True)
@@ -176,11 +227,14 @@ class HeadSpec:
         hidden: hidden width (0: no hidden layer, as V1/V2). Not scaled by width_mult.
         norm: BatchNorm on the hidden layer (V4) instead of a bias (V3).
         act: activation of the hidden layer (``None``: the model's).
+        bias: a bias on the hidden layer when it has no norm (timm's ``head_bias``; False in
+            timm's ``mobilenetv3_rw``).
     """
 
     hidden: int = 0
     norm: bool = False
     act: Optional[str] = None
+    bias: bool = True
 
 
 @dataclass(frozen=True)
@@ -190,13 +244,24 @@ class NetSpec:
     Attributes:
         family: registry family name (``mobilenetv1`` ... ``mobilenetv4``).
         stages: tuple of stages, each a tuple of :class:`BlockSpec`.
-        stem: stem conv channels (3x3 stride 2).
+        stem: stem conv channels (``stem_k`` x ``stem_k``, stride 2).
+        stem_k: stem kernel size (3; 5 and 7 in MobileNet-EdgeTPU-V2).
         act: default activation. stem_act: stem activation (default ``act``).
-        fix_stem_below: the stem keeps its width when ``width_mult`` is below this.
+        fix_stem_below: the stem keeps its width when ``width_mult`` is below this (``inf``:
+            always, timm's ``fix_stem``).
         head: classifier head.
         layer_scale: init value of layer scale on ``uir`` and ``mqa`` blocks (``None``: off).
         aa: anti-aliasing layer on strided blocks (``None``, ``"avg"``, ``"blurpc"``).
         norm_eps, norm_momentum: BatchNorm settings.
+        fixed_norm: ``norm_eps`` / ``norm_momentum`` are the ones the reference checkpoints
+            were trained with, whatever library wrote them (TF ports and timm's
+            ``mobilenetv3_rw`` fix BatchNorm eps 1e-3 in their definition): loading one keeps
+            them instead of applying the source library's usual settings.
+        pad_type: conv padding, ``""`` (symmetric) or ``"same"`` (TensorFlow "SAME", for
+            TF-ported checkpoints; see :func:`mobilenets.layers.create_conv2d`).
+        se_act: activation inside squeeze-excite (``None``: the block's; V3's SE uses ReLU).
+        se_divisor: SE squeeze channels are ``make_divisible(chs * se, se_divisor)`` (8, the
+            V3 paper's code); 1: plain ``round`` (timm's ``mobilenetv3_rw``).
         drop_rate: default classifier dropout.
         paper: reference link.
         last_stage_is_head: the last stage is the head's pre-pool conv (V2's 1x1 to 1280,
@@ -209,11 +274,16 @@ class NetSpec:
     act: str
     head: HeadSpec = field(default_factory=HeadSpec)
     stem_act: Optional[str] = None
+    stem_k: int = 3
     fix_stem_below: float = 0.0
     layer_scale: Optional[float] = None
     aa: Optional[str] = None
     norm_eps: float = 1e-5
     norm_momentum: float = 0.1
+    fixed_norm: bool = False
+    pad_type: str = ""
+    se_act: Optional[str] = "relu"
+    se_divisor: int = 8
     drop_rate: float = 0.2
     paper: str = ""
     last_stage_is_head: bool = False
@@ -227,6 +297,12 @@ class NetSpec:
                              f"(parse_stages turns strings into them), got {type(bad[0]).__name__}")
         if self.stem < 1:
             raise ValueError(f"{self.family}: stem channels must be >= 1, got {self.stem}")
+        if self.stem_k < 1 or self.stem_k % 2 == 0:
+            raise ValueError(f"{self.family}: stem_k must be an odd kernel size >= 1, got {self.stem_k}")
+        if self.pad_type not in ("", "same"):
+            raise ValueError(f"{self.family}: pad_type must be '' or 'same', got {self.pad_type!r}")
+        if self.se_divisor < 1:
+            raise ValueError(f"{self.family}: se_divisor must be >= 1, got {self.se_divisor}")
         if self.aa not in (None, "avg", "blurpc"):
             raise ValueError(f"{self.family}: aa must be None, 'avg' or 'blurpc', got {self.aa!r}")
         if self.layer_scale is not None and not self.layer_scale > 0:

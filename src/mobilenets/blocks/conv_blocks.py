@@ -105,17 +105,19 @@ class DepthwiseSeparable(ResidualBlock):
         se_chs: SE squeeze channels (0: no SE).
         pw_act: activation after the pointwise conv (True for V1).
         skip: allow the identity shortcut (False for V1).
+        se_act: activation inside the SE (V3: ReLU). pad_type: conv padding (``ConvNormAct``).
     """
 
     def __init__(self, in_chs: int, out_chs: int, kernel_size: int = 3, stride: int = 1,
                  dilation: int = 1, se_chs: int = 0, pw_act: bool = False, skip: bool = True,
                  act: ActLike = "relu", norm: NormLayer = nn.BatchNorm2d, aa: Optional[str] = None,
-                 drop_path: float = 0.0, layer_scale: Optional[float] = None):
+                 drop_path: float = 0.0, layer_scale: Optional[float] = None, se_act: ActLike = "relu",
+                 pad_type: str = ""):
         super().__init__(in_chs, out_chs, stride, skip, drop_path, layer_scale)
         self.dw = ConvNormAct(in_chs, in_chs, kernel_size, stride, dilation, groups=in_chs,
-                              norm=norm, act=act, aa=aa)
-        self.se = SqueezeExcite(in_chs, se_chs) if se_chs else nn.Identity()
-        self.pw = ConvNormAct(in_chs, out_chs, 1, norm=norm, act=act if pw_act else None)
+                              norm=norm, act=act, aa=aa, pad_type=pad_type)
+        self.se = SqueezeExcite(in_chs, se_chs, act=se_act) if se_chs else nn.Identity()
+        self.pw = ConvNormAct(in_chs, out_chs, 1, norm=norm, act=act if pw_act else None, pad_type=pad_type)
 
     def branch(self, x: torch.Tensor) -> torch.Tensor:
         return self.pw(self.se(self.dw(x)))
@@ -131,19 +133,21 @@ class InvertedResidual(ResidualBlock):
     with the V3 squeeze-and-excite after the depthwise conv (V3 paper Fig. 4).
 
     1x1 expand to ``mid_chs`` + BN + act -> dw kxk + BN + act -> [SE] -> 1x1 project + BN.
+    ``se_act``: activation inside the SE (V3: ReLU); ``pad_type``: conv padding (``ConvNormAct``).
     """
 
     def __init__(self, in_chs: int, out_chs: int, mid_chs: int, kernel_size: int = 3,
                  stride: int = 1, dilation: int = 1, se_chs: int = 0, act: ActLike = "relu6",
                  norm: NormLayer = nn.BatchNorm2d, aa: Optional[str] = None, skip: bool = True,
-                 drop_path: float = 0.0, layer_scale: Optional[float] = None):
+                 drop_path: float = 0.0, layer_scale: Optional[float] = None, se_act: ActLike = "relu",
+                 pad_type: str = ""):
         super().__init__(in_chs, out_chs, stride, skip, drop_path, layer_scale)
         self.mid_chs = mid_chs
-        self.expand = ConvNormAct(in_chs, mid_chs, 1, norm=norm, act=act)
+        self.expand = ConvNormAct(in_chs, mid_chs, 1, norm=norm, act=act, pad_type=pad_type)
         self.dw = ConvNormAct(mid_chs, mid_chs, kernel_size, stride, dilation, groups=mid_chs,
-                              norm=norm, act=act, aa=aa)
-        self.se = SqueezeExcite(mid_chs, se_chs) if se_chs else nn.Identity()
-        self.project = ConvNormAct(mid_chs, out_chs, 1, norm=norm, act=None)
+                              norm=norm, act=act, aa=aa, pad_type=pad_type)
+        self.se = SqueezeExcite(mid_chs, se_chs, act=se_act) if se_chs else nn.Identity()
+        self.project = ConvNormAct(mid_chs, out_chs, 1, norm=norm, act=None, pad_type=pad_type)
 
     def branch(self, x: torch.Tensor) -> torch.Tensor:
         return self._after_expansion(self._expand(x))
@@ -159,17 +163,27 @@ class InvertedResidual(ResidualBlock):
 
 
 class FusedIB(ResidualBlock):
-    """Fused inverted bottleneck (MobileNetV4 section 3.2; EfficientNet-EdgeTPU "fused MBConv"):
-    kxk conv expand with stride + BN + act -> 1x1 project + BN."""
+    """Fused inverted bottleneck (MobileNetV4 section 3.2; EfficientNet-EdgeTPU "fused MBConv",
+    Gupta & Tan 2019; timm's ``EdgeResidual``): kxk conv expand with stride + BN + act -> 1x1
+    project + BN. ``group_size`` > 0 makes the expansion a group conv with ``mid_chs //
+    group_size`` groups (MobileNet-EdgeTPU-V2's group-conv fused IBNs; the group count comes
+    from the conv's output channels, as in timm's ``EdgeResidual``)."""
 
     def __init__(self, in_chs: int, out_chs: int, mid_chs: int, kernel_size: int = 3,
                  stride: int = 1, dilation: int = 1, act: ActLike = "relu",
                  norm: NormLayer = nn.BatchNorm2d, aa: Optional[str] = None, skip: bool = True,
-                 drop_path: float = 0.0, layer_scale: Optional[float] = None):
+                 drop_path: float = 0.0, layer_scale: Optional[float] = None, group_size: int = 0,
+                 pad_type: str = ""):
         super().__init__(in_chs, out_chs, stride, skip, drop_path, layer_scale)
+        groups = mid_chs // group_size if group_size else 1
+        if group_size and (mid_chs % group_size or in_chs % groups):
+            raise ValueError(f"fused IB: group_size {group_size} must divide the expanded channels ({mid_chs}) "
+                             f"into groups that divide the input channels ({in_chs})")
         self.mid_chs = mid_chs
-        self.expand = ConvNormAct(in_chs, mid_chs, kernel_size, stride, dilation, norm=norm, act=act, aa=aa)
-        self.project = ConvNormAct(mid_chs, out_chs, 1, norm=norm, act=None)
+        self.expand = ConvNormAct(in_chs, mid_chs, kernel_size, stride, dilation,
+                                  groups=groups, norm=norm, act=act, aa=aa,
+                                  pad_type=pad_type)
+        self.project = ConvNormAct(mid_chs, out_chs, 1, norm=norm, act=None, pad_type=pad_type)
 
     def branch(self, x: torch.Tensor) -> torch.Tensor:
         return self.project(self.expand(x))
@@ -187,6 +201,7 @@ class UniversalInvertedBottleneck(ResidualBlock):
     Args:
         start_k: start depthwise kernel (0: none). mid_k: middle depthwise kernel (0: none).
         mid_chs: expanded channels (``make_divisible(in_chs * expand, 8)``).
+        pad_type: conv padding (``ConvNormAct``).
     """
 
     #: shape facts for builders and tasks, not for TorchScript (which would compile properties)
@@ -195,20 +210,20 @@ class UniversalInvertedBottleneck(ResidualBlock):
     def __init__(self, in_chs: int, out_chs: int, mid_chs: int, start_k: int = 0, mid_k: int = 3,
                  stride: int = 1, dilation: int = 1, act: ActLike = "relu",
                  norm: NormLayer = nn.BatchNorm2d, aa: Optional[str] = None, skip: bool = True,
-                 drop_path: float = 0.0, layer_scale: Optional[float] = None):
+                 drop_path: float = 0.0, layer_scale: Optional[float] = None, pad_type: str = ""):
         super().__init__(in_chs, out_chs, stride, skip, drop_path, layer_scale)
         self.mid_chs = mid_chs
         if stride > 1 and not (start_k or mid_k):
             raise ValueError("a strided UIB needs a start or middle depthwise conv (FFN cannot stride)")
         self.start_k, self.mid_k = start_k, mid_k
         self.dw_start = (ConvNormAct(in_chs, in_chs, start_k, stride if not mid_k else 1, dilation,
-                                     groups=in_chs, norm=norm, act=None, aa=aa)
+                                     groups=in_chs, norm=norm, act=None, aa=aa, pad_type=pad_type)
                          if start_k else nn.Identity())
-        self.expand = ConvNormAct(in_chs, mid_chs, 1, norm=norm, act=act)
+        self.expand = ConvNormAct(in_chs, mid_chs, 1, norm=norm, act=act, pad_type=pad_type)
         self.dw_mid = (ConvNormAct(mid_chs, mid_chs, mid_k, stride, dilation, groups=mid_chs,
-                                   norm=norm, act=act, aa=aa)
+                                   norm=norm, act=act, aa=aa, pad_type=pad_type)
                        if mid_k else nn.Identity())
-        self.project = ConvNormAct(mid_chs, out_chs, 1, norm=norm, act=None)
+        self.project = ConvNormAct(mid_chs, out_chs, 1, norm=norm, act=None, pad_type=pad_type)
 
     @property
     def kind(self) -> str:

@@ -26,7 +26,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from ..layers import ConvNormAct
+from ..layers import Conv2dSame, ConvNormAct
 from ..models.info import model_info
 from .fuse import fuse
 
@@ -62,9 +62,11 @@ def _post_op(act: nn.Module) -> Optional[tuple[str, list, str]]:
 
 
 def _packable(block: nn.Module) -> bool:
-    """A BN-folded ``ConvNormAct`` with zero padding and an activation oneDNN can fuse."""
+    """A BN-folded ``ConvNormAct`` with static zero padding and an activation oneDNN can fuse
+    (a TF "SAME" :class:`~mobilenets.layers.Conv2dSame` pads per input size: it stays as is)."""
     return isinstance(block, ConvNormAct) and isinstance(block.bn, nn.Identity) and _post_op(block.act) is not None \
-        and block.conv.padding_mode == "zeros" and not isinstance(block.conv.padding, str)
+        and block.conv.padding_mode == "zeros" and not isinstance(block.conv.padding, str) \
+        and not isinstance(block.conv, Conv2dSame)
 
 
 class PackedConvAct(nn.Module):

@@ -2,18 +2,20 @@
 stochastic depth and anti-aliased downsampling."""
 
 from .activations import get_act, ACTIVATIONS
-from .conv import ConvNormAct, make_divisible, same_padding
+from .conv import Conv2dSame, ConvNormAct, create_conv2d, make_divisible, same_padding
 from .misc import DropPath, LayerScale, SqueezeExcite, drop_path
 from .aa import BlurPool2d, create_aa
 
 __all__ = [
     "ACTIVATIONS",
     "BlurPool2d",
+    "Conv2dSame",
     "ConvNormAct",
     "DropPath",
     "LayerScale",
     "SqueezeExcite",
     "create_aa",
+    "create_conv2d",
     "drop_path",
     "get_act",
     "make_divisible",

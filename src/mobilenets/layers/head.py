@@ -20,6 +20,7 @@ class ClassifierHead(nn.Module):
     V1/V2 have no hidden layer; V3 has Linear(960->1280, bias) + h-swish (the paper's
     "efficient last stage", section 5.1); V4 has Linear(960->1280, no bias) + BN + act.
     The hidden layer is a Linear on the pooled vector: the same math as a 1x1 conv on a 1x1 map.
+    ``bias``: whether the hidden layer without a norm has a bias (timm's ``head_bias``).
 
     ``pool_type`` (timm's ``global_pool``, :data:`~mobilenets.layers.pool.POOL_TYPES`): with
     ``""`` the map is not pooled and the head works per position (``(N, C, H, W)`` out, as
@@ -29,14 +30,14 @@ class ClassifierHead(nn.Module):
 
     def __init__(self, in_chs: int, num_classes: int, hidden: int = 0, norm: bool = False,
                  act: Optional[str] = None, drop_rate: float = 0.0, norm_eps: float = 1e-5,
-                 norm_momentum: float = 0.1, pool_type: str = "avg"):
+                 norm_momentum: float = 0.1, pool_type: str = "avg", bias: bool = True):
         super().__init__()
         self.in_chs = in_chs
         self.pool = GlobalPool(pool_type)
         pooled = in_chs * self.pool.feat_mult()
         self.has_hidden, self.has_norm = bool(hidden), bool(hidden) and norm
         if hidden:
-            self.hidden = nn.Linear(pooled, hidden, bias=not norm)
+            self.hidden = nn.Linear(pooled, hidden, bias=bias and not norm)
             self.norm = nn.BatchNorm1d(hidden, eps=norm_eps, momentum=norm_momentum) if norm else nn.Identity()
             self.act = get_act(act, inplace=True)
         else:

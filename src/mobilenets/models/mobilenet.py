@@ -25,34 +25,45 @@ def _scaled(b: BlockSpec, width_mult: float) -> int:
     return max(b.out, scaled) if b.width == "max" else scaled
 
 
+def _se_chs(chs: int, ratio: float, net: NetSpec) -> int:
+    """SE squeeze channels: ``make_divisible`` by ``net.se_divisor``, or plain ``round`` (1)."""
+    if not ratio:
+        return 0
+    return round(chs * ratio) if net.se_divisor == 1 else make_divisible(chs * ratio, net.se_divisor)
+
+
 def build_block(b: BlockSpec, in_chs: int, out_chs: int, stride: int, dilation: int,
                 net: NetSpec, norm, drop_path: float) -> nn.Module:
     """Instantiate one block from its spec (channels already width-scaled)."""
     act = b.act or net.act
+    se_act = net.se_act or act
+    pad = net.pad_type
     # The shortcut follows the spec's stride: a block whose stride became a dilation
     # (output_stride < 32) keeps no shortcut, as in torchvision's dilated MobileNetV3.
-    skip = b.stride == 1
+    skip = b.stride == 1 and b.skip
     ls = net.layer_scale if b.kind in ("uir", "mqa") else None
     if b.kind == "cn":
-        return ConvBlock(in_chs, out_chs, b.k, stride, dilation, norm=norm, act=act, aa=net.aa)
+        return ConvBlock(in_chs, out_chs, b.k, stride, dilation, norm=norm, act=act, aa=net.aa, pad_type=pad)
     if b.kind in ("ds", "dsa"):
-        se = make_divisible(in_chs * b.se) if b.se else 0
-        return DepthwiseSeparable(in_chs, out_chs, b.k, stride, dilation, se_chs=se,
+        return DepthwiseSeparable(in_chs, out_chs, b.k, stride, dilation, se_chs=_se_chs(in_chs, b.se, net),
                                   pw_act=b.kind == "dsa", skip=skip and b.kind == "ds", act=act, norm=norm,
-                                  aa=net.aa, drop_path=drop_path)
+                                  aa=net.aa, drop_path=drop_path, se_act=se_act, pad_type=pad)
     mid = make_divisible(in_chs * b.e)
     if b.kind == "ir":
-        se = make_divisible(mid * b.se) if b.se else 0
-        return InvertedResidual(in_chs, out_chs, mid, b.k, stride, dilation, se_chs=se, act=act,
-                                norm=norm, aa=net.aa, skip=skip, drop_path=drop_path)
+        return InvertedResidual(in_chs, out_chs, mid, b.k, stride, dilation, se_chs=_se_chs(mid, b.se, net),
+                                act=act, norm=norm, aa=net.aa, skip=skip, drop_path=drop_path, se_act=se_act,
+                                pad_type=pad)
     if b.kind == "er":
         return FusedIB(in_chs, out_chs, mid, b.k, stride, dilation, act=act, norm=norm, aa=net.aa,
-                       skip=skip, drop_path=drop_path)
+                       skip=skip, drop_path=drop_path, group_size=b.gs, pad_type=pad)
     if b.kind == "uir":
         return UniversalInvertedBottleneck(in_chs, out_chs, mid, b.a, b.k, stride, dilation, act=act,
                                            norm=norm, aa=net.aa, skip=skip, drop_path=drop_path,
-                                           layer_scale=ls)
+                                           layer_scale=ls, pad_type=pad)
     if b.kind == "mqa":
+        if pad:
+            raise ValueError(f"mqa block: pad_type {pad!r} is not supported (expected ''): "
+                             "Mobile MQA has no TF-ported checkpoints")
         return MobileMQA(in_chs, out_chs, b.heads, b.key_dim, b.key_dim, b.kv_stride, b.query_stride,
                          b.k, dilation, norm=norm, drop_path=drop_path, layer_scale=ls)
     raise ValueError(f"unknown block kind {b.kind!r}")  # pragma: no cover - BlockSpec validates
@@ -91,7 +102,8 @@ class MobileNet(Backbone):
         norm = partial(nn.BatchNorm2d, eps=eps, momentum=mom)
 
         stem_chs = spec.stem if width_mult < spec.fix_stem_below else make_divisible(spec.stem * width_mult)
-        self.stem = ConvNormAct(in_chans, stem_chs, 3, 2, norm=norm, act=spec.stem_act or spec.act)
+        self.stem = ConvNormAct(in_chans, stem_chs, spec.stem_k, 2, norm=norm, act=spec.stem_act or spec.act,
+                                pad_type=spec.pad_type)
 
         total = len(spec.blocks())
         idx, in_chs, cur_stride, dilation = 0, stem_chs, 2, 1
@@ -120,7 +132,8 @@ class MobileNet(Backbone):
         self.num_features = in_chs
         self.head = ClassifierHead(in_chs, num_classes, spec.head.hidden, spec.head.norm,
                                    spec.head.act or spec.act,
-                                   spec.drop_rate if drop_rate is None else drop_rate, eps, mom, global_pool)
+                                   spec.drop_rate if drop_rate is None else drop_rate, eps, mom, global_pool,
+                                   bias=spec.head.bias)
         self.head_hidden_size = self.head.hidden_size
         self._init_weights()
 

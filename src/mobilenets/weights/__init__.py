@@ -266,6 +266,8 @@ def load_weights(model: nn.Module, source: Source, strict: bool = True) -> LoadR
             + format_key_problems(missing, unexpected, mismatched) + _variant_hint(raw, model))
     model.load_state_dict(fitted, strict=False)
     eps, mom = bn_settings(_family(model))
+    if getattr(getattr(model, "spec", None), "fixed_norm", False):
+        eps, mom = None, None  # the architecture fixes them (TF ports): whoever saved it trained with them
     if layout == "mobilenets" and "bn_eps" in meta:
         eps, mom = _bn_from_meta(meta, where)
     if eps is not None and hasattr(model, "set_bn"):

@@ -266,7 +266,8 @@ class Layout(NamedTuple):
     #: ``(state_dict, model) -> (our state dict, unmapped keys)``; None: already our names.
     mapper: Optional[Callable]
     #: our family name -> the BatchNorm ``(eps, momentum)`` the checkpoint was trained with
-    #: (``(None, None)``: keep the model's).
+    #: (``(None, None)``: keep the model's; a spec with ``fixed_norm``, the TF ports, always
+    #: keeps its own, see :func:`mobilenets.load_weights`).
     bn_settings: Callable[[str], tuple]
 
 

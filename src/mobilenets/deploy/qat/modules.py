@@ -9,6 +9,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from ...layers import Conv2dSame
 from ...models.info import model_info
 
 
@@ -120,8 +121,9 @@ class QConv2d(_QuantWeightMixin, nn.Conv2d):
 
     @classmethod
     def from_float(cls, conv: nn.Conv2d, qmax: int = 127) -> "QConv2d":
-        if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
-            raise ValueError(f"QAT supports zero-padded convs with explicit padding, got {conv}")
+        if conv.padding_mode != "zeros" or isinstance(conv.padding, str) or isinstance(conv, Conv2dSame):
+            raise ValueError(f"QAT supports zero-padded convs with explicit static padding, got {conv} "
+                             f"(TF 'SAME' padding, pad_type='same', is computed per input size)")
         q = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
                 conv.dilation, conv.groups, bias=True)
         q.weight = conv.weight
