@@ -11,7 +11,7 @@ import torch.nn as nn
 from ..archs.spec import BlockSpec, NetSpec
 from ..blocks import (ConvBlock, DepthwiseSeparable, FusedIB, InvertedResidual, MobileMQA,
                       UniversalInvertedBottleneck)
-from ..layers import ConvNormAct, get_act, make_divisible
+from ..layers import ConvNormAct, make_divisible
 from ..layers.head import ClassifierHead, new_linear  # noqa: F401  (re-exported)
 from .base import MIN_INPUT_SIZE, Backbone, check_input, check_options, feature_levels
 
