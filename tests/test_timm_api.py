@@ -14,7 +14,8 @@ import mobilenets
 from mobilenets.layers.pool import UnsupportedPoolError
 
 FAMILIES = ["mobilenetv1_100", "mobilenetv2_035", "mobilenetv3_small_050", "mobilenetv4_conv_small",
-            "mobilenetv4_hybrid_medium", "mobileformer_26m"]
+            "mobilenetv4_hybrid_medium", "mobileformer_26m", "tf_mobilenetv3_small_minimal_100",
+            "mobilenet_edgetpu_v2_xs"]
 SCRIPTABLE = [n for n in FAMILIES if not n.startswith("mobileformer")]
 
 
@@ -94,7 +95,7 @@ def test_global_pool_and_reset_classifier(name):
         nopool.load_state_dict(m.state_dict(), strict=False)
         out = nopool(x)
         assert out.ndim == 4 and out.shape[-2:] == fmap.shape[-2:]
-    hidden = name != "mobilenetv1_100" and not name.startswith("mobilenetv2")
+    hidden = m.head.hidden_size != m.num_features  # V1 / V2 / EdgeTPU pool straight into the classifier
     if hidden:  # V3 / V4 / Mobile-Former heads have a hidden layer sized for one pooled vector
         with pytest.raises(UnsupportedPoolError):
             m.reset_classifier(5, "catavgmax")
