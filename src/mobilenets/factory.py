@@ -32,7 +32,8 @@ def create_model(name: str, pretrained: Pretrained = None, num_classes: Optional
             (``.pth/.pt/.bin/.safetensors``), ``"hf-hub:org/name"`` or a state dict, in our,
             timm's, torchvision's or the official Mobile-Former layout. No weights are
             downloaded implicitly.
-        num_classes: classifier outputs (0: none; default 1000). For detectors: classes
+        num_classes: classifier outputs (0: none; default 1000, or the model's own: 0 for
+            mobilenetv5_300m and its encoder, as timm). For detectors: classes
             including the background, as torchvision counts them (default 91, COCO).
         in_chans: input channels.
         features_only: return a :class:`FeatureExtractor` giving one map per feature level.
@@ -68,7 +69,8 @@ def create_model(name: str, pretrained: Pretrained = None, num_classes: Optional
             raise TypeError(f"{name}: {e}{_keyword_hint(e, entry)}") from None
         # the builder knows the task model's shape (backbone, classes, native size); the name is ours
         return set_model_info(model, model_info(model).replace(name=name, task=entry.task, family=entry.family))
-    num_classes = 1000 if num_classes is None else num_classes
+    if num_classes is None:  # the model's own default (an encoder has no classifier), else 1000
+        num_classes = entry.defaults.get("num_classes", 1000)
     try:
         model = entry.builder(num_classes=num_classes, in_chans=in_chans, **kwargs)
     except TypeError as e:

@@ -6,6 +6,7 @@ from typing import Callable, Optional
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from .activations import ActLike, get_act
 
@@ -70,3 +71,47 @@ class ConvNormAct(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.aa(self.act(self.bn(self.conv(x))))
+
+
+def _same_pad(size: int, kernel: int, stride: int, dilation: int) -> int:
+    # TensorFlow's SAME: the total padding that gives ceil(size / stride) outputs
+    return max((-(-size // stride) - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
+
+
+class Conv2dSame(nn.Conv2d):
+    """A Conv2d with TensorFlow's ``"SAME"`` padding: the total padding that keeps
+    ``ceil(size / stride)`` outputs, computed from the input size at every call and split with
+    the odd pixel at the bottom / right (TensorFlow's rule; timm's ``Conv2dSame``). Where that
+    split is symmetric whatever the size (stride 1, odd kernel) a plain Conv2d with
+    :func:`same_padding` is the same conv: :func:`use_same_padding` only swaps the others.
+    Same parameters (and state dict) as the Conv2d it replaces; its own ``padding`` is 0."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.stride, self.dilation
+        ph = _same_pad(x.shape[-2], kh, sh, dh)
+        pw = _same_pad(x.shape[-1], kw, sw, dw)
+        x = F.pad(x, [pw // 2, pw - pw // 2, ph // 2, ph - ph // 2])
+        return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+
+def _static_same(conv: nn.Conv2d) -> bool:
+    return all(s == 1 and (d * (k - 1)) % 2 == 0
+               for k, s, d in zip(conv.kernel_size, conv.stride, conv.dilation))
+
+
+def use_same_padding(module: nn.Module) -> int:
+    """In place: every Conv2d of ``module`` whose TensorFlow SAME padding depends on the input
+    size (a stride > 1, or an even effective kernel) becomes a :class:`Conv2dSame`, its
+    parameters kept; the others already pad the SAME way. Returns how many were swapped."""
+    n = 0
+    for name, child in list(module.named_children()):
+        if type(child) is nn.Conv2d and not _static_same(child):
+            same = Conv2dSame(child.in_channels, child.out_channels, child.kernel_size, child.stride, 0,
+                              child.dilation, child.groups, child.bias is not None,
+                              device=child.weight.device, dtype=child.weight.dtype)
+            same.weight, same.bias = child.weight, child.bias
+            setattr(module, name, same)
+            n += 1
+        else:
+            n += use_same_padding(child)
+    return n

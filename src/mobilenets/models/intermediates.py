@@ -53,7 +53,8 @@ def take_indices(num_levels: int, indices: Indices) -> tuple[list[int], int]:
 
 class IntermediatesMixin:
     """``forward_intermediates`` / ``prune_intermediate_layers`` / expansion taps over the
-    backbone's stage protocol (``_begin``, ``_run_stage``, ``_finish``, ``drop_head``)."""
+    backbone's stage protocol (``_begin``, ``_run_stage``, ``_finish_steps`` and its
+    ``_neck_positions``, ``drop_head``)."""
 
     def forward_intermediates(self, x: torch.Tensor, indices: Indices = None, norm: bool = False,
                               stop_early: bool = False, output_fmt: str = "NCHW",
@@ -79,12 +80,12 @@ class IntermediatesMixin:
         positions = self._level_positions()
         wanted = {positions[i] for i in taken}
         until = positions[deepest] if stop_early else None
-        steps = self.walk(x, until=until, keep=wanted)
+        steps = self.walk(x, until=until, keep=wanted | set(self._neck_positions()))
         maps = [split_state(s.state)[0] for s in steps if s.position in wanted]
         if intermediates_only:
             return maps
         state = steps[-1].state
-        final = self._finish(state) if steps[-1].position == len(self.stages) else state
+        final = self._finish_steps(steps) if steps[-1].position == len(self.stages) else state
         return final, maps
 
     def prune_intermediate_layers(self, indices: Indices = 1, prune_norm: bool = False,

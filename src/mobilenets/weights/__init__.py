@@ -232,8 +232,8 @@ def load_weights(model: nn.Module, source: Source, strict: bool = True) -> LoadR
     if layout not in LAYOUTS:
         raise CheckpointError(
             f"{where}: {'ambiguous' if layout == 'ambiguous' else 'unrecognised'} key layout "
-            f"(first keys: {list(sd)[:5]}); expected a mobilenets, timm, torchvision or official "
-            f"Mobile-Former checkpoint of the same architecture")
+            f"(first keys: {list(sd)[:5]}); expected a mobilenets, timm, torchvision, official "
+            f"Mobile-Former or Gemma 3n (vision tower) checkpoint of the same architecture")
     mapper, bn_settings = LAYOUTS[layout].mapper, LAYOUTS[layout].bn_settings
     raw = sd
     unexpected: list[str] = []
