@@ -74,8 +74,10 @@ class ConvNormAct(nn.Module):
 
 
 def _same_pad(size: int, kernel: int, stride: int, dilation: int) -> int:
-    # TensorFlow's SAME: the total padding that gives ceil(size / stride) outputs
-    return max((-(-size // stride) - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
+    # TensorFlow's SAME: the total padding that gives ceil(size / stride) outputs. The ceiling
+    # as (size + stride - 1) // stride: ONNX export traces ``//`` as a truncating Div, which
+    # would turn -(-size // stride) into a floor for odd sizes
+    return max(((size + stride - 1) // stride - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
 
 
 class Conv2dSame(nn.Conv2d):
