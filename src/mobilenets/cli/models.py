@@ -74,7 +74,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
     if entry.reference:
         print("same architecture in: " + ", ".join(f"{k} {v}" for k, v in entry.reference.items()))
     print(f"params: {mobilenets.count_params(model) / 1e6:.3f} M   num_features: {model.num_features}   "
-          f"head_hidden_size: {model.head_hidden_size}   classes: {args.num_classes}")
+          f"head_hidden_size: {model.head_hidden_size}   classes: {model.num_classes}")
     print(f"\nforward pass at {h}x{w}:")
     # nominal stride (odd sizes round up at each downsampling, so h / out_h is not exact)
     rows = [[name, "x".join(map(str, s[1:])), s[1], 2 ** round(math.log2(h / s[2]))] for name, s in shapes]
@@ -122,5 +122,6 @@ def add_commands(sub) -> None:
     p = sub.add_parser("info", help="per-stage output shapes and feature levels of a model")
     p.add_argument("name")
     add_input_size(p, default=(224, 224), help="input size of the forward pass (default 224)")
-    p.add_argument("--num-classes", type=int, default=1000)
+    p.add_argument("--num-classes", type=int, default=None,
+                   help="classifier outputs (default: the model's, 1000 for most; 0 for an encoder)")
     p.set_defaults(func=_cmd_info)
