@@ -22,9 +22,9 @@ def _first_conv(model: torch.nn.Module):
 
 def randomize_bn(model: torch.nn.Module, seed: int = 0, calib_size=(224, 224),
                  calib: "torch.Tensor | None" = None, calibrate: bool = True) -> torch.nn.Module:
-    """Give every BatchNorm non-trivial affine parameters and running statistics, and layer
-    scales values far from their 1e-5 init, so a mapping mistake (or a wrong eps) shows up in
-    the logits, while keeping the network well conditioned.
+    """Give every BatchNorm non-trivial affine parameters and running statistics, every RMSNorm
+    a non-trivial scale, and layer scales values far from their 1e-5 init, so a mapping mistake
+    (or a wrong eps) shows up in the logits, while keeping the network well conditioned.
 
     Conditioning matters: with running statistics drawn at random (independent of what each
     BatchNorm actually sees), random-init convs grow activations by a constant factor per
@@ -51,12 +51,16 @@ def randomize_bn(model: torch.nn.Module, seed: int = 0, calib_size=(224, 224),
                 m.running_var.copy_(torch.rand(n, generator=g) * 0.5 + 0.5)
                 m.weight.copy_(torch.rand(n, generator=g) * 0.5 + 0.75)
                 m.bias.copy_(torch.randn(n, generator=g) * 0.1)
+            if "rmsnorm" in type(m).__name__.lower() and isinstance(getattr(m, "weight", None), torch.nn.Parameter):
+                # MobileNetV5's RMSNorm (ours and timm's RmsNorm2d / RmsNormAct2d): a scale only,
+                # no statistics; away from its ones init so a mis-mapped norm shows up
+                m.weight.copy_(torch.rand(m.weight.shape, generator=g) * 0.5 + 0.75)
             if hasattr(m, "gamma") and isinstance(m.gamma, torch.nn.Parameter):
                 # layer scale at its 1e-5 init would hide the whole residual branch
                 m.gamma.copy_(torch.rand(m.gamma.shape, generator=g) * 0.5 + 0.5)
         conv = _first_conv(model)
-        if conv is None or not calibrate:
-            return model
+        if conv is None or not calibrate or not any(isinstance(m, _BN) for m in model.modules()):
+            return model  # nothing to calibrate (MobileNetV5's RMSNorm has no statistics)
 
         x = torch.randn(4, conv.in_channels, *calib_size, generator=g) if calib is None else calib
         calibrate_bn_stats(model, x, g)

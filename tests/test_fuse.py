@@ -11,8 +11,11 @@ from conftest import assert_same_function, randomize_bn
 _BN = nn.modules.batchnorm._BatchNorm
 
 
-@pytest.mark.parametrize("name", mobilenets.list_models("mobilenetv*") + mobilenets.list_models("tf_mobilenetv3*")
-                         + mobilenets.list_models("mobilenet_edgetpu*"))
+# MobileNetV5 has no BatchNorm to fold (RMSNorm) and 294 M parameters: tests/test_mobilenetv5.py
+# checks that fuse keeps its function, at width 0.25
+@pytest.mark.parametrize("name", [n for n in mobilenets.list_models("mobilenetv*") + mobilenets.list_models("tf_mobilenetv3*")
+                                  + mobilenets.list_models("mobilenet_edgetpu*")
+                                  if mobilenets.get_entry(n).family != "mobilenetv5"])
 def test_fuse_equals_unfused(name):
     torch.manual_seed(0)
     model = randomize_bn(mobilenets.create_model(name)).eval()

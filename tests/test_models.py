@@ -7,6 +7,11 @@ import mobilenets
 from mobilenets import count_params, create_model
 
 ALL = mobilenets.list_models(task="classification")
+# MobileNetV5 (Gemma 3n's encoder, 294 M parameters) has another contract: its features are the
+# MSFA's fixed 16x16 grid and its encoder no classifier; tests/test_mobilenetv5.py checks it (and
+# every name against timm) at width 0.25 and small inputs
+_MNV5 = pytest.mark.skip(reason="MobileNetV5: see tests/test_mobilenetv5.py (MSFA 16x16 features, 294 M params)")
+CONTRACT = [pytest.param(n, marks=_MNV5) if mobilenets.get_entry(n).family == "mobilenetv5" else n for n in ALL]
 # Big models get the contract checks at a smaller input to keep the default run short.
 SMALL_INPUT = 64
 
@@ -60,7 +65,7 @@ def test_param_count_pinned(name):
         assert round(n / 1e6, len(str(REFERENCE_M[name]).split(".")[1])) == REFERENCE_M[name]
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", CONTRACT)
 def test_contract(name):
     torch.manual_seed(0)
     model = create_model(name, num_classes=7, drop_path_rate=0.1)
@@ -91,7 +96,7 @@ def test_contract(name):
         assert model(x).shape == (2, 3)
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", CONTRACT)
 def test_features_only_matches_feature_info(name):
     model = create_model(name, features_only=True).eval()
     full = create_model(name)

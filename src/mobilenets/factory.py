@@ -43,9 +43,10 @@ def create_model(name: str, pretrained: Pretrained = None, num_classes: Optional
             (``.pth/.pt/.bin/.safetensors``), ``"hf-hub:org/name"`` or a state dict, in our,
             timm's, torchvision's or the official Mobile-Former layout. No weights are
             downloaded implicitly.
-        num_classes: classifier outputs (0: none; default: the tag's, e.g. 11221 for
-            ``mobilenetv3_large_100.miil_in21k``, else 1000). For detectors: classes including
-            the background, as torchvision counts them (default 91, COCO).
+        num_classes: classifier outputs (0: none; default: the model's own, 0 for mobilenetv5_300m
+            and its encoder as timm, else the tag's, e.g. 11221 for ``mobilenetv3_large_100.miil_in21k``,
+            else 1000). For detectors: classes including the background, as torchvision counts
+            them (default 91, COCO).
         in_chans: input channels.
         features_only: return a :class:`FeatureExtractor` giving one map per feature level.
         out_indices: the feature levels to return (default: all).
@@ -108,7 +109,8 @@ def create_model(name: str, pretrained: Pretrained = None, num_classes: Optional
         model = _place(model, device, dtype)
         return set_model_info(model, info, model_cfg(model, cfg, info))
     cfg = resolve_pretrained_cfg(name, pretrained_cfg, pretrained_cfg_overlay)
-    num_classes = default_num_classes(cfg) if num_classes is None else num_classes
+    if num_classes is None:  # the model's own default (an encoder has no classifier), else the tag's
+        num_classes = entry.defaults.get("num_classes", default_num_classes(cfg))
     try:
         model = entry.builder(num_classes=num_classes, in_chans=in_chans, **kwargs)
     except TypeError as e:

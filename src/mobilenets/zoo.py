@@ -7,10 +7,11 @@ Importing :mod:`mobilenets` imports this module, which registers every model.
 
 from __future__ import annotations
 
-from .archs import mobileformer, mobilenet_edgetpu, mobilenetv1, mobilenetv2, mobilenetv3, mobilenetv4
+from .archs import mobileformer, mobilenet_edgetpu, mobilenetv1, mobilenetv2, mobilenetv3, mobilenetv4, mobilenetv5
 from .archs.mobileformer import MobileFormerSpec
 from .models.mobileformer import MobileFormer
 from .models.mobilenet import MobileNet, register_spec
+from .models.mobilenetv5 import register_mobilenetv5
 from .models.registry import keyword_options, register
 
 
@@ -58,6 +59,8 @@ def register_all() -> None:
         register_spec(name, mobilenet_edgetpu.SPECS[name], width, reference=ref)
     for name, key, width in mobilenetv4.VARIANTS:
         register_spec(name, mobilenetv4.SPECS[key], width, reference={"timm": name})
+    for name, spec in mobilenetv5.SPECS.items():
+        register_mobilenetv5(spec, reference={"timm": name})
 
 
 register_all()

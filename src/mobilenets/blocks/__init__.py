@@ -1,4 +1,4 @@
-"""Building blocks of MobileNet V1-V4 and Mobile-Former."""
+"""Building blocks of MobileNet V1-V5 and Mobile-Former."""
 
 from .conv_blocks import (
     ConvBlock,
@@ -9,6 +9,7 @@ from .conv_blocks import (
     UniversalInvertedBottleneck,
 )
 from .attention import MobileMQA, MultiQueryAttention2d
+from .msfa import MultiScaleFusionAdapter
 from .mobileformer import (ChannelShuffle, DynamicReLU, Former, FormerToMobile, LiteBottleneck,
                            MergedHead, MobileBottleneck, MobileDownsample, MobileFormerBlock,
                            MobileToFormer)
@@ -30,6 +31,7 @@ __all__ = [
     "MobileMQA",
     "MobileToFormer",
     "MultiQueryAttention2d",
+    "MultiScaleFusionAdapter",
     "ResidualBlock",
     "UniversalInvertedBottleneck",
 ]

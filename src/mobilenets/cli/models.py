@@ -142,5 +142,6 @@ def add_commands(sub) -> None:
     p.add_argument("name", help="registry name, optionally with a pretrained tag (NAME.TAG, see "
                    "mobilenets.list_pretrained())")
     add_input_size(p, default=(224, 224), help="input size of the forward pass (default 224)")
-    p.add_argument("--num-classes", type=int, default=None, help="classifier size (default: the tag's, else 1000)")
+    p.add_argument("--num-classes", type=int, default=None,
+                   help="classifier outputs (default: the tag's, else the model's own: 1000 for most, 0 for an encoder)")
     p.set_defaults(func=_cmd_info)

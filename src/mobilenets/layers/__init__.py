@@ -1,9 +1,10 @@
-"""Primitives shared by every family: conv + norm + act, activations, SE, layer scale,
-stochastic depth and anti-aliased downsampling."""
+"""Primitives shared by every family: conv + norm + act (TensorFlow SAME padding on request),
+activations, RMSNorm, SE, layer scale, stochastic depth and anti-aliased downsampling."""
 
 from .activations import get_act, ACTIVATIONS
-from .conv import Conv2dSame, ConvNormAct, create_conv2d, make_divisible, same_padding
+from .conv import Conv2dSame, ConvNormAct, create_conv2d, make_divisible, same_padding, use_same_padding
 from .misc import DropPath, LayerScale, SqueezeExcite, drop_path
+from .norm import RMSNorm2d
 from .aa import BlurPool2d, create_aa
 
 __all__ = [
@@ -13,6 +14,7 @@ __all__ = [
     "ConvNormAct",
     "DropPath",
     "LayerScale",
+    "RMSNorm2d",
     "SqueezeExcite",
     "create_aa",
     "create_conv2d",
@@ -20,4 +22,5 @@ __all__ = [
     "get_act",
     "make_divisible",
     "same_padding",
+    "use_same_padding",
 ]

@@ -145,3 +145,23 @@ class ConvNormAct(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.aa(self.act(self.bn(self.conv(x))))
+
+
+def use_same_padding(module: nn.Module) -> int:
+    """In place: every Conv2d of ``module`` whose TensorFlow SAME padding depends on the input
+    size (a stride > 1, or an even effective kernel) becomes a :class:`Conv2dSame`, its
+    parameters kept; the others already pad the SAME way. Returns how many were swapped."""
+    n = 0
+    for name, child in list(module.named_children()):
+        static = all(is_static_same(k, st, d) for k, st, d in zip(child.kernel_size, child.stride, child.dilation)) \
+            if type(child) is nn.Conv2d else True
+        if not static:
+            same = Conv2dSame(child.in_channels, child.out_channels, child.kernel_size, stride=child.stride,
+                              dilation=child.dilation, groups=child.groups, bias=child.bias is not None,
+                              device=child.weight.device, dtype=child.weight.dtype)
+            same.weight, same.bias = child.weight, child.bias
+            setattr(module, name, same)
+            n += 1
+        else:
+            n += use_same_padding(child)
+    return n

@@ -113,6 +113,18 @@ class Backbone(IntermediatesMixin, nn.Module):
         """What :meth:`forward_features` returns, from the state after the last stage."""
         return state
 
+    def _neck_positions(self) -> tuple[int, ...]:
+        """Walk positions (0 the stem, ``i`` stage ``i - 1``) whose states the features read
+        besides the last one: a multi-scale neck's inputs (MobileNetV5's fusion adapter). None
+        by default."""
+        return ()
+
+    def _finish_steps(self, steps: Sequence[Step]) -> Any:
+        """What :meth:`forward_features` returns, from a full walk's steps (those of
+        :meth:`_neck_positions` among them, and the last): :meth:`_finish` of the last state,
+        unless the family has a multi-scale neck."""
+        return self._finish(steps[-1].state)
+
     def drop_head(self) -> None:
         """Remove the classifier (and whatever only it reads)."""
         self.head = None
@@ -187,13 +199,18 @@ class Backbone(IntermediatesMixin, nn.Module):
         Args:
             x: ``(N, in_chans, H, W)`` input, H, W >= 32.
         """
-        if torch.jit.is_scripting():  # TorchScript: a conv family's map through stem and stages
-            return self.stages(self.stem(x))
+        if torch.jit.is_scripting():  # TorchScript: the stages in order (no Python-side walk)
+            return self._scripted_features(x)
         return self._walk_features(x)
+
+    def _scripted_features(self, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward_features` under TorchScript: a conv family's map through stem and
+        stages (a family with a neck overrides it)."""
+        return self.stages(self.stem(x))
 
     @torch.jit.unused
     def _walk_features(self, x: torch.Tensor) -> Any:
-        return self._finish(self.walk(x, keep=())[-1].state)
+        return self._finish_steps(self.walk(x, keep=self._neck_positions()))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``(N, num_classes)`` (the head's hidden vector when ``num_classes == 0``)."""

@@ -53,7 +53,8 @@ def take_indices(num_levels: int, indices: Indices) -> tuple[list[int], int]:
 
 class IntermediatesMixin:
     """``forward_intermediates`` / ``prune_intermediate_layers`` / expansion taps over the
-    backbone's stage protocol (``_begin``, ``_run_stage``, ``_finish``, ``drop_head``)."""
+    backbone's stage protocol (``_begin``, ``_run_stage``, ``_finish_steps`` and its
+    ``_neck_positions``, ``drop_head``)."""
 
     def forward_intermediates(self, x: torch.Tensor, indices: Indices = None, norm: bool = False,
                               stop_early: bool = False, output_fmt: str = "NCHW",
@@ -80,19 +81,24 @@ class IntermediatesMixin:
         if extra_blocks:
             taken, deepest = take_indices(len(self.blocks()) + 1, indices)
             wanted = set(taken)
-            steps = self.walk(x, until=deepest if stop_early else None, blocks=True, keep=wanted)
+            ends = {sum(len(s) for s in self.stages[:p]): p for p in self._neck_positions()}
+            steps = self.walk(x, until=deepest if stop_early else None, blocks=True, keep=wanted | set(ends))
             end = len(self.blocks())
+            # the neck reads stage outputs: the same states at their block positions
+            neck = [type(s)(ends[s.position], s.state) for s in steps if s.position in ends]
         else:
             taken, deepest = take_indices(len(self.feature_info), indices)
             positions = self._level_positions()
             wanted = {positions[i] for i in taken}
-            steps = self.walk(x, until=positions[deepest] if stop_early else None, keep=wanted)
+            until = positions[deepest] if stop_early else None
+            steps = self.walk(x, until=until, keep=wanted | set(self._neck_positions()))
             end = len(self.stages)
+            neck = steps
         maps = [split_state(s.state)[0] for s in steps if s.position in wanted]
         if intermediates_only:
             return maps
         state = steps[-1].state
-        final = self._finish(state) if steps[-1].position == end else state
+        final = self._finish_steps([*neck, steps[-1]]) if steps[-1].position == end else state
         return final, maps
 
     def prune_intermediate_layers(self, indices: Indices = 1, prune_norm: bool = False,

@@ -65,8 +65,8 @@ def find_matching_models(sd: Mapping[str, torch.Tensor], family: str, exclude: s
     """Registered models of ``family`` that a state dict (any known layout) fits exactly.
 
     Candidates are built on the ``meta`` device (no memory, no init cost), with ``num_classes``
-    (then the default 1000) and ``in_chans``. Used to name the variant a checkpoint belongs
-    to when it does not fit the model it was loaded into.
+    (then the model's default class count, then 1000) and ``in_chans``. Used to name the variant a
+    checkpoint belongs to when it does not fit the model it was loaded into.
     """
     from ..models.registry import get_entry, list_models
 
@@ -77,10 +77,12 @@ def find_matching_models(sd: Mapping[str, torch.Tensor], family: str, exclude: s
     for name in list_models(family=family):
         if name == exclude:
             continue
-        for classes in dict.fromkeys((num_classes, 1000)):
+        entry = get_entry(name)
+        # the model's own default class count too (MobileNetV5-300M and its encoder have none)
+        for classes in dict.fromkeys((num_classes, entry.defaults.get("num_classes", 1000), 1000)):
             try:
                 with torch.device("meta"):
-                    cand = get_entry(name).builder(num_classes=classes, in_chans=in_chans)
+                    cand = entry.builder(num_classes=classes, in_chans=in_chans)
             except Exception:  # noqa: BLE001 - a candidate that cannot be built just does not match
                 continue
             if _fits(sd, layout, cand):
@@ -232,8 +234,8 @@ def load_weights(model: nn.Module, source: Source, strict: bool = True) -> LoadR
     if layout not in LAYOUTS:
         raise CheckpointError(
             f"{where}: {'ambiguous' if layout == 'ambiguous' else 'unrecognised'} key layout "
-            f"(first keys: {list(sd)[:5]}); expected a mobilenets, timm, torchvision or official "
-            f"Mobile-Former checkpoint of the same architecture")
+            f"(first keys: {list(sd)[:5]}); expected a mobilenets, timm, torchvision, official "
+            f"Mobile-Former or Gemma 3n (vision tower) checkpoint of the same architecture")
     mapper, bn_settings = LAYOUTS[layout].mapper, LAYOUTS[layout].bn_settings
     raw = sd
     unexpected: list[str] = []

@@ -1,4 +1,5 @@
-"""Key layouts of other libraries' checkpoints, mapped onto ours.
+"""Key layouts of other libraries' checkpoints, mapped onto ours (timm's, Gemma 3n's vision
+tower, torchvision's, the official Mobile-Former code's).
 
 Each source layout is a function ``(state_dict, model) -> (converted, unmapped_keys)``. Block
 internals are mapped by our block's class (the model says which block sits where), so a timm
@@ -23,6 +24,7 @@ import torch.nn as nn
 from ..blocks import (ConvBlock, DepthwiseSeparable, FusedIB, InvertedResidual, LiteBottleneck,
                       MobileBottleneck, MobileDownsample, MobileFormerBlock, MobileMQA,
                       UniversalInvertedBottleneck)
+from ..models.mobilenetv5 import MobileNetV5
 
 StateDict = dict[str, torch.Tensor]
 
@@ -61,14 +63,25 @@ def _blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
             for bi, blk in enumerate(stage)]
 
 
-def _map_timm(sd: StateDict, model: nn.Module) -> tuple[StateDict, list[str]]:
-    out, unmapped = {}, []
+def _timm_top(model: nn.Module) -> list[tuple[str, str]]:
+    """timm's keys outside ``blocks`` -> ours (prefix pairs), by model."""
+    if isinstance(model, MobileNetV5):
+        # the stem is a ConvNormAct in timm too; the MSFA's FFN is a UIB; pooled Linear classifier
+        ffn = [(f"msfa.ffn.{s}", f"msfa.ffn.{d}") for s, d in _TIMM_BLOCK[UniversalInvertedBottleneck]]
+        return [("conv_stem", "stem"), ("msfa.norm", "msfa.norm"), *ffn, ("classifier", "head.fc")]
     stages = model.stages
     has_hidden = isinstance(model.head.hidden, nn.Linear)
     last = f"stages.{len(stages) - 1}.0"  # EfficientNet-class conv_head/bn2 = our last cn block
     top = [("conv_stem", "stem.conv"), ("bn1", "stem.bn"), ("classifier", "head.fc")]
     top += ([("conv_head", "head.hidden"), ("norm_head", "head.norm")] if has_hidden
             else [("conv_head", f"{last}.conv"), ("bn2", f"{last}.bn")])
+    return top
+
+
+def _map_timm(sd: StateDict, model: nn.Module) -> tuple[StateDict, list[str]]:
+    out, unmapped = {}, []
+    stages = model.stages
+    top = _timm_top(model)
     for k, v in sd.items():
         m = re.match(r"^blocks\.(\d+)\.(\d+)\.(.+)$", k)
         new = None
@@ -85,6 +98,19 @@ def _map_timm(sd: StateDict, model: nn.Module) -> tuple[StateDict, list[str]]:
         else:
             out[new] = v
     return out, unmapped
+
+
+#: where Gemma 3n checkpoints (Hugging Face transformers' Gemma3n) keep the vision tower: timm's
+#: MobileNetV5 keys under this prefix (timm's mobilenetv5 ``checkpoint_filter_fn`` strips it)
+GEMMA3N_VISION_PREFIX = "model.vision_tower.timm_model."
+
+
+def _map_gemma3n(sd: StateDict, model: nn.Module) -> tuple[StateDict, list[str]]:
+    """The vision tower of a Gemma 3n checkpoint, in timm's layout under
+    :data:`GEMMA3N_VISION_PREFIX`; the checkpoint's other parts (the language model, the audio
+    tower, the multimodal embedders) are not this model's and are left out, as timm's filter does."""
+    n = len(GEMMA3N_VISION_PREFIX)
+    return _map_timm({k[n:]: v for k, v in sd.items() if k.startswith(GEMMA3N_VISION_PREFIX)}, model)
 
 
 def _tv_parts(blk: nn.Module) -> list[str]:
@@ -273,8 +299,13 @@ class Layout(NamedTuple):
 
 LAYOUTS: dict[str, Layout] = {
     "mobilenets": Layout(_is_ours, None, lambda fam: (None, None)),
-    "timm": Layout(lambda ks: "conv_stem.weight" in ks and any(k.startswith("blocks.") for k in ks),
+    # MobileNetV5's stem is a ConvNormAct (conv_stem.conv / conv_stem.bn), the others' a bare conv
+    "timm": Layout(lambda ks: ("conv_stem.weight" in ks or "conv_stem.conv.weight" in ks)
+                   and any(k.startswith("blocks.") for k in ks),
                    _map_timm, lambda fam: (1e-5, 0.1)),
+    # Gemma 3n's vision tower (MobileNetV5, RMSNorm: no BatchNorm settings to carry)
+    "gemma3n": Layout(lambda ks: GEMMA3N_VISION_PREFIX + "conv_stem.conv.weight" in ks, _map_gemma3n,
+                      lambda fam: (None, None)),
     "torchvision": Layout(lambda ks: "features.0.0.weight" in ks and any(k.startswith("features.1.") for k in ks),
                           _map_torchvision,
                           lambda fam: (1e-3, 0.01) if fam == "mobilenetv3" else (1e-5, 0.1)),
