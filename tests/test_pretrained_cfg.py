@@ -18,7 +18,7 @@ from timm.models import get_pretrained_cfg  # noqa: E402
 # every registered name timm has the architecture of (the generator reads the same list), and
 # every tag timm's registry has for it
 SHARED = sorted(n for n, e in _REGISTRY.items() if e.reference.get("timm"))
-TAGGED = [f"{n}.{c.split('.', 1)[1]}" for n in SHARED
+TAGGED = [f"{n}.{c.split('.', 1)[1]}" if "." in c else n for n in SHARED  # untagged: timm's MNv5 encoder
           for c in timm.models.get_arch_pretrained_cfgs(_REGISTRY[n].reference["timm"])]
 OURS_ONLY = sorted(n for n, e in _REGISTRY.items() if e.task == "classification" and not e.reference.get("timm"))
 # where our module layout names differ from timm's: timm's MobileNets have conv_stem / classifier at
@@ -57,8 +57,9 @@ def test_the_lists_are_complete():
     a registered name with reference['timm'] is missing) and every tag of it is."""
     assert len(SHARED) >= 24 and len(TAGGED) >= 43
     for n in SHARED:
-        timm_tags = [c.split(".", 1)[1] for c in timm.models.get_arch_pretrained_cfgs(TIMM[n])]
+        timm_tags = [c.split(".", 1)[1] for c in timm.models.get_arch_pretrained_cfgs(TIMM[n]) if "." in c]
         assert list(_REGISTRY[n].tags) == timm_tags, f"{n}: regenerate with PYTHONPATH=src python tools/gen_timm_cfgs.py"
+        assert len(_REGISTRY[n].pretrained_cfgs) == len(timm.models.get_arch_pretrained_cfgs(TIMM[n])), n
 
 
 @pytest.mark.parametrize("tagged", TAGGED)
@@ -68,9 +69,13 @@ def test_every_tag_equals_timm_field_by_field(tagged):
     assert model.default_cfg is ours
     assert set(ours) == set(theirs)
     for k, v in theirs.items():
-        if k in LAYOUT:  # our module names: real parameters of ours, where timm's are its own
+        if k == "classifier" and not theirs["num_classes"] and model.get_classifier() is not None \
+                and not list(model.get_classifier().parameters()):
+            assert ours[k] in (None, LAYOUT[k])  # no classifier (MNv5's encoder): none named, or our slot
+        elif k in LAYOUT:  # our module names: real parameters of ours, where timm's are its own
             assert v != LAYOUT[k] and ours[k] == LAYOUT[k]
-            assert ours[k] + ".weight" in model.state_dict()
+            if k == "first_conv" or theirs["num_classes"]:  # as timm's check: no classifier, no weight
+                assert ours[k] + ".weight" in model.state_dict()
         else:
             assert ours[k] == v, k
     # the record is built from the cfg: timm's data pipeline and ours read the same preprocessing
@@ -217,6 +222,7 @@ def test_list_models_and_list_pretrained_as_timm():
     # names timm lacks are listed untagged with include_tags (as timm does), never as pretrained
     assert "mobilenetv1_025" in mobilenets.list_models("mobilenetv1*", include_tags=True)
     assert mobilenets.list_pretrained("mobilenetv1*") == ["mobilenetv1_100.ra4_e3600_r224_in1k",
+                                                          "mobilenetv1_100h.ra4_e3600_r224_in1k",
                                                           "mobilenetv1_125.ra4_e3600_r224_in1k"]
     assert mobilenets.list_models("mobilenetv4_conv_medium.e180*", include_tags=True,
                                   exclude_filters="*_ad_*") == ["mobilenetv4_conv_medium.e180_r384_in12k"]

@@ -59,6 +59,7 @@ def build() -> str:
     cfgs = {}
     for n in names:
         tagged = list(get_arch_pretrained_cfgs(n))  # timm's tag order: the default first
+        # an architecture timm registers without a tag (mobilenetv5_300m_enc) has one cfg and no "tag"
         cfgs[n] = [get_pretrained_cfg(t).to_dict() for t in tagged]
     fields = {f.name: (f.default if f.default is not dataclasses.MISSING else f.default_factory())
               for f in dataclasses.fields(PretrainedCfg)}

@@ -93,9 +93,9 @@ def resolve_pretrained_cfg(name: str, pretrained_cfg: Union[None, str, Mapping[s
     if isinstance(pretrained_cfg, Mapping):
         _check_fields(pretrained_cfg, "pretrained_cfg")
         cfg = _to_dict(pretrained_cfg)
-    elif entry.tags:
-        cfgs = {c["tag"]: c for c in entry.pretrained_cfgs}
-        cfg = _to_dict(cfgs[tag or entry.tags[0]])
+    elif entry.pretrained_cfgs:  # timm's (an architecture timm registers untagged: its one cfg, tag "")
+        cfgs = {c.get("tag", ""): c for c in entry.pretrained_cfgs}
+        cfg = _to_dict(cfgs[tag or next(iter(cfgs))])
     else:
         cfg = cfg_from_info(info or ModelInfo(entry.name, task=entry.task, family=entry.family))
     overlay = dict(pretrained_cfg_overlay or {})

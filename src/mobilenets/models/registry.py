@@ -55,12 +55,13 @@ class ModelEntry:
     @property
     def tags(self) -> tuple[str, ...]:
         """The pretrained tags this name accepts (``name.tag``), timm's default first."""
-        return tuple(c["tag"] for c in timm_cfgs.CFGS.get(self.reference.get("timm", ""), ()))
+        return tuple(c.get("tag") for c in timm_cfgs.CFGS.get(self.reference.get("timm", ""), ()) if c.get("tag"))
 
     @property
     def pretrained_tags(self) -> tuple[str, ...]:
         """The tags that have weights (a URL or a Hugging Face Hub id), in :attr:`tags` order."""
-        return tuple(c["tag"] for c in timm_cfgs.CFGS.get(self.reference.get("timm", ""), ()) if has_weights(c))
+        return tuple(c.get("tag") for c in timm_cfgs.CFGS.get(self.reference.get("timm", ""), ())
+                     if c.get("tag") and has_weights(c))
 
 
 def has_weights(cfg: dict) -> bool:

@@ -1175,6 +1175,64 @@ CFGS = {
             'license': 'apache-2.0'
         },
     ],
+    'mobilenetv5_300m': [
+        {
+            'url': '',
+            'hf_hub_id': 'timm/mobilenetv5_300m.gemma3n',
+            'architecture': 'mobilenetv5_300m',
+            'tag': 'gemma3n',
+            'custom_load': False,
+            'input_size': (3, 768, 768),
+            'fixed_input_size': False,
+            'interpolation': 'bicubic',
+            'crop_pct': 1.0,
+            'crop_mode': 'center',
+            'mean': (0.0, 0.0, 0.0),
+            'std': (1.0, 1.0, 1.0),
+            'num_classes': 0,
+            'pool_size': (16, 16),
+            'first_conv': 'conv_stem.conv',
+            'classifier': 'classifier',
+            'license': 'gemma'
+        },
+    ],
+    'mobilenetv5_300m_enc': [
+        {
+            'url': '',
+            'architecture': 'mobilenetv5_300m_enc',
+            'custom_load': False,
+            'input_size': (3, 768, 768),
+            'fixed_input_size': False,
+            'interpolation': 'bicubic',
+            'crop_pct': 1.0,
+            'crop_mode': 'center',
+            'mean': (0.0, 0.0, 0.0),
+            'std': (1.0, 1.0, 1.0),
+            'num_classes': 0,
+            'pool_size': (16, 16),
+            'first_conv': 'conv_stem.conv',
+            'classifier': 'classifier'
+        },
+    ],
+    'mobilenetv5_base': [
+        {
+            'url': '',
+            'architecture': 'mobilenetv5_base',
+            'tag': 'untrained',
+            'custom_load': False,
+            'input_size': (3, 256, 256),
+            'fixed_input_size': False,
+            'interpolation': 'bicubic',
+            'crop_pct': 1.0,
+            'crop_mode': 'center',
+            'mean': (0.5, 0.5, 0.5),
+            'std': (0.5, 0.5, 0.5),
+            'num_classes': 1000,
+            'pool_size': (16, 16),
+            'first_conv': 'conv_stem.conv',
+            'classifier': 'classifier'
+        },
+    ],
     'tf_mobilenetv3_large_075': [
         {
             'url': 'https://github.com/rwightman/pytorch-image-models/releases/download/v0.1-weights/tf_mobilenetv3_large_075-150ee8b0.pth',
