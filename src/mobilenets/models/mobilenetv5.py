@@ -141,7 +141,7 @@ class MobileNetV5(Backbone):
         none: ``num_classes=0`` leaves it so, more classes raise."""
         if self.head is None and self.spec.encoder:
             if num_classes or global_pool:
-                raise ValueError(f"{self.spec.name} is an encoder without a classifier head; build "
+                raise ValueError(f"{self.spec.name} is an encoder: no classifier head to reset; build "
                                  f"mobilenetv5_300m (the same network with a head) for {num_classes} classes")
             return
         super().reset_classifier(num_classes, global_pool)
