@@ -75,8 +75,10 @@ def test_registry_and_spec():
     mqa = [(b.heads, b.key_dim, b.kv_stride, b.out) for st in specs["mobilenetv5_300m"].stages for b in st
            if b.kind == "mqa"]
     assert mqa == [(12, 64, 2, 640)] * 14 + [(16, 96, 1, 1280)] * 19
-    with pytest.raises(ValueError, match="encoder without a classifier: num_classes must be 0, got 10"):
-        mobilenets.create_model("mobilenetv5_300m_enc", num_classes=10)
+    # timm's encoder ignores num_classes; ours gives it a pooled classifier when asked for one
+    enc = mobilenets.create_model("mobilenetv5_300m_enc", num_classes=10, width_mult=0.25).eval()
+    with torch.no_grad():
+        assert enc(torch.randn(1, 3, 64, 64)).shape == (1, 10)
 
 
 # --- parity with timm -----------------------------------------------------------------------------
@@ -219,8 +221,11 @@ def test_contract_train_step_heads_and_encoder(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(enc(x), enc.forward_features(x))
     assert isinstance(enc.get_classifier(), nn.Identity)
-    with pytest.raises(ValueError, match="no classifier head to reset"):
-        enc.reset_classifier(10)
+    enc.reset_classifier(0)  # nothing to remove
+    assert isinstance(enc.get_classifier(), nn.Identity)
+    enc.reset_classifier(10)  # a pooled classifier on the MSFA's map
+    with torch.no_grad():
+        assert enc(x).shape == (2, 10)
     assert [c for c, _ in enc.layer_shapes()][-1] == enc.feature_info[-1]["num_chs"]
 
 

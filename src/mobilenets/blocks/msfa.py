@@ -48,14 +48,29 @@ class MultiScaleFusionAdapter(nn.Module):
 
     def forward(self, maps: List[torch.Tensor]) -> torch.Tensor:
         """``(N, out_chs, *resolution)`` from the maps, finest first."""
-        h, w = maps[0].shape[-2:]
-        resized = [F.interpolate(m, size=(h, w), mode=self.interpolation)
-                   if m.shape[-2] < h or m.shape[-1] < w else m for m in maps]
-        x = self.ffn(torch.cat(resized, dim=1))
-        oh, ow = self.resolution
-        if (h, w) != (oh, ow):
-            if h % oh or w % ow:
-                x = F.interpolate(x, size=(oh, ow), mode="bilinear", align_corners=False)
-            else:
-                x = F.avg_pool2d(x, kernel_size=(h // oh, w // ow))
-        return self.norm(x)
+        x = self.ffn(concat_at_first_size(maps, self.interpolation))
+        return self.norm(to_resolution(x, maps[0], self.resolution[0], self.resolution[1]))
+
+
+# The two steps that depend on the maps' sizes, as functions: leaves under torch.fx symbolic
+# tracing (one call each in the graph, the sizes read when it runs), scriptable by TorchScript.
+def concat_at_first_size(maps: List[torch.Tensor], mode: str) -> torch.Tensor:
+    """The maps concatenated along channels, the coarser ones resized to the first's size."""
+    h, w = maps[0].shape[-2], maps[0].shape[-1]
+    resized = [F.interpolate(m, size=(h, w), mode=mode) if m.shape[-2] < h or m.shape[-1] < w else m for m in maps]
+    return torch.cat(resized, dim=1)
+
+
+def to_resolution(x: torch.Tensor, first: torch.Tensor, oh: int, ow: int) -> torch.Tensor:
+    """``x`` (at ``first``'s size) brought to ``(oh, ow)``: average pooling where the size
+    divides, bilinear resizing otherwise."""
+    h, w = first.shape[-2], first.shape[-1]
+    if h == oh and w == ow:
+        return x
+    if h % oh or w % ow:
+        return F.interpolate(x, size=(oh, ow), mode="bilinear", align_corners=False)
+    return F.avg_pool2d(x, kernel_size=(h // oh, w // ow))
+
+
+torch.fx.wrap("concat_at_first_size")
+torch.fx.wrap("to_resolution")

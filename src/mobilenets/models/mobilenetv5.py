@@ -48,9 +48,6 @@ class MobileNetV5(Backbone):
                  norm_eps: Optional[float] = None, global_pool: str = "avg"):
         super().__init__()
         check_options(width_mult, drop_path_rate, in_chans)
-        if spec.encoder and num_classes:
-            raise ValueError(f"{spec.name} is an encoder without a classifier: num_classes must be 0, got "
-                             f"{num_classes} (mobilenetv5_300m is the same network with a classifier)")
         net = spec.net
         self.spec, self.num_classes, self.in_chans = spec, num_classes, in_chans
         self.width_mult, self.drop_path_rate = width_mult, drop_path_rate
@@ -81,7 +78,7 @@ class MobileNetV5(Backbone):
         self.msfa = MultiScaleFusionAdapter([self.feature_info[i]["num_chs"] for i in levels], m.out,
                                             m.resolution, m.expansion, m.interpolation, act=net.act, norm=norm)
         self.num_features = m.out
-        if spec.encoder:
+        if spec.encoder and not num_classes:  # the encoder: the MSFA's map (a classifier only when asked)
             self.head = None
             self.head_hidden_size = m.out
         else:
@@ -110,7 +107,7 @@ class MobileNetV5(Backbone):
         self.head = None
         self.msfa = None
         self._neck = []
-        self.num_features = self.head_hidden_size = self.stages[-1][-1].out_chs
+        self.num_features = self.head_hidden_size = self.layer_shapes()[-1][0]  # the last kept map (the stem)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Pool + classifier on the ``forward_features`` map; without a head (an encoder, or a
@@ -138,12 +135,14 @@ class MobileNetV5(Backbone):
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
         """Replace the final Linear (see :meth:`Backbone.reset_classifier`); the encoder has
-        none: ``num_classes=0`` leaves it so, more classes raise."""
+        none: ``num_classes=0`` leaves it so, more classes give it a pooled classifier on the
+        MSFA's map (as ``num_classes=`` at creation)."""
         if self.head is None and self.spec.encoder:
-            if num_classes or global_pool:
-                raise ValueError(f"{self.spec.name} is an encoder: no classifier head to reset; build "
-                                 f"mobilenetv5_300m (the same network with a head) for {num_classes} classes")
-            return
+            if not num_classes and not global_pool:
+                return
+            ref = next(p for p in self.parameters() if p.is_floating_point())
+            self.head = ClassifierHead(self.num_features, 0, pool_type=global_pool or "avg").to(ref.device, ref.dtype)
+            self.head.train(self.training)
         super().reset_classifier(num_classes, global_pool)
 
     def get_classifier(self) -> nn.Module:
