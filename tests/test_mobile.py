@@ -389,3 +389,17 @@ def test_segmenters_export_their_out_logits_fully_lowered(tmp_path):
         out = torch.as_tensor(run(res.path, x))
         assert out.shape == (1, 5, 64, 64) and float((out - ref).abs().max() / ref.abs().max()) <= 1e-4
     assert model.aux_classifier is not None  # the model itself is left as it was
+
+
+@needs_et
+@needs_lt
+@pytest.mark.parametrize("name", ["tf_mobilenetv3_small_100", "mobilenet_edgetpu_v2_xs"])
+def test_timm_ported_families_lower_fully(name, tmp_path):
+    """The TF ports (SAME padding computed from the input) and MobileNet-EdgeTPU (fused,
+    grouped blocks) lower fully to XNNPACK and to LiteRT builtins, the files matching eager."""
+    from mobilenets.deploy import export_executorch, export_tflite
+
+    model = randomize_bn(mobilenets.create_model(name), calib_size=(64, 64)).eval()
+    for fn, suffix in ((export_executorch, "pte"), (export_tflite, "tflite")):
+        res = fn(model, tmp_path / f"m.{suffix}", input_size=(64, 64))
+        assert res.fully_lowered and res.max_rel_diff <= 1e-4, res.summary()
