@@ -166,13 +166,13 @@ def test_executorch_int8_is_quantized_and_close_to_its_reference(tmp_path):
 @needs_et
 def test_executorch_names_what_does_not_lower(tmp_path, monkeypatch):
     from mobilenets.deploy import LoweringError, export_executorch
-    monkeypatch.delitem(MOBILE_FORMS, type(mobilenets.create_model("mobilenetv1_025").head))
-    with pytest.raises(LoweringError, match=r"aten\.mean\.dim @ head \(ClassifierHead\) \(x1\): mean\.dim only "
+    monkeypatch.delitem(MOBILE_FORMS, type(mobilenets.create_model("mobilenetv1_025").head.pool))
+    with pytest.raises(LoweringError, match=r"aten\.mean\.dim @ head\.pool \(GlobalPool\) \(x1\): mean\.dim only "
                                             r"supports keepdim=True(.|\n)*Fix: an export form.*MOBILE_FORMS"):
         export_executorch(_small("mobilenetv1_025"), tmp_path / "m.pte", input_size=(64, 64))
     assert not list(tmp_path.iterdir())  # nothing written, no temp file left
     res = export_executorch(_small("mobilenetv1_025"), tmp_path / "m.pte", input_size=(64, 64), allow_fallback=True)
-    assert res.outside == {"aten.mean.dim @ head (ClassifierHead)": 1} and "1 op(s) outside" in res.summary()
+    assert res.outside == {"aten.mean.dim @ head.pool (GlobalPool)": 1} and "1 op(s) outside" in res.summary()
     assert res.max_rel_diff <= 1e-4  # the portable kernel still computes it
 
 
@@ -400,6 +400,20 @@ def test_timm_ported_families_lower_fully(name, tmp_path):
     from mobilenets.deploy import export_executorch, export_tflite
 
     model = randomize_bn(mobilenets.create_model(name), calib_size=(64, 64)).eval()
+    for fn, suffix in ((export_executorch, "pte"), (export_tflite, "tflite")):
+        res = fn(model, tmp_path / f"m.{suffix}", input_size=(64, 64))
+        assert res.fully_lowered and res.max_rel_diff <= 1e-4, res.summary()
+
+
+@needs_et
+@needs_lt
+@pytest.mark.parametrize("name,pool", [("mobilenetv2_035", "catavgmax"), ("mobilenetv3_small_050", "max"),
+                                       ("mobileformer_26m", "avgmax")])
+def test_every_head_pooling_exports(name, pool, tmp_path):
+    """timm's global_pool types reach the mobile files (their global-pool form computes each)."""
+    from mobilenets.deploy import export_executorch, export_tflite
+
+    model = randomize_bn(mobilenets.create_model(name, global_pool=pool), calib_size=(64, 64)).eval()
     for fn, suffix in ((export_executorch, "pte"), (export_tflite, "tflite")):
         res = fn(model, tmp_path / f"m.{suffix}", input_size=(64, 64))
         assert res.fully_lowered and res.max_rel_diff <= 1e-4, res.summary()

@@ -33,10 +33,11 @@ import torch.nn.functional as F
 from ..blocks.attention import MultiQueryAttention2d
 from ..blocks.mobileformer import DynamicReLU, FormerToMobile, Former, MergedHead, MobileToFormer
 from ..models.mobileformer import MobileFormer
+from ..layers.pool import GlobalPool
 from ..models.mobilenet import ClassifierHead
 
 __all__ = ["EXPORT_FORMS", "MOBILE_FORMS", "MOBILE_INT8_FORMS", "TARGETS", "ExportMultiQueryAttention2d",
-           "MobileClassifierHead", "MobileDynamicReLU", "MobileFormerBlockFormer", "MobileFormerToMobile",
+           "MobileClassifierHead", "MobileDynamicReLU", "MobileGlobalPool", "MobileFormerBlockFormer", "MobileFormerToMobile",
            "MobileHardsigmoid", "MobileInt8Hardswish", "MobileLayerNorm", "MobileMergedHead",
            "MobileMobileToFormer", "MobileMultiQueryAttention2d", "MobileFormerExport", "swap_for_export"]
 
@@ -99,12 +100,6 @@ class MobileMultiQueryAttention2d(_ExportForm, MultiQueryAttention2d):
         return o.reshape(B, h * self.value_dim, qh, qw)
 
 
-def _global_mean(x: torch.Tensor) -> torch.Tensor:
-    """``x.mean((2, 3))`` of an ``(N, C, H, W)`` map as XNNPACK's global average pool
-    (``keepdim=True``, then a reshape)."""
-    return x.mean((2, 3), keepdim=True).reshape(x.shape[0], x.shape[1])
-
-
 def _last_dim_mean(x: torch.Tensor) -> torch.Tensor:
     """``x.mean(-1, keepdim=True)`` of an ``(N, M, d)`` tensor as a global pool of the 4-D
     view ``(N, M, d, 1)``."""
@@ -124,11 +119,33 @@ def _bmm4(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return out.reshape(n, h, a.shape[2], b.shape[3])
 
 
+class MobileGlobalPool(_ExportForm, GlobalPool):
+    """:class:`~mobilenets.layers.pool.GlobalPool` from XNNPACK's pools: the mean with
+    ``keepdim=True``, the max as a max pool over the whole map, then a reshape (every pool type;
+    ``""`` unchanged)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.pool_type == "":
+            return x
+        n, c = x.shape[0], x.shape[1]
+        avg = x.mean((2, 3), keepdim=True).reshape(n, c)
+        if self.pool_type == "avg":
+            return avg
+        mx = F.max_pool2d(x, kernel_size=(x.shape[2], x.shape[3])).reshape(n, c)  # XNNPACK has no amax
+        if self.pool_type == "max":
+            return mx
+        return 0.5 * (avg + mx) if self.pool_type == "avgmax" else torch.cat([avg, mx], dim=1)
+
+
 class MobileClassifierHead(_ExportForm, ClassifierHead):
-    """:class:`~mobilenets.models.mobilenet.ClassifierHead` with its pool as a global pool."""
+    """:class:`~mobilenets.models.mobilenet.ClassifierHead` reading its (swapped) pool, without
+    the training-time batch check."""
 
     def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.act(self.norm(self.hidden(_global_mean(x))))
+        x = self.pool(x)
+        if self.pool.pool_type == "":
+            return ClassifierHead.forward(self, x, pre_logits)  # per position (pooling disabled)
+        x = self.act(self.norm(self.hidden(x)))
         return x if pre_logits else self.fc(self.drop(x))
 
 
@@ -226,8 +243,10 @@ class MobileMergedHead(_ExportForm, MergedHead):
     """Mobile-Former's head with a global pool and token 0 read by a slice."""
 
     def forward(self, x: torch.Tensor, tokens: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.pool_act(_global_mean(self.expand(self.shuffle(x))))
-        x = self.act(self.norm(self.hidden(torch.cat([x, _first_token(tokens)], dim=1))))
+        x = self.pool(self.expand(self.shuffle(x)))  # the (swapped) global pool
+        if self.pool.pool_type == "":
+            return x
+        x = self.act(self.norm(self.hidden(torch.cat([self.pool_act(x), _first_token(tokens)], dim=1))))
         return x if pre_logits else self.fc(self.drop(x))
 
 
@@ -247,6 +266,7 @@ EXPORT_FORMS: dict[type, type] = {MultiQueryAttention2d: ExportMultiQueryAttenti
 MOBILE_FORMS: dict[type, type] = {
     MultiQueryAttention2d: MobileMultiQueryAttention2d,
     ClassifierHead: MobileClassifierHead,
+    GlobalPool: MobileGlobalPool,
     nn.Hardsigmoid: MobileHardsigmoid,
     nn.LayerNorm: MobileLayerNorm,
     DynamicReLU: MobileDynamicReLU,

@@ -155,6 +155,21 @@ def list_pretrained(pattern: str = "*", exclude_filters: Union[str, Sequence[str
     return list_models(pattern, pretrained=True, include_tags=True, exclude_filters=exclude_filters)
 
 
+#: classification families that are not backbones of the task models (detection, segmentation,
+#: YOLO), and why
+NOT_TASK_BACKBONES = {
+    "mobilenetv5": "MobileNetV5 is Gemma 3n's 300M-parameter vision encoder with its own multi-scale fusion neck "
+                   "and RMSNorm (no BatchNorm for the task heads' frozen-BN and SSDLite settings); use its "
+                   "features_only maps directly",
+}
+
+
+def task_backbones() -> list[str]:
+    """The classification names the task models are built on (every family but
+    :data:`NOT_TASK_BACKBONES`)."""
+    return [n for n in list_models(task="classification") if _REGISTRY[n].family not in NOT_TASK_BACKBONES]
+
+
 def get_entry(name: str) -> ModelEntry:
     """The entry for ``name`` (``name.tag``: the name's entry, once the tag is checked); an unknown
     name raises ``KeyError`` naming the closest matches, an unknown tag :class:`UnknownTagError`

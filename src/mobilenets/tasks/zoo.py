@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import importlib
 
-from ..models.registry import keyword_options, list_models, register
+from ..models.registry import keyword_options, register, task_backbones
 
 # task, name pattern, family, builder (module.function under this package), fixed keywords,
 # torchvision's model of the same architecture on MobileNetV3-Large
@@ -49,7 +49,7 @@ def _register(task: str, pattern: str, family: str, builder: str, fixed: dict, t
 
 def register_all() -> None:
     """Register every task model (once; called on import)."""
-    for backbone in list_models(task="classification"):
+    for backbone in task_backbones():
         for row in TASK_MODELS:
             _register(*row, backbone)
 

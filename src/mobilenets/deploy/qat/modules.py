@@ -244,6 +244,10 @@ class QHead(nn.Module):
 
     def __init__(self, m: nn.Module, qmax: int = 127):
         super().__init__()
+        pool = getattr(getattr(m, "pool", None), "pool_type", "avg")
+        if pool != "avg":
+            raise ValueError(f"INT8 QAT takes heads with global_pool='avg' (the quantized global average pool), "
+                             f"got global_pool={pool!r}")
         self.fq_pool = ActFakeQuant()
         has_hidden = isinstance(m.hidden, nn.Linear)
         if has_hidden and not isinstance(m.norm, nn.Identity):

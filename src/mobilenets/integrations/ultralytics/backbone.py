@@ -19,6 +19,7 @@ import torch.nn as nn
 
 from ...factory import create_model
 from ...models import FeatureExtractor, UnknownModelError, get_entry, list_models
+from ...models.registry import NOT_TASK_BACKBONES
 from ...weights import CheckpointError, LoadReport, format_key_problems, load_weights
 
 #: strides of the maps a backbone row yields: P2..P5, the tutorial layout's layers 1-4
@@ -52,6 +53,8 @@ def backbone_entry(name: Any):
     if entry.task != "classification":
         raise ValueError(f"{name!r} is a {entry.task} model; a YOLO backbone is a classification backbone "
                          f"(e.g. {entry.defaults.get('backbone', backbones[0])})")
+    if entry.family in NOT_TASK_BACKBONES:
+        raise ValueError(f"{name!r} is not offered as a YOLO backbone: {NOT_TASK_BACKBONES[entry.family]}")
     return entry
 
 
