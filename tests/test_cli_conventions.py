@@ -151,3 +151,16 @@ def test_train_size_and_batch_reach_the_recipe(capsys):
 def test_bench_rejects_non_square(capsys):
     assert main(["bench", "mobilenetv1_025", "--input-size", "64", "96", "--quiet"]) == 2
     assert "bench takes a square input" in capsys.readouterr().err
+
+
+def test_a_closed_pipe_ends_quietly():
+    """`mobilenets list | head` under `set -o pipefail`: the command stops when the reader has
+    closed the pipe, exit 0, no "Broken pipe" error (`true` reads nothing and exits at once, so the
+    command always writes to a closed pipe; `head -2` is the everyday case)."""
+    import subprocess
+    import sys
+    for reader in ("true", "head -2"):
+        res = subprocess.run(["bash", "-e", "-o", "pipefail", "-c",
+                              f"{sys.executable} -m mobilenets list --no-macs | {reader}"], capture_output=True, text=True)
+        assert res.returncode == 0, (reader, res.stderr)
+        assert "Broken pipe" not in res.stderr and "Traceback" not in res.stderr, (reader, res.stderr)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -118,7 +119,9 @@ def run_handler(fn: Callable[[argparse.Namespace], int], args: argparse.Namespac
       cannot be written (``PermissionError``, ``IsADirectoryError``);
     - ``ImportError``: an optional dependency is missing (matplotlib, onnxruntime,
       huggingface_hub); the message says what to ``pip install``;
-    - whatever the subcommand adds in ``args.user_errors``
+    - whatever the subcommand adds in ``args.user_errors``.
+
+    A closed output pipe (``mobilenets list | head``) ends the command quietly with 0;
       (``parser.set_defaults(user_errors=(...))``, e.g. ``TrainingError``).
 
     Anything else (``TypeError``, ``AttributeError``, a bare ``KeyError``, ``RuntimeError``, ...)
@@ -128,6 +131,11 @@ def run_handler(fn: Callable[[argparse.Namespace], int], args: argparse.Namespac
     command = getattr(args, "command", None) or "?"
     try:
         return fn(args)
+    except BrokenPipeError:  # the reader stopped (`mobilenets list | head`): not an error of ours
+        # nothing more can be written; point stdout at /dev/null so the interpreter's final
+        # flush does not raise again on the closed pipe
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except errors as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"mobilenets {command}: error: {msg}", file=sys.stderr)
