@@ -170,6 +170,58 @@ class LiteRTRuntime(Runtime):
     def runner(self, path: str, threads: Optional[int] = None) -> "TfliteRunner":
         return TfliteRunner(path, threads=2 if threads is None else threads)
 
+    def write_info(self, path: str, info) -> None:
+        write_tflite_model_info(path, info)
+
+
+#: the metadata entry of a ``.tflite`` file holding the model's ModelInfo (JSON), as in ONNX files
+TFLITE_INFO_KEY = "mobilenets.model_info"
+
+
+def write_tflite_model_info(path: Union[str, os.PathLike], info) -> bool:
+    """Record ``info`` (a :class:`~mobilenets.models.info.ModelInfo`) in a LiteRT flatbuffer's
+    ``metadata`` (a named buffer, the standard place: the interpreter ignores it), replacing an
+    earlier one. A file whose buffers live outside the flatbuffer (over 2 GB) is left as it is
+    (``False``)."""
+    import json
+
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as schema
+
+    buf = Path(path).read_bytes()
+    model = schema.ModelT.InitFromPackedBuf(buf, 0)
+    if any(getattr(b, "offset", 0) for b in model.buffers or []):
+        return False
+    data = schema.BufferT()
+    data.data = np.frombuffer(json.dumps(info.to_dict()).encode(), dtype=np.uint8)
+    model.buffers.append(data)
+    entry = schema.MetadataT()
+    entry.name, entry.buffer = TFLITE_INFO_KEY, len(model.buffers) - 1
+    keep = [m for m in (model.metadata or []) if m.name not in (TFLITE_INFO_KEY, TFLITE_INFO_KEY.encode())]
+    model.metadata = keep + [entry]
+    builder = flatbuffers.Builder(len(buf) + 4096)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    Path(path).write_bytes(bytes(builder.Output()))
+    return True
+
+
+def read_tflite_model_info(path: Union[str, os.PathLike]):
+    """The :class:`~mobilenets.models.info.ModelInfo` a ``.tflite`` file records (None: none)."""
+    import json
+
+    from ai_edge_litert import schema_py_generated as schema
+
+    from ..models.info import ModelInfo
+
+    buf = Path(path).read_bytes()
+    model = schema.Model.GetRootAs(buf, 0)
+    for i in range(model.MetadataLength()):
+        md = model.Metadata(i)
+        if md.Name() in (TFLITE_INFO_KEY, TFLITE_INFO_KEY.encode()):
+            raw = model.Buffers(md.Buffer()).DataAsNumpy()
+            return ModelInfo.from_dict(json.loads(bytes(raw).decode()))
+    return None
+
 
 LITERT = LiteRTRuntime()
 

@@ -155,7 +155,12 @@ def write_model_info(file: Union[str, Path], info: ModelInfo) -> None:
 
 
 def read_model_info(file: Union[str, Path]) -> Optional[ModelInfo]:
-    """The :class:`ModelInfo` an exported ONNX file records (None: a file without one)."""
+    """The :class:`ModelInfo` an exported ``.onnx`` or ``.tflite`` file records (None: a file
+    without one)."""
+    if Path(file).suffix.lower() == ".tflite":
+        from .litert_export import read_tflite_model_info
+        require("ai_edge_litert", "reading a .tflite file's metadata")
+        return read_tflite_model_info(file)
     onnx = require("onnx", "reading an ONNX file's metadata")
     proto = onnx.load(str(file), load_external_data=False)
     for p in proto.metadata_props:
