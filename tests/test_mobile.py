@@ -419,16 +419,19 @@ def test_every_head_pooling_exports(name, pool, tmp_path):
         assert res.fully_lowered and res.max_rel_diff <= 1e-4, res.summary()
 
 
+@needs_et
 @needs_lt
-def test_tflite_file_records_the_model_info(tmp_path):
-    """A .tflite file carries the model's ModelInfo in its metadata (as an ONNX file does): name,
-    classes and the preprocessing its weights expect, at the exported size; the interpreter runs
-    the file unchanged (the export's verification ran the rewritten file)."""
-    from mobilenets.deploy import export_tflite, read_model_info
+def test_mobile_files_record_the_model_info(tmp_path):
+    """A .tflite file (a metadata buffer) and a .pte program (a model_info method) carry the
+    model's ModelInfo, as an ONNX file does: name, classes and the preprocessing its weights
+    expect, at the exported size; the runtimes run the files as before (the export's verification
+    ran them)."""
+    from mobilenets.deploy import export_executorch, export_tflite, read_model_info
 
     model = mobilenets.create_model("mobilenetv4_conv_small.e3600_r256_in1k", num_classes=7).eval()
-    res = export_tflite(model, tmp_path / "m.tflite", input_size=(64, 80))
-    info = read_model_info(res.path)
-    assert info == mobilenets.model_info(model).replace(input_size=(3, 64, 80))
-    assert info.mean == (0.5, 0.5, 0.5) and info.interpolation == "bicubic" and info.num_classes == 7
-    assert res.max_rel_diff <= 1e-4
+    for fn, suffix in ((export_tflite, "tflite"), (export_executorch, "pte")):
+        res = fn(model, tmp_path / f"m.{suffix}", input_size=(64, 80))
+        info = read_model_info(res.path)
+        assert info == mobilenets.model_info(model).replace(input_size=(3, 64, 80)), suffix
+        assert info.mean == (0.5, 0.5, 0.5) and info.interpolation == "bicubic" and info.num_classes == 7
+        assert res.max_rel_diff <= 1e-4

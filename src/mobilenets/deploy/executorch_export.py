@@ -13,6 +13,7 @@ it, its module and XNNPACK's reason, unless ``allow_fallback=True``.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections import Counter
@@ -59,8 +60,13 @@ class _Why(logging.Handler):
             self.reasons.setdefault(node.name, getattr(why, "reason", str(why)))
 
 
-def _lower(ep):
-    """``to_edge_transform_and_lower`` with the XNNPACK partitioner; ``(edge, reasons)``."""
+#: the program method returning the model's ModelInfo (JSON), as ONNX / LiteRT files record it
+PTE_INFO_METHOD = "model_info"
+
+
+def _lower(ep, info=None):
+    """``to_edge_transform_and_lower`` with the XNNPACK partitioner; ``(edge, reasons)``; with
+    ``info`` (a ModelInfo) the program also has a ``model_info`` method returning it as JSON."""
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
@@ -73,7 +79,8 @@ def _lower(ep):
         lg.propagate = False
         lg.addHandler(handler)
     try:
-        edge = to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner()])
+        constants = {} if info is None else {PTE_INFO_METHOD: json.dumps(info.to_dict())}
+        edge = to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner()], constant_methods=constants or None)
     finally:
         for lg, level, prop in saved:
             lg.removeHandler(handler)
@@ -128,8 +135,8 @@ class ExecuTorchRuntime(Runtime):
     def quantize(self, net, x, images):
         return pt2e_quantize(net, x, images, xnnpack_quantizer()), {}
 
-    def lower(self, net, x, options, model_name) -> Lowered:
-        edge, reasons = _lower(export_program(net, x))
+    def lower(self, net, x, options, model_name, info=None) -> Lowered:
+        edge, reasons = _lower(export_program(net, x), info)
         outside, lines, _ = outside_delegates(edge, reasons)
         ops = dict(Counter(getattr(n.target, "__name__", str(n.target)).split(".")[-1]
                            for n in edge.exported_program().graph_module.graph.nodes if n.op == "call_function"))
@@ -222,6 +229,19 @@ class PteRunner:
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         """Outputs for ``images`` ``(N, C, H, W)``, fed in chunks of the program's batch size."""
         return torch.cat([self(c) for c in chunks(images, self.batch)])
+
+
+def read_pte_model_info(path: Union[str, os.PathLike]):
+    """The :class:`~mobilenets.models.info.ModelInfo` a ``.pte`` program records (its
+    ``model_info`` method; None: a program without one)."""
+    from executorch.runtime import Runtime
+
+    from ..models.info import ModelInfo
+
+    program = Runtime.get().load_program(Path(path))
+    if PTE_INFO_METHOD not in program.method_names:
+        return None
+    return ModelInfo.from_dict(json.loads(program.load_method(PTE_INFO_METHOD).execute([])[0]))
 
 
 def pte_logits(path: Union[str, os.PathLike], images: torch.Tensor, threads: int = 0) -> torch.Tensor:

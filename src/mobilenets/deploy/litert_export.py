@@ -151,7 +151,7 @@ class LiteRTRuntime(Runtime):
             net = pt2e_quantize(net, x, images, quantizer, fold_quantize=False)
         return net, {"quant_config": QuantConfig(pt2e_quantizer=quantizer)}
 
-    def lower(self, net, x, options, model_name) -> Lowered:
+    def lower(self, net, x, options, model_name, info=None) -> Lowered:
         import litert_torch
 
         try:

@@ -315,8 +315,10 @@ class Runtime:
         """``(the INT8 reference net, options for lower)``."""
         raise NotImplementedError
 
-    def lower(self, net: nn.Module, x: torch.Tensor, options: dict, model_name: str) -> Lowered:
-        """The program for ``net`` at input ``x`` (a :class:`LoweringError` when it cannot)."""
+    def lower(self, net: nn.Module, x: torch.Tensor, options: dict, model_name: str, info=None) -> Lowered:
+        """The program for ``net`` at input ``x`` (a :class:`LoweringError` when it cannot);
+        ``info``: the model's :class:`~mobilenets.models.info.ModelInfo`, for a format that
+        records it in the program itself (ExecuTorch) rather than in :meth:`write_info`."""
         raise NotImplementedError
 
     def runner(self, path: str, threads: Optional[int] = None) -> Callable[[torch.Tensor], Any]:
@@ -350,7 +352,8 @@ def export_mobile(runtime: Runtime, model: nn.Module, path: Union[str, os.PathLi
         net, options = runtime.quantize(net, x, images)
     with torch.no_grad():
         ref = (net if int8 else fused)(x)  # INT8: the PT2E reference graph (quantization simulated)
-    lowered = runtime.lower(net, x, options, type(model).__name__)
+    info = model_info(model).replace(input_size=(in_chans, *size))
+    lowered = runtime.lower(net, x, options, type(model).__name__, info=info)
     if lowered.outside and not allow_fallback:
         raise LoweringError(
             f"{type(model).__name__}: {sum(lowered.outside.values())} op(s) outside {runtime.backend}:\n  "
@@ -361,7 +364,7 @@ def export_mobile(runtime: Runtime, model: nn.Module, path: Union[str, os.PathLi
 
     def write(tmp: str) -> None:
         lowered.write(tmp)
-        runtime.write_info(tmp, model_info(model).replace(input_size=(in_chans, *size)))
+        runtime.write_info(tmp, info)
         if verify:
             result["check"] = verify_export(runtime.runner(tmp), batch_size, fused, x, ref, atol_rel,
                                             runtime.label, int8, images)

@@ -103,7 +103,7 @@ class OnnxRuntime(Runtime):
     def quantize(self, net, x, images):
         return net, {"calibration": images}
 
-    def lower(self, net, x, options, model_name) -> Lowered:
+    def lower(self, net, x, options, model_name, info=None) -> Lowered:
         import io
 
         onnx = require("onnx", "ONNX export")
@@ -155,12 +155,16 @@ def write_model_info(file: Union[str, Path], info: ModelInfo) -> None:
 
 
 def read_model_info(file: Union[str, Path]) -> Optional[ModelInfo]:
-    """The :class:`ModelInfo` an exported ``.onnx`` or ``.tflite`` file records (None: a file
-    without one)."""
+    """The :class:`ModelInfo` an exported ``.onnx``, ``.tflite`` or ``.pte`` file records
+    (None: a file without one)."""
     if Path(file).suffix.lower() == ".tflite":
         from .litert_export import read_tflite_model_info
         require("ai_edge_litert", "reading a .tflite file's metadata")
         return read_tflite_model_info(file)
+    if Path(file).suffix.lower() == ".pte":
+        from .executorch_export import read_pte_model_info
+        require("executorch.runtime", "reading a .pte program's model_info")
+        return read_pte_model_info(file)
     onnx = require("onnx", "reading an ONNX file's metadata")
     proto = onnx.load(str(file), load_external_data=False)
     for p in proto.metadata_props:
