@@ -44,6 +44,7 @@ import torch.nn as nn
 
 from ..layers import ConvNormAct, DropPath
 from ..layers.bn_stats import check_batch_stats
+from ..layers.head import new_linear
 from ..layers.pool import GlobalPool, UnsupportedPoolError
 from ..layers.conv import NormLayer
 
@@ -498,9 +499,7 @@ class MergedHead(nn.Module):
         change the pooling too (``None`` keeps it)."""
         if pool_type is not None:
             self.pool = GlobalPool(self._check_pool(pool_type))
-        ref = self.hidden.weight
-        self.fc = (nn.Linear(self.hidden_size, num_classes, device=ref.device, dtype=ref.dtype)
-                   if num_classes > 0 else nn.Identity())
+        self.fc = new_linear(self, self.hidden_size, num_classes)
         self.train(self.training)
 
     def forward(self, x: torch.Tensor, tokens: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
