@@ -24,7 +24,7 @@ import mobilenets
 
 ROOT = Path(mobilenets.__file__).parent
 LAYERS = [("textutil", "version", "extras", "progress"), "onnxrt", "archs", "layers", "blocks", "models", "zoo", "weights", "data", "factory",
-          ("analysis", "train"), "deploy", "tasks", "__init__", "integrations", "cli"]
+          ("analysis", "train"), "deploy", ("tasks", "search"), "__init__", "integrations", "cli"]
 RANK = {name: i for i, layer in enumerate(LAYERS) for name in ((layer,) if isinstance(layer, str) else layer)}
 
 

@@ -1,0 +1,6 @@
+"""Platform-aware architecture search (issue: TuNAS-style UIB supernet, MnasNet reward, NetAdapt).
+
+- :mod:`.space`: :class:`SearchSpace` (data, like :class:`mobilenets.archs.spec.NetSpec`): the
+  decisions, sampling, and the :class:`NetSpec` of each sampled architecture.
+- :mod:`.controller`: the independent categorical controller (REINFORCE) and the rewards.
+"""
