@@ -10,9 +10,9 @@ from __future__ import annotations
 from .archs import mobileformer, mobilenet_edgetpu, mobilenetv1, mobilenetv2, mobilenetv3, mobilenetv4, mobilenetv5
 from .archs.mobileformer import MobileFormerSpec
 from .models.mobileformer import MobileFormer
-from .models.mobilenet import MobileNet, register_spec
+from .models.mobilenet import MobileNet
 from .models.mobilenetv5 import register_mobilenetv5
-from .models.registry import keyword_options, register
+from .models.registry import keyword_options, register, register_spec
 
 
 def _register_v3(name: str, width: float, reference: dict, make_spec, doc: str) -> None:
@@ -25,7 +25,7 @@ def _register_v3(name: str, width: float, reference: dict, make_spec, doc: str) 
         return MobileNet(make_spec(reduced_tail), width_mult=width_mult, **kw)
 
     build.__doc__ = f"{name}: {doc} x{width}."
-    register(name, "mobilenetv3", build, spec=make_spec(False), defaults={"width_mult": width},
+    register(name, "mobilenetv3", build, spec=make_spec(False).replace(width_mult=width), defaults={"width_mult": width},
              reference=reference, options=keyword_options(MobileNet))
 
 

@@ -18,14 +18,32 @@ shapes allow one.
 
 Depth scaling (:func:`parse_stages` ``depth_mult``) multiplies each stage's block count as
 EfficientNet (Tan & Le 2019, https://arxiv.org/abs/1905.11946) and timm's ``*_d`` variants do.
+
+A whole :class:`NetSpec` prints as one string (``str(spec)``, :meth:`NetSpec.to_string`), which
+:func:`parse_net` reads back and ``create_model`` accepts wherever a model name goes::
+
+    family:key=value,...:stage0 row,row,...:stage1 row,...
+
+The header holds ``stem`` and ``act`` and every other field that differs from its default
+(``head=1280,head_norm=1``: the :class:`HeadSpec`; ``width_mult=0.5``); stages are separated by
+``:``, rows by ``,`` (identical rows folded into one ``r{n}`` row). Only shell-safe characters
+are used, so a spec string needs no quoting. The JSON form (:meth:`NetSpec.to_dict`,
+:func:`load_spec` for a file) lists every field. ``paper`` is documentation: neither form nor
+equality carries it.
+
+Why one module: the block rows, the whole-net string and the JSON form are one grammar over one
+set of dataclasses; the printer and the parser of each sit beside the fields they read.
 """
 
 from __future__ import annotations
 
+import difflib
+import json
 import math
 import re
-from dataclasses import dataclass, field, replace
-from typing import Collection, Optional
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Collection, Optional, Union
 
 BLOCK_KINDS = ("cn", "ds", "dsa", "ir", "er", "uir", "mqa")
 _ACT_TOKENS = {"nre": "relu", "hs": "hard_swish", "gelu": "gelu", "re6": "relu6"}
@@ -285,8 +303,9 @@ class NetSpec:
     se_act: Optional[str] = "relu"
     se_divisor: int = 8
     drop_rate: float = 0.2
-    paper: str = ""
+    paper: str = field(default="", compare=False)
     last_stage_is_head: bool = False
+    width_mult: float = 1.0
 
     def __post_init__(self):
         if not self.stages or not all(self.stages):
@@ -312,6 +331,10 @@ class NetSpec:
                              f"got {self.norm_eps}, {self.norm_momentum}")
         if not 0 <= self.drop_rate < 1:
             raise ValueError(f"{self.family}: drop_rate must be in [0, 1), got {self.drop_rate}")
+        if not (isinstance(self.width_mult, (int, float)) and 0 < self.width_mult < math.inf):
+            raise ValueError(f"{self.family}: width_mult must be a number > 0, got {self.width_mult!r}")
+        if not re.fullmatch(r"[a-z][a-z0-9_]*", self.family):
+            raise ValueError(f"family must be a lower-case identifier (letters, digits, _), got {self.family!r}")
 
     def blocks(self) -> list[BlockSpec]:
         return [b for s in self.stages for b in s]
@@ -322,3 +345,203 @@ class NetSpec:
 
     def replace(self, **kw) -> "NetSpec":
         return replace(self, **kw)
+
+    def to_string(self) -> str:
+        """The one-line spec string (module docstring); :func:`parse_net` inverts it."""
+        header = [f"stem={self.stem}", f"act={self.act}"]
+        for f, kind in _header_fields():
+            value = getattr(self, f.name)
+            if f.name not in ("stem", "act") and value != f.default:
+                header.append(f"{f.name}={_format_value(value)}")
+        head_default = HeadSpec()
+        for name, value in (("hidden", self.head.hidden), ("norm", self.head.norm), ("act", self.head.act),
+                            ("bias", self.head.bias)):
+            if value != getattr(head_default, name):
+                header.append(f"head{'' if name == 'hidden' else '_' + name}={_format_value(value)}")
+        stages = [",".join(_folded_rows(stage)) for stage in self.stages]
+        return ":".join([self.family, ",".join(header)] + stages)
+
+    __str__ = to_string
+
+    @classmethod
+    def from_string(cls, text: str) -> "NetSpec":
+        """:func:`parse_net`."""
+        return parse_net(text)
+
+    def to_dict(self) -> dict:
+        """Every field as plain JSON values (stages as row strings); :meth:`from_dict` inverts it."""
+        out: dict[str, Any] = {"family": self.family}
+        out.update((f.name, getattr(self, f.name)) for f, _ in _header_fields())
+        out["head"] = {"hidden": self.head.hidden, "norm": self.head.norm, "act": self.head.act,
+                       "bias": self.head.bias}
+        out["stages"] = [_folded_rows(stage) for stage in self.stages]
+        if self.paper:
+            out["paper"] = self.paper
+        if math.isinf(out["fix_stem_below"]):
+            out["fix_stem_below"] = "inf"   # JSON has no infinity
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "NetSpec":
+        """A spec from :meth:`to_dict`'s form; missing fields take their defaults, an unknown
+        key is an error naming the closest field."""
+        if not isinstance(data, dict):
+            raise ValueError(f"a spec dict must be a JSON object, got {type(data).__name__}")
+        known = {f.name for f in fields(cls)}
+        for key in data:
+            if key not in known:
+                raise ValueError(f"unknown NetSpec field {key!r}{_closest(key, known)}")
+        missing = [k for k in ("family", "stem", "act", "stages") if k not in data]
+        if missing:
+            raise ValueError(f"a spec needs {', '.join(missing)} (given: {', '.join(data) or 'nothing'})")
+        kw = {f.name: _parse_value(f.name, kind, data[f.name]) for f, kind in _header_fields() if f.name in data}
+        head = data.get("head", {})
+        if not isinstance(head, dict) or set(head) - {"hidden", "norm", "act", "bias"}:
+            raise ValueError(f"head must be an object with hidden, norm, act, bias, got {head!r}")
+        stages = data["stages"]
+        if not isinstance(stages, list) or not all(isinstance(st, list) for st in stages):
+            raise ValueError(f"stages must be a list of lists of block rows, got {stages!r}")
+        return cls(family=data["family"], stages=parse_stages(stages), head=HeadSpec(**head),
+                   paper=data.get("paper", ""), **kw)
+
+
+def _folded_rows(stage: tuple[BlockSpec, ...]) -> list[str]:
+    """A stage's rows with runs of identical blocks (all but the first stride 1) as one row."""
+    rows, i = [], 0
+    while i < len(stage):
+        first, n = stage[i], 1
+        while i + n < len(stage) and stage[i + n] == replace(first, stride=1):
+            n += 1
+        rows.append(first.to_string(n))
+        i += n
+    return rows
+
+
+_HEADER_TYPES = {"int": int, "float": float, "str": str, "bool": bool, "Optional[str]": (str, None),
+                 "Optional[float]": (float, None)}
+
+
+def _header_fields() -> list[tuple[Any, Any]]:
+    """The scalar NetSpec fields the header / dict carry (all but family, stages, head, paper),
+    with their value type (a tuple: optional)."""
+    out = []
+    for f in fields(NetSpec):
+        if f.name in ("family", "stages", "head", "paper"):
+            continue
+        if f.type not in _HEADER_TYPES:  # a new field of another type must be given a text form
+            raise TypeError(f"NetSpec.{f.name}: no text form for type {f.type}")
+        out.append((f, _HEADER_TYPES[f.type]))
+    return out
+
+
+def _format_value(value: Any) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return str(int(value))
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() else repr(value)
+    return str(value)
+
+
+def _parse_value(name: str, kind: Any, value: Any) -> Any:
+    """A header / dict value of field ``name`` as its type (text from a string, or a JSON value)."""
+    optional = isinstance(kind, tuple)
+    base = kind[0] if optional else kind
+    if value is None or (optional and value == "none"):
+        if optional:
+            return None
+        raise ValueError(f"{name} must be a {base.__name__}, got none")
+    try:
+        if base is bool:
+            if isinstance(value, bool) or value in ("0", "1", 0, 1):
+                return bool(int(value))
+            raise ValueError
+        if base is int and isinstance(value, str) and not re.fullmatch(r"-?\d+", value):
+            raise ValueError
+        if base is str and not isinstance(value, str):
+            raise ValueError
+        return base(value)
+    except (TypeError, ValueError):
+        expected = {bool: "0 or 1", int: "a whole number", float: "a number", str: "a string"}[base]
+        raise ValueError(f"spec field {name} must be {expected}{' or none' if optional else ''}, "
+                         f"got {value!r}") from None
+
+
+def _closest(word: str, options: Collection[str]) -> str:
+    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.5)
+    return f"; did you mean {close[0]}?" if close else f" (expected one of {', '.join(sorted(options))})"
+
+
+def is_spec_string(text: str) -> bool:
+    """Whether ``text`` is meant as a spec string (``family:...``; no registry name has a ``:``)."""
+    return isinstance(text, str) and ":" in text
+
+
+def model_label(name: str, limit: int = 40) -> str:
+    """A short label for tables and folder names: a spec string longer than ``limit`` becomes
+    ``family-spec-<first 8 hex of its SHA-1>`` (the same string, the same label); a ``.json``
+    spec file its stem; anything else stays as it is."""
+    import hashlib
+
+    if is_spec_string(name) and len(name) > limit:
+        return f"{name.split(':', 1)[0]}-spec-{hashlib.sha1(name.encode()).hexdigest()[:8]}"
+    if name.lower().endswith(".json"):
+        return Path(name).stem
+    return name
+
+
+def parse_net(text: str) -> NetSpec:
+    """A :class:`NetSpec` from its one-line string (``str(spec)``; module docstring).
+
+    Raises:
+        ValueError: naming the part that does not parse and what was expected there.
+    """
+    parts = text.strip().split(":")
+    if len(parts) < 3 or "=" not in parts[1]:
+        raise ValueError(f"a spec string is family:key=value,...:stage:stage... (header then at least one "
+                         f"stage, ':' between them), got {text!r}")
+    family, header, stage_texts = parts[0], parts[1], parts[2:]
+    data: dict[str, Any] = {"family": family, "head": {}}
+    head_keys = {"head": "hidden", "head_norm": "norm", "head_act": "act", "head_bias": "bias"}
+    head_types = {"hidden": int, "norm": bool, "act": (str, None), "bias": bool}
+    kinds = {f.name: kind for f, kind in _header_fields()}
+    for item in header.split(","):
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise ValueError(f"spec header item {item!r} is not key=value (in {text!r})")
+        if key in head_keys:
+            data["head"][head_keys[key]] = _parse_value(key, head_types[head_keys[key]], value)
+        elif key in kinds:
+            data[key] = _parse_value(key, kinds[key], value)
+        else:
+            raise ValueError(f"unknown spec header key {key!r}{_closest(key, list(kinds) + list(head_keys))}")
+    empty = [i for i, st in enumerate(stage_texts) if not st.strip()]
+    if empty:
+        raise ValueError(f"spec string stage {empty[0]} is empty (two ':' in a row?) in {text!r}")
+    data["stages"] = [st.split(",") for st in stage_texts]
+    return NetSpec.from_dict(data)
+
+
+def load_spec(source: Union[str, Path, dict, NetSpec]) -> NetSpec:
+    """A :class:`NetSpec` from a spec string, a JSON file (:meth:`NetSpec.to_dict`'s form), a
+    dict of that form, or a spec (returned as is)."""
+    if isinstance(source, NetSpec):
+        return source
+    if isinstance(source, dict):
+        return NetSpec.from_dict(source)
+    if isinstance(source, str) and is_spec_string(source):
+        return parse_net(source)
+    path = Path(source)
+    if path.suffix.lower() != ".json":
+        raise ValueError(f"expected a spec string (family:key=value,...:stages) or a .json spec file, got {str(source)!r}")
+    if not path.is_file():
+        raise FileNotFoundError(f"spec file {str(path)!r} does not exist")
+    try:
+        data = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"spec file {str(path)!r} is not JSON: {e}") from None
+    try:
+        return NetSpec.from_dict(data)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"spec file {str(path)!r}: {e}") from None

@@ -2,7 +2,7 @@
 
 Commands: ``list`` (models with params and MACs), ``info`` (per-stage shapes and feature
 levels), ``profile`` and ``roofline`` (hardware-aware analysis), ``train``, ``eval`` and
-``predict`` (training), ``export`` and ``bench`` (deployment). Every handler returns an exit
+``predict`` (training), ``export`` and ``bench`` (deployment), ``search`` (architecture search). Every handler returns an exit
 code; user errors print their message on stderr and exit with 2, bugs a traceback and 1 (see
 :func:`mobilenets.cli.common.run_handler`). Every command spells the shared options the same
 way (:mod:`mobilenets.cli.common`): ``--json [FILE]``, ``--input-size N | H W``, ``--batch-size``.
@@ -22,6 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .analysis import add_commands as add_analysis
     from .deploy import add_commands as add_deploy
     from .models import add_commands as add_models
+    from .search import add_commands as add_search
     from .train import add_commands as add_train
 
     parser = argparse.ArgumentParser(prog="mobilenets", description=__doc__.splitlines()[0])
@@ -34,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_deploy(sub)
     from .data import register as add_data
     add_data(sub)
+    add_search(sub)
     return parser
 
 

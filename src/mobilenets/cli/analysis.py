@@ -22,6 +22,7 @@ from typing import Optional
 from .common import (UserError, add_batch_size, add_input_size, add_json, emit_json, json_only,
                         run_handler as _run, table as _table)
 from ..analysis.accuracy import ACCURACY
+from ..archs.spec import model_label
 from ..analysis.profile import DTYPE_BYTES, Profile, profile
 from ..analysis.roofline import DEFAULT_PEAK_MACS, DEFAULT_RPS, sweep
 
@@ -170,7 +171,7 @@ def _cmd_roofline(args: argparse.Namespace) -> int:
     headers = ["model", "size", "MACs", "MiB", "top-1"] + [f"RP={rp} ms" for rp in rps]
     rows = []
     for p in sorted(profiles, key=lambda p: sw.times(rps[0])[p.model]):
-        rows.append([p.model, p.input_size[0], _human(p.macs), f"{p.bytes / 2**20:.1f}",
+        rows.append([model_label(p.model), p.input_size[0], _human(p.macs), f"{p.bytes / 2**20:.1f}",
                      f"{acc[p.model]:.1f}" if p.model in acc else "-"]
                     + [f"{sw.times(rp)[p.model] * 1e3:.3f}{'*' if p.model in fronts[rp] else ''}"
                        for rp in rps])

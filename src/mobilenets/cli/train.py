@@ -16,6 +16,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Optional, Sequence
 
+from ..archs.spec import model_label
 from .common import UserError, add_batch_size, add_input_size, run_handler, square_size
 
 # recipe fields with a shared CLI flag (cli.common) instead of a generated one
@@ -98,7 +99,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         out = Path(args.out) if args.out else Path(args.resume).parent
     else:
         r = _training_recipe(args)
-        out = Path(args.out) if args.out else Path("runs") / f"{r.model}-{r.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
+        out = Path(args.out) if args.out else Path("runs") / f"{model_label(r.model)}-{r.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
     r.validate()
     if args.print_recipe:
         for k, v in r.to_dict().items():

@@ -100,6 +100,7 @@ class BenchReport:
         return self.macs[model] * batch / self.peak_macs * 1e3
 
     def table(self, markdown: bool = False) -> str:
+        from ..archs.spec import model_label
         from ..textutil import table
 
         headers = ["model", "batch", "MMACs", "path", "ms", "p25-p75", "x timm ORT", "x timm eager", "x roofline", "note"]
@@ -111,7 +112,7 @@ class BenchReport:
                 note = (note + "; " if note else "") + f"diff vs fp32 {100 * r.rel_diff:.1f}% of max logit"
             spread = "-" if r.p25 is None else f"{r.p25:.2f}-{r.p75:.2f}"
             mmacs = f"{self.macs[r.model] * r.batch / 1e6:.0f}" if r.model in self.macs else "-"
-            body.append([r.model, r.batch, mmacs, LABELS.get(r.path, r.path), f(r.ms), spread, f(r.vs_timm_ort),
+            body.append([model_label(r.model), r.batch, mmacs, LABELS.get(r.path, r.path), f(r.ms), spread, f(r.vs_timm_ort),
                          f(r.vs_timm_eager), f(r.vs_roofline), note])
         if not markdown:
             return table(headers, body, [False, True, True, False, True, True, True, True, True, False])

@@ -15,8 +15,7 @@ from ..layers import ConvNormAct, make_divisible
 from ..layers.head import ClassifierHead, new_linear  # noqa: F401  (re-exported)
 from .base import MIN_INPUT_SIZE, Backbone, check_input, check_options, feature_levels
 
-__all__ = ["MIN_INPUT_SIZE", "ClassifierHead", "MobileNet", "build_block", "check_input", "new_linear",
-           "register_spec"]
+__all__ = ["MIN_INPUT_SIZE", "ClassifierHead", "MobileNet", "build_block", "check_input", "new_linear"]
 
 def _scaled(b: BlockSpec, width_mult: float) -> int:
     if b.width == "fixed":
@@ -76,8 +75,9 @@ class MobileNet(Backbone):
         spec: the architecture.
         num_classes: classifier outputs (0: no classifier, ``forward`` returns pooled features).
         in_chans: input channels.
-        width_mult: channel multiplier (V1 paper's alpha) for every block; the stem keeps its
-            width below ``spec.fix_stem_below``; the classifier hidden width never scales.
+        width_mult: channel multiplier (V1 paper's alpha) for every block (default: the spec's
+            ``width_mult``); the stem keeps its width below ``spec.fix_stem_below``; the
+            classifier hidden width never scales.
         drop_rate: dropout before the classifier (default: the spec's).
         drop_path_rate: stochastic depth, growing linearly to this rate over the blocks.
         output_stride: 32 (default), 16 or 8: later strides become dilations (segmentation).
@@ -87,11 +87,12 @@ class MobileNet(Backbone):
     """
 
     def __init__(self, spec: NetSpec, num_classes: int = 1000, in_chans: int = 3,
-                 width_mult: float = 1.0, drop_rate: Optional[float] = None,
+                 width_mult: Optional[float] = None, drop_rate: Optional[float] = None,
                  drop_path_rate: float = 0.0, output_stride: int = 32,
                  norm_eps: Optional[float] = None, norm_momentum: Optional[float] = None,
                  global_pool: str = "avg"):
         super().__init__()
+        width_mult = spec.width_mult if width_mult is None else width_mult
         check_options(width_mult, drop_path_rate, in_chans)
         if output_stride not in (8, 16, 32):
             raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride}")
@@ -144,19 +145,3 @@ class MobileNet(Backbone):
             x: ``(N, num_features, h, w)`` map. pre_logits: return the ``head_hidden_size`` vector.
         """
         return self.head(x, pre_logits=pre_logits)
-
-
-def register_spec(name: str, spec: NetSpec, width_mult: float = 1.0,
-                  reference: Optional[dict] = None, **fixed) -> None:
-    """Register ``name`` as ``MobileNet(spec, width_mult=..., **fixed)``; callers may override
-    any keyword (``width_mult`` included) at ``create_model`` time."""
-    from .registry import keyword_options, register
-
-    defaults = {"width_mult": width_mult, **fixed}
-
-    def build(**kw) -> MobileNet:
-        return MobileNet(spec, **{**defaults, **kw})
-
-    build.__doc__ = f"{name}: {spec.family} ({spec.paper}), width {width_mult}."
-    register(name, spec.family, build, spec=spec, defaults=defaults, reference=reference,
-             options=keyword_options(MobileNet))

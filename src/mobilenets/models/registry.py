@@ -1,5 +1,10 @@
 """Model registry: name -> builder, family and spec. Raises on duplicates.
 
+Wherever a name goes, a spec goes too: a :class:`NetSpec` string (``str(spec)``) or a ``.json``
+spec file is resolved by :func:`get_entry` to an unregistered entry named by the spec string
+(:func:`spec_entry`), so a searched or hand-written architecture builds, trains, exports and
+profiles as a registry model does; :func:`model_spec` gives any name's spec.
+
 A name may carry a pretrained tag, as timm's do (``mobilenetv3_large_100.ra_in1k``): the tags of
 a name are timm's for the same architecture (``ModelEntry.reference["timm"]``), read from the
 generated :mod:`.timm_cfgs`, timm's default tag first. :func:`get_entry` and :func:`is_model`
@@ -18,7 +23,9 @@ from typing import Any, Callable, Optional, Sequence, Union
 
 import torch.nn as nn
 
+from ..archs.spec import NetSpec, is_spec_string, load_spec
 from . import timm_cfgs
+from .mobilenet import MobileNet
 
 
 @dataclass(frozen=True)
@@ -108,6 +115,53 @@ def register(name: str, family: str, builder: Callable[..., nn.Module], spec: An
     return entry
 
 
+def register_spec(name: str, spec: NetSpec, width_mult: float = 1.0,
+                  reference: Optional[dict] = None, **fixed) -> ModelEntry:
+    """Register ``name`` as ``MobileNet(spec, width_mult=..., **fixed)``; callers may override
+    any keyword (``width_mult`` included) at ``create_model`` time. The entry's spec carries the
+    width (``spec.width_mult``), so :func:`model_spec` gives the whole architecture."""
+    spec = spec.replace(width_mult=width_mult)
+    defaults = {"width_mult": width_mult, **fixed}
+
+    def build(**kw) -> MobileNet:
+        return MobileNet(spec, **{**defaults, **kw})
+
+    build.__doc__ = f"{name}: {spec.family} ({spec.paper}), width {width_mult}."
+    return register(name, spec.family, build, spec=spec, defaults=defaults, reference=reference,
+                    options=keyword_options(MobileNet))
+
+
+def spec_entry(spec: NetSpec) -> ModelEntry:
+    """An unregistered entry building ``MobileNet(spec)``, named by the spec string."""
+    def build(**kw) -> MobileNet:
+        return MobileNet(spec, **kw)
+
+    build.__doc__ = f"a {spec.family} architecture given as a spec."
+    return ModelEntry(str(spec), spec.family, build, spec, {"width_mult": spec.width_mult}, {},
+                      "classification", keyword_options(MobileNet))
+
+
+def _is_spec_source(name: str) -> bool:
+    return is_spec_string(name) or (isinstance(name, str) and name.lower().endswith(".json"))
+
+
+def model_spec(name: str) -> Any:
+    """The architecture spec of a model name (a :class:`NetSpec` for MobileNet V1-V4, the TF
+    ports and EdgeTPU, whose ``str()`` is the spec string ``create_model`` accepts; MobileNetV5's
+    and Mobile-Former's own spec records), or of a spec string / ``.json`` spec file.
+
+    Raises:
+        UnknownModelError: an unknown name (closest matches named); ValueError: a task model
+            (``ssdlite320_*``: its backbone has the spec).
+    """
+    entry = get_entry(name)
+    if entry.spec is None:
+        backbone = entry.defaults.get("backbone")
+        raise ValueError(f"{entry.name} is a {entry.task} model with no architecture spec of its own"
+                         + (f"; its backbone's: model_spec({backbone!r})" if backbone else ""))
+    return entry.spec
+
+
 def list_models(pattern: str = "*", family: Optional[str] = None, task: Optional[str] = None,
                 pretrained: bool = False, include_tags: Optional[bool] = None,
                 exclude_filters: Union[str, Sequence[str]] = ()) -> list[str]:
@@ -173,7 +227,10 @@ def task_backbones() -> list[str]:
 def get_entry(name: str) -> ModelEntry:
     """The entry for ``name`` (``name.tag``: the name's entry, once the tag is checked); an unknown
     name raises ``KeyError`` naming the closest matches, an unknown tag :class:`UnknownTagError`
-    naming the name's tags, the closest first."""
+    naming the name's tags, the closest first. A spec string or ``.json`` spec file gives
+    :func:`spec_entry` (a ``ValueError`` naming what does not parse)."""
+    if _is_spec_source(name):
+        return spec_entry(load_spec(name))
     arch, tag = split_tag(name)
     if arch in _REGISTRY:
         entry = _REGISTRY[arch]
@@ -201,7 +258,14 @@ def _tag_message(entry: ModelEntry, tag: str) -> str:
 
 
 def is_model(name: str) -> bool:
-    """Whether :func:`get_entry` (and ``create_model``) accepts ``name`` (a tag must be known)."""
+    """Whether :func:`get_entry` (and ``create_model``) accepts ``name`` (a tag must be known; a
+    spec string or ``.json`` spec file must parse)."""
+    if _is_spec_source(name):
+        try:
+            load_spec(name)
+        except (ValueError, OSError):
+            return False
+        return True
     arch, tag = split_tag(name)
     return arch in _REGISTRY and (not tag or tag in _REGISTRY[arch].tags)
 

@@ -1,6 +1,6 @@
-"""Platform-aware architecture search (issue: TuNAS-style UIB supernet, MnasNet reward, NetAdapt).
+"""Platform-aware architecture search: find a MobileNet for a device and a dataset.
 
 - :mod:`.space`: :class:`SearchSpace` (data, like :class:`mobilenets.archs.spec.NetSpec`): the
-  decisions, sampling, and the :class:`NetSpec` of each sampled architecture.
-- :mod:`.controller`: the independent categorical controller (REINFORCE) and the rewards.
+  decisions, sampling, and the ordinary :class:`NetSpec` of each architecture in it;
+  :mod:`.spaces`: the shipped spaces around MobileNetV4's models, and ``load_space``.
 """
