@@ -2,5 +2,7 @@
 
 - :mod:`.space`: :class:`SearchSpace` (data, like :class:`mobilenets.archs.spec.NetSpec`): the
   decisions, sampling, and the :class:`NetSpec` of each sampled architecture.
-- :mod:`.controller`: the independent categorical controller (REINFORCE) and the rewards.
+- :mod:`.controller`: the independent categorical controller (REINFORCE) and the :class:`Decision`
+  it samples.
+- :mod:`.rewards`: TuNAS's absolute reward, MnasNet's reward, the reachable-target check.
 """
