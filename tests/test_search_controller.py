@@ -1,6 +1,6 @@
-"""The TuNAS controller and rewards (mobilenets.search.controller, .rewards): convergence on a
-synthetic latency model, exact resume, sampling that matches the probabilities, and two gloo
-processes that keep identical controllers."""
+"""The TuNAS controller, rewards and schedule (mobilenets.search.controller, .rewards, .schedule):
+convergence on a synthetic latency model, exact resume, sampling that matches the probabilities,
+the warm-up schedule, and two gloo processes that keep identical controllers."""
 
 import io
 import math
@@ -10,8 +10,9 @@ import socket
 import pytest
 import torch
 
-from mobilenets.search.controller import Controller, Decision, distributed_mean
+from mobilenets.search.controller import ALL, Controller, Decision, distributed_mean
 from mobilenets.search.rewards import absolute_reward, check_target, mnas_reward
+from mobilenets.search.schedule import rl_enabled, rl_learning_rate, warmup_probability, warmup_sample
 
 # a synthetic latency model: each decision's choice costs this much, a path's latency is the sum;
 # the costs differ per decision so many paths land near a mid-range target and only one is cheapest
@@ -198,6 +199,50 @@ def test_most_likely_breaks_ties_to_the_lowest_index():
     with torch.no_grad():
         c.logits[1].copy_(torch.tensor([0.0, 2.0, 2.0]))
     assert c.most_likely() == {"d0": 0, "d1": 1, "d2": 0, "d3": 0}
+
+
+# -- schedule: RL delay, learning rate, warm-up ------------------------------------------------
+
+def test_rl_delay_and_learning_rate_schedule():
+    assert [rl_enabled(s, 100) for s in (0, 24, 25, 99)] == [False, False, True, True]
+    assert rl_enabled(0, 100, delay_frac=0.0)
+    assert rl_learning_rate(24, 100, base_lr=1.0) == 0.0
+    assert rl_learning_rate(25, 100, base_lr=1.0) == pytest.approx(1.0)
+    assert rl_learning_rate(100, 100, base_lr=1.0) == pytest.approx(10.0)
+    assert rl_learning_rate(60, 100, base_lr=1.0, growth=1.0) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match=r"delay_frac: expected a fraction in \[0, 1\], got 1.5"):
+        rl_enabled(3, 100, delay_frac=1.5)
+    with pytest.raises(ValueError, match="total: expected the number of search steps"):
+        rl_enabled(3, 0)
+
+
+def test_warmup_probability_decays_linearly():
+    assert [warmup_probability(s, 100) for s in (0, 5, 10, 20, 25, 80)] == \
+        pytest.approx([1.0, 0.8, 0.6, 0.2, 0.0, 0.0])
+    assert warmup_probability(0, 100, warmup_frac=0.0) == 0.0
+
+
+def test_warmup_sample_overrides_with_the_scheduled_probability():
+    c = Controller(DECISIONS, seed=0)
+    fallback = {"d0": 2, "d1": ALL}  # d0: widest filters; d1: every op at once
+    n, total = 4000, 100
+    # step 10 of 100: overridden with probability 0.6 (on top of the controller's own 1/3 for d0=2)
+    paths = [warmup_sample(c, 10, total, fallback) for _ in range(n)]
+    p_all = sum(p["d1"] == ALL for p in paths) / n
+    p_wide = sum(p["d0"] == 2 for p in paths) / n
+    for observed, expected in ((p_all, 0.6), (p_wide, 0.6 + 0.4 / 3)):
+        assert abs(observed - expected) <= 4.5 * math.sqrt(expected * (1 - expected) / n), observed
+    assert all(p["d2"] != ALL and p["d3"] != ALL for p in paths)  # no fallback: never overridden
+    # after the warm-up the controller's own paths come back unchanged
+    late = warmup_sample(c, 25, total, fallback)
+    assert all(isinstance(v, int) for v in late.values())
+    # a warm-up path with every op enabled has no log-probability
+    with pytest.raises(ValueError, match="'all' .* has no log-probability"):
+        c.step(paths[[p["d1"] for p in paths].index(ALL)], 0.5)
+    with pytest.raises(ValueError, match="unknown decision 'dx'"):
+        warmup_sample(c, 0, total, {"dx": 0})
+    with pytest.raises(ValueError, match=r"fallback of 'd0' must be 'all' or a choice index in \[0, 3\), got 7"):
+        warmup_sample(c, 0, total, {"d0": 7})
 
 
 # -- two gloo processes -------------------------------------------------------------------------

@@ -5,4 +5,5 @@
 - :mod:`.controller`: the independent categorical controller (REINFORCE) and the :class:`Decision`
   it samples.
 - :mod:`.rewards`: TuNAS's absolute reward, MnasNet's reward, the reachable-target check.
+- :mod:`.schedule`: the RL delay, the controller's learning rate, the op / filter warm-up.
 """
