@@ -3,4 +3,8 @@
 - :mod:`.space`: :class:`SearchSpace` (data, like :class:`mobilenets.archs.spec.NetSpec`): the
   decisions, sampling, and the ordinary :class:`NetSpec` of each architecture in it;
   :mod:`.spaces`: the shipped spaces around MobileNetV4's models, and ``load_space``.
+- :mod:`.controller`: the independent categorical controller (REINFORCE) and the :class:`Decision`
+  it samples.
+- :mod:`.rewards`: TuNAS's absolute reward, MnasNet's reward, the reachable-target check.
+- :mod:`.schedule`: the RL delay, the controller's learning rate, the op / filter warm-up.
 """

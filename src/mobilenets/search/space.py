@@ -34,12 +34,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Mapping, Optional, Sequence, Union
 
 from ..archs.spec import BlockSpec, NetSpec, load_spec
-
-
-@dataclass(frozen=True)
-class Decision:  # TEMP: replaced by search.controller.Decision on merge
-    name: str
-    choices: tuple
+from .controller import Decision
 
 #: the UIB forms (start dw, middle dw), 0 = absent: IB (0, k), ConvNeXt-like (k, 0), ExtraDW
 #: (k, k'), FFN (0, 0); MNv4 Sec. 3.2
