@@ -7,4 +7,7 @@
   it samples.
 - :mod:`.rewards`: TuNAS's absolute reward, MnasNet's reward, the reachable-target check.
 - :mod:`.schedule`: the RL delay, the controller's learning rate, the op / filter warm-up.
+- :mod:`.supernet`: :class:`~.supernet.Supernet`, the weight-sharing network of a space (one
+  sampled path per step, sliced weights, BatchNorm recalibration, the standalone model of a
+  path); :mod:`.sliced`: its layers run on a slice of their weights.
 """
