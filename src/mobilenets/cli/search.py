@@ -1,7 +1,9 @@
 """``mobilenets search``: platform-aware architecture search.
 
 ``search spaces`` lists the shipped search spaces (size, decisions, the hand-designed model each
-contains) or prints one (a name or a ``.json`` space file) with ``--show``.
+contains) or prints one (a name or a ``.json`` space file) with ``--show``. ``search table``
+measures a space's latency table in a runtime (resumable); ``search predict`` predicts (and with
+``--measure`` measures) architectures' latency from a table.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import argparse
 import math
 import sys
 
-from .common import add_json, emit_json, json_only
+from .common import UserError, add_input_size, add_json, emit_json, json_only
 
 
 def _cmd_spaces(args: argparse.Namespace) -> int:
@@ -36,6 +38,100 @@ def _cmd_spaces(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_table(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ..analysis.roofline import DEFAULT_PEAK_MACS
+    from ..search.latency import LatencyTable, build_table, space_parts
+    from ..search.spaces import load_space
+
+    space = load_space(args.space)
+    if args.width_mult is not None:
+        space = space.with_width(args.width_mult)
+    size = tuple(args.input_size)
+    if args.threads < 1:
+        raise UserError(f"--threads must be >= 1, got {args.threads}")
+    roofline = args.runtime == "roofline"
+    if not roofline and (args.ridge_point is not None or args.peak_macs is not None):
+        raise UserError(f"--ridge-point and --peak-macs are roofline options; --runtime is {args.runtime}")
+    out = Path(args.out)
+    if out.exists():
+        table = LatencyTable.load(out)
+        table.check_for(space, size, args.runtime, args.precision)
+        if table.meta["threads"] != args.threads:
+            raise UserError(f"{out} was measured with {table.meta['threads']} thread(s), given --threads "
+                            f"{args.threads}; use another --out")
+        resumed = len(table.entries)
+    else:
+        table = LatencyTable.new(space, size, args.runtime, args.precision, args.threads, args.num_classes,
+                                 ridge_point=(args.ridge_point or 0.0) if roofline else None,
+                                 peak_macs=(args.peak_macs or DEFAULT_PEAK_MACS) if roofline else None, path=out)
+        resumed = 0
+    total = len(space_parts(space, size, table.meta["num_classes"]))
+    if not args.quiet:
+        print(f"{space.name}: {total} distinct parts at {size[0]}x{size[1]} in {args.runtime} {args.precision}"
+              + (f", {args.threads} thread(s)" if not roofline else f", RP {table.meta['ridge_point']}")
+              + (f"; resuming with {resumed} measured" if resumed else ""), file=sys.stderr)
+    build_table(table, fit_networks=0 if roofline else args.fit_networks, seconds=args.seconds, seed=args.seed,
+                progress=not args.quiet)
+    summary = {"table": str(out), "space": space.name, "entries": len(table.entries), "networks": len(table.networks),
+               "overhead_ms": table.overhead_ms, **{k: table.meta[k] for k in ("runtime", "precision", "threads",
+                                                                               "input_size")}}
+    emit_json(args, summary)
+    if not json_only(args):
+        print(f"wrote {out}: {len(table.entries)} parts, overhead {table.overhead_ms:+.3f} ms "
+              f"(fitted on {len(table.networks)} whole networks)")
+    return 0
+
+
+def _resolve_arch(source: str):
+    from ..archs.spec import NetSpec
+    from ..models.registry import model_spec
+
+    spec = model_spec(source)
+    if not isinstance(spec, NetSpec):
+        raise UserError(f"{source}: a latency table predicts MobileNet V1-V4 architectures (a NetSpec), "
+                        f"got a {type(spec).__name__}")
+    return spec
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    import random
+
+    from ..archs.spec import model_label
+    from ..search.latency import LatencyTable, mean_abs_pct_error, measure_network, rank_correlation
+    from ..textutil import table as text_table
+
+    table = LatencyTable.load(args.table)
+    space = table.space
+    specs = [(name, _resolve_arch(name)) for name in args.models]
+    rng = random.Random(args.seed)
+    specs += [(f"random-{i}", space.to_spec(space.sample(rng))) for i in range(args.random)]
+    if not specs:
+        raise UserError("give models or spec strings to predict, or --random N")
+    rows, out = [], []
+    for name, spec in specs:
+        pred = table.predict(spec)
+        meas = measure_network(spec, table, args.seconds)["median"] if args.measure else None
+        out.append({"model": name, "spec": str(spec), "predicted_ms": pred, "measured_ms": meas})
+        rows.append([model_label(name), f"{pred:.3f}"] + ([f"{meas:.3f}", f"{100 * (pred - meas) / meas:+.1f}%"]
+                                                       if meas is not None else []))
+    result: dict = {"table": str(args.table), "runtime": table.meta["runtime"], "precision": table.meta["precision"],
+                    "models": out}
+    if args.measure and len(out) >= 3:
+        p, m = [o["predicted_ms"] for o in out], [o["measured_ms"] for o in out]
+        result.update(mean_abs_error_pct=mean_abs_pct_error(p, m), spearman=rank_correlation(p, m))
+    emit_json(args, result)
+    if json_only(args):
+        return 0
+    headers = ["model", "predicted ms"] + (["measured ms", "error"] if args.measure else [])
+    print(text_table(headers, rows, [False] + [True] * (len(headers) - 1)))
+    if "spearman" in result:
+        print(f"mean absolute error {result['mean_abs_error_pct']:.1f}%, Spearman rank correlation "
+              f"{result['spearman']:.3f} ({len(out)} architectures, {table.meta['runtime']} {table.meta['precision']})")
+    return 0
+
+
 def add_commands(subparsers) -> None:
     p = subparsers.add_parser("search", help="platform-aware architecture search (spaces, ...)",
                               description="Architecture search over a UIB search space (MobileNetV4's TuNAS "
@@ -51,3 +147,45 @@ def add_commands(subparsers) -> None:
                    help="print these spaces in full (shipped names or .json space files)")
     add_json(s, "the spaces")
     s.set_defaults(func=_cmd_spaces)
+
+    from ..search.latency import PRECISIONS, RUNTIMES
+    t = sub.add_parser("table", help="measure a space's latency table in a runtime (resumable)",
+                       description="Measure every distinct part (stem, block choice, head; at its input shape) of "
+                                   "a search space once in the runtime the model will ship on: each exported "
+                                   "alone and run, as bench does; mean, spread and median stored. Then a few whole "
+                                   "networks fit the per-network overhead. 'roofline' fills the table from the "
+                                   "roofline model at a ridge point instead (no device). The table is rewritten "
+                                   "after every entry: run the same command again to resume.")
+    t.add_argument("--space", required=True, help="a shipped space (mobilenets search spaces) or a .json space file")
+    t.add_argument("--runtime", required=True, choices=list(RUNTIMES),
+                   help="ort (ONNX Runtime), executorch (XNNPACK), litert, or roofline")
+    t.add_argument("--precision", choices=PRECISIONS, default="fp32", help="fp32 (default) or int8")
+    t.add_argument("--threads", type=int, default=1, help="runtime threads (default 1)")
+    add_input_size(t, default=(224, 224), help="input resolution (default 224; square)")
+    t.add_argument("--out", required=True, metavar="TABLE.json", help="the table (resumed when it exists)")
+    t.add_argument("--width-mult", type=float, default=None, help="scale the space's channels (e.g. 0.5)")
+    t.add_argument("--num-classes", type=int, default=1000, help="classifier outputs of the head (default 1000)")
+    t.add_argument("--fit-networks", type=int, default=5,
+                   help="whole networks measured to fit the per-network overhead (default 5)")
+    t.add_argument("--seconds", type=float, default=0.5, help="timing per entry in seconds (default 0.5)")
+    t.add_argument("--ridge-point", type=float, default=None, help="roofline: the ridge point, MACs/byte (default 0: "
+                                                                  "compute bound)")
+    t.add_argument("--peak-macs", type=float, default=None, help="roofline: peak MAC/s (default 1e12)")
+    t.add_argument("--seed", type=int, default=0, help="seed of the random networks of the overhead fit")
+    t.add_argument("--quiet", action="store_true", help="no progress output")
+    add_json(t, "the summary")
+    t.set_defaults(func=_cmd_table)
+
+    pr = sub.add_parser("predict", help="predict (and measure) architectures' latency from a table",
+                        description="Predicted ms of each model name or spec string (the sum of its parts in the "
+                                    "table plus the fitted overhead); --measure adds the measured ms in the "
+                                    "table's runtime; --random N adds N random architectures of the table's "
+                                    "space (with --measure: the predictor's error and rank correlation).")
+    pr.add_argument("models", nargs="*", metavar="MODEL_OR_SPEC", help="registry names, spec strings, .json specs")
+    pr.add_argument("--table", required=True, metavar="TABLE.json", help="a table from mobilenets search table")
+    pr.add_argument("--measure", action="store_true", help="also measure each in the table's runtime")
+    pr.add_argument("--random", type=int, default=0, metavar="N", help="add N random architectures of the space")
+    pr.add_argument("--seed", type=int, default=0, help="seed of --random")
+    pr.add_argument("--seconds", type=float, default=1.0, help="timing per measured network (default 1)")
+    add_json(pr, "the predictions")
+    pr.set_defaults(func=_cmd_predict)

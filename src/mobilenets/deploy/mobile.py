@@ -97,12 +97,13 @@ class MobileExport(os.PathLike):
 
 
 def check_mobile_args(path: Union[str, os.PathLike], input_size: Sequence[int], suffix: str,
-                      batch_size: int) -> tuple[Path, tuple[int, int]]:
-    """``(path, (H, W))`` after ``ValueError`` for a bad size, batch or file suffix."""
+                      batch_size: int, min_size: int = 32) -> tuple[Path, tuple[int, int]]:
+    """``(path, (H, W))`` after ``ValueError`` for a bad size, batch or file suffix. ``min_size``:
+    32 for a model (five stride-2 stages); a part of one (a block on a feature map) may be smaller."""
     if isinstance(input_size, int):
         input_size = (input_size, input_size)
-    if len(input_size) != 2 or min(int(s) for s in input_size) < 32:
-        raise ValueError(f"input_size must be (H, W) with H, W >= 32, got {tuple(input_size)}")
+    if len(input_size) != 2 or min(int(s) for s in input_size) < min_size:
+        raise ValueError(f"input_size must be (H, W) with H, W >= {min_size}, got {tuple(input_size)}")
     if int(batch_size) < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     path = Path(path)
@@ -334,13 +335,15 @@ class Runtime:
 def export_mobile(runtime: Runtime, model: nn.Module, path: Union[str, os.PathLike],
                   input_size: Sequence[int] = (224, 224), calib=None, *, int8: Optional[bool] = None,
                   batch_size: int = 1, calib_count: int = DEFAULT_CALIB_COUNT, verify: bool = True,
-                  atol_rel: float = 1e-4, allow_fallback: bool = False, fused: bool = True) -> MobileExport:
+                  atol_rel: float = 1e-4, allow_fallback: bool = False, fused: bool = True,
+                  min_size: int = 32) -> MobileExport:
     """Export ``model`` for ``runtime`` (any :class:`Runtime`: ONNX Runtime, ExecuTorch, LiteRT;
     :func:`~mobilenets.deploy.export_executorch` documents the arguments), verified by running the
-    written file in the runtime. ``fused=False`` keeps the BatchNorms."""
+    written file in the runtime. ``fused=False`` keeps the BatchNorms. ``min_size``: the smallest
+    input side accepted (1 for a block on a feature map, as the search's latency tables export)."""
     from ..weights.io import atomic_write
 
-    path, size = check_mobile_args(path, input_size, runtime.suffix, batch_size)
+    path, size = check_mobile_args(path, input_size, runtime.suffix, batch_size, min_size)
     int8 = check_int8_args(calib, int8)
     runtime.require()
     target = "mobile_int8" if int8 and runtime.int8_forms else runtime.forms

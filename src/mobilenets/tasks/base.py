@@ -42,13 +42,9 @@ import torch
 import torch.nn as nn
 
 from ..data import DataBundle
+from ..deploy.runtimes import EXPORT_FORMATS, FORMAT_LABELS, runtime_for  # noqa: F401  (the Task's export protocol)
 
 PathLike = Union[str, Path]
-
-#: ``mobilenets export --format`` -> the file suffix
-EXPORT_FORMATS = {"onnx": ".onnx", "executorch": ".pte", "tflite": ".tflite"}
-#: the runtimes' names, for messages
-FORMAT_LABELS = {"onnx": "ONNX", "executorch": "ExecuTorch", "tflite": "LiteRT"}
 
 
 @dataclass(frozen=True)
@@ -62,23 +58,6 @@ class Exported:
     kind: str
     checked: str
     normalized: bool = True
-
-
-def runtime_for(fmt: str, opset: int = 17, dynamic_batch: bool = False):
-    """The :class:`~mobilenets.deploy.mobile.Runtime` of an export format (``onnx``,
-    ``executorch``, ``tflite``)."""
-    if fmt == "onnx":
-        from ..deploy.onnx_export import OnnxRuntime
-        return OnnxRuntime(opset=opset, dynamic_batch=dynamic_batch)
-    if dynamic_batch:
-        raise ValueError(f"--format {fmt} writes a fixed-shape file (batch 1): drop --dynamic-batch")
-    if fmt == "executorch":
-        from ..deploy.executorch_export import EXECUTORCH
-        return EXECUTORCH
-    if fmt == "tflite":
-        from ..deploy.litert_export import LITERT
-        return LITERT
-    raise ValueError(f"unsupported format {fmt!r}; expected one of {', '.join(EXPORT_FORMATS)}")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,447 @@
+"""Latency tables for a search space, measured in the runtime the model will ship on.
+
+A network's latency is predicted as the sum of its parts' latencies (the stem, every block, the
+head; each part at its input shape) plus a per-network overhead fitted on a few whole networks,
+the lookup-table model of ProxylessNAS / Once-for-All and TuNAS's cost model, but with every
+entry measured on the user's own machine: each distinct part is exported alone through the
+runtime's :class:`~mobilenets.deploy.mobile.Runtime` (ONNX Runtime, ExecuTorch-XNNPACK, LiteRT;
+fp32 or INT8), run, and timed. ``roofline`` fills the same table from the roofline model at a
+chosen ridge point (MobileNetV4, Qin et al. 2024, https://arxiv.org/abs/2404.10518, Sec. 2's
+RP sweep): no device needed, and no overhead.
+
+A part is keyed by what it computes: a readable label (``uir_k3_s2_e4_c96_a3``), its input shape
+and a digest of the module's configuration (its ``repr``: channels, kernels, strides,
+activations), so two networks sharing a block at the same shape share its entry.
+:func:`space_parts` finds every distinct part of a space without enumerating architectures: a
+few "probe" networks, each holding many block variants of one stage in sequence, yield them all.
+
+A table is a JSON file rewritten atomically after every entry, so a killed build (even ``kill
+-9``) loses at most the entry being measured; building again resumes.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import platform
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable, Iterable, Optional, Sequence, Union
+
+import torch
+import torch.nn as nn
+
+from ..archs.spec import NetSpec
+from ..models.info import ModelInfo, set_model_info
+from ..models.mobilenet import MobileNet
+from ..version import __version__
+from .space import MQA_OP, SearchSpace
+
+#: ``--runtime`` -> the export format of :func:`mobilenets.deploy.runtimes.runtime_for` (``roofline``: none)
+RUNTIMES = {"ort": "onnx", "executorch": "executorch", "litert": "tflite", "roofline": None}
+PRECISIONS = ("fp32", "int8")
+TABLE_FORMAT = "mobilenets.latency-table/1"
+
+
+@dataclass(frozen=True)
+class Part:
+    """One part of a network: ``key`` (label @ shape # digest), ``label``, ``path`` (the module's
+    path in the model: ``stem``, ``stages.i.j``, ``head``), ``module`` (on the ``meta`` device:
+    no memory, no initialisation; :meth:`materialize` gives a real one), ``in_shape`` (C, H, W)."""
+
+    key: str
+    label: str
+    path: str
+    module: nn.Module
+    in_shape: tuple[int, int, int]
+
+    def materialize(self) -> nn.Module:
+        """A CPU copy of the module with initialised weights (values do not matter for timing,
+        but must be finite and well scaled for INT8 calibration), in eval mode."""
+        module = copy.deepcopy(self.module).to_empty(device="cpu")
+        with torch.no_grad():
+            for t in list(module.parameters()) + list(module.buffers()):
+                if t.is_floating_point():
+                    t.fill_(0.01)
+            for m in module.modules():
+                if m is not module and hasattr(m, "reset_parameters"):
+                    m.reset_parameters()
+        return module.eval()
+
+
+def _label(spec: NetSpec, path: str, model: MobileNet) -> str:
+    if path == "stem":
+        return f"stem_k{spec.stem_k}_c{model.stem.conv.out_channels}"
+    if path == "head":
+        h = spec.head
+        return f"head_h{h.hidden}{'_bn' if h.norm else ''}_o{model.num_classes}"
+    si, bi = (int(v) for v in path.split(".")[1:])
+    block = spec.stages[si][bi]
+    row = replace(block, out=model.stages[si][bi].out_chs, width="scale").to_string()
+    return row.replace("_r1_", "_", 1)
+
+
+def network_parts(spec: NetSpec, input_size: Sequence[int], num_classes: int = 1000) -> list[Part]:
+    """The parts of ``spec``'s network at ``input_size`` ``(H, W)``, in execution order (built and
+    run on the ``meta`` device: shapes only, so probing a space costs little)."""
+    with torch.device("meta"):
+        model = MobileNet(spec, num_classes=num_classes).eval()
+    modules = [("stem", model.stem)] + model.blocks() + [("head", model.head)]
+    shapes: dict[str, tuple] = {}
+
+    def recorder(path: str):
+        def hook(module, args) -> None:  # a pre-hook returning something would replace the input
+            shapes.setdefault(path, tuple(args[0].shape[1:]))
+        return hook
+
+    hooks = [m.register_forward_pre_hook(recorder(p)) for p, m in modules]
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, model.in_chans, *input_size, device="meta"))
+    finally:
+        for h in hooks:
+            h.remove()
+    parts = []
+    for path, module in modules:
+        shape = shapes[path]
+        label = _label(spec, path, model)
+        digest = hashlib.sha1(repr(module).encode()).hexdigest()[:10]
+        parts.append(Part(f"{label}@{'x'.join(map(str, shape))}#{digest}", label, path, module, shape))
+    return parts
+
+
+def _variants(st, first: bool) -> list[tuple]:
+    """(op, expansion) variants of a block slot (an MQA block has no expansion: one variant)."""
+    ops = st.first_ops() if first else st.block_ops(1)
+    return [(op, e) for op in ops for e in (st.expansions if op != MQA_OP else st.expansions[:1])]
+
+
+def _probe_specs(space: SearchSpace) -> Iterable[NetSpec]:
+    """Specs that together hold every distinct part of ``space`` (not members of it).
+
+    Stage ``i``'s first block is one ``(input width, filters, op, expansion)`` tuple (its input is
+    stage ``i - 1``'s filters), its later blocks one ``(filters, op, expansion)`` each. Each probe
+    takes one uncovered first-block tuple of the earliest stage that has one, chains the stages
+    around it so the widths agree (preferring uncovered tuples), and gives every stage, after its
+    first block, every later-block variant at its filters not yet covered."""
+    n = len(space.stages)
+    ins = [space.stages[i - 1].filters if i else (None,) for i in range(n)]
+    todo = [{(p, f, op, e) for p in ins[i] for f in st.filters for op, e in _variants(st, True)}
+            for i, st in enumerate(space.stages)]
+    later_todo = [set(st.filters) if max(st.depths) > 1 else set() for st in space.stages]
+
+    def pick(i: int, p=None, f=None) -> tuple:
+        ok = lambda t: (p is None or t[0] == p) and (f is None or t[1] == f)  # noqa: E731
+        st = space.stages[i]
+        pool = sorted((t for t in todo[i] if ok(t)), key=str)
+        if pool:
+            return pool[0]
+        return next(t for t in sorted(((pp, ff, op, e) for pp in ins[i] for ff in st.filters
+                                       for op, e in _variants(st, True)), key=str) if ok(t))
+
+    while any(todo):
+        i0 = next(i for i in range(n) if todo[i])
+        chosen: list = [None] * n
+        chosen[i0] = pick(i0)
+        for i in range(i0 - 1, -1, -1):   # backwards: stage i's filters feed stage i + 1
+            chosen[i] = pick(i, f=chosen[i + 1][0])
+        for i in range(i0 + 1, n):        # forwards
+            chosen[i] = pick(i, p=chosen[i - 1][1])
+        stages = []
+        for i, st in enumerate(space.stages):
+            p, f, op, e = chosen[i]
+            todo[i].discard(chosen[i])
+            blocks = [(op, e)]
+            if f in later_todo[i]:
+                blocks += _variants(st, False)
+                later_todo[i].discard(f)
+            stages.append(_stage_blocks(st, f, blocks))
+        yield space.frame.replace(stages=space.frame.stages[:space.insert_at] + tuple(stages)
+                                  + space.frame.stages[space.insert_at:])
+
+
+def _stage_blocks(st, filters: int, blocks: Sequence[tuple]) -> tuple:
+    from ..archs.spec import BlockSpec
+
+    out = []
+    for j, (op, e) in enumerate(blocks):
+        stride = st.stride if j == 0 else 1
+        if op == MQA_OP:
+            m = st.mqa
+            out.append(BlockSpec("mqa", filters, 1, k=3, heads=m.heads, key_dim=m.key_dim, kv_stride=m.kv_stride))
+        else:
+            out.append(BlockSpec("uir", filters, stride, k=op[1], a=op[0], e=e))
+    return tuple(out)
+
+
+def space_parts(space: SearchSpace, input_size: Sequence[int], num_classes: int = 1000) -> dict[str, Part]:
+    """Every distinct part of every architecture of ``space`` at ``input_size``, by key."""
+    out: dict[str, Part] = {}
+    for spec in _probe_specs(space):
+        for part in network_parts(spec, input_size, num_classes):
+            out.setdefault(part.key, part)
+    return out
+
+
+# -- measuring ------------------------------------------------------------------------------------
+
+def time_callable(fn: Callable[[], object], seconds: float = 0.5, min_runs: int = 10, warmup: int = 3,
+                  max_runs: int = 2000) -> dict:
+    """Mean, standard deviation, median and quartiles (ms) of ``fn()`` over about ``seconds``."""
+    for _ in range(warmup):
+        fn()
+    times: list[float] = []
+    t_end = time.perf_counter() + seconds
+    while len(times) < min_runs or (time.perf_counter() < t_end and len(times) < max_runs):
+        t0 = time.perf_counter_ns()
+        fn()
+        times.append((time.perf_counter_ns() - t0) / 1e6)
+    q = statistics.quantiles(times, n=4)
+    return {"ms": statistics.fmean(times), "std": statistics.stdev(times), "median": statistics.median(times),
+            "p25": q[0], "p75": q[2], "n": len(times)}
+
+
+def runtime_timer(runtime: str, precision: str = "fp32", threads: int = 1,
+                  seconds: float = 0.5) -> Callable[[nn.Module, tuple], dict]:
+    """``measure(module, in_shape) -> stats``: export ``module`` alone through ``runtime``'s
+    :class:`~mobilenets.deploy.mobile.Runtime` (INT8: calibrated on generated images), run the
+    file at batch 1 with ``threads`` threads and time it (:func:`time_callable`)."""
+    from ..deploy.mobile import export_mobile
+    from ..deploy.runtimes import runtime_for
+
+    check_runtime(runtime, precision)
+    if runtime == "roofline":
+        raise ValueError("the roofline runtime is computed, not timed (RooflineCost)")
+    rt = runtime_for(RUNTIMES[runtime])
+    rt.require()
+
+    def measure(module: nn.Module, in_shape: tuple) -> dict:
+        net = copy.deepcopy(module).eval()  # a model, or a part's materialized module
+        c = in_shape[0]  # a part's input is a feature map: no image normalisation
+        set_model_info(net, ModelInfo(name=type(module).__name__, in_chans=c, num_classes=0, mean=(0.0,) * c,
+                                      std=(1.0,) * c, input_size=tuple(in_shape)))
+        with tempfile.TemporaryDirectory(prefix="mobilenets-latency-") as d:
+            path = Path(d) / f"part{rt.suffix}"
+            int8 = precision == "int8"
+            export_mobile(rt, net, path, input_size=in_shape[1:], calib="fake" if int8 else None, int8=int8,
+                          verify=False, allow_fallback=True, min_size=1)
+            run = rt.runner(str(path), threads=threads)
+            x = torch.randn(1, *in_shape, generator=torch.Generator().manual_seed(0))
+            with torch.no_grad():
+                return time_callable(lambda: run(x), seconds=seconds)
+    return measure
+
+
+def check_runtime(runtime: str, precision: str) -> None:
+    if runtime not in RUNTIMES:
+        raise ValueError(f"unknown runtime {runtime!r}; expected one of {', '.join(RUNTIMES)}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
+
+
+def roofline_parts(spec: NetSpec, input_size: Sequence[int], ridge_point: float, peak_macs: float,
+                   num_classes: int = 1000, precision: str = "fp32") -> dict[str, float]:
+    """Roofline ms of every part of ``spec`` (part key -> ms): the network profiled once
+    (:func:`mobilenets.analysis.profile`), each layer's roofline time summed into its part."""
+    from ..analysis.profile import profile
+    from ..analysis.roofline import bandwidth_for, roofline
+
+    parts = network_parts(spec, input_size, num_classes)
+    model = MobileNet(spec, num_classes=num_classes).eval()
+    set_model_info(model, ModelInfo(name="probe", num_classes=num_classes))
+    res = roofline(profile(model, tuple(input_size), dtype=precision), peak_macs, bandwidth_for(ridge_point, peak_macs))
+    out = {p.key: 0.0 for p in parts}
+    for lt in res.layers:
+        owner = next((p for p in parts if lt.name == p.path or lt.name.startswith(p.path + ".")
+                      or lt.name.startswith(p.path + "#")), None)
+        if owner is None:
+            raise RuntimeError(f"roofline layer {lt.name!r} belongs to no part ({[p.path for p in parts][:4]}...)")
+        out[owner.key] += lt.time * 1e3
+    return out
+
+
+# -- the table ------------------------------------------------------------------------------------
+
+class TableMismatch(ValueError):
+    """A table used for a space, input size, runtime or precision it was not measured for."""
+
+
+class LatencyTable:
+    """Part latencies (ms) for one space, input size, runtime, precision and thread count, and the
+    fitted per-network overhead. :meth:`predict` sums them; :meth:`save` writes atomically.
+
+    Each entry keeps the mean, standard deviation, median and quartiles of its timed runs; the
+    prediction sums the medians: on a shared CPU a few preempted runs (a scheduler quantum, 10+
+    ms) pull the mean of a 50 us block far off while its median stays put."""
+
+    def __init__(self, meta: dict, entries: Optional[dict] = None, networks: Optional[dict] = None,
+                 path: Union[str, Path, None] = None):
+        self.meta, self.entries = dict(meta), dict(entries or {})
+        self.networks = dict(networks or {})  # spec string -> {"measured": stats, "sum_ms": ...}
+        self.path = Path(path) if path else None
+
+    @classmethod
+    def new(cls, space: SearchSpace, input_size: Sequence[int], runtime: str, precision: str = "fp32",
+            threads: int = 1, num_classes: int = 1000, ridge_point: Optional[float] = None,
+            peak_macs: Optional[float] = None, path: Union[str, Path, None] = None) -> "LatencyTable":
+        check_runtime(runtime, precision)
+        meta = {"format": TABLE_FORMAT, "space": space.name, "space_def": space.to_dict(),
+                "input_size": list(input_size), "runtime": runtime, "precision": precision, "threads": threads,
+                "num_classes": num_classes, "mobilenets": __version__, "torch": torch.__version__,
+                "machine": f"{platform.machine()} {_cpu_model()}"}
+        if runtime == "roofline":
+            meta.update(ridge_point=ridge_point, peak_macs=peak_macs)
+        return cls(meta, path=path)
+
+    # -- identity checks -------------------------------------------------------------------------
+    def check_for(self, space: Optional[SearchSpace] = None, input_size: Optional[Sequence[int]] = None,
+                  runtime: Optional[str] = None, precision: Optional[str] = None) -> None:
+        """Raise :class:`TableMismatch` naming what differs from what the table was measured for."""
+        where = f"table {self.path}" if self.path else "the table"
+        if space is not None and self.meta["space_def"] != space.to_dict():
+            what = "another space" if self.meta["space"] != space.name else "a different definition of it"
+            raise TableMismatch(f"{where} was measured for space {self.meta['space']!r}, given {space.name!r} "
+                                f"({what}); build a table for it with mobilenets search table --space ...")
+        for name, given in (("input_size", list(input_size) if input_size is not None else None),
+                            ("runtime", runtime), ("precision", precision)):
+            if given is not None and self.meta[name] != given:
+                raise TableMismatch(f"{where} was measured at {name} {self.meta[name]}, given {given}")
+
+    @property
+    def space(self) -> SearchSpace:
+        return SearchSpace.from_dict(self.meta["space_def"])
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return tuple(self.meta["input_size"])  # type: ignore[return-value]
+
+    @property
+    def overhead_ms(self) -> float:
+        """Median of (measured - summed parts) over the measured networks (0 without any)."""
+        diffs = [n["measured"]["median"] - n["sum_ms"] for n in self.networks.values()]
+        return statistics.median(diffs) if diffs else 0.0
+
+    # -- prediction ------------------------------------------------------------------------------
+    def parts_ms(self, spec: NetSpec) -> float:
+        """The summed part latencies of ``spec`` (every part must be in the table)."""
+        parts = network_parts(spec, self.input_size, self.meta["num_classes"])
+        missing = [p.key for p in parts if p.key not in self.entries]
+        if missing:
+            raise TableMismatch(f"{len(missing)} part(s) of this architecture are not in the table (measured for "
+                                f"space {self.meta['space']!r} at {self.input_size}), e.g. {missing[0]}; an "
+                                f"architecture outside the space, or an unfinished table (run search table again)")
+        return sum(self.entries[p.key]["median"] for p in parts)
+
+    def predict(self, spec: NetSpec) -> float:
+        """Predicted ms of ``spec``: its parts' sum plus the fitted overhead."""
+        return self.parts_ms(spec) + self.overhead_ms
+
+    # -- I/O -------------------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return {"meta": self.meta, "overhead_ms": self.overhead_ms, "networks": self.networks,
+                "entries": self.entries}
+
+    def save(self, path: Union[str, Path, None] = None) -> Path:
+        from ..weights.io import atomic_write
+
+        self.path = Path(path) if path else self.path
+        if self.path is None:
+            raise ValueError("LatencyTable.save: no path given")
+        text = json.dumps(self.to_dict(), indent=1)
+        return atomic_write(self.path, lambda tmp: Path(tmp).write_text(text))
+
+    @classmethod
+    def load(cls, path: Union[str, Path]) -> "LatencyTable":
+        p = Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(f"latency table {str(p)!r} does not exist (mobilenets search table --out ... writes one)")
+        try:
+            data = json.loads(p.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"latency table {str(p)!r} is not JSON: {e}") from None
+        if not isinstance(data, dict) or data.get("meta", {}).get("format") != TABLE_FORMAT:
+            raise ValueError(f"{str(p)!r} is not a mobilenets latency table (expected meta.format {TABLE_FORMAT!r})")
+        return cls(data["meta"], data.get("entries"), data.get("networks"), p)
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def build_table(table: LatencyTable, fit_networks: int = 5, seconds: float = 0.5, seed: int = 0,
+                progress: bool = True, save: bool = True) -> LatencyTable:
+    """Fill ``table``: every distinct part of its space (entries already there are kept: a build
+    resumes), then (measured runtimes) ``fit_networks`` whole networks (the space's hand-designed
+    models, then random members, fixed by ``seed``) for the overhead. Saved after every entry."""
+    import random
+
+    from ..progress import progress_iter
+
+    space, size, meta = table.space, table.input_size, table.meta
+    parts = space_parts(space, size, meta["num_classes"])
+    todo = [k for k in parts if k not in table.entries]
+    if meta["runtime"] == "roofline":
+        for spec in progress_iter(list(_probe_specs(space)), "roofline", enabled=progress):
+            for key, ms in roofline_parts(spec, size, meta["ridge_point"], meta["peak_macs"], meta["num_classes"],
+                                          meta["precision"]).items():
+                table.entries.setdefault(key, {"ms": ms, "median": ms, "std": 0.0, "n": 1})
+        if save and table.path:
+            table.save()
+        return table
+    measure = runtime_timer(meta["runtime"], meta["precision"], meta["threads"], seconds)
+    for key in progress_iter(todo, f"{meta['runtime']} {meta['precision']} parts", enabled=progress):
+        part = parts[key]
+        table.entries[key] = measure(part.materialize(), part.in_shape)
+        if save and table.path:
+            table.save()
+    from ..models.registry import model_spec
+
+    rng = random.Random(seed)
+    specs = [model_spec(n) for n in space.contains if space.contains_spec(model_spec(n))]
+    specs = [s.replace(width_mult=space.frame.width_mult) for s in specs]
+    while len(specs) < fit_networks:
+        specs.append(space.to_spec(space.sample(rng)))
+    for spec in progress_iter(specs[:fit_networks], "whole networks (overhead)", enabled=progress):
+        text = str(spec)
+        if text in table.networks:
+            continue
+        table.networks[text] = {"measured": measure_network(spec, table, seconds), "sum_ms": table.parts_ms(spec)}
+        if save and table.path:
+            table.save()
+    return table
+
+
+def measure_network(spec: NetSpec, table: LatencyTable, seconds: float = 1.0) -> dict:
+    """Whole-network latency of ``spec`` in ``table``'s runtime, precision and threads."""
+    meta = table.meta
+    if meta["runtime"] == "roofline":
+        ms = sum(roofline_parts(spec, table.input_size, meta["ridge_point"], meta["peak_macs"], meta["num_classes"],
+                                meta["precision"]).values())
+        return {"ms": ms, "median": ms, "std": 0.0, "n": 1}
+    model = MobileNet(spec, num_classes=meta["num_classes"]).eval()
+    return runtime_timer(meta["runtime"], meta["precision"], meta["threads"], seconds)(model, (3, *table.input_size))
+
+
+def rank_correlation(x: Sequence[float], y: Sequence[float]) -> float:
+    """Spearman's rank correlation (:func:`mobilenets.analysis.calibrate.spearman`)."""
+    from ..analysis.calibrate import spearman
+
+    return spearman(x, y)
+
+
+def mean_abs_pct_error(pred: Sequence[float], meas: Sequence[float]) -> float:
+    """Mean of |pred - meas| / meas, in percent."""
+    if len(pred) != len(meas) or not pred:
+        raise ValueError(f"expected two equal, non-empty lists, got {len(pred)} and {len(meas)} values")
+    return 100 * statistics.fmean(abs(p - m) / m for p, m in zip(pred, meas)) if all(m > 0 for m in meas) else math.nan
