@@ -18,14 +18,10 @@ from mobilenets.search.latency import (LatencyTable, TableMismatch, build_table,
 from mobilenets.search.space import SearchSpace
 from mobilenets.search.spaces import SPACES
 
+sys.path.insert(0, str(Path(__file__).parent / "helpers"))
+from search_spaces import tiny_space  # noqa: E402
+
 SIZE = (64, 64)
-
-
-def tiny_space(name: str = "tiny") -> SearchSpace:
-    base = SPACES["mnv4_conv_small"].with_width(0.25)
-    stages = tuple(st.restrict(depths=(1, 2), filters=st.filters[1:3], ops=((0, 3), (3, 5)), expansions=(2.0, 4.0))
-                   for st in base.stages)
-    return SearchSpace(name, base.frame, base.insert_at, stages, contains=())
 
 
 @pytest.fixture(scope="module")

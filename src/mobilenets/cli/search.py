@@ -12,7 +12,7 @@ import argparse
 import math
 import sys
 
-from .common import UserError, add_input_size, add_json, emit_json, json_only
+from .common import UserError, add_batch_size, add_input_size, add_json, emit_json, json_only
 
 
 def _cmd_spaces(args: argparse.Namespace) -> int:
@@ -132,6 +132,26 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_run(args: argparse.Namespace) -> int:
+    from ..search.run import SearchSettings, run_search
+
+    settings = SearchSettings(space=args.space, table=args.table, target_ms=args.target_ms, data=args.data,
+                              out=args.out, minutes=args.minutes, steps=args.steps, seed=args.seed,
+                              reward=args.reward, beta=args.beta, w=args.w, two_stage=not args.one_stage,
+                              width_mult=args.width_mult, batch_size=args.batch_size or 64,
+                              img_size=args.input_size[0] if args.input_size else 64, teacher=args.teacher,
+                              checkpoint_seconds=args.checkpoint_seconds)
+    res = run_search(settings, progress=not args.quiet)
+    emit_json(args, {"spec": str(res.spec), "predicted_ms": res.predicted_ms, "val_top1_supernet": res.val_top1,
+                     "steps": res.steps, "seconds": res.seconds, "out": str(res.out)})
+    if not json_only(args):
+        print(f"found in {res.steps} steps ({res.seconds / 60:.1f} min): predicted {res.predicted_ms:.3f} ms "
+              f"(target {args.target_ms:g}), supernet top-1 {100 * res.val_top1:.1f}% on val; wrote "
+              f"{res.out}/found.txt, found.json, history.json, search.png")
+        print(str(res.spec))
+    return 0
+
+
 def add_commands(subparsers) -> None:
     p = subparsers.add_parser("search", help="platform-aware architecture search (spaces, ...)",
                               description="Architecture search over a UIB search space (MobileNetV4's TuNAS "
@@ -189,3 +209,33 @@ def add_commands(subparsers) -> None:
     pr.add_argument("--seconds", type=float, default=1.0, help="timing per measured network (default 1)")
     add_json(pr, "the predictions")
     pr.set_defaults(func=_cmd_predict)
+
+    from ..search.run import REWARDS
+    r = sub.add_parser("run", help="TuNAS search: supernet on your data, controller toward a latency target",
+                       description="Train the space's weight-sharing supernet on DATA while a REINFORCE controller "
+                                   "learns the most accurate architecture at the latency target (TuNAS's absolute "
+                                   "reward by default; MobileNetV4's two stages, coarse then fine). Writes the found "
+                                   "spec (found.txt, found.json), history.json (every step and the controller's "
+                                   "probabilities) and search.png to --out, and prints the spec string as the last "
+                                   "line. Resumes from --out/search.pt (run the same command again).")
+    r.add_argument("--space", required=True, help="a shipped space or a .json space file")
+    r.add_argument("--table", required=True, metavar="TABLE.json", help="the space's latency table (search table)")
+    r.add_argument("--target-ms", type=float, required=True, help="the latency target in the table's runtime (ms)")
+    r.add_argument("--data", default="digits", help="digits (default), fake, or an image folder")
+    r.add_argument("--out", required=True, metavar="DIR", help="output folder (a search there is resumed)")
+    r.add_argument("--minutes", type=float, default=60.0, help="wall-time budget (default 60)")
+    r.add_argument("--steps", type=int, default=None, help="search steps (default: as many as --minutes allows)")
+    r.add_argument("--seed", type=int, default=0, help="seed: the same seed and steps give the same search")
+    r.add_argument("--reward", choices=REWARDS, default="absolute",
+                   help="absolute: Q + beta |T/T0 - 1| (TuNAS, default); mnas: Q (T/T0)^w (MnasNet)")
+    r.add_argument("--beta", type=float, default=-0.10, help="absolute reward's beta (default -0.10)")
+    r.add_argument("--w", type=float, default=-0.07, help="MnasNet reward's exponent (default -0.07)")
+    r.add_argument("--one-stage", action="store_true", help="search every decision at once (no coarse/fine)")
+    r.add_argument("--width-mult", type=float, default=None, help="the space's width, as its table was built")
+    add_batch_size(r, help="batch size (default 64)")
+    add_input_size(r, default=None, help="training resolution (default 64; square)")
+    r.add_argument("--teacher", default=None, help="distil from this checkpoint or model name (soft labels)")
+    r.add_argument("--checkpoint-seconds", type=float, default=30.0, help="checkpoint interval (default 30 s)")
+    r.add_argument("--quiet", action="store_true", help="no progress output")
+    add_json(r, "the result")
+    r.set_defaults(func=_cmd_run)

@@ -313,20 +313,25 @@ class SearchSpace:
     # -- the schedule of MNv4's two-stage search (Sec. 4) --------------------------------------
     def coarse(self) -> "SearchSpace":
         """The coarse stage: depths and filters searched, every block an IB with a 3x3 middle
-        depthwise conv and expansion 4 (MNv4 Sec. 4: "block fixed to IB e4 k3")."""
+        depthwise conv and expansion 4 (MNv4 Sec. 4: "block fixed to IB e4 k3"); a stage whose
+        choices lack those takes its nearest: the first op with a middle depthwise conv, the
+        expansion closest to 4 (so the coarse paths stay members of the space)."""
         return replace(self, name=f"{self.name}.coarse", contains=(),
-                       stages=tuple(st.restrict(ops=((0, 3),), expansions=(4.0,), mqa=None) for st in self.stages))
+                       stages=tuple(st.restrict(ops=(_coarse_op(st),), expansions=(_mid_expansion(st),), mqa=None)
+                                    for st in self.stages))
 
     def fine(self, coarse_choice: Mapping[str, int]) -> "SearchSpace":
         """The fine stage after ``coarse_choice`` (a choice of :meth:`coarse`): depth and filters
-        fixed to it, each depthwise slot in {absent, 3x3, 5x5}, expansion 4 (MNv4 Sec. 4)."""
+        fixed to it, each depthwise slot searched over the stage's ops ({absent, 3x3, 5x5} in the
+        shipped spaces; MQA where offered), expansion 4 (MNv4 Sec. 4; the nearest where 4 is not
+        a choice)."""
         coarse = self.coarse()
         coarse.check_choice(coarse_choice)
         stages = []
         for i, st in enumerate(self.stages):
             stages.append(st.restrict(depths=(coarse.stages[i].depths[coarse_choice[f"s{i}.depth"]],),
                                       filters=(coarse.stages[i].filters[coarse_choice[f"s{i}.filters"]],),
-                                      ops=UIB_OPS, expansions=(4.0,)))
+                                      expansions=(_mid_expansion(st),)))
         return replace(self, name=f"{self.name}.fine", contains=(), stages=tuple(stages))
 
     def with_width(self, width_mult: float) -> "SearchSpace":
@@ -360,6 +365,16 @@ class SearchSpace:
             lines.append(f"  stage {i} (at {self.insert_at + i}, stride {st.stride}): depth {list(st.depths)}, "
                          f"filters {list(st.filters)}, ops {{{ops}}}, expansion {[_num(e) for e in st.expansions]}")
         return "\n".join(lines)
+
+
+def _coarse_op(st: StageSpace) -> tuple[int, int]:
+    """(0, 3), the IB k3 of MNv4's coarse stage, or the stage's first op with a middle dw conv."""
+    return (0, 3) if (0, 3) in st.ops else next((op for op in st.first_ops() if op[1]), st.first_ops()[0])
+
+
+def _mid_expansion(st: StageSpace) -> float:
+    """4, MNv4's fixed expansion of both stages, or the stage's choice closest to it."""
+    return min(st.expansions, key=lambda e: (abs(e - 4.0), e))
 
 
 def _num(v: float) -> Union[int, float]:

@@ -1,0 +1,473 @@
+"""The TuNAS search: a weight-sharing supernet trained on the user's data while a controller learns
+which architecture of the space is most accurate at the latency target (Bender et al. 2020,
+https://arxiv.org/abs/2008.06120; MobileNetV4's two-stage schedule, Qin et al. 2024,
+https://arxiv.org/abs/2404.10518, Sec. 4).
+
+Each iteration (TuNAS Sec. 3): a path for the weights (:func:`~.schedule.warmup_sample`: the
+controller's sample, during the warm-up often the whole supernet) takes one optimizer step on a
+train batch; then a fresh sample of the controller is scored on a batch of the held-out split
+(top-1 accuracy, BatchNorm on batch statistics) and its latency read from the table; the reward
+(TuNAS's absolute reward by default, MnasNet's as an option) takes one REINFORCE step (after the
+RL delay; before it, only the baseline moves). The default schedule is MNv4's two stages: coarse
+(depth and filters, every block an IB e4 k3), then fine (each depthwise slot, at the coarse
+result's depth and filters), each half of the steps, each with its own controller.
+
+The weights train with the library's optimizer and LR schedule (:mod:`mobilenets.train.optim`)
+from the classification recipe of the data, and distillation from a teacher checkpoint is the
+training engine's (:mod:`mobilenets.train.distill`). Under torchrun every rank samples its own
+paths, gradients are averaged and the reward mean all-reduced into the controller's baseline.
+A checkpoint (supernet, optimizer, controller, data position, every RNG) is written atomically
+every ``checkpoint_seconds``; running the same command again resumes exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..archs.spec import NetSpec
+from .controller import ALL, Controller, distributed_mean
+from .latency import LatencyTable
+from .rewards import absolute_reward, check_target, mnas_reward
+from .schedule import rl_enabled, rl_learning_rate, warmup_sample
+from .space import SearchSpace
+from .supernet import Supernet
+
+REWARDS = ("absolute", "mnas")
+CHECKPOINT = "search.pt"
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """What ``mobilenets search run`` takes (see its ``--help``)."""
+
+    space: str
+    table: str
+    target_ms: float
+    data: str = "digits"
+    out: str = "search"
+    minutes: float = 60.0
+    steps: Optional[int] = None
+    seed: int = 0
+    reward: str = "absolute"
+    beta: float = -0.10
+    w: float = -0.07
+    two_stage: bool = True
+    width_mult: Optional[float] = None
+    batch_size: int = 64
+    img_size: int = 64
+    held_out: float = 0.2
+    lr: Optional[float] = None
+    teacher: Optional[str] = None
+    distill_alpha: float = 0.5
+    distill_temperature: float = 2.0
+    checkpoint_seconds: float = 30.0
+    bn_batches: int = 8
+
+    def __post_init__(self):
+        if self.reward not in REWARDS:
+            raise ValueError(f"reward must be one of {', '.join(REWARDS)}, got {self.reward!r}")
+        if not (isinstance(self.target_ms, (int, float)) and self.target_ms > 0 and math.isfinite(self.target_ms)):
+            raise ValueError(f"target_ms must be a positive number of milliseconds, got {self.target_ms!r}")
+        if self.steps is not None and self.steps < 2:
+            raise ValueError(f"steps must be >= 2 (one per stage at least), got {self.steps}")
+        if not self.minutes > 0:
+            raise ValueError(f"minutes must be > 0, got {self.minutes}")
+        if not 0 < self.held_out < 1:
+            raise ValueError(f"held_out must be a fraction in (0, 1), got {self.held_out}")
+
+
+@dataclass
+class SearchResult:
+    spec: NetSpec
+    predicted_ms: float
+    val_top1: float
+    steps: int
+    seconds: float
+    out: Path
+    history: list = field(default_factory=list)
+
+
+# -- data ------------------------------------------------------------------------------------------
+
+class Batches:
+    """Batches of a dataset in this rank's epoch order (:func:`mobilenets.train.distributed.epoch_order`);
+    ``state()`` / ``load(state)`` give the exact position, so a resumed search reads the same batches."""
+
+    def __init__(self, dataset, batch_size: int, seed: int, dist):
+        self.ds, self.bs, self.seed, self.dist = dataset, batch_size, seed, dist
+        self.epoch, self.pos, self.order = 0, 0, self._order(0)
+
+    def _order(self, epoch: int) -> list[int]:
+        from ..train.distributed import epoch_order
+
+        return epoch_order(len(self.ds), self.seed, epoch, self.dist)
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.pos + self.bs > len(self.order):
+            self.epoch, self.pos = self.epoch + 1, 0
+            self.order = self._order(self.epoch)
+        idx = self.order[self.pos:self.pos + self.bs]
+        self.pos += len(idx)
+        items = [self.ds[i] for i in idx]
+        return torch.stack([x for x, _ in items]), torch.tensor([int(y) for _, y in items])
+
+    def state(self) -> dict:
+        return {"epoch": self.epoch, "pos": self.pos}
+
+    def load(self, state: dict) -> None:
+        self.epoch, self.pos = state["epoch"], state["pos"]
+        self.order = self._order(self.epoch)
+
+
+def search_data(s: SearchSettings):
+    """``(weight-train split, held-out split, val set, classes, recipe, held-out batch size)`` of
+    ``s.data`` (digits, fake, an image folder, or any built-in dataset the classification task
+    reads), the held-out split read with the eval transform (it scores, it does not train)."""
+    from ..data.classification import Subset, build_datasets, eval_transform
+    from ..data.common import stratified_split
+    from ..train.recipe import apply_overrides
+    from ..train.recipes import get_recipe
+    from ..train.task import get_task
+
+    task = get_task("classify")
+    recipe = get_recipe(task.default_recipe)
+    recipe = recipe.replace(**task.data_option(s.data))
+    over = {"img_size": s.img_size, "batch_size": s.batch_size, "seed": s.seed}
+    if s.lr is not None:
+        over["lr"] = s.lr
+    recipe = apply_overrides(recipe, over)
+    bundle = build_datasets(recipe)
+    task.check_data(bundle, recipe)
+    train_idx, held_idx = stratified_split(list(bundle.train.targets), s.held_out, s.seed)
+    if len(train_idx) < s.batch_size or len(held_idx) < 2:
+        raise ValueError(f"{s.data}: {len(bundle.train)} training images are too few for a search with batch size "
+                         f"{s.batch_size} and a {s.held_out:.0%} held-out split")
+    scored = build_datasets(recipe, train_tf=eval_transform(recipe))
+    return (Subset(bundle.train, train_idx), Subset(scored.train, held_idx), bundle.val, bundle.classes, recipe,
+            min(s.batch_size, len(held_idx)))
+
+
+# -- the search ------------------------------------------------------------------------------------
+
+def cheapest_ms(space: SearchSpace, table: LatencyTable) -> float:
+    """The predicted latency of the space's cheapest architecture: the smallest depth and filters
+    of every stage, each block the (op, expansion) whose part is fastest at that width."""
+    choice = space.canonical({d.name: 0 for d in space.decisions()})
+    for i, st in enumerate(space.stages):
+        choice[f"s{i}.depth"] = st.depths.index(min(st.depths))
+        choice[f"s{i}.filters"] = st.filters.index(min(st.filters))
+    choice = space.canonical(choice)
+    best = table.predict(space.to_spec(choice))
+    for name in [d.name for d in space.decisions() if d.name.endswith((".op", ".e"))]:
+        n = len(next(d for d in space.decisions() if d.name == name).choices)
+        for v in range(n):  # coordinate descent over the per-block choices (the parts are additive)
+            trial = space.canonical({**choice, name: v})
+            ms = table.predict(space.to_spec(trial))
+            if ms < best:
+                best, choice = ms, trial
+    return best
+
+
+def _to_full(space: SearchSpace, stage_space: SearchSpace, path: dict) -> dict:
+    """A path of ``stage_space`` (coarse / fine, possibly with ALL) as a path of ``space`` (the
+    decisions a stage space lacks, block slots past its fixed depth, do not matter: 0)."""
+    full = {d.name: d.choices for d in space.decisions()}
+    staged = {d.name: d.choices for d in stage_space.decisions()}
+    out = {k: 0 for k in full}
+    out.update((k, v if v == ALL else full[k].index(staged[k][v])) for k, v in path.items())
+    return out
+
+
+class _Search:
+    def __init__(self, s: SearchSettings, progress: bool):
+        from ..train.distributed import DistInfo
+        from ..train.optim import LRSchedule, create_optimizer
+        from .spaces import load_space
+
+        self.s, self.progress = s, progress
+        self.out = Path(s.out)
+        self.table = LatencyTable.load(s.table)
+        space = load_space(s.space)
+        if s.width_mult is not None:
+            space = space.with_width(s.width_mult)
+        self.table.check_for(space)
+        self.space = space
+        check_target(s.target_ms, cheapest_ms(space, self.table))
+        self.dist = _dist_info(DistInfo)
+        torch.manual_seed(s.seed)
+        self.train_ds, self.held_ds, self.val_ds, self.classes, self.recipe, held_bs = search_data(s)
+        self.train_batches = Batches(self.train_ds, s.batch_size, s.seed, self.dist)
+        self.held_batches = Batches(self.held_ds, held_bs, s.seed + 1, self.dist)
+        self.net = Supernet(space, num_classes=len(self.classes))
+        self.opt = create_optimizer(self.net, self.recipe)
+        self.make_schedule = lambda steps: LRSchedule(self.recipe.replace(epochs=1), steps)
+        self.distiller = _distiller(s, len(self.classes))
+        self.latency_cache: dict[str, float] = {}
+
+    # -- pieces ------------------------------------------------------------------------------
+    def latency(self, spec: NetSpec) -> float:
+        key = str(spec)
+        if key not in self.latency_cache:
+            self.latency_cache[key] = self.table.predict(spec)
+        return self.latency_cache[key]
+
+    def reward(self, quality: float, latency: float) -> float:
+        s = self.s
+        return (absolute_reward(quality, latency, s.target_ms, s.beta) if s.reward == "absolute"
+                else mnas_reward(quality, latency, s.target_ms, s.w))
+
+    def weight_step(self, path: dict, lr: float) -> float:
+        self.net.train()
+        self.net.set_path(path)
+        x, y = self.train_batches.next()
+        logits = self.net(x)
+        loss = F.cross_entropy(logits, y)
+        if self.distiller is not None:
+            loss = self.distiller(logits, x, y)
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        self.opt.zero_grad(set_to_none=False)
+        loss.backward()
+        if self.dist.enabled:  # every rank ran its own path: average the gradients (unused slices: 0)
+            for p in self.net.parameters():
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+                torch.distributed.all_reduce(p.grad)
+                p.grad /= self.dist.world
+        self.opt.step()
+        return loss.item()
+
+    @torch.no_grad()
+    def quality(self, path: dict) -> float:
+        """Top-1 of ``path`` on one held-out batch, BatchNorm on batch statistics (TuNAS's RL
+        step), dropout off."""
+        self.net.train()
+        for m in self.net.modules():
+            if isinstance(m, nn.Dropout):
+                m.eval()
+        self.net.set_path(path)
+        x, y = self.held_batches.next()
+        return float((self.net(x).argmax(1) == y).float().mean())
+
+    # -- checkpoint --------------------------------------------------------------------------
+    def state(self, st: dict) -> dict:
+        from ..train.checkpoint import get_rng_state
+
+        return {"settings": asdict(self.s), "net": self.net.state_dict(), "opt": self.opt.state_dict(),
+                "rng": get_rng_state(), "train_batches": self.train_batches.state(),
+                "held_batches": self.held_batches.state(), **st}
+
+    def save(self, st: dict) -> None:
+        from ..train.checkpoint import save_checkpoint
+
+        if self.dist.main:
+            save_checkpoint(self.state(st), self.out / CHECKPOINT)
+
+    def load(self) -> Optional[dict]:
+        from ..train.checkpoint import set_rng_state
+
+        path = self.out / CHECKPOINT
+        if not path.exists():
+            return None
+        ck = torch.load(path, map_location="cpu", weights_only=False)
+        given, saved = asdict(self.s), ck["settings"]
+        differ = [k for k in given if k not in ("minutes", "checkpoint_seconds") and given[k] != saved.get(k)]
+        if differ:
+            what = ", ".join(f"{k}: {saved.get(k)!r} there, {given[k]!r} given" for k in differ)
+            raise ValueError(f"{path} is a search with other settings ({what}); use another --out to start a new one")
+        self.net.load_state_dict(ck["net"])
+        self.opt.load_state_dict(ck["opt"])
+        set_rng_state(ck["rng"])
+        self.train_batches.load(ck["train_batches"])
+        self.held_batches.load(ck["held_batches"])
+        return ck
+
+    # -- run ---------------------------------------------------------------------------------
+    def estimate_steps(self) -> int:
+        """Steps that fit ``minutes``: a few timed iterations of the whole supernet (no update)."""
+        import copy
+
+        saved = copy.deepcopy(self.net.state_dict()), copy.deepcopy(self.opt.state_dict())
+        rng = torch.get_rng_state()
+        batches = self.train_batches.state(), self.held_batches.state()
+        t0 = time.perf_counter()
+        for _ in range(3):
+            self.weight_step(self.net.full_path(), 0.0)
+            self.quality(self.net.full_path())
+        per_step = (time.perf_counter() - t0) / 3
+        self.net.load_state_dict(saved[0])
+        self.opt.load_state_dict(saved[1])
+        torch.set_rng_state(rng)
+        self.train_batches.load(batches[0])
+        self.held_batches.load(batches[1])
+        # the full supernet is the most expensive path: sampled paths are cheaper, so this is safe
+        return max(2, int(self.s.minutes * 60 * 0.9 / per_step))
+
+    def run(self) -> SearchResult:
+        from ..progress import progress_bar
+
+        s = self.s
+        ck = self.load()
+        st = ck.get("search", {}) if ck else {}
+        if not st:
+            total = s.steps or self.estimate_steps()
+            stages = ["coarse", "fine"] if s.two_stage else ["single"]
+            st = {"total": total, "stages": stages, "stage": 0, "step": 0, "elapsed": 0.0, "coarse_choice": None,
+                  "controller": None, "history": [], "probabilities": []}
+        t_start = time.perf_counter() - st["elapsed"]
+        last_save = time.perf_counter()
+        budget = s.minutes * 60
+        bar = progress_bar(st["total"], "search", enabled=self.progress and self.dist.main)
+        if bar is not None and st["history"]:
+            bar.update(len(st["history"]))  # resumed
+        while st["stage"] < len(st["stages"]):
+            name = st["stages"][st["stage"]]
+            stage_space = (self.space.coarse() if name == "coarse" else
+                           self.space.fine(st["coarse_choice"]) if name == "fine" else self.space)
+            n_steps = st["total"] // len(st["stages"]) + (st["total"] % len(st["stages"]) if name != "coarse" else 0)
+            ctrl = Controller(stage_space.decisions(), seed=s.seed + 7919 * st["stage"])
+            if st["controller"] is not None:
+                ctrl.load_state_dict(st["controller"])
+            schedule = self.make_schedule(n_steps)
+            # the warm-up's fallbacks (ALL ops, the widest filters) for the decisions this stage searches
+            sizes = {d.name: len(d.choices) for d in stage_space.decisions()}
+            fallback = {k: (v if v == ALL else sizes[k] - 1) for k, v in self.net.warmup_fallback().items()
+                        if sizes.get(k, 1) > 1}
+            while st["step"] < n_steps:
+                step = st["step"]
+                if time.perf_counter() - t_start > budget:
+                    break
+                w_path = warmup_sample(ctrl, step, n_steps, fallback)
+                loss = self.weight_step(_to_full(self.space, stage_space, w_path), schedule(step))
+                rl_path = ctrl.sample()
+                spec = stage_space.to_spec(rl_path)
+                q, lat = self.quality(_to_full(self.space, stage_space, rl_path)), self.latency(spec)
+                r = self.reward(q, lat)
+                if rl_enabled(step, n_steps):
+                    adv = ctrl.step(rl_path, r, lr=rl_learning_rate(step, n_steps))
+                else:
+                    ctrl.update_baseline(distributed_mean(r))
+                    adv = None
+                st["history"].append({"stage": name, "step": step, "loss": loss, "quality": q, "latency_ms": lat,
+                                      "reward": r, "advantage": adv, "entropy": ctrl.entropy()})
+                if step % max(1, n_steps // 25) == 0 or step == n_steps - 1:
+                    st["probabilities"].append({"stage": name, "step": step, "p": ctrl.probabilities()})
+                st["step"] += 1
+                st["controller"] = ctrl.state_dict()
+                st["elapsed"] = time.perf_counter() - t_start
+                if bar is not None:
+                    bar.update(1)
+                if time.perf_counter() - last_save >= s.checkpoint_seconds:
+                    self.save({"search": st})
+                    last_save = time.perf_counter()
+            if name == "coarse":
+                st["coarse_choice"] = ctrl.most_likely()
+            st["final_choice"] = ctrl.most_likely()
+            st["final_stage"] = name
+            st["stage"] += 1
+            st["step"], st["controller"] = 0, None
+            self.save({"search": st})
+            if time.perf_counter() - t_start > budget and st["stage"] < len(st["stages"]):
+                st["stage"] = len(st["stages"])  # out of time: the coarse result stands, no fine stage
+        if bar is not None:
+            bar.close()
+        final_space = (self.space.fine(st["coarse_choice"]) if st["final_stage"] == "fine" else
+                       self.space.coarse() if st["final_stage"] == "coarse" else self.space)
+        spec = final_space.to_spec(st["final_choice"])
+        if self.dist.enabled:
+            st["replicas_identical"] = self.check_replicas()
+        val = self.evaluate(self.space.encode(spec))
+        elapsed = time.perf_counter() - t_start
+        result = SearchResult(spec, self.table.predict(spec), val, sum(1 for _ in st["history"]), elapsed, self.out,
+                              st["history"])
+        if self.dist.main:
+            write_outputs(result, st, self.s, self.table)
+        return result
+
+    def check_replicas(self) -> int:
+        """Every rank holds the same supernet (a float64 checksum of every parameter, all-gathered);
+        a RuntimeError if not. Returns the number of ranks compared."""
+        total = torch.stack([p.detach().double().sum() for p in self.net.parameters()]).sum().reshape(1)
+        sums = [torch.zeros_like(total) for _ in range(self.dist.world)]
+        torch.distributed.all_gather(sums, total)
+        if any(not torch.equal(x, sums[0]) for x in sums):
+            raise RuntimeError(f"supernet replicas diverged across ranks: checksums {[float(x) for x in sums]}")
+        return self.dist.world
+
+    def evaluate(self, choice: dict) -> float:
+        """Top-1 of the found architecture with the supernet's weights on the val set, its
+        BatchNorm statistics re-estimated on training batches first."""
+        self.net.set_path(choice)
+        batches = Batches(self.train_ds, self.s.batch_size, self.s.seed + 2, self.dist)
+        self.net.recalibrate_bn(batches.next() for _ in range(self.s.bn_batches))
+        self.net.eval()
+        loader = Batches(self.val_ds, min(256, len(self.val_ds)), 0, _dist_info_single())
+        correct = n = 0
+        with torch.no_grad():
+            for _ in range(math.ceil(len(self.val_ds) / loader.bs)):
+                x, y = loader.next()
+                correct += int((self.net(x).argmax(1) == y).sum())
+                n += len(y)
+        return correct / max(1, n)
+
+
+def _dist_info(DistInfo):
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("gloo")
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return DistInfo(torch.distributed.get_rank(), torch.distributed.get_world_size())
+    return DistInfo()
+
+
+def _dist_info_single():
+    from ..train.distributed import DistInfo
+
+    return DistInfo()
+
+
+def _distiller(s: SearchSettings, num_classes: int) -> Optional[Callable]:
+    if s.teacher is None:
+        return None
+    from ..train.distill import Distiller, load_teacher
+
+    teacher = load_teacher(s.teacher, num_classes)
+    return Distiller(teacher, lambda logits, y: F.cross_entropy(logits, y), s.distill_alpha, s.distill_temperature)
+
+
+def write_outputs(result: SearchResult, st: dict, s: SearchSettings, table: LatencyTable) -> None:
+    """``found.txt`` (the spec string), ``found.json`` (the spec), ``history.json`` (every step,
+    the controller's probabilities over time) and ``search.png``."""
+    from ..weights.io import atomic_write
+
+    out = result.out
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(out / "found.txt", lambda tmp: Path(tmp).write_text(str(result.spec) + "\n"))
+    atomic_write(out / "found.json", lambda tmp: Path(tmp).write_text(json.dumps(result.spec.to_dict(), indent=1)))
+    summary = {"spec": str(result.spec), "predicted_ms": result.predicted_ms, "target_ms": s.target_ms,
+               "val_top1_supernet": result.val_top1, "steps": result.steps, "seconds": result.seconds,
+               "runtime": table.meta["runtime"], "precision": table.meta["precision"],
+               "replicas_identical": st.get("replicas_identical", 1),
+               "settings": asdict(s), "history": st["history"], "probabilities": st["probabilities"]}
+    atomic_write(out / "history.json", lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=1, default=float)))
+    from .plots import plot_search
+
+    plot_search(summary, out / "search.png")
+
+
+def run_search(settings: SearchSettings, progress: bool = True) -> SearchResult:
+    """Run (or resume, from ``settings.out``) a search; see the module docstring."""
+    return _Search(settings, progress).run()
+
+
+__all__ = ["REWARDS", "SearchResult", "SearchSettings", "cheapest_ms", "run_search"]
