@@ -252,7 +252,8 @@ def roofline_parts(spec: NetSpec, input_size: Sequence[int], ridge_point: float,
     from ..analysis.roofline import bandwidth_for, roofline
 
     parts = network_parts(spec, input_size, num_classes)
-    model = MobileNet(spec, num_classes=num_classes).eval()
+    with torch.device("meta"):  # MACs and bytes need shapes only: no memory, no initialisation
+        model = MobileNet(spec, num_classes=num_classes).eval()
     set_model_info(model, ModelInfo(name="probe", num_classes=num_classes))
     res = roofline(profile(model, tuple(input_size), dtype=precision), peak_macs, bandwidth_for(ridge_point, peak_macs))
     out = {p.key: 0.0 for p in parts}
