@@ -232,7 +232,7 @@ def test_ptq_bad_inputs(tmp_path):
     model = mobilenets.create_model("mobilenetv1_025")
     out = tmp_path / "m.onnx"
     for empty in (None, torch.empty(0, 3, 64, 64), [], torch.utils.data.DataLoader([], batch_size=4)):
-        with pytest.raises(ValueError, match=r"needs calibration data: pass calibration=.*--calib digits\|fake\|DIR"):
+        with pytest.raises(ValueError, match=r"needs calibration data: pass calibration=.*--calib digits\|digit-clutter\|fake\|DIR"):
             quantize_onnx(model, out, empty, input_size=SIZE)
     with pytest.raises(ValueError, match=r"wrong channels: expected \(N, 3, 64, 64\), got \(4, 1, 64, 64\)"):
         quantize_onnx(model, out, torch.randn(4, 1, 64, 64), input_size=SIZE)

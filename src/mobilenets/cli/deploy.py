@@ -67,7 +67,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if args.format not in FORMATS:  # argparse choices already enforce it; kept for API callers
         raise UserError(f"unsupported format {args.format!r}; expected one of {', '.join(FORMATS)}")
     if args.int8 and not args.calib:
-        raise UserError("--int8 needs calibration data: add --calib digits|fake|DIR (a folder of your "
+        raise UserError("--int8 needs calibration data: add --calib digits|digit-clutter|fake|DIR (a folder of your "
                         "own images, ideally ~100-500 of the deployment distribution)")
     if args.calib and not args.int8:
         raise UserError("--calib is for --int8 exports: add --int8 (or drop --calib for fp32)")
@@ -147,7 +147,7 @@ def add_commands(subparsers) -> None:
                    help="onnx (ONNX Runtime), executorch (.pte, XNNPACK delegate) or tflite (LiteRT)")
     p.add_argument("--out", required=True, help="output file: .onnx, .pte or .tflite (as --format)")
     p.add_argument("--int8", action="store_true", help="static INT8 quantization (needs --calib)")
-    p.add_argument("--calib", help="calibration images for --int8: digits | fake | DIR (image folder)")
+    p.add_argument("--calib", help="calibration images for --int8: digits | digit-clutter | fake | DIR (image folder)")
     p.add_argument("--calib-count", type=int, default=128, help="calibration images (default 128)")
     p.add_argument("--dynamic-batch", action="store_true", help="symbolic batch dimension")
     add_input_size(p, help="traced input size (default: the checkpoint's training size, else 224)")
@@ -172,7 +172,7 @@ def add_commands(subparsers) -> None:
     b.add_argument("--skip", nargs="+", choices=ALL_PATHS, help="paths to leave out (e.g. compile)")
     b.add_argument("--repeats", type=int, default=None, help="timed iterations per path (default: auto)")
     b.add_argument("--seconds", type=float, default=4.0, help="auto repeats: ~seconds per path (default 4)")
-    b.add_argument("--calib", default="fake", help="INT8 calibration data: fake | digits | DIR")
+    b.add_argument("--calib", default="fake", help="INT8 calibration data: fake | digits | digit-clutter | DIR")
     add_json(b, "every measurement")
     b.add_argument("--markdown", action="store_true", help="print the table as markdown")
     b.add_argument("--quiet", action="store_true", help="no progress lines on stderr")

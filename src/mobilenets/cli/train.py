@@ -45,10 +45,12 @@ def _flag_overrides(args: argparse.Namespace) -> dict:
 
 
 def _base_recipe(args: argparse.Namespace):
-    """``--recipe``, else the named recipe ``--task`` starts from (classify's by default)."""
-    from ..train.recipes import get_recipe
+    """``--recipe``, else the one made for a built-in ``--data`` (``digit-clutter`` ->
+    ``digit_clutter``), else the named recipe ``--task`` starts from (classify's by default)."""
+    from ..train.recipes import get_recipe, recipe_for_data
     from ..train.task import get_task
-    return get_recipe(args.recipe or get_task(args.task or "classify").default_recipe)
+    task = args.task or "classify"
+    return get_recipe(args.recipe or recipe_for_data(task, args.data) or get_task(task).default_recipe)
 
 
 def _training_recipe(args: argparse.Namespace):
@@ -184,7 +186,7 @@ def add_commands(subparsers) -> None:
     p.add_argument("--list-recipes", action="store_true", help="list the named recipes and exit")
     p.add_argument("--print-recipe", action="store_true", help="print the resolved recipe and exit")
     p.add_argument("--model", help="model name (default: the recipe's)")
-    p.add_argument("--data", help="classify: digits | fake | PATH to an image folder; "
+    p.add_argument("--data", help="classify: digits | digit-clutter | fake | PATH to an image folder; "
                                   "detect: digit-scenes | PATH to a COCO or YOLO folder; "
                                   "segment: digit-scenes | PATH to a VOC-style folder")
     p.add_argument("--out", help="output folder (default runs/<model>-<dataset>-<time>)")
@@ -203,7 +205,8 @@ def add_commands(subparsers) -> None:
                                            "pixel accuracy, per-class IoU)")
     p.add_argument("checkpoint")
     p.add_argument("--data", default="digits",
-                   help="classification: digits | fake | PATH to an image folder (default digits); detection "
+                   help="classification: digits | digit-clutter | fake | PATH to an image folder (default digits); "
+                        "detection "
                         "(default: the run's validation data): digit-scenes | PATH to a COCO or YOLO folder with "
                         "the same classes; segmentation (default: the run's validation data): digit-scenes | "
                         "PATH to a VOC-style folder")

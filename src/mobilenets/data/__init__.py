@@ -4,8 +4,11 @@ segmentation datasets, their readers, writers and augmentations.
 - :mod:`.common`: the normalisation constants, reading image files (:func:`read_rgb`, errors
   naming the file), scikit-learn's digits and their stratified split, the evaluation transform,
   :class:`DatasetError` and :class:`DataBundle` (a task's train / val sets and classes).
-- :mod:`.classification`: ``digits`` / ``imagefolder`` / ``fake`` datasets, the training
-  transforms, MixUp / CutMix (:func:`build_datasets`, :func:`batch_mixer`).
+- :mod:`.classification`: ``digits`` / ``digit-clutter`` / ``imagefolder`` / ``fake`` datasets,
+  the training transforms, MixUp / CutMix (:func:`build_datasets`, :func:`batch_mixer`).
+- :class:`DigitClutter` (:mod:`.clutter`): ``digit-clutter``, the harder built-in classification
+  task (the largest digit among distractors, fragments, rotation, blur and noise), generated
+  deterministically on the fly; ``train`` / ``heldout`` / ``val`` splits never share a source digit.
 - :mod:`.config`: timm's data-config API on our models: :func:`resolve_data_config` (the
   preprocessing a model's ``pretrained_cfg`` asks for, as timm resolves it) and
   :func:`create_transform` (timm's evaluation transform for that config).
@@ -51,6 +54,7 @@ from .common import (DIGITS_CROP_PCT, DIGITS_MEAN, DIGITS_SPLIT_SEED, DIGITS_STD
                      IMAGENET_CROP_PCT, IMAGENET_MEAN, IMAGENET_STD, IMG_EXTENSIONS, DataBundle, DatasetError,
                      ImageReadError, default_workers, eval_transform, load_digits_tensors, open_image, read_rgb,
                      stratified_split, transform_for)
+from .clutter import CLUTTER_CLASSES, DigitClutter
 from .config import create_transform, resolve_data_config, resolve_model_data_config
 from .formats import (CocoDetection, DataWarning, YoloDetection, detection_collate, open_detection_data,
                       write_coco, write_yolo)
@@ -64,7 +68,7 @@ __all__ = ["DIGITS_CROP_PCT", "DIGITS_MEAN", "DIGITS_SPLIT_SEED", "DIGITS_STD", 
            "IMAGENET_CROP_PCT", "IMAGENET_MEAN", "IMAGENET_STD", "IMG_EXTENSIONS", "DataBundle", "DatasetError",
            "ImageReadError", "default_workers", "eval_transform", "load_digits_tensors", "open_image", "read_rgb",
            "stratified_split", "transform_for", "create_transform", "resolve_data_config", "resolve_model_data_config",
-           "DIGIT_CLASSES", "IGNORE_INDEX", "VOC_CLASSES", "CocoDetection", "DataWarning", "DigitScenes",
+           "CLUTTER_CLASSES", "DigitClutter", "DIGIT_CLASSES", "IGNORE_INDEX", "VOC_CLASSES", "CocoDetection", "DataWarning", "DigitScenes",
            "SceneSegmentation", "VocSegmentation", "YoloDetection", "detection_collate", "detection_transforms",
            "open_detection_data", "open_segmentation_data", "segmentation_collate", "segmentation_transforms",
            "semantic_mask", "to_tv_tensors", "voc_colormap", "write_coco", "write_voc", "write_yolo"]

@@ -1,8 +1,13 @@
-"""Datasets and transforms for training: ``digits`` (built in), ``imagefolder``, ``fake``.
+"""Datasets and transforms for training: ``digits`` and ``digit-clutter`` (built in),
+``imagefolder``, ``fake``.
 
 * ``digits``: scikit-learn's 1797 handwritten digits (8x8, 17 grey levels), upscaled
   (bilinear) to ``img_size``, replicated to RGB, split into train/val with a fixed,
   stratified, seeded split.
+* ``digit-clutter``: the harder built-in task (:class:`~mobilenets.data.clutter.DigitClutter`):
+  the largest of several rotated, coloured digits among fragments, blur and noise, generated at
+  ``img_size`` from the recipe's ``seed`` (``scene_images`` / ``scene_val_images`` images;
+  the bundle's ``heldout`` split as many as val), source digits never shared between splits.
 * ``imagefolder``: ``root/<class>/*.jpg`` (a held-out share is split off, stratified), or
   ``root/train/<class>/`` + ``root/val/<class>/``. Unreadable images are skipped with one
   warning and counted (``dataset.skipped``).
@@ -23,13 +28,19 @@ from typing import Callable, Optional, Sequence
 import torch
 from torch.utils.data import Dataset
 
+from .clutter import CLUTTER_CLASSES, DigitClutter
 from .common import (IMG_EXTENSIONS, DataBundle, DatasetError, load_digits_tensors, open_image, read_rgb,
                      stratified_split)
 from .common import eval_transform as _eval_transform
 
-__all__ = ["IMG_EXTENSIONS", "DataBundle", "DatasetError", "FakeDataset", "ImageFolderDataset", "Subset",
+__all__ = ["BUILTIN_DATASETS", "IMG_EXTENSIONS", "DataBundle", "DatasetError", "FakeDataset", "ImageFolderDataset", "Subset",
            "TensorImageDataset", "batch_mixer", "build_datasets", "check_classes", "eval_transform",
            "load_digits_tensors", "stratified_split", "train_transform"]
+
+#: The classification datasets built in (no files): each is a ``--data`` value wherever ``digits``
+#: is (``mobilenets train / eval``), the rest of ``--data`` being an image folder.
+BUILTIN_DATASETS = ("digits", "digit-clutter", "fake")
+
 
 def check_classes(labels: Sequence[int], num_classes: int, what: str) -> None:
     """Raise :class:`DatasetError` for an empty or single-class dataset."""
@@ -205,6 +216,11 @@ def build_datasets(r, train_tf: Optional[Callable] = None,
         tr, va = stratified_split(y.tolist(), r.val_fraction, r.seed)
         return DataBundle(TensorImageDataset(x[tr], y[tr], classes, train_tf),
                           TensorImageDataset(x[va], y[va], classes, val_tf), classes)
+    if r.dataset == "digit-clutter":
+        def split(name: str, n: int, tf: Callable) -> DigitClutter:
+            return DigitClutter(name, r.img_size, n, r.seed, tf)
+        return DataBundle(split("train", r.scene_images, train_tf), split("val", r.scene_val_images, val_tf),
+                          list(CLUTTER_CLASSES), heldout=split("heldout", r.scene_val_images, val_tf))
     if r.dataset == "fake":
         n_val = max(r.fake_classes, int(r.fake_samples * r.val_fraction))
         full = FakeDataset(r.fake_samples + n_val, r.fake_classes, r.img_size)
@@ -213,6 +229,9 @@ def build_datasets(r, train_tf: Optional[Callable] = None,
                           Subset(full, idx[r.fake_samples:], val_tf), full.classes)
     if r.dataset == "imagefolder":
         root = Path(r.data_dir or "")
+        if not root.is_dir():
+            raise FileNotFoundError(f"image folder not found: {root} (expected a folder of <class>/ image "
+                                    f"folders, or one of the built-in datasets {', '.join(BUILTIN_DATASETS)})")
         if (root / "train").is_dir() and (root / "val").is_dir():
             tr = ImageFolderDataset(root / "train", train_tf)
             check_classes(tr.targets, len(tr.classes), str(root / "train"))
@@ -227,4 +246,4 @@ def build_datasets(r, train_tf: Optional[Callable] = None,
             raise DatasetError(f"{root}: too few images for a validation split (need >= 2 per class)")
         return DataBundle(Subset(full, tr_idx, train_tf), Subset(full, va_idx, val_tf), full.classes,
                           len(full.skipped))
-    raise ValueError(f"unknown dataset {r.dataset!r}")
+    raise ValueError(f"unknown dataset {r.dataset!r}; expected one of {BUILTIN_DATASETS + ('imagefolder',)}")

@@ -12,7 +12,7 @@ import contextlib
 import math
 import os
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence, Union
+from typing import Callable, Iterator, Optional, Sequence, Union
 
 import torch
 from torch.utils.data import Dataset
@@ -36,13 +36,16 @@ class DatasetError(ValueError):
 
 @dataclass
 class DataBundle:
-    """A task's training and validation sets, its class names, and how many unreadable
-    images the readers skipped."""
+    """A task's training and validation sets, its class names, how many unreadable images the
+    readers skipped and, where the data has one, a ``heldout`` split disjoint from both (for
+    what must be judged on data the weights never trained on, e.g. the architecture search's
+    controller; ``None`` otherwise)."""
 
     train: Dataset
     val: Dataset
     classes: list[str]
     skipped: int = 0
+    heldout: Optional[Dataset] = None
 
     @property
     def num_classes(self) -> int:

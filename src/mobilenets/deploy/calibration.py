@@ -13,13 +13,15 @@ import numpy as np
 import torch
 
 from ..data import (DIGITS_CROP_PCT, DIGITS_MEAN, DIGITS_SPLIT_SEED, DIGITS_STD, DIGITS_VAL_FRACTION,
-                    IMAGENET_CROP_PCT, IMAGENET_MEAN, IMAGENET_STD, IMG_EXTENSIONS, ImageReadError, eval_transform,
-                    load_digits_tensors, read_rgb, stratified_split)
+                    IMAGENET_CROP_PCT, IMAGENET_MEAN, IMAGENET_STD, IMG_EXTENSIONS, DigitClutter, ImageReadError,
+                    eval_transform, load_digits_tensors, read_rgb, stratified_split)
 
-CALIB_SOURCES = ("digits", "fake")
+CALIB_SOURCES = ("digits", "digit-clutter", "fake")
+#: the sources trained with the digits' normalization (mean = std = 0.5, no crop)
+_DIGITS_NORMALIZED = ("digits", "digit-clutter")
 NO_CALIBRATION = ("INT8 post-training quantization needs calibration data: pass calibration=<a tensor "
-                  "of images (N, C, H, W) or a DataLoader>, e.g. calibration_batches('digits' | 'fake' | "
-                  "DIR) (CLI: --calib digits|fake|DIR)")
+                  "of images (N, C, H, W) or a DataLoader>, e.g. calibration_batches('digits' | 'digit-clutter' | "
+                  "'fake' | DIR) (CLI: --calib digits|digit-clutter|fake|DIR)")
 
 Calibration = Union[torch.Tensor, np.ndarray, Iterable]
 
@@ -88,14 +90,15 @@ def calibration_set(data: Union[str, os.PathLike] = "digits", count: int = 128,
 
     Args:
         data: ``"digits"`` (scikit-learn digits, training split of the ``digits`` recipe, so
-            the validation images stay held out), ``"fake"`` (random images; fine for speed
+            the validation images stay held out), ``"digit-clutter"`` (its training split, drawn
+            at the input size: :class:`~mobilenets.data.DigitClutter`), ``"fake"`` (random images; fine for speed
             measurements, not for accuracy) or an image folder (``DIR/<class>/*.jpg``, ``DIR/train/``
             or images directly in ``DIR``).
         count: number of images (fewer if the source has fewer).
         input_size: ``(H, W)`` (or one int).
         in_chans: channels the model expects (1 gives grey images).
         mean, std, crop_pct: normalization and crop; default to the ``digits`` recipe for
-            ``digits`` (mean = std = 0.5, crop 1.0) and to ImageNet's otherwise. Use the values
+            ``digits`` and ``digit-clutter`` (mean = std = 0.5, crop 1.0) and to ImageNet's otherwise. Use the values
             the model was trained with.
         seed: which images are drawn.
         interpolation, crop_mode: the resize and crop of the evaluation transform (a model's
@@ -110,14 +113,18 @@ def calibration_set(data: Union[str, os.PathLike] = "digits", count: int = 128,
     if in_chans < 1:
         raise ValueError(f"in_chans must be >= 1, got {in_chans}")
     key = str(data)
-    digits = key == "digits"
+    digits = key in _DIGITS_NORMALIZED
     mean = tuple((DIGITS_MEAN if digits else IMAGENET_MEAN) if mean is None else mean)
     std = tuple((DIGITS_STD if digits else IMAGENET_STD) if std is None else std)
     crop_pct = (DIGITS_CROP_PCT if digits else IMAGENET_CROP_PCT) if crop_pct is None else crop_pct
     g = torch.Generator().manual_seed(seed)
     h, w = int(input_size[0]), int(input_size[1])
     available, skipped = None, []
-    if digits:
+    if key == "digit-clutter":
+        ds = DigitClutter("train", max(h, w))
+        pick = torch.randperm(len(ds), generator=g)[:count].tolist()
+        imgs, available = torch.stack([ds.generate(i) for i in pick]), len(ds)
+    elif key == "digits":
         x, y = load_digits_tensors(max(h, w))  # as build_datasets: load at the size, then transform
         train_idx, _ = stratified_split(y.tolist(), DIGITS_VAL_FRACTION, DIGITS_SPLIT_SEED)
         pick = torch.tensor(train_idx)[torch.randperm(len(train_idx), generator=g)[:count]]
@@ -131,7 +138,9 @@ def calibration_set(data: Union[str, os.PathLike] = "digits", count: int = 128,
         imgs = F.rgb_to_grayscale(imgs)
     elif in_chans != 3:
         if key not in ("digits", "fake"):
-            raise ValueError(f"image folders give RGB images; cannot make {in_chans}-channel calibration data")
+            source = key if key in CALIB_SOURCES else "an image folder"
+            raise ValueError(f"{source} gives RGB images; cannot make {in_chans}-channel calibration data "
+                             f"(expected in_chans 1 or 3)")
         imgs = imgs[:, :1].expand(-1, in_chans, -1, -1)  # grey digits / noise: any channel count
     if len(mean) != in_chans:
         mean, std = (mean[0],) * in_chans, (std[0],) * in_chans

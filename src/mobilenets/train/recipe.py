@@ -16,7 +16,7 @@ from ..data import IMAGENET_CROP_PCT, IMAGENET_MEAN, IMAGENET_STD
 OPTIMIZERS = ("sgd", "adamw", "rmsprop")
 SCHEDULES = ("cosine", "step", "poly", "constant")
 AUTO_AUGMENTS = ("none", "autoaugment", "randaugment", "trivialaugment")
-DATASETS = ("digits", "imagefolder", "fake", "digit-scenes", "folder")
+DATASETS = ("digits", "digit-clutter", "imagefolder", "fake", "digit-scenes", "folder")
 
 
 @dataclass
@@ -29,7 +29,7 @@ class Recipe:
     model: str = "mobilenetv4_conv_small"
     model_kwargs: dict = field(default_factory=dict)  # more create_model options (JSON on the command line)
     pretrained: Optional[str] = None          # checkpoint to start from (classifier may differ)
-    dataset: str = "digits"                   # digits | imagefolder | fake
+    dataset: str = "digits"                   # digits | digit-clutter | imagefolder | fake
     data_dir: Optional[str] = None            # imagefolder root (class sub-folders, or train/ + val/)
     val_fraction: float = 0.2                 # held-out share when the data has no val/ split
     img_size: int = 64                        # train/eval resolution
@@ -40,8 +40,8 @@ class Recipe:
     std: tuple = IMAGENET_STD
     fake_samples: int = 512                   # size of the 'fake' dataset
     fake_classes: int = 10
-    scene_images: int = 2000                  # digit-scenes: training canvases (generated)
-    scene_val_images: int = 500               # digit-scenes: validation canvases
+    scene_images: int = 2000                  # digit-scenes / digit-clutter: training images (generated)
+    scene_val_images: int = 500               # digit-scenes / digit-clutter: validation (and held-out) images
     # augmentation
     scale_min: float = 0.08                   # RandomResizedCrop scale lower bound
     ratio: tuple = (3 / 4, 4 / 3)

@@ -9,7 +9,7 @@ import torch
 
 from ...data import read_rgb, transform_for
 from ...factory import model_from_checkpoint
-from ...data.classification import ImageFolderDataset, build_datasets, eval_transform
+from ...data.classification import BUILTIN_DATASETS, ImageFolderDataset, build_datasets, eval_transform
 from ...train.recipe import Recipe
 from .evaluate import evaluate
 
@@ -24,12 +24,13 @@ def _recipe_of(info: dict, img_size: Optional[int] = None) -> Recipe:
 def eval_checkpoint(checkpoint: str | Path, data: str = "digits", batch_size: int = 128,
                     use_ema: bool = True, img_size: Optional[int] = None,
                     confusion_png: Optional[str | Path] = None, model_name: Optional[str] = None) -> dict:
-    """Top-1 / top-5 / loss of a checkpoint on ``data``: ``digits`` or ``fake`` (the validation
-    split the training recipe used) or an image-folder path (all of it, or its ``val/``)."""
+    """Top-1 / top-5 / loss of a checkpoint on ``data``: a built-in dataset (``digits``,
+    ``digit-clutter``, ``fake``: the validation split the training recipe's settings give) or an
+    image-folder path (all of it, or its ``val/``)."""
     model, info = model_from_checkpoint(checkpoint, use_ema=use_ema, model_name=model_name)
     r = _recipe_of(info, img_size)
     classes = info["classes"]
-    if data in ("digits", "fake"):
+    if data in BUILTIN_DATASETS:
         ds = build_datasets(r.replace(dataset=data)).val
     else:
         root = Path(data)

@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ...data.classification import DataBundle, batch_mixer, build_datasets, check_classes
+from ...data.classification import BUILTIN_DATASETS, DataBundle, batch_mixer, build_datasets, check_classes
 from ...train.task import register_task
 from ..base import Metric, PathLike, Task
 from .evaluate import evaluate
@@ -38,11 +38,11 @@ class ClassificationTask(Task):
     best_metric = Metric("top1", "top-1", percent=True)
     summary_metrics = (Metric("top5", "top-5", percent=True),)
     default_recipe = "digits"
-    datasets = ("digits", "imagefolder", "fake")
+    datasets = BUILTIN_DATASETS + ("imagefolder",)
 
     def data_option(self, data: str) -> dict:
-        """``digits`` / ``fake`` (built in), else an image folder."""
-        return {"dataset": data} if data in ("digits", "fake") else {"dataset": "imagefolder", "data_dir": data}
+        """A built-in dataset (``digits``, ``digit-clutter``, ``fake``), else an image folder."""
+        return {"dataset": data} if data in BUILTIN_DATASETS else {"dataset": "imagefolder", "data_dir": data}
 
     def build_data(self, recipe) -> DataBundle:
         return build_datasets(recipe)
