@@ -131,16 +131,17 @@ class Batches:
 
 def search_data(s: SearchSettings):
     """``(weight-train split, held-out split, val set, classes, recipe, held-out batch size)`` of
-    ``s.data`` (digits, fake, an image folder, or any built-in dataset the classification task
-    reads), the held-out split read with the eval transform (it scores, it does not train)."""
+    ``s.data`` (digits, digit-clutter, fake, an image folder) from the recipe made for it (the
+    classification task's otherwise). The held-out split scores paths, so it is read with the eval
+    transform: the dataset's own where it has one (digit-clutter), else a stratified part of train."""
     from ..data.classification import Subset, build_datasets, eval_transform
     from ..data.common import stratified_split
     from ..train.recipe import apply_overrides
-    from ..train.recipes import get_recipe
+    from ..train.recipes import get_recipe, recipe_for_data
     from ..train.task import get_task
 
     task = get_task("classify")
-    recipe = get_recipe(task.default_recipe)
+    recipe = get_recipe(recipe_for_data("classify", s.data) or task.default_recipe)
     recipe = recipe.replace(**task.data_option(s.data))
     over = {"img_size": s.img_size, "batch_size": s.batch_size, "seed": s.seed}
     if s.lr is not None:
@@ -148,13 +149,16 @@ def search_data(s: SearchSettings):
     recipe = apply_overrides(recipe, over)
     bundle = build_datasets(recipe)
     task.check_data(bundle, recipe)
-    train_idx, held_idx = stratified_split(list(bundle.train.targets), s.held_out, s.seed)
-    if len(train_idx) < s.batch_size or len(held_idx) < 2:
-        raise ValueError(f"{s.data}: {len(bundle.train)} training images are too few for a search with batch size "
-                         f"{s.batch_size} and a {s.held_out:.0%} held-out split")
-    scored = build_datasets(recipe, train_tf=eval_transform(recipe))
-    return (Subset(bundle.train, train_idx), Subset(scored.train, held_idx), bundle.val, bundle.classes, recipe,
-            min(s.batch_size, len(held_idx)))
+    if bundle.heldout is not None:
+        train, held = bundle.train, bundle.heldout
+    else:
+        train_idx, held_idx = stratified_split(list(bundle.train.targets), s.held_out, s.seed)
+        scored = build_datasets(recipe, train_tf=eval_transform(recipe))
+        train, held = Subset(bundle.train, train_idx), Subset(scored.train, held_idx)
+    if len(train) < s.batch_size or len(held) < 2:
+        raise ValueError(f"{s.data}: {len(train)} training / {len(held)} held-out images are too few for a search "
+                         f"with batch size {s.batch_size}")
+    return train, held, bundle.val, bundle.classes, recipe, min(s.batch_size, len(held))
 
 
 # -- the search ------------------------------------------------------------------------------------
