@@ -153,7 +153,16 @@ def _scene_images(d: Path) -> None:
         Image.fromarray(x[i].permute(1, 2, 0).numpy()).save(folder / f"{i}.png")
 
 
+def _my_space(d: Path) -> None:
+    """``my_space.json``: written by the block of docs/search.md that defines the page's own space
+    (run as the page shows it, so the fixture cannot drift from the page)."""
+    block = next(b for b in parse_blocks(ROOT / "docs" / "search.md")
+                 if b.lang == "python" and "my_space.json" in b.code)
+    _run([sys.executable, "-c", block.code], d)
+
+
 FIXTURES = {
+    "my-space": _my_space,              # my_space.json: the search space defined in docs/search.md
     "digits-run": _digits_run,          # runs/digits/{best,last}.pt: the main job's checkpoint
     "digits-run-075": _digits_run_075,  # runs/digits-075: the same classifier at width 0.75
     "det-run": _det_run,                # runs/det: an SSDLite320 digit-scenes run
