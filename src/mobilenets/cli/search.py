@@ -3,7 +3,8 @@
 ``search spaces`` lists the shipped search spaces (size, decisions, the hand-designed model each
 contains) or prints one (a name or a ``.json`` space file) with ``--show``. ``search table``
 measures a space's latency table in a runtime (resumable); ``search predict`` predicts (and with
-``--measure`` measures) architectures' latency from a table.
+``--measure`` measures) architectures' latency from a table; ``search run`` is the TuNAS search;
+``search adapt`` is NetAdapt (a trained model shrunk to a latency target).
 """
 
 from __future__ import annotations
@@ -152,6 +153,29 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_adapt(args: argparse.Namespace) -> int:
+    from ..search.netadapt import AdaptSettings, adapt
+
+    settings = AdaptSettings(table=args.table, target_ms=args.target_ms, data=args.data, out=args.out,
+                             short_steps=args.short_steps, long_steps=args.long_steps, max_iters=args.max_iters,
+                             reduction=args.reduction, decay=args.decay, batch_size=args.batch_size or 64,
+                             img_size=args.input_size[0] if args.input_size else None, lr=args.lr, seed=args.seed)
+    res = adapt(args.checkpoint, settings, weights=args.weights, progress=not args.quiet)
+    emit_json(args, {"spec": str(res.spec), "start_ms": res.start_ms, "predicted_ms": res.predicted_ms,
+                     "measured_ms": res.measured_ms, "val_top1": res.val_top1, "start_val_top1": res.start_val_top1,
+                     "iterations": res.iterations, "checkpoint": str(res.checkpoint), "out": str(res.out),
+                     "notes": res.notes})
+    if not json_only(args):
+        for note in res.notes:
+            print(f"note: {note}", file=sys.stderr)
+        print(f"adapted in {res.iterations} iteration(s): {res.start_ms:.3f} -> {res.predicted_ms:.3f} ms predicted, "
+              f"{res.measured_ms:.3f} ms measured (target {args.target_ms:g}); val top-1 "
+              f"{100 * res.start_val_top1:.1f}% -> {100 * res.val_top1:.1f}%; wrote {res.checkpoint}, "
+              f"{res.out}/adapted.txt, adapted.json, history.json")
+        print(str(res.spec))
+    return 0
+
+
 def add_commands(subparsers) -> None:
     p = subparsers.add_parser("search", help="platform-aware architecture search (spaces, ...)",
                               description="Architecture search over a UIB search space (MobileNetV4's TuNAS "
@@ -239,3 +263,36 @@ def add_commands(subparsers) -> None:
     r.add_argument("--quiet", action="store_true", help="no progress output")
     add_json(r, "the result")
     r.set_defaults(func=_cmd_run)
+
+    a = sub.add_parser("adapt", help="NetAdapt: shrink a trained model layer by layer to a latency target",
+                       description="NetAdapt (Yang et al. 2018): from a trained model, repeatedly cut the filters of "
+                                   "the one layer (a width group tied by shortcuts, a block's expansion, the head's "
+                                   "hidden width) whose cut loses the least accuracy per millisecond, each proposal "
+                                   "fine-tuned briefly and scored on a held-out split, until the latency predicted "
+                                   "from the table and then the latency measured in its runtime meet the target; a "
+                                   "long fine-tune ends it. Widths the table lacks are measured and added to it. "
+                                   "Writes adapted.pt (loads in mobilenets eval / model_from_checkpoint), "
+                                   "adapted.txt / .json (the spec) and history.json (every iteration) to --out, and "
+                                   "prints the spec string as the last line. Resumes from --out/adapt.pt.")
+    a.add_argument("checkpoint", metavar="CHECKPOINT",
+                   help="a training checkpoint (best.pt), or a model name / spec string with --weights")
+    a.add_argument("--weights", default=None, metavar="FILE",
+                   help="weights of a CHECKPOINT given by name or spec string (timm / torchvision / ours)")
+    a.add_argument("--table", required=True, metavar="TABLE.json", help="a latency table (search table); widths it "
+                                                                       "lacks are measured and added to it")
+    a.add_argument("--target-ms", type=float, required=True, help="the latency target in the table's runtime (ms)")
+    a.add_argument("--data", default="digits", help="digits (default), fake, or an image folder")
+    a.add_argument("--out", default="adapt", metavar="DIR", help="output folder (default ./adapt; resumed)")
+    a.add_argument("--short-steps", type=int, default=50, help="fine-tuning steps per proposal (default 50)")
+    a.add_argument("--long-steps", type=int, default=500, help="fine-tuning steps at the end (default 500)")
+    a.add_argument("--max-iters", type=int, default=50, help="at most this many layer cuts (default 50)")
+    a.add_argument("--reduction", type=float, default=0.05,
+                   help="first iteration's latency cut, a fraction of the starting latency (default 0.05)")
+    a.add_argument("--decay", type=float, default=0.96, help="the cut's decay per iteration (default 0.96)")
+    a.add_argument("--lr", type=float, default=None, help="fine-tuning learning rate (default: the recipe's)")
+    a.add_argument("--seed", type=int, default=0, help="seed of the splits, batches and fine-tuning")
+    add_batch_size(a, help="batch size (default 64)")
+    add_input_size(a, default=None, help="fine-tuning resolution (default: the checkpoint's recipe's, else 64)")
+    a.add_argument("--quiet", action="store_true", help="no progress output")
+    add_json(a, "the result")
+    a.set_defaults(func=_cmd_adapt)

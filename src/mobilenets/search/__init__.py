@@ -10,4 +10,9 @@
 - :mod:`.supernet`: :class:`~.supernet.Supernet`, the weight-sharing network of a space (one
   sampled path per step, sliced weights, BatchNorm recalibration, the standalone model of a
   path); :mod:`.sliced`: its layers run on a slice of their weights.
+- :mod:`.latency`: latency tables measured in a runtime (``LatencyTable.ensure`` adds the parts
+  of an architecture outside the space); :mod:`.run`: the TuNAS search.
+- :mod:`.netadapt`: NetAdapt, a trained model shrunk layer by layer to a latency target;
+  :mod:`.prune`: its width groups, pruned specs and weight transfer.
+- :mod:`.data`: the classification splits and batches both read; :mod:`.state`: their resume check.
 """

@@ -16,12 +16,18 @@ activations), so two networks sharing a block at the same shape share its entry.
 few "probe" networks, each holding many block variants of one stage in sequence, yield them all.
 
 A table is a JSON file rewritten atomically after every entry, so a killed build (even ``kill
--9``) loses at most the entry being measured; building again resumes.
+-9``) loses at most the entry being measured; building again resumes. An architecture outside
+the space (NetAdapt's pruned widths) gets its missing parts the same way
+(:meth:`LatencyTable.ensure`).
+
+Why one module: a part's key, the measurement that fills its entry and the table that stores and
+sums the entries are one format; split, the key and the measuring would drift apart.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 import math
@@ -88,7 +94,14 @@ def _label(spec: NetSpec, path: str, model: MobileNet) -> str:
 
 def network_parts(spec: NetSpec, input_size: Sequence[int], num_classes: int = 1000) -> list[Part]:
     """The parts of ``spec``'s network at ``input_size`` ``(H, W)``, in execution order (built and
-    run on the ``meta`` device: shapes only, so probing a space costs little)."""
+    run on the ``meta`` device: shapes only, so probing a space costs little). Memoized: a search
+    asks for the same architecture's parts again and again (to fill the table, to predict), and
+    building a network even on ``meta`` takes a tenth of a second."""
+    return list(_network_parts(spec, tuple(input_size), num_classes))
+
+
+@functools.lru_cache(maxsize=512)
+def _network_parts(spec: NetSpec, input_size: tuple, num_classes: int) -> tuple[Part, ...]:
     with torch.device("meta"):
         model = MobileNet(spec, num_classes=num_classes).eval()
     modules = [("stem", model.stem)] + model.blocks() + [("head", model.head)]
@@ -112,7 +125,7 @@ def network_parts(spec: NetSpec, input_size: Sequence[int], num_classes: int = 1
         label = _label(spec, path, model)
         digest = hashlib.sha1(repr(module).encode()).hexdigest()[:10]
         parts.append(Part(f"{label}@{'x'.join(map(str, shape))}#{digest}", label, path, module, shape))
-    return parts
+    return tuple(parts)
 
 
 def _variants(st, first: bool) -> list[tuple]:
@@ -328,9 +341,10 @@ class LatencyTable:
         return statistics.median(diffs) if diffs else 0.0
 
     # -- prediction ------------------------------------------------------------------------------
-    def parts_ms(self, spec: NetSpec) -> float:
-        """The summed part latencies of ``spec`` (every part must be in the table)."""
-        parts = network_parts(spec, self.input_size, self.meta["num_classes"])
+    def parts_ms(self, spec: NetSpec, num_classes: Optional[int] = None) -> float:
+        """The summed part latencies of ``spec`` (every part must be in the table; ``num_classes``:
+        the head's outputs, default the table's)."""
+        parts = network_parts(spec, self.input_size, self._classes(num_classes))
         missing = [p.key for p in parts if p.key not in self.entries]
         if missing:
             raise TableMismatch(f"{len(missing)} part(s) of this architecture are not in the table (measured for "
@@ -338,9 +352,29 @@ class LatencyTable:
                                 f"architecture outside the space, or an unfinished table (run search table again)")
         return sum(self.entries[p.key]["median"] for p in parts)
 
-    def predict(self, spec: NetSpec) -> float:
+    def predict(self, spec: NetSpec, num_classes: Optional[int] = None) -> float:
         """Predicted ms of ``spec``: its parts' sum plus the fitted overhead."""
-        return self.parts_ms(spec) + self.overhead_ms
+        return self.parts_ms(spec, num_classes) + self.overhead_ms
+
+    def _classes(self, num_classes: Optional[int]) -> int:
+        return self.meta["num_classes"] if num_classes is None else num_classes
+
+    def missing(self, spec: NetSpec, num_classes: Optional[int] = None) -> list[Part]:
+        """The parts of ``spec`` (at the table's input size) that have no entry yet."""
+        return [p for p in network_parts(spec, self.input_size, self._classes(num_classes))
+                if p.key not in self.entries]
+
+    def ensure(self, spec: NetSpec, num_classes: Optional[int] = None, seconds: float = 0.5,
+               progress: bool = False, save: bool = True) -> int:
+        """Add the parts of ``spec`` the table lacks, measured (or, for ``roofline``, computed)
+        exactly as :func:`build_table` fills a space's parts, and save the table after each (an
+        architecture outside the table's space, e.g. a pruned width in NetAdapt, then predicts
+        like one inside it). Returns the number of parts added."""
+        todo = self.missing(spec, num_classes)
+        if todo:
+            _fill_parts(self, spec if self.meta["runtime"] == "roofline" else None, todo, self._classes(num_classes),
+                        seconds, progress, save)
+        return len(todo)
 
     # -- I/O -------------------------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -391,21 +425,14 @@ def build_table(table: LatencyTable, fit_networks: int = 5, seconds: float = 0.5
 
     space, size, meta = table.space, table.input_size, table.meta
     parts = space_parts(space, size, meta["num_classes"])
-    todo = [k for k in parts if k not in table.entries]
+    todo = [parts[k] for k in parts if k not in table.entries]
     if meta["runtime"] == "roofline":
         for spec in progress_iter(list(_probe_specs(space)), "roofline", enabled=progress):
-            for key, ms in roofline_parts(spec, size, meta["ridge_point"], meta["peak_macs"], meta["num_classes"],
-                                          meta["precision"]).items():
-                table.entries.setdefault(key, {"ms": ms, "median": ms, "std": 0.0, "n": 1})
+            _fill_parts(table, spec, [], meta["num_classes"], seconds, False, False)
         if save and table.path:
             table.save()
         return table
-    measure = runtime_timer(meta["runtime"], meta["precision"], meta["threads"], seconds)
-    for key in progress_iter(todo, f"{meta['runtime']} {meta['precision']} parts", enabled=progress):
-        part = parts[key]
-        table.entries[key] = measure(part.materialize(), part.in_shape)
-        if save and table.path:
-            table.save()
+    _fill_parts(table, None, todo, meta["num_classes"], seconds, progress, save)
     from ..models.registry import model_spec
 
     rng = random.Random(seed)
@@ -423,14 +450,42 @@ def build_table(table: LatencyTable, fit_networks: int = 5, seconds: float = 0.5
     return table
 
 
-def measure_network(spec: NetSpec, table: LatencyTable, seconds: float = 1.0) -> dict:
-    """Whole-network latency of ``spec`` in ``table``'s runtime, precision and threads."""
+def _fill_parts(table: LatencyTable, spec: Optional[NetSpec], parts: Sequence[Part], num_classes: int,
+                seconds: float, progress: bool, save: bool) -> None:
+    """The one way entries are made. Measured runtimes: each of ``parts`` exported alone, run
+    and timed (:func:`runtime_timer`), the table saved after each (a killed build loses at most
+    the entry being measured). ``roofline``: every part of ``spec`` computed in one profile
+    (:func:`roofline_parts`; entries already there are kept)."""
+    from ..progress import progress_iter
+
     meta = table.meta
     if meta["runtime"] == "roofline":
-        ms = sum(roofline_parts(spec, table.input_size, meta["ridge_point"], meta["peak_macs"], meta["num_classes"],
+        if spec is None:
+            raise ValueError("a roofline table computes the parts of a whole network: give its spec")
+        for key, ms in roofline_parts(spec, table.input_size, meta["ridge_point"], meta["peak_macs"], num_classes,
+                                      meta["precision"]).items():
+            table.entries.setdefault(key, {"ms": ms, "median": ms, "std": 0.0, "n": 1})
+        if save and table.path:
+            table.save()
+        return
+    measure = runtime_timer(meta["runtime"], meta["precision"], meta["threads"], seconds)
+    for part in progress_iter(parts, f"{meta['runtime']} {meta['precision']} parts", enabled=progress):
+        table.entries[part.key] = measure(part.materialize(), part.in_shape)
+        if save and table.path:
+            table.save()
+
+
+def measure_network(spec: NetSpec, table: LatencyTable, seconds: float = 1.0,
+                    num_classes: Optional[int] = None) -> dict:
+    """Whole-network latency of ``spec`` in ``table``'s runtime, precision and threads
+    (``num_classes``: the head's outputs, default the table's)."""
+    meta = table.meta
+    num_classes = meta["num_classes"] if num_classes is None else num_classes
+    if meta["runtime"] == "roofline":
+        ms = sum(roofline_parts(spec, table.input_size, meta["ridge_point"], meta["peak_macs"], num_classes,
                                 meta["precision"]).values())
         return {"ms": ms, "median": ms, "std": 0.0, "n": 1}
-    model = MobileNet(spec, num_classes=meta["num_classes"]).eval()
+    model = MobileNet(spec, num_classes=num_classes).eval()
     return runtime_timer(meta["runtime"], meta["precision"], meta["threads"], seconds)(model, (3, *table.input_size))
 
 

@@ -18,6 +18,9 @@ training engine's (:mod:`mobilenets.train.distill`). Under torchrun every rank s
 paths, gradients are averaged and the reward mean all-reduced into the controller's baseline.
 A checkpoint (supernet, optimizer, controller, data position, every RNG) is written atomically
 every ``checkpoint_seconds``; running the same command again resumes exactly.
+
+Why one module: the settings, the iteration's two steps, the checkpoint and the outputs share
+one state (``st``) that a resume restores as a whole.
 """
 
 from __future__ import annotations
@@ -36,10 +39,12 @@ import torch.nn.functional as F
 
 from ..archs.spec import NetSpec
 from .controller import ALL, Controller, distributed_mean
+from .data import Batches, classification_splits, single_process
 from .latency import LatencyTable
 from .rewards import absolute_reward, check_target, mnas_reward
 from .schedule import rl_enabled, rl_learning_rate, warmup_sample
 from .space import SearchSpace
+from .state import load_run_state
 from .supernet import Supernet
 
 REWARDS = ("absolute", "mnas")
@@ -99,66 +104,10 @@ class SearchResult:
 
 # -- data ------------------------------------------------------------------------------------------
 
-class Batches:
-    """Batches of a dataset in this rank's epoch order (:func:`mobilenets.train.distributed.epoch_order`);
-    ``state()`` / ``load(state)`` give the exact position, so a resumed search reads the same batches."""
-
-    def __init__(self, dataset, batch_size: int, seed: int, dist):
-        self.ds, self.bs, self.seed, self.dist = dataset, batch_size, seed, dist
-        self.epoch, self.pos, self.order = 0, 0, self._order(0)
-
-    def _order(self, epoch: int) -> list[int]:
-        from ..train.distributed import epoch_order
-
-        return epoch_order(len(self.ds), self.seed, epoch, self.dist)
-
-    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.pos + self.bs > len(self.order):
-            self.epoch, self.pos = self.epoch + 1, 0
-            self.order = self._order(self.epoch)
-        idx = self.order[self.pos:self.pos + self.bs]
-        self.pos += len(idx)
-        items = [self.ds[i] for i in idx]
-        return torch.stack([x for x, _ in items]), torch.tensor([int(y) for _, y in items])
-
-    def state(self) -> dict:
-        return {"epoch": self.epoch, "pos": self.pos}
-
-    def load(self, state: dict) -> None:
-        self.epoch, self.pos = state["epoch"], state["pos"]
-        self.order = self._order(self.epoch)
-
-
 def search_data(s: SearchSettings):
     """``(weight-train split, held-out split, val set, classes, recipe, held-out batch size)`` of
-    ``s.data`` (digits, digit-clutter, fake, an image folder) from the recipe made for it (the
-    classification task's otherwise). The held-out split scores paths, so it is read with the eval
-    transform: the dataset's own where it has one (digit-clutter), else a stratified part of train."""
-    from ..data.classification import Subset, build_datasets, eval_transform
-    from ..data.common import stratified_split
-    from ..train.recipe import apply_overrides
-    from ..train.recipes import get_recipe, recipe_for_data
-    from ..train.task import get_task
-
-    task = get_task("classify")
-    recipe = get_recipe(recipe_for_data("classify", s.data) or task.default_recipe)
-    recipe = recipe.replace(**task.data_option(s.data))
-    over = {"img_size": s.img_size, "batch_size": s.batch_size, "seed": s.seed}
-    if s.lr is not None:
-        over["lr"] = s.lr
-    recipe = apply_overrides(recipe, over)
-    bundle = build_datasets(recipe)
-    task.check_data(bundle, recipe)
-    if bundle.heldout is not None:
-        train, held = bundle.train, bundle.heldout
-    else:
-        train_idx, held_idx = stratified_split(list(bundle.train.targets), s.held_out, s.seed)
-        scored = build_datasets(recipe, train_tf=eval_transform(recipe))
-        train, held = Subset(bundle.train, train_idx), Subset(scored.train, held_idx)
-    if len(train) < s.batch_size or len(held) < 2:
-        raise ValueError(f"{s.data}: {len(train)} training / {len(held)} held-out images are too few for a search "
-                         f"with batch size {s.batch_size}")
-    return train, held, bundle.val, bundle.classes, recipe, min(s.batch_size, len(held))
+    ``s.data`` (:func:`.data.classification_splits`)."""
+    return classification_splits(s.data, s.img_size, s.batch_size, s.seed, s.held_out, s.lr)
 
 
 # -- the search ------------------------------------------------------------------------------------
@@ -280,15 +229,10 @@ class _Search:
     def load(self) -> Optional[dict]:
         from ..train.checkpoint import set_rng_state
 
-        path = self.out / CHECKPOINT
-        if not path.exists():
+        ck = load_run_state(self.out / CHECKPOINT, asdict(self.s), ("minutes", "checkpoint_seconds"), "a search",
+                            weights_only=False)
+        if ck is None:
             return None
-        ck = torch.load(path, map_location="cpu", weights_only=False)
-        given, saved = asdict(self.s), ck["settings"]
-        differ = [k for k in given if k not in ("minutes", "checkpoint_seconds") and given[k] != saved.get(k)]
-        if differ:
-            what = ", ".join(f"{k}: {saved.get(k)!r} there, {given[k]!r} given" for k in differ)
-            raise ValueError(f"{path} is a search with other settings ({what}); use another --out to start a new one")
         self.net.load_state_dict(ck["net"])
         self.opt.load_state_dict(ck["opt"])
         set_rng_state(ck["rng"])
@@ -415,7 +359,7 @@ class _Search:
         batches = Batches(self.train_ds, self.s.batch_size, self.s.seed + 2, self.dist)
         self.net.recalibrate_bn(batches.next() for _ in range(self.s.bn_batches))
         self.net.eval()
-        loader = Batches(self.val_ds, min(256, len(self.val_ds)), 0, _dist_info_single())
+        loader = Batches(self.val_ds, min(256, len(self.val_ds)), 0, single_process())
         correct = n = 0
         with torch.no_grad():
             for _ in range(math.ceil(len(self.val_ds) / loader.bs)):
@@ -431,12 +375,6 @@ def _dist_info(DistInfo):
         torch.distributed.init_process_group("gloo")
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return DistInfo(torch.distributed.get_rank(), torch.distributed.get_world_size())
-    return DistInfo()
-
-
-def _dist_info_single():
-    from ..train.distributed import DistInfo
-
     return DistInfo()
 
 
