@@ -93,7 +93,8 @@ def test_swap_targets_and_errors():
     onnx = swap_for_export(model)
     assert any(isinstance(m, export_swaps.ExportMultiQueryAttention2d) for m in onnx.modules())
     assert not any(isinstance(m, export_swaps.MobileClassifierHead) for m in onnx.modules())
-    with pytest.raises(ValueError, match="unknown export target 'coreml'.*'onnx', 'mobile', 'mobile_int8', 'executorch'"):
+    with pytest.raises(ValueError,
+                       match="unknown export target 'coreml'.*'onnx', 'mobile', 'mobile_int8', 'executorch'"):
         swap_for_export(model, target="coreml")
     with pytest.raises(TypeError, match="expected a LayerNorm, got Linear"):
         export_swaps.MobileLayerNorm.from_module(torch.nn.Linear(2, 2))
@@ -166,7 +167,10 @@ def test_executorch_int8_is_quantized_and_close_to_its_reference(tmp_path):
 @needs_et
 def test_executorch_names_what_does_not_lower(tmp_path, monkeypatch):
     from mobilenets.deploy import LoweringError, export_executorch
-    monkeypatch.delitem(MOBILE_FORMS, type(mobilenets.create_model("mobilenetv1_025").head.pool))
+    from mobilenets.deploy.executorch_export import EXECUTORCH
+    # the forms ExecuTorch's runtime swaps in (the mobile ones and XNNPACK's own), less the pool's
+    pool = type(mobilenets.create_model("mobilenetv1_025").head.pool)
+    monkeypatch.delitem(export_swaps.TARGETS[EXECUTORCH.forms], pool)
     with pytest.raises(LoweringError, match=r"aten\.mean\.dim @ head\.pool \(GlobalPool\) \(x1\): mean\.dim only "
                                             r"supports keepdim=True(.|\n)*Fix: an export form.*MOBILE_FORMS"):
         export_executorch(_small("mobilenetv1_025"), tmp_path / "m.pte", input_size=(64, 64))

@@ -46,7 +46,8 @@ from ..layers.norm import RMSNorm2d
 from ..layers.pool import GlobalPool
 from ..models.mobilenet import ClassifierHead
 
-__all__ = ["EXECUTORCH_FORMS", "EXPORT_FORMS", "MOBILE_FORMS", "MOBILE_INT8_FORMS", "TARGETS", "ExportMultiQueryAttention2d",
+__all__ = ["EXECUTORCH_FORMS", "EXPORT_FORMS", "MOBILE_FORMS", "MOBILE_INT8_FORMS", "TARGETS",
+           "ExportMultiQueryAttention2d",
            "MobileClassifierHead", "MobileDynamicReLU", "MobileGlobalPool", "MobileFormerBlockFormer", "MobileFormerToMobile",
            "MobileHardsigmoid", "MobileInt8Hardswish", "MobileLayerNorm", "MobileMergedHead",
            "MobileMobileToFormer", "MobileMultiQueryAttention2d", "MobileFormerExport", "XnnpackGeluTanh",
