@@ -35,8 +35,10 @@ from mobilenets.deploy import agreement
 from mobilenets.deploy.bench import build_paths
 from mobilenets.deploy.timing import interleaved_timings, machine_info
 
+# MobileNetV5: its base (82 M parameters; the 300M's 294 M make a 1.1 GiB file per runtime), whose
+# ExecuTorch and LiteRT fp32 files lower fully and match eager (~3e-6; benchmarks/MOBILE.md)
 FAMILIES = ["mobilenetv1_100", "mobilenetv2_100", "mobilenetv3_large_100", "mobilenetv4_conv_small",
-            "mobilenetv4_conv_medium", "mobilenetv4_hybrid_medium", "mobileformer_96m"]
+            "mobilenetv4_conv_medium", "mobilenetv4_hybrid_medium", "mobileformer_96m", "mobilenetv5_base"]
 COLUMNS = [("eager", "eager", "fp32"), ("ort_fp32", "ONNX Runtime", "fp32"), ("ort_int8", "ONNX Runtime", "INT8"),
            ("et_xnnpack_fp32", "ExecuTorch", "fp32"), ("et_xnnpack_int8", "ExecuTorch", "INT8"),
            ("litert_fp32", "LiteRT", "fp32"), ("litert_int8", "LiteRT", "INT8")]

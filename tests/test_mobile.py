@@ -93,7 +93,8 @@ def test_swap_targets_and_errors():
     onnx = swap_for_export(model)
     assert any(isinstance(m, export_swaps.ExportMultiQueryAttention2d) for m in onnx.modules())
     assert not any(isinstance(m, export_swaps.MobileClassifierHead) for m in onnx.modules())
-    with pytest.raises(ValueError, match="unknown export target 'coreml'.*'onnx', 'mobile', 'mobile_int8'"):
+    with pytest.raises(ValueError,
+                       match="unknown export target 'coreml'.*'onnx', 'mobile', 'mobile_int8', 'executorch'"):
         swap_for_export(model, target="coreml")
     with pytest.raises(TypeError, match="expected a LayerNorm, got Linear"):
         export_swaps.MobileLayerNorm.from_module(torch.nn.Linear(2, 2))
@@ -166,7 +167,10 @@ def test_executorch_int8_is_quantized_and_close_to_its_reference(tmp_path):
 @needs_et
 def test_executorch_names_what_does_not_lower(tmp_path, monkeypatch):
     from mobilenets.deploy import LoweringError, export_executorch
-    monkeypatch.delitem(MOBILE_FORMS, type(mobilenets.create_model("mobilenetv1_025").head.pool))
+    from mobilenets.deploy.executorch_export import EXECUTORCH
+    # the forms ExecuTorch's runtime swaps in (the mobile ones and XNNPACK's own), less the pool's
+    pool = type(mobilenets.create_model("mobilenetv1_025").head.pool)
+    monkeypatch.delitem(export_swaps.TARGETS[EXECUTORCH.forms], pool)
     with pytest.raises(LoweringError, match=r"aten\.mean\.dim @ head\.pool \(GlobalPool\) \(x1\): mean\.dim only "
                                             r"supports keepdim=True(.|\n)*Fix: an export form.*MOBILE_FORMS"):
         export_executorch(_small("mobilenetv1_025"), tmp_path / "m.pte", input_size=(64, 64))
@@ -199,6 +203,77 @@ def test_attention_blocks_lower_fully_to_xnnpack(block):
     assert outside == {} and delegates >= 1, lines
     edge, reasons = _lower(torch.export.export(net, args))  # the eager form does not lower fully
     assert outside_delegates(edge, reasons)[0]
+
+
+def _lowered_fully(net, *args):
+    """Run ``net`` lowered to XNNPACK (every op delegated, asserted) in ExecuTorch's runtime."""
+    from executorch.runtime import Runtime
+
+    from mobilenets.deploy.executorch_export import _lower, outside_delegates
+    edge, reasons = _lower(torch.export.export(net.eval(), args))
+    outside, lines, _ = outside_delegates(edge, reasons)
+    assert outside == {}, lines
+    program = Runtime.get().load_program(edge.to_executorch().buffer)
+    return program.load_method("forward").execute([a.contiguous() for a in args])[0]
+
+
+@needs_et
+def test_executorch_gelu_tanh_form():
+    """The cause of MobileNetV5's ExecuTorch files differing from eager (~7e-4): the XNNPACK delegate
+    lowers ``aten.gelu`` ignoring ``approximate="tanh"`` and computes the erf GELU (up to 4.7e-4
+    apart, compounded over the trunk). The "executorch" form writes the tanh GELU out: the same
+    function in float64, delegated, and the program matches it to float rounding; the erf GELU is
+    left as it is. (Should ExecuTorch honour ``approximate`` one day, the first check fails: the form
+    can then go.)"""
+    x = torch.linspace(-8, 8, 4096).reshape(1, 4, 32, 32)
+    tanh_gelu = torch.nn.GELU(approximate="tanh")
+    want = torch.nn.functional.gelu(x, approximate="tanh")
+    plain = _lowered_fully(tanh_gelu, x)
+    assert float((plain - torch.nn.functional.gelu(x)).abs().max()) <= 2e-6  # the erf GELU ...
+    assert float((plain - want).abs().max()) >= 4e-4  # ... not the tanh one asked for
+    form = swap_for_export(tanh_gelu, target="executorch")
+    assert isinstance(form, export_swaps.XnnpackGeluTanh)
+    torch.testing.assert_close(form.double()(x.double()), torch.nn.functional.gelu(x.double(), approximate="tanh"),
+                               rtol=0, atol=1e-14)
+    assert float((_lowered_fully(form.float(), x) - want).abs().max()) <= 2e-6
+    erf = swap_for_export(torch.nn.GELU(), target="executorch")
+    assert torch.equal(erf(x), torch.nn.functional.gelu(x))
+
+
+@needs_et
+def test_executorch_rmsnorm_and_nearest_resize_forms_lower_fully():
+    """RMSNorm2d's mean over channels (XNNPACK's mean reduces only H, W: a 1x1 conv of 1/C) and the
+    fusion adapter's nearest upsampling (XNNPACK has none: concatenations, slices for a fraction)
+    are delegated and compute the same function (the resize bit for bit, at whole and fractional
+    factors)."""
+    from mobilenets.layers.norm import RMSNorm2d
+
+    g = torch.Generator().manual_seed(0)
+    norm = RMSNorm2d(24)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5, generator=g)
+    x = torch.randn(1, 24, 8, 8, generator=g) * 3
+    form = swap_for_export(norm, target="executorch")
+    assert isinstance(form, export_swaps.XnnpackRMSNorm2d) and not form.state_dict().keys() - {"weight"}
+    with torch.no_grad():
+        torch.testing.assert_close(swap_for_export(norm.double(), target="executorch")(x.double()),
+                                   norm(x.double()), rtol=1e-13, atol=0)
+        assert float((_lowered_fully(form.float(), x) - norm.float()(x)).abs().max()) <= 1e-5
+
+    class Resize(torch.nn.Module):
+        def __init__(self, size):
+            super().__init__()
+            self.size = size
+
+        def forward(self, x):
+            return export_swaps.nearest_resize(x, self.size)
+
+    for src, size in (((4, 4), (8, 8)), ((2, 3), (3, 5)), ((3, 3), (9, 6)), ((5, 7), (5, 7))):
+        y = torch.randn(1, 5, *src, generator=g)
+        want = torch.nn.functional.interpolate(y, size=size, mode="nearest")
+        assert torch.equal(export_swaps.nearest_resize(y, size), want), (src, size)
+        if src != size:
+            assert torch.equal(_lowered_fully(Resize(size), y), want), (src, size)
 
 
 # --- LiteRT -------------------------------------------------------------------------------------

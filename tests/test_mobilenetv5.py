@@ -285,3 +285,45 @@ def test_onnx_export_matches_eager(tmp_path):
     with torch.no_grad():
         ref = model(x)
     assert rel_max_err(ref, torch.from_numpy(y)) <= 1e-4
+
+
+def test_executorch_forms_keep_the_function():
+    """The "executorch" export forms MobileNetV5 gets (the tanh GELU written out, RMSNorm's channel
+    mean as a 1x1 conv, the MSFA's nearest upsampling from concatenations) compute the same
+    function: float64-exact, no fp32 precision lost."""
+    from conftest import assert_same_function
+    from mobilenets.deploy import export_swaps
+
+    model = randomize_bn(mobilenets.create_model("mobilenetv5_base", width_mult=WIDTH)).eval()
+    out = assert_same_function(model, lambda m: export_swaps.swap_for_export(m, target="executorch"),
+                               torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0)))
+    kinds = {type(m) for m in out.modules()}
+    assert {export_swaps.XnnpackGeluTanh, export_swaps.XnnpackRMSNorm2d,
+            export_swaps.XnnpackMultiScaleFusionAdapter} <= kinds
+
+
+def _mobile_exports_match_eager(name, tmp_path, runtimes=("executorch", "litert"), size=(64, 64)):
+    pytest.importorskip("executorch")
+    pytest.importorskip("litert_torch")
+    from mobilenets.deploy import export_executorch, export_tflite
+
+    torch.manual_seed(0)
+    model = randomize_bn(mobilenets.create_model(name, width_mult=WIDTH)).eval()
+    for runtime in runtimes:
+        fn, suffix = {"executorch": (export_executorch, "pte"), "litert": (export_tflite, "tflite")}[runtime]
+        res = fn(model, tmp_path / f"m.{suffix}", input_size=size)
+        assert res.fully_lowered and res.max_rel_diff <= 1e-4, res.summary()
+
+
+def test_executorch_export_matches_eager(tmp_path):
+    """An ExecuTorch (XNNPACK) file of MobileNetV5 lowers fully and matches eager within the
+    driver's 1e-4 (it differed by ~7e-4 before the tanh GELU form: test_mobile.py's
+    test_executorch_gelu_tanh_form; RMSNorm and the MSFA's upsampling ran on portable kernels)."""
+    _mobile_exports_match_eager("mobilenetv5_base", tmp_path, runtimes=("executorch",))
+
+
+@pytest.mark.slow  # 1-3 min per file on two cores: LiteRT's conversion, the 300M's 64 blocks
+@pytest.mark.parametrize("name", NAMES)
+def test_mobile_exports_match_eager(name, tmp_path):
+    """ExecuTorch and LiteRT files of every MobileNetV5 (the encoder's SAME padding too)."""
+    _mobile_exports_match_eager(name, tmp_path)

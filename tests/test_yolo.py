@@ -27,6 +27,7 @@ import mobilenets  # noqa: E402
 from mobilenets.integrations import ultralytics as mu  # noqa: E402
 from mobilenets.integrations.ultralytics import layout  # noqa: E402
 from mobilenets.models.registry import task_backbones  # noqa: E402
+from test_models import EDGETPU_V2_UNBUILDABLE  # noqa: E402  (the widths neither timm nor we build)
 
 try:
     import ultralytics  # noqa: F401
@@ -526,15 +527,19 @@ DEFAULT_GUARD = [
     ("mobilenetv4_conv_aa_medium", 0.25), ("mobilenetv4_hybrid_medium", 0.5), ("mobilenetv4_conv_small_050", 1.0),
     ("mobilenetv4_hybrid_medium_075", 1.5),
     # EdgeTPU-v1 at every width (v2's grouped fused blocks need widths whose channels split into
-    # their 64-channel groups: the full matrix names the ones that cannot)
+    # their 64-channel groups: the full matrix leaves out the ones that cannot, as timm cannot build
+    # them either; test_edgetpu_v2_widths_that_cannot_build_say_so checks their error)
     ("mobilenet_edgetpu_100", 0.25), ("mobilenet_edgetpu_100", 0.5), ("mobilenet_edgetpu_100", 1.0),
     ("mobilenet_edgetpu_100", 1.5),
 ]
 
 
 def _guard_cases(full: bool):
-    """Every backbone at every width (slow), or :data:`DEFAULT_GUARD`."""
-    return [(b, w) for b in BACKBONES for w in WIDTHS] if full else list(DEFAULT_GUARD)
+    """Every backbone at every width that builds (slow; not the EdgeTPU-V2 widths of
+    ``EDGETPU_V2_UNBUILDABLE``), or :data:`DEFAULT_GUARD`."""
+    if not full:
+        return list(DEFAULT_GUARD)
+    return [(b, w) for b in BACKBONES for w in WIDTHS if (b, w) not in EDGETPU_V2_UNBUILDABLE]
 
 
 @needs_ultralytics
@@ -573,8 +578,17 @@ def test_guard_cases_cover_every_family_at_every_width():
     cases = _guard_cases(full=False)
     families = {mobilenets.get_entry(b).family for b in BACKBONES}
     assert {(mobilenets.get_entry(b).family, w) for b, w in cases} == {(f, w) for f in families for w in WIDTHS}
-    assert len(BACKBONES) == 50 and len(_guard_cases(full=True)) == 200
+    assert len(BACKBONES) == 50 and len(_guard_cases(full=True)) == 200 - len(EDGETPU_V2_UNBUILDABLE) == 189
     assert any("hybrid" in b for b, _ in cases) and any("_aa_" in b for b, _ in cases)
+
+
+@pytest.mark.parametrize("backbone, width", sorted(EDGETPU_V2_UNBUILDABLE))
+def test_edgetpu_v2_widths_that_cannot_build_say_so(backbone, width):
+    """The widths the matrix leaves out: EdgeTPU-V2's grouped fused blocks cannot split their
+    channels into whole groups there (timm cannot build them either: tests/test_models.py's
+    test_edgetpu_v2_builds_at_exactly_timms_widths), and YOLO says which block, width and group."""
+    with pytest.raises(ValueError, match=rf"at width_mult={width}: fused IB: group_size \d+ must divide"):
+        mu.MobileNetBackbone(backbone, width)
 
 
 # --- bad input: one clear error each --------------------------------------------------------------

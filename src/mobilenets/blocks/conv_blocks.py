@@ -178,7 +178,8 @@ class FusedIB(ResidualBlock):
         groups = mid_chs // group_size if group_size else 1
         if group_size and (mid_chs % group_size or in_chs % groups):
             raise ValueError(f"fused IB: group_size {group_size} must divide the expanded channels ({mid_chs}) "
-                             f"into groups that divide the input channels ({in_chs})")
+                             f"into groups that divide the input channels ({in_chs}); pick a width whose "
+                             f"channels split into groups of {group_size} (timm's EdgeResidual has the same limit)")
         self.mid_chs = mid_chs
         self.expand = ConvNormAct(in_chs, mid_chs, kernel_size, stride, dilation,
                                   groups=groups, norm=norm, act=act, aa=aa,

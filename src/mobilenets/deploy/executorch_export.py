@@ -1,9 +1,9 @@
 """ExecuTorch export with the XNNPACK delegate (``.pte``), fp32 and INT8, verified by running the
 file in ExecuTorch's runtime.
 
-Pipeline: fuse -> ``"mobile"`` export forms -> ``torch.export`` -> (INT8: PT2E with
-``XNNPACKQuantizer``, per-channel symmetric weights, static activations, calibrated) ->
-``to_edge_transform_and_lower`` with ``XnnpackPartitioner`` -> ``to_executorch`` -> written
+Pipeline: fuse -> ``"executorch"`` export forms (the mobile ones and XNNPACK's own) ->
+``torch.export`` -> (INT8: PT2E with ``XNNPACKQuantizer``, per-channel symmetric weights, static
+activations, calibrated) -> ``to_edge_transform_and_lower`` with ``XnnpackPartitioner`` -> ``to_executorch`` -> written
 atomically -> loaded by ``executorch.runtime`` and compared with eager.
 
 Every op of every model of this library is delegated to XNNPACK (none runs on ExecuTorch's
@@ -128,6 +128,7 @@ class ExecuTorchRuntime(Runtime):
     name, label, suffix = "executorch", "ExecuTorch (XNNPACK)", ".pte"
     backend = "the XNNPACK delegate (they would run on ExecuTorch's portable kernels, slowly)"
     complete = "every op in XNNPACK"
+    forms = "executorch"
 
     def require(self) -> None:
         _require_executorch()

@@ -17,6 +17,12 @@ Three targets, one mechanism (:func:`swap_for_export`):
     same function from those pieces only, so the whole graph is delegated.
 ``"mobile_int8"``
     the same, for INT8 files: hard-swish from int8 add / clamp / mul (:data:`MOBILE_INT8_FORMS`).
+``"executorch"``
+    the mobile forms plus what ExecuTorch's XNNPACK delegate alone needs (LiteRT converts these
+    ops right): :data:`EXECUTORCH_FORMS`. Its GELU ignores ``approximate="tanh"`` (it computes
+    the erf GELU, up to 4.7e-4 away), its mean reduces only the spatial dimensions (RMSNorm's
+    mean over channels would run on portable kernels) and it has no nearest upsampling
+    (MobileNetV5's fusion adapter).
 
 Call ``swap_for_export(model, target=...)`` before your own ``torch.onnx.export`` /
 ``torch.export.export`` of a model of this library to get the same graph.
@@ -25,21 +31,27 @@ Call ``swap_for_export(model, target=...)`` before your own ``torch.onnx.export`
 from __future__ import annotations
 
 import copy
+import math
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from ..blocks.attention import MultiQueryAttention2d
+from ..blocks.msfa import MultiScaleFusionAdapter, to_resolution
 from ..blocks.mobileformer import DynamicReLU, FormerToMobile, Former, MergedHead, MobileToFormer
 from ..models.mobileformer import MobileFormer
+from ..layers.norm import RMSNorm2d
 from ..layers.pool import GlobalPool
 from ..models.mobilenet import ClassifierHead
 
-__all__ = ["EXPORT_FORMS", "MOBILE_FORMS", "MOBILE_INT8_FORMS", "TARGETS", "ExportMultiQueryAttention2d",
+__all__ = ["EXECUTORCH_FORMS", "EXPORT_FORMS", "MOBILE_FORMS", "MOBILE_INT8_FORMS", "TARGETS",
+           "ExportMultiQueryAttention2d",
            "MobileClassifierHead", "MobileDynamicReLU", "MobileGlobalPool", "MobileFormerBlockFormer", "MobileFormerToMobile",
            "MobileHardsigmoid", "MobileInt8Hardswish", "MobileLayerNorm", "MobileMergedHead",
-           "MobileMobileToFormer", "MobileMultiQueryAttention2d", "MobileFormerExport", "swap_for_export"]
+           "MobileMobileToFormer", "MobileMultiQueryAttention2d", "MobileFormerExport", "XnnpackGeluTanh",
+           "XnnpackMultiScaleFusionAdapter", "XnnpackRMSNorm2d", "nearest_resize", "swap_for_export"]
 
 
 class _ExportForm:
@@ -259,6 +271,73 @@ class MobileFormerExport(_ExportForm, MobileFormer):
         return t if batch_size == 1 else torch.cat([t] * batch_size)
 
 
+class XnnpackGeluTanh(_ExportForm, nn.GELU):
+    """GELU's tanh approximation written out, ``0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))``
+    (PyTorch's formula), for ExecuTorch: its XNNPACK delegate lowers ``aten.gelu`` ignoring
+    ``approximate="tanh"`` and computes the erf GELU, a different function (up to 4.7e-4 apart,
+    which MobileNetV5's 100-odd GELUs compound to ~7e-4 of the logits). The erf GELU is kept."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.approximate != "tanh":
+            return super().forward(x)
+        return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * (x * x * x))))
+
+
+class XnnpackRMSNorm2d(_ExportForm, RMSNorm2d):
+    """RMSNorm2d with its mean over channels as a 1x1 convolution (a ``1/C`` filter): XNNPACK's
+    mean reduces only the spatial dimensions of a 4-D map."""
+
+    @classmethod
+    def from_module(cls, m: nn.Module):
+        new = super().from_module(m)
+        w = m.weight
+        new.register_buffer("channel_mean", torch.full((1, m.num_features, 1, 1), 1.0 / m.num_features,
+                                                       dtype=w.dtype, device=w.device), persistent=False)
+        return new
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x * torch.rsqrt(F.conv2d(x * x, self.channel_mean) + self.eps)
+        return x * self.weight.view(1, -1, 1, 1)
+
+
+def _nearest_indices(n_in: int, n_out: int) -> list[int]:
+    """The source index of every output index of PyTorch's ``"nearest"`` resize (its float32
+    scale ``n_in / n_out``, floored, clamped)."""
+    scale = np.float32(n_in) / np.float32(n_out)
+    return [min(int(np.floor(np.float32(i) * scale)), n_in - 1) for i in range(n_out)]
+
+
+def _nearest_axis(x: torch.Tensor, dim: int, n_out: int) -> torch.Tensor:
+    n_in = x.shape[dim]
+    if n_out == n_in:
+        return x
+    if n_out % n_in == 0:  # a whole factor: f copies side by side, interleaved by a reshape
+        shape = list(x.shape)
+        split = (*shape[:dim + 1], 1, *shape[dim + 1:])
+        shape[dim] = n_out
+        # one reshape per copy: XNNPACK's concatenation takes distinct inputs only
+        return torch.cat([x.reshape(split) for _ in range(n_out // n_in)], dim=dim + 1).reshape(shape)
+    return torch.cat([x.narrow(dim, i, 1) for i in _nearest_indices(n_in, n_out)], dim=dim)
+
+
+def nearest_resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``F.interpolate(x, size, mode="nearest")`` of an NCHW map from concatenations and
+    reshapes (slices for a fraction), which XNNPACK takes (it has no nearest upsampling)."""
+    return _nearest_axis(_nearest_axis(x, 2, size[0]), 3, size[1])
+
+
+class XnnpackMultiScaleFusionAdapter(_ExportForm, MultiScaleFusionAdapter):
+    """MobileNetV5's fusion adapter with its nearest upsampling by :func:`nearest_resize`
+    (bilinear resizing and average pooling are XNNPACK's own)."""
+
+    def forward(self, maps: list[torch.Tensor]) -> torch.Tensor:
+        if self.interpolation != "nearest":
+            return super().forward(maps)
+        h, w = maps[0].shape[-2], maps[0].shape[-1]
+        x = torch.cat([nearest_resize(m, (h, w)) if m.shape[-2] < h or m.shape[-1] < w else m for m in maps], dim=1)
+        return self.norm(to_resolution(self.ffn(x), maps[0], self.resolution[0], self.resolution[1]))
+
+
 #: eager class -> its ONNX export form (exact class match: an export form is not swapped again).
 EXPORT_FORMS: dict[type, type] = {MultiQueryAttention2d: ExportMultiQueryAttention2d}
 
@@ -280,8 +359,12 @@ MOBILE_FORMS: dict[type, type] = {
 #: the mobile forms of an INT8 file: hard-swish from int8 add / clamp / mul kernels as well.
 MOBILE_INT8_FORMS: dict[type, type] = {**MOBILE_FORMS, nn.Hardswish: MobileInt8Hardswish}
 
+#: the mobile forms of an ExecuTorch (XNNPACK) program: ops its delegate gets wrong or lacks as well.
+EXECUTORCH_FORMS: dict[type, type] = {**MOBILE_FORMS, nn.GELU: XnnpackGeluTanh, RMSNorm2d: XnnpackRMSNorm2d,
+                                      MultiScaleFusionAdapter: XnnpackMultiScaleFusionAdapter}
+
 TARGETS: dict[str, dict[type, type]] = {"onnx": EXPORT_FORMS, "mobile": MOBILE_FORMS,
-                                        "mobile_int8": MOBILE_INT8_FORMS}
+                                        "mobile_int8": MOBILE_INT8_FORMS, "executorch": EXECUTORCH_FORMS}
 
 
 def swap_for_export(model: nn.Module, inplace: bool = False, target: str = "onnx") -> nn.Module:
@@ -292,8 +375,8 @@ def swap_for_export(model: nn.Module, inplace: bool = False, target: str = "onnx
         model: any model of this library (a classifier or a feature extractor).
         inplace: modify ``model``'s submodules instead of a deep copy (a swapped root is a new
             object sharing them: use the returned model).
-        target: ``"onnx"`` (:data:`EXPORT_FORMS`), ``"mobile"`` (:data:`MOBILE_FORMS`) or
-            ``"mobile_int8"`` (:data:`MOBILE_INT8_FORMS`).
+        target: ``"onnx"`` (:data:`EXPORT_FORMS`), ``"mobile"`` (:data:`MOBILE_FORMS`),
+            ``"mobile_int8"`` (:data:`MOBILE_INT8_FORMS`) or ``"executorch"`` (:data:`EXECUTORCH_FORMS`).
 
     Returns:
         The model with export forms; it computes the same function.

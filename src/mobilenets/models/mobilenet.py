@@ -123,8 +123,11 @@ class MobileNet(Backbone):
                     else:
                         cur_stride *= stride
                 out = _scaled(b, width_mult)
-                blocks.append(build_block(b, in_chs, out, stride, dilation, spec, norm,
-                                          drop_path_rate * idx / total))
+                try:
+                    blocks.append(build_block(b, in_chs, out, stride, dilation, spec, norm,
+                                              drop_path_rate * idx / total))
+                except ValueError as e:  # say where, and at which width
+                    raise ValueError(f"block stages.{si}.{len(blocks)} at width_mult={width_mult}: {e}") from e
                 in_chs, idx = out, idx + 1
             stages.append(nn.Sequential(*blocks))
             points.append(dict(module=f"stages.{si}", num_chs=in_chs, reduction=cur_stride, stage=si))
