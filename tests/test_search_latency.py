@@ -66,6 +66,12 @@ def test_roofline_table_sums_to_the_network_roofline(tiny, tmp_path, capsys):
     for _ in range(5):
         spec = tiny.to_spec(tiny.sample(rng))
         assert table.predict(spec) == pytest.approx(measure_network(spec, table)["ms"], rel=1e-9)
+    # repeated identical blocks (MNv4-Conv-S's uir_r4 / uir_r2 rows): one entry, counted per block
+    conv_s = mobilenets.model_spec("mobilenetv4_conv_small").replace(width_mult=0.25)
+    assert table.ensure(conv_s) > 0
+    parts = network_parts(conv_s, SIZE)
+    assert len({p.key for p in parts}) < len(parts)
+    assert table.predict(conv_s) == pytest.approx(measure_network(conv_s, table)["ms"], rel=1e-9)
     # a higher ridge point (less bandwidth) can only slow a network down
     out2 = tmp_path / "roof500.json"
     assert main(["search", "table", "--space", _space_file(tiny, tmp_path), "--runtime", "roofline",

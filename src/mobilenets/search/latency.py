@@ -257,10 +257,10 @@ def check_runtime(runtime: str, precision: str) -> None:
         raise ValueError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
 
 
-def roofline_parts(spec: NetSpec, input_size: Sequence[int], ridge_point: float, peak_macs: float,
-                   num_classes: int = 1000, precision: str = "fp32") -> dict[str, float]:
-    """Roofline ms of every part of ``spec`` (part key -> ms): the network profiled once
-    (:func:`mobilenets.analysis.profile`), each layer's roofline time summed into its part."""
+def _roofline_by_path(spec: NetSpec, input_size: Sequence[int], ridge_point: float, peak_macs: float,
+                      num_classes: int, precision: str) -> tuple[list[Part], dict[str, float]]:
+    """The parts of ``spec`` and the roofline ms of each (by its path in the model): the network
+    profiled once (:func:`mobilenets.analysis.profile`), each layer's time summed into its part."""
     from ..analysis.profile import profile
     from ..analysis.roofline import bandwidth_for, roofline
 
@@ -269,14 +269,28 @@ def roofline_parts(spec: NetSpec, input_size: Sequence[int], ridge_point: float,
         model = MobileNet(spec, num_classes=num_classes).eval()
     set_model_info(model, ModelInfo(name="probe", num_classes=num_classes))
     res = roofline(profile(model, tuple(input_size), dtype=precision), peak_macs, bandwidth_for(ridge_point, peak_macs))
-    out = {p.key: 0.0 for p in parts}
+    by_path = {p.path: 0.0 for p in parts}
     for lt in res.layers:
         owner = next((p for p in parts if lt.name == p.path or lt.name.startswith(p.path + ".")
                       or lt.name.startswith(p.path + "#")), None)
         if owner is None:
             raise RuntimeError(f"roofline layer {lt.name!r} belongs to no part ({[p.path for p in parts][:4]}...)")
-        out[owner.key] += lt.time * 1e3
-    return out
+        by_path[owner.path] += lt.time * 1e3
+    return parts, by_path
+
+
+def roofline_parts(spec: NetSpec, input_size: Sequence[int], ridge_point: float, peak_macs: float,
+                   num_classes: int = 1000, precision: str = "fp32") -> dict[str, float]:
+    """Roofline ms of one instance of every distinct part of ``spec`` (part key -> ms; a block
+    repeated with the same shape is one key, its one block's time)."""
+    parts, by_path = _roofline_by_path(spec, input_size, ridge_point, peak_macs, num_classes, precision)
+    return {p.key: by_path[p.path] for p in parts}
+
+
+def roofline_network_ms(spec: NetSpec, input_size: Sequence[int], ridge_point: float, peak_macs: float,
+                        num_classes: int = 1000, precision: str = "fp32") -> float:
+    """Roofline ms of the whole network: every layer once."""
+    return sum(_roofline_by_path(spec, input_size, ridge_point, peak_macs, num_classes, precision)[1].values())
 
 
 # -- the table ------------------------------------------------------------------------------------
@@ -482,8 +496,8 @@ def measure_network(spec: NetSpec, table: LatencyTable, seconds: float = 1.0,
     meta = table.meta
     num_classes = meta["num_classes"] if num_classes is None else num_classes
     if meta["runtime"] == "roofline":
-        ms = sum(roofline_parts(spec, table.input_size, meta["ridge_point"], meta["peak_macs"], num_classes,
-                                meta["precision"]).values())
+        ms = roofline_network_ms(spec, table.input_size, meta["ridge_point"], meta["peak_macs"], num_classes,
+                                 meta["precision"])
         return {"ms": ms, "median": ms, "std": 0.0, "n": 1}
     model = MobileNet(spec, num_classes=num_classes).eval()
     return runtime_timer(meta["runtime"], meta["precision"], meta["threads"], seconds)(model, (3, *table.input_size))
