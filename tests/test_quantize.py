@@ -317,7 +317,7 @@ def test_calibration_batches_sources(tmp_path):
     with pytest.warns(UserWarning, match="skipped 1 unreadable"):
         d = calibration_batches(str(tmp_path), count=10, input_size=(32, 32))
     assert d.shape == (6, 3, 32, 32)
-    with pytest.raises(ValueError, match=r"one of \['digits', 'fake'\] or an image folder"):
+    with pytest.raises(ValueError, match=r"one of \['digits', 'digit-clutter', 'fake'\] or an image folder"):
         calibration_batches("imagenet")
     with pytest.raises(ValueError, match="count must be >= 1"):
         calibration_batches("fake", count=0)

@@ -234,3 +234,8 @@ def test_cli_takes_spec_strings(tmp_path, capsys):
     assert "checked with ONNX Runtime" in capsys.readouterr().out
     info = mobilenets.deploy.read_model_info(tmp_path / "m.onnx")
     assert info.name == text
+    for cmd in (["profile", text, "--input-size", "64"], ["roofline", text, "--input-size", "64"],
+                ["bench", text, "--paths", "eager", "--batch-size", "1", "--input-size", "64", "--repeats", "3"]):
+        assert main(cmd) == 0, cmd
+        out = capsys.readouterr().out
+        assert model_label(text) in out or "total" in out   # tables name a spec by its short label

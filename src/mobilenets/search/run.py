@@ -189,14 +189,22 @@ class _Search:
             loss = self.distiller(logits, x, y)
         for g in self.opt.param_groups:
             g["lr"] = lr
-        self.opt.zero_grad(set_to_none=False)
+        # Parameters off the path get no gradient (None), so the optimizer leaves them alone: no
+        # momentum or weight-decay drift of weights this step did not use, and a resumed search
+        # (whose optimizer starts with no gradients) updates exactly what the uninterrupted one does.
+        self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        if self.dist.enabled:  # every rank ran its own path: average the gradients (unused slices: 0)
-            for p in self.net.parameters():
+        if self.dist.enabled:  # every rank ran its own path: average the gradients over the ranks
+            params = list(self.net.parameters())
+            used = torch.tensor([float(p.grad is not None) for p in params])
+            torch.distributed.all_reduce(used)
+            for p, n in zip(params, used.tolist()):
                 if p.grad is None:
                     p.grad = torch.zeros_like(p)
                 torch.distributed.all_reduce(p.grad)
                 p.grad /= self.dist.world
+                if n == 0:
+                    p.grad = None   # off every rank's path: as in one process
         self.opt.step()
         return loss.item()
 
