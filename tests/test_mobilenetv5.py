@@ -315,6 +315,7 @@ def _mobile_exports_match_eager(name, tmp_path, runtimes=("executorch", "litert"
         assert res.fully_lowered and res.max_rel_diff <= 1e-4, res.summary()
 
 
+@pytest.mark.slow  # ~40 s (mobilenetv5_base's export); the forms it needs are checked one by one in the default run
 def test_executorch_export_matches_eager(tmp_path):
     """An ExecuTorch (XNNPACK) file of MobileNetV5 lowers fully and matches eager within the
     driver's 1e-4 (it differed by ~7e-4 before the tanh GELU form: test_mobile.py's
