@@ -361,9 +361,14 @@ class LatencyTable:
         parts = network_parts(spec, self.input_size, self._classes(num_classes))
         missing = [p.key for p in parts if p.key not in self.entries]
         if missing:
+            width = self.space.frame.width_mult
+            hint = (f"; the table's space is at width_mult {width:g}, this architecture at {spec.width_mult:g} (its "
+                    f"spec at the table's width: model_spec(name).replace(width_mult={width:g}))"
+                    if spec.width_mult != width else "")
             raise TableMismatch(f"{len(missing)} part(s) of this architecture are not in the table (measured for "
                                 f"space {self.meta['space']!r} at {self.input_size}), e.g. {missing[0]}; an "
-                                f"architecture outside the space, or an unfinished table (run search table again)")
+                                f"architecture outside the space, or an unfinished table (run search table again)"
+                                + hint)
         return sum(self.entries[p.key]["median"] for p in parts)
 
     def predict(self, spec: NetSpec, num_classes: Optional[int] = None) -> float:
