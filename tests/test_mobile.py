@@ -482,7 +482,8 @@ def test_timm_ported_families_lower_fully(name, tmp_path):
 
 @needs_et
 @needs_lt
-@pytest.mark.parametrize("name,pool", [("mobilenetv2_035", "catavgmax"), ("mobilenetv3_small_050", "max"),
+@pytest.mark.parametrize("name,pool", [("mobilenetv2_035", "catavgmax"),
+                                       pytest.param("mobilenetv3_small_050", "max", marks=pytest.mark.slow),
                                        pytest.param("mobileformer_26m", "avgmax", marks=pytest.mark.slow)])
 def test_every_head_pooling_exports(name, pool, tmp_path):
     """timm's global_pool types reach the mobile files (their global-pool form computes each)."""
