@@ -78,6 +78,12 @@ def test_roofline_table_sums_to_the_network_roofline(tiny, tmp_path, capsys):
                  "--input-size", "64", "--ridge-point", "500", "--out", str(out2), "--quiet"]) == 0
     spec = tiny.to_spec(tiny.sample(rng))
     assert LatencyTable.load(out2).predict(spec) > table.predict(spec)
+    # --calibrate: this machine's measured peak (and its ridge point) instead of the defaults
+    out3 = tmp_path / "cal.json"
+    assert main(["search", "table", "--space", _space_file(tiny, tmp_path), "--runtime", "roofline", "--calibrate",
+                 "--input-size", "64", "--out", str(out3), "--quiet"]) == 0
+    meta = LatencyTable.load(out3).meta
+    assert 1e8 < meta["peak_macs"] < 1e13 and meta["peak_macs"] != 1e12 and meta["ridge_point"] > 0
     capsys.readouterr()
     assert main(["search", "predict", "--table", str(out), "--random", "4", "--measure", "--json"]) == 0
     res = json.loads(capsys.readouterr().out)
@@ -166,6 +172,9 @@ def test_tables_refuse_what_they_were_not_measured_for(tiny, ort_table, tmp_path
     assert main(["search", "table", "--space", "mnv4_conv_small", "--runtime", "ort", "--ridge-point", "10",
                  "--out", str(tmp_path / "y.json")]) == 2
     assert "roofline options" in capsys.readouterr().err and not (tmp_path / "y.json").exists()
+    assert main(["search", "table", "--space", "mnv4_conv_small", "--runtime", "roofline", "--calibrate",
+                 "--peak-macs", "1e11", "--out", str(tmp_path / "y.json")]) == 2
+    assert "not both" in capsys.readouterr().err and not (tmp_path / "y.json").exists()
     bad = tmp_path / "bad.json"
     bad.write_text("{}")
     assert main(["search", "predict", "--table", str(bad), "mobilenetv4_conv_small"]) == 2

@@ -53,8 +53,27 @@ def _cmd_table(args: argparse.Namespace) -> int:
     if args.threads < 1:
         raise UserError(f"--threads must be >= 1, got {args.threads}")
     roofline = args.runtime == "roofline"
-    if not roofline and (args.ridge_point is not None or args.peak_macs is not None):
-        raise UserError(f"--ridge-point and --peak-macs are roofline options; --runtime is {args.runtime}")
+    if not roofline and (args.ridge_point is not None or args.peak_macs is not None or args.calibrate):
+        raise UserError(f"--ridge-point, --peak-macs and --calibrate are roofline options; --runtime is {args.runtime}")
+    if args.calibrate and args.peak_macs is not None:
+        raise UserError("--calibrate measures the peak MAC rate: give it or --peak-macs, not both")
+    if args.calibrate:  # this machine's figures (analysis.calibrate): peak, and its ridge point unless given
+        import torch
+
+        from ..analysis.calibrate import calibrate
+
+        before = torch.get_num_threads()
+        torch.set_num_threads(args.threads)
+        try:
+            cal = calibrate()
+        finally:
+            torch.set_num_threads(before)
+        args.peak_macs = cal.peak_macs
+        if args.ridge_point is None:
+            args.ridge_point = cal.ridge_point
+        if not args.quiet:
+            print(f"calibrated with {args.threads} thread(s): peak {cal.peak_macs / 1e9:.1f} GMAC/s, ridge point "
+                  f"{cal.ridge_point:.1f} MACs/byte", file=sys.stderr)
     out = Path(args.out)
     if out.exists():
         table = LatencyTable.load(out)
@@ -215,6 +234,9 @@ def add_commands(subparsers) -> None:
     t.add_argument("--ridge-point", type=float, default=None, help="roofline: the ridge point, MACs/byte (default 0: "
                                                                   "compute bound)")
     t.add_argument("--peak-macs", type=float, default=None, help="roofline: peak MAC/s (default 1e12)")
+    t.add_argument("--calibrate", action="store_true",
+                   help="roofline: measure this machine's peak MAC/s (and ridge point, unless --ridge-point) "
+                        "with --threads threads, as mobilenets roofline's calibration does")
     t.add_argument("--seed", type=int, default=0, help="seed of the random networks of the overhead fit")
     t.add_argument("--quiet", action="store_true", help="no progress output")
     add_json(t, "the summary")
