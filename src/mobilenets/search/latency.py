@@ -45,6 +45,7 @@ import torch.nn as nn
 from ..archs.spec import NetSpec
 from ..models.info import ModelInfo, set_model_info
 from ..models.mobilenet import MobileNet
+from ..deploy.timing import cpu_model
 from ..version import __version__
 from .space import MQA_OP, SearchSpace
 
@@ -173,23 +174,9 @@ def _probe_specs(space: SearchSpace) -> Iterable[NetSpec]:
             if f in later_todo[i]:
                 blocks += _variants(st, False)
                 later_todo[i].discard(f)
-            stages.append(_stage_blocks(st, f, blocks))
+            stages.append(tuple(st.block(j, f, op, e) for j, (op, e) in enumerate(blocks)))
         yield space.frame.replace(stages=space.frame.stages[:space.insert_at] + tuple(stages)
                                   + space.frame.stages[space.insert_at:])
-
-
-def _stage_blocks(st, filters: int, blocks: Sequence[tuple]) -> tuple:
-    from ..archs.spec import BlockSpec
-
-    out = []
-    for j, (op, e) in enumerate(blocks):
-        stride = st.stride if j == 0 else 1
-        if op == MQA_OP:
-            m = st.mqa
-            out.append(BlockSpec("mqa", filters, 1, k=3, heads=m.heads, key_dim=m.key_dim, kv_stride=m.kv_stride))
-        else:
-            out.append(BlockSpec("uir", filters, stride, k=op[1], a=op[0], e=e))
-    return tuple(out)
 
 
 def space_parts(space: SearchSpace, input_size: Sequence[int], num_classes: int = 1000) -> dict[str, Part]:
@@ -321,7 +308,7 @@ class LatencyTable:
         meta = {"format": TABLE_FORMAT, "space": space.name, "space_def": space.to_dict(),
                 "input_size": list(input_size), "runtime": runtime, "precision": precision, "threads": threads,
                 "num_classes": num_classes, "mobilenets": __version__, "torch": torch.__version__,
-                "machine": f"{platform.machine()} {_cpu_model()}"}
+                "machine": f"{platform.machine()} {cpu_model()}"}
         if runtime == "roofline":
             meta.update(ridge_point=ridge_point, peak_macs=peak_macs)
         return cls(meta, path=path)
@@ -421,16 +408,6 @@ class LatencyTable:
         if not isinstance(data, dict) or data.get("meta", {}).get("format") != TABLE_FORMAT:
             raise ValueError(f"{str(p)!r} is not a mobilenets latency table (expected meta.format {TABLE_FORMAT!r})")
         return cls(data["meta"], data.get("entries"), data.get("networks"), p)
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def build_table(table: LatencyTable, fit_networks: int = 5, seconds: float = 0.5, seed: int = 0,

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -143,7 +142,7 @@ def _to_full(space: SearchSpace, stage_space: SearchSpace, path: dict) -> dict:
 
 class _Search:
     def __init__(self, s: SearchSettings, progress: bool):
-        from ..train.distributed import DistInfo
+        from ..train.distributed import setup_distributed
         from ..train.optim import LRSchedule, create_optimizer
         from .spaces import load_space
 
@@ -156,9 +155,10 @@ class _Search:
         self.table.check_for(space)
         self.space = space
         check_target(s.target_ms, cheapest_ms(space, self.table))
-        self.dist = _dist_info(DistInfo)
         torch.manual_seed(s.seed)
         self.train_ds, self.held_ds, self.val_ds, self.classes, self.recipe, held_bs = search_data(s)
+        # torchrun's environment -> the gloo group, as training joins it (the supernet runs on CPU)
+        self.dist = setup_distributed(self.recipe.replace(device="cpu"))
         self.train_batches = Batches(self.train_ds, s.batch_size, s.seed, self.dist)
         self.held_batches = Batches(self.held_ds, held_bs, s.seed + 1, self.dist)
         self.net = Supernet(space, num_classes=len(self.classes))
@@ -387,15 +387,6 @@ class _Search:
                 correct += int((self.net(x).argmax(1) == y).sum())
                 n += len(y)
         return correct / max(1, n)
-
-
-def _dist_info(DistInfo):
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not torch.distributed.is_initialized():
-        torch.distributed.init_process_group("gloo")
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return DistInfo(torch.distributed.get_rank(), torch.distributed.get_world_size())
-    return DistInfo()
 
 
 def _distiller(s: SearchSettings, num_classes: int) -> Optional[Callable]:

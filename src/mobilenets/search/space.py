@@ -124,6 +124,14 @@ class StageSpace:
             return self.first_ops()
         return self.ops + ((MQA_OP,) if self.mqa is not None else ())
 
+    def block(self, j: int, filters: int, op: Union[tuple[int, int], str], e: float) -> BlockSpec:
+        """Block slot ``j`` of this stage as a row: a UIB with depthwise kernels ``op`` and
+        expansion ``e`` (the first slot takes the stage's stride), or the stage's Mobile MQA."""
+        if op == MQA_OP:
+            m = self.mqa
+            return BlockSpec("mqa", filters, 1, k=3, heads=m.heads, key_dim=m.key_dim, kv_stride=m.kv_stride)
+        return BlockSpec("uir", filters, self.stride if j == 0 else 1, k=op[1], a=op[0], e=e)
+
     def restrict(self, **kw: Any) -> "StageSpace":
         """This stage with some choice lists replaced (``depths``, ``filters``, ``ops``,
         ``expansions``)."""
@@ -240,16 +248,8 @@ class SearchSpace:
         """The blocks of searched stage ``i`` under ``choice``."""
         st = self.stages[i]
         depth, out = st.depths[choice[f"s{i}.depth"]], st.filters[choice[f"s{i}.filters"]]
-        blocks = []
-        for j in range(depth):
-            op = st.block_ops(j)[choice[f"s{i}.b{j}.op"]]
-            stride = st.stride if j == 0 else 1
-            if op == MQA_OP:
-                m = st.mqa
-                blocks.append(BlockSpec("mqa", out, 1, k=3, heads=m.heads, key_dim=m.key_dim, kv_stride=m.kv_stride))
-            else:
-                blocks.append(BlockSpec("uir", out, stride, k=op[1], a=op[0], e=st.expansions[choice[f"s{i}.b{j}.e"]]))
-        return tuple(blocks)
+        return tuple(st.block(j, out, st.block_ops(j)[choice[f"s{i}.b{j}.op"]], st.expansions[choice[f"s{i}.b{j}.e"]])
+                     for j in range(depth))
 
     def to_spec(self, choice: Mapping[str, int]) -> NetSpec:
         """The architecture of ``choice``: an ordinary :class:`NetSpec`."""
