@@ -65,6 +65,33 @@ def _run_child(d: Path, out: Path, steps: int) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
+def test_coarse_warmup_trains_every_op_and_one_lr_schedule_spans_both_stages(setup, monkeypatch):
+    """The coarse stage fixes every block to IB k3, but its op warm-up still runs ALL ops (both
+    depthwise slots, 5x5), so the fine stage starts from trained start-dw / 5x5 weights; and the
+    learning rate continues over the fine stage instead of restarting its warm-up."""
+    from mobilenets.search import run as run_mod
+    from mobilenets.search.controller import ALL
+
+    d, space, _ = setup
+    seen = []
+    original = run_mod._Search.weight_step
+
+    def record(self, path, lr):
+        seen.append((dict(path), lr))
+        return original(self, path, lr)
+
+    monkeypatch.setattr(run_mod._Search, "weight_step", record)
+    settings = run_mod.SearchSettings(space=str(d / "tiny.json"), table=str(d / "roof.json"), target_ms=5.9,
+                                      data="digits", out=str(d / "warm"), steps=16, batch_size=32, img_size=32)
+    run_mod.run_search(settings, progress=False)
+    ops = [k for k in seen[0][0] if k.endswith(".op")]
+    assert ops and all(seen[0][0][k] == ALL for k in ops)      # coarse step 0: warm-up probability 1
+    assert not any(v == ALL for v in seen[7][0].values())     # warm-up over by the last coarse step
+    lrs = [lr for _, lr in seen]
+    peak = lrs.index(max(lrs))
+    assert peak < 8 and all(a >= b for a, b in zip(lrs[peak:], lrs[peak + 1:]))   # one warm-up, then down
+
+
 def test_resume_after_kill_is_exact(setup):
     d, _, _ = setup
     ref, killed = d / "ref", d / "killed"
@@ -130,6 +157,8 @@ def test_bad_input_one_clear_error_nothing_written(setup, tmp_path, capsys):
     assert "no images" in capsys.readouterr().err.lower()
     assert main(_with(_cmd(d, out), "--table", str(tmp_path / "missing.json"))) == 2
     assert "does not exist" in capsys.readouterr().err
+    assert main(_cmd(d, out) + ["--threads", "-1"]) == 2
+    assert "--threads must be >= 1 (or 0: torch's default), got -1" in capsys.readouterr().err
     assert not out.exists()   # nothing written by any of them
 
 

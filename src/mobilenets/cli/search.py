@@ -153,8 +153,14 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    import torch
+
     from ..search.run import SearchSettings, run_search
 
+    if args.threads < 0:
+        raise UserError(f"--threads must be >= 1 (or 0: torch's default), got {args.threads}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     settings = SearchSettings(space=args.space, table=args.table, target_ms=args.target_ms, data=args.data,
                               out=args.out, minutes=args.minutes, steps=args.steps, seed=args.seed,
                               reward=args.reward, beta=args.beta, w=args.w, two_stage=not args.one_stage,
@@ -282,6 +288,7 @@ def add_commands(subparsers) -> None:
     add_input_size(r, default=None, help="training resolution (default 64; square)")
     r.add_argument("--teacher", default=None, help="distil from this checkpoint or model name (soft labels)")
     r.add_argument("--checkpoint-seconds", type=float, default=30.0, help="checkpoint interval (default 30 s)")
+    r.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's)")
     r.add_argument("--quiet", action="store_true", help="no progress output")
     add_json(r, "the result")
     r.set_defaults(func=_cmd_run)

@@ -163,7 +163,9 @@ class _Search:
         self.held_batches = Batches(self.held_ds, held_bs, s.seed + 1, self.dist)
         self.net = Supernet(space, num_classes=len(self.classes))
         self.opt = create_optimizer(self.net, self.recipe)
-        self.make_schedule = lambda steps: LRSchedule(self.recipe.replace(epochs=1), steps)
+        # the search's steps as one "epoch", the recipe's warm-up as the same fraction of it
+        r = self.recipe
+        self.make_schedule = lambda steps: LRSchedule(r.replace(epochs=1, warmup_epochs=r.warmup_epochs / r.epochs), steps)
         self.distiller = _distiller(s, len(self.classes))
         self.latency_cache: dict[str, float] = {}
 
@@ -249,6 +251,12 @@ class _Search:
         return ck
 
     # -- run ---------------------------------------------------------------------------------
+    @staticmethod
+    def stage_steps(total: int, stages: list, index: int) -> int:
+        """Steps of stage ``index``: an equal share each, the remainder to the stages after the
+        coarse one."""
+        return total // len(stages) + (total % len(stages) if stages[index] != "coarse" else 0)
+
     def estimate_steps(self) -> int:
         """Steps that fit ``minutes``, from a few timed iterations (no update is kept): one untimed
         (first-call costs), two with the whole supernet as the weight path, three with random
@@ -302,21 +310,27 @@ class _Search:
             name = st["stages"][st["stage"]]
             stage_space = (self.space.coarse() if name == "coarse" else
                            self.space.fine(st["coarse_choice"]) if name == "fine" else self.space)
-            n_steps = st["total"] // len(st["stages"]) + (st["total"] % len(st["stages"]) if name != "coarse" else 0)
+            n_steps = self.stage_steps(st["total"], st["stages"], st["stage"])
             ctrl = Controller(stage_space.decisions(), seed=s.seed + 7919 * st["stage"])
             if st["controller"] is not None:
                 ctrl.load_state_dict(st["controller"])
-            schedule = self.make_schedule(n_steps)
-            # the warm-up's fallbacks (ALL ops, the widest filters) for the decisions this stage searches
+            # one learning-rate schedule over the whole search: the fine stage continues the coarse
+            # stage's shared weights, and a second LR warm-up from a high rate would undo them
+            offset = sum(self.stage_steps(st["total"], st["stages"], k) for k in range(st["stage"]))
+            schedule = self.make_schedule(st["total"])
+            # the warm-up's fallbacks: ALL for every op decision, even one the stage fixes (the
+            # coarse stage's IB k3 would otherwise leave the start depthwise slots and the outer
+            # ring of the 5x5 kernels untrained for the fine stage to start from), the widest
+            # filters for the filter decisions this stage searches
             sizes = {d.name: len(d.choices) for d in stage_space.decisions()}
             fallback = {k: (v if v == ALL else sizes[k] - 1) for k, v in self.net.warmup_fallback().items()
-                        if sizes.get(k, 1) > 1}
+                        if k in sizes and (v == ALL or sizes[k] > 1)}
             while st["step"] < n_steps:
                 step = st["step"]
                 if time.perf_counter() - t_start > budget:
                     break
                 w_path = warmup_sample(ctrl, step, n_steps, fallback)
-                loss = self.weight_step(_to_full(self.space, stage_space, w_path), schedule(step))
+                loss = self.weight_step(_to_full(self.space, stage_space, w_path), schedule(offset + step))
                 rl_path = ctrl.sample()
                 spec = stage_space.to_spec(rl_path)
                 q, lat = self.quality(_to_full(self.space, stage_space, rl_path)), self.latency(spec)

@@ -1,0 +1,378 @@
+"""Issue 25's Goal: does the search find a better network than the hand-designed one and than
+random ones at the same measured latency, on digit-clutter, for a given runtime?
+
+    python benchmarks/search_goal.py --table litert_int8=litert_int8_small050.json \\
+        --table ort_fp32=ort_small050.json --out goal --search-minutes 25
+    python benchmarks/search_goal.py ... --only report          # redo the table and figure
+    python benchmarks/search_goal.py --scaling --out goal       # search cost: 1 process vs torchrun 2
+
+Steps (each one's result lands in OUT/goal.json before the next starts; a rerun skips what is
+done, and a killed search or training resumes, so the whole run survives interruption):
+
+1. ``target``: per table, the latency target: MNv4-Conv-S at the table's width measured in the
+   table's runtime (the whole network the table's overhead was fitted on; ``--target NAME=MS``
+   gives it instead).
+2. ``search``: ``mobilenets search run`` per table (the table's space and width, digit-clutter,
+   ``--search-minutes``, one torch thread).
+3. ``pick``: random architectures of the space whose *predicted* latency is within +-5 % of the
+   target in every table (seeded sampling), ``--candidates`` of them.
+4. ``measure``: per table, MNv4-Conv-S, every found network and the candidates exported and timed
+   in one interleaved run in the table's runtime (so load drifts hit them alike); the first
+   ``--randoms`` candidates within +-5 % of MNv4-Conv-S's latency *measured in that run* (first
+   table) are the random baselines.
+5. ``train``: every network x ``--seeds`` with ``mobilenets train --data digit-clutter --model
+   SPEC --set seed=S`` (the ``digit_clutter`` recipe, epoch-bounded, one thread each,
+   ``--jobs`` at a time). The seed draws the generated images, the initialisation and the order,
+   the same per seed for every network, so networks are compared seed by seed too.
+6. ``report``: a markdown table (mean, spread, per seed) and accuracy vs measured latency per
+   runtime (OUT/search_goal.png).
+
+``--scaling`` times a fixed number of search steps with one process and with torchrun's 2 (one
+thread each) and reports steps / minute, architectures sampled / minute and CPU-minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from goal_runs import EXE
+
+TOL = 0.05
+
+
+def _load(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _save(path: Path, state: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state, indent=1))
+    os.replace(tmp, path)
+
+
+def _tables(items: list[str]) -> dict[str, Path]:
+    out = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise SystemExit(f"--table: expected NAME=TABLE.json (e.g. litert_int8=table.json), got {item!r}")
+        if not Path(path).exists():
+            raise SystemExit(f"--table {name}: no file {path!r} (build it with mobilenets search table)")
+        out[name] = Path(path).resolve()
+    return out
+
+
+def _reference_spec(table):
+    """The hand-designed network the table's space contains, at the table's width."""
+    import mobilenets
+    from mobilenets.search.spaces import load_space
+
+    return mobilenets.model_spec(load_space(table.space.name).contains[0]).replace(
+        width_mult=table.space.frame.width_mult)
+
+
+def step_target(state, tables, given) -> None:
+    from mobilenets.search.latency import LatencyTable, measure_network
+
+    for name, path in tables.items():
+        if name in state.setdefault("targets", {}):
+            continue
+        table = LatencyTable.load(path)
+        ref = _reference_spec(table)
+        if name in given:
+            ms, how = given[name], "given (--target)"
+        else:
+            ms, how = measure_network(ref, table, seconds=5.0)["median"], "measured (search.latency.measure_network, 5 s)"
+        state["targets"][name] = {"ms": ms, "how": how, "reference": str(ref), "table": str(path),
+                                  "predicted_ms": table.predict(ref), "runtime": table.meta["runtime"],
+                                  "precision": table.meta["precision"], "threads": table.meta["threads"]}
+        print(f"target {name}: {ms:.3f} ms ({how}; the table predicts {table.predict(ref):.3f})", flush=True)
+
+
+def _cpu_s() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def step_search(state, tables, out: Path, minutes: float, seed: int) -> None:
+    from mobilenets.search.latency import LatencyTable
+
+    for name, path in tables.items():
+        d = out / f"search_{name}"
+        if name in state.setdefault("searches", {}) and (d / "found.json").exists():
+            continue
+        table = LatencyTable.load(path)
+        t = state["targets"][name]
+        width = table.space.frame.width_mult
+        cmd = EXE + ["search", "run", "--space", table.space.name, "--width-mult", str(width), "--table", str(path),
+                     "--target-ms", f"{t['ms']:.4f}", "--data", "digit-clutter", "--minutes", str(minutes),
+                     "--threads", "1", "--seed", str(seed), "--out", str(d), "--quiet", "--json", str(d / "result.json")]
+        print("$ " + " ".join(cmd[2:]), flush=True)
+        cpu0, t0 = _cpu_s(), time.time()
+        subprocess.run(cmd, check=True)
+        res = json.loads((d / "result.json").read_text())
+        state["searches"][name] = {**res, "command": " ".join(cmd[2:]), "wall_min": (time.time() - t0) / 60,
+                                   "cpu_min_this_call": (_cpu_s() - cpu0) / 60}
+        print(f"found ({name}): {res['spec']}", flush=True)
+
+
+def step_pick(state, tables, n: int, seed: int) -> None:
+    from mobilenets.search.latency import LatencyTable
+
+    if len(state.get("candidates", [])) >= n:
+        return
+    loaded = {k: LatencyTable.load(p) for k, p in tables.items()}
+    space = next(iter(loaded.values())).space
+    rng, picked, tried = random.Random(seed), [], 0
+    while len(picked) < n:
+        tried += 1
+        if tried > 200000:
+            raise SystemExit(f"only {len(picked)} of {n} random architectures within +-5 % in every table")
+        spec = space.to_spec(space.sample(rng))
+        if all(abs(t.predict(spec) / state["targets"][k]["ms"] - 1) <= TOL for k, t in loaded.items()):
+            if str(spec) not in picked:
+                picked.append(str(spec))
+    state["candidates"] = picked
+    state["pick"] = {"sampled": tried, "seed": seed}
+    print(f"{n} candidates from {tried} random architectures (+-5 % predicted in every table)", flush=True)
+
+
+def step_measure(state, tables, net_seconds: float, n_random: int) -> None:
+    from search_latency import measure_interleaved
+
+    from mobilenets.archs.spec import parse_net
+    from mobilenets.search.latency import LatencyTable
+
+    nets = _networks(state, with_randoms=False) + [(f"cand{i}", s) for i, s in enumerate(state["candidates"])]
+    for name, path in tables.items():
+        if name in state.setdefault("measured", {}):
+            continue
+        table = LatencyTable.load(path)
+        ms = measure_interleaved([parse_net(s) for _, s in nets], table.meta["runtime"], table.meta["precision"],
+                                 table.meta["threads"], table.input_size, net_seconds)
+        state["measured"][name] = {label: {"measured_ms": m, "predicted_ms": table.predict(parse_net(s))}
+                                   for (label, s), m in zip(nets, ms)}
+        print(f"measured {name}: " + ", ".join(f"{k} {v['measured_ms']:.3f}" for k, v in state["measured"][name].items()),
+              flush=True)
+    first = next(iter(tables))
+    ref = state["measured"][first]["mnv4"]["measured_ms"]
+    state["randoms"] = [c for i, c in enumerate(state["candidates"])
+                        if abs(state["measured"][first][f"cand{i}"]["measured_ms"] / ref - 1) <= TOL][:n_random]
+    if len(state["randoms"]) < n_random:
+        print(f"warning: only {len(state['randoms'])} candidates within +-5 % measured in {first}; "
+              f"raise --candidates", flush=True)
+
+
+def _networks(state, with_randoms: bool = True) -> list[tuple[str, str]]:
+    nets = [("mnv4", next(iter(state["targets"].values()))["reference"])]
+    for name, res in state.get("searches", {}).items():
+        nets.append((f"found_{name}", res["spec"]))
+    if with_randoms:
+        nets += [(f"random{i}", s) for i, s in enumerate(state.get("randoms", []))]
+    return nets
+
+
+def step_train(state, out: Path, seeds: list[int], jobs: int, state_path: Path) -> None:
+    from mobilenets.train.recipes import RECIPES
+
+    epochs = RECIPES["digit_clutter"].epochs
+    runs = state.setdefault("runs", {})
+    running: list[tuple] = []
+
+    def complete(d: Path) -> bool:
+        m = d / "metrics.json"
+        return m.exists() and len(json.loads(m.read_text()).get("history", [])) >= epochs
+
+    def finish(key, proc, d, t0):
+        if proc is not None and proc.returncode != 0:
+            raise SystemExit(f"training {key} failed (exit {proc.returncode}); see {d}/train.log")
+        hist = json.loads((d / "metrics.json").read_text())["history"]
+        runs[key] = {"val_top1": hist[-1]["val_top1"], "epochs": len(hist),
+                     "wall_min": (time.time() - t0) / 60 if proc is not None else None,
+                     "train_s": sum(h.get("epoch_time_s", 0) for h in hist)}
+        _save(state_path, state)
+        print(f"{key}: {runs[key]['val_top1']:.2f} % (training {runs[key]['train_s'] / 60:.1f} min)", flush=True)
+
+    todo = []
+    for label, spec in _networks(state):
+        for seed in seeds:
+            key = f"{label}/seed{seed}"
+            if key in runs:
+                continue
+            if complete(out / "train" / key):  # finished by an earlier, interrupted call (or by hand)
+                finish(key, None, out / "train" / key, time.time())
+            else:
+                todo.append((key, spec, seed))
+    while todo or running:
+        while todo and len(running) < jobs:
+            key, spec, seed = todo.pop(0)
+            d = out / "train" / key
+            d.mkdir(parents=True, exist_ok=True)
+            resume = ["--resume", str(d / "last.pt")] if (d / "last.pt").exists() else []
+            cmd = EXE + ["train", "--data", "digit-clutter", "--model", spec, "--set", f"seed={seed}", "--threads", "1",
+                         "--no-progress", "--out", str(d)] + resume
+            log = open(d / "train.log", "a")
+            running.append((key, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), d, time.time()))
+        time.sleep(2)
+        for item in list(running):
+            if item[1].poll() is not None:
+                running.remove(item)
+                finish(item[0], item[1], item[2], item[3])
+
+
+def _summary(state) -> list[dict]:
+    rows = []
+    for label, spec in _networks(state):
+        accs = [r["val_top1"] for k, r in state.get("runs", {}).items() if k.split("/")[0] == label]
+        row = {"label": label, "spec": spec, "top1": accs,
+               "mean": statistics.mean(accs) if accs else float("nan"),
+               "std": statistics.stdev(accs) if len(accs) > 1 else 0.0}
+        for name, m in state.get("measured", {}).items():
+            key = label if label in m else f"cand{state['candidates'].index(spec)}" if spec in state["candidates"] else None
+            if key:
+                row[name] = m[key]
+        rows.append(row)
+    return rows
+
+
+def step_report(state, out: Path) -> None:
+    rows = _summary(state)
+    names = list(state.get("measured", {}))
+    head = "| network | " + " | ".join(f"{n} measured / predicted (ms)" for n in names) + " | val top-1 mean +- std | per seed |"
+    print(head)
+    print("|---|" + "---:|" * len(names) + "---:|---|")
+    for r in rows:
+        lat = " | ".join(f"{r[n]['measured_ms']:.3f} / {r[n]['predicted_ms']:.3f}" if n in r else "-" for n in names)
+        print(f"| {r['label']} | {lat} | {r['mean']:.2f} +- {r['std']:.2f} | {', '.join(f'{a:.2f}' for a in r['top1'])} |")
+    randoms = [r["mean"] for r in rows if r["label"].startswith("random") and r["top1"]]
+    ref = next(r for r in rows if r["label"] == "mnv4")
+    if randoms:
+        med = statistics.median(randoms)
+        for r in rows:
+            if r["label"].startswith("found_") and r["top1"]:
+                print(f"{r['label']}: {r['mean']:.2f} vs random median {med:.2f} ({'beats' if r['mean'] > med else 'does NOT beat'}),"
+                      f" vs MNv4-Conv-S {ref['mean']:.2f} ({'matches or beats' if r['mean'] >= ref['mean'] else 'below'})")
+    state["summary"] = rows
+    if names:
+        _plot(rows, names, out / "search_goal.png")
+
+
+def _plot(rows, names, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(names), figsize=(5.5 * len(names), 4.2), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        for r in rows:
+            if name not in r or not r["top1"]:
+                continue
+            x = r[name]["measured_ms"]
+            kind = "found" if r["label"].startswith("found") else "mnv4" if r["label"] == "mnv4" else "random"
+            style = {"found": ("tab:red", "*", 180), "mnv4": ("tab:blue", "s", 80), "random": ("tab:gray", "o", 50)}[kind]
+            ax.scatter([x] * len(r["top1"]), r["top1"], color=style[0], alpha=0.35, s=18)
+            ax.errorbar(x, r["mean"], yerr=r["std"], color=style[0], capsize=3, fmt="none")
+            ax.scatter([x], [r["mean"]], color=style[0], marker=style[1], s=style[2],
+                       label={"found": r["label"].replace("found_", "found (") + " table)", "mnv4": "MNv4-Conv-S 0.5",
+                              "random": "random"}[kind])
+        h, lab = ax.get_legend_handles_labels()
+        seen = {}
+        for hh, ll in zip(h, lab):
+            seen.setdefault(ll, hh)
+        ax.legend(seen.values(), seen.keys(), fontsize=8)
+        ax.set_xlabel(f"measured latency, {name} (ms, b1, 224 px)")
+        ax.set_ylabel("digit-clutter val top-1 (%)")
+        ax.grid(alpha=0.3)
+    fig.suptitle("Found vs MNv4-Conv-S 0.5 vs random at the same latency (3 seeds each)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"wrote {path}")
+
+
+def scaling(out: Path, table: Path, target: float, steps: int) -> None:
+    from mobilenets.search.latency import LatencyTable
+
+    t = LatencyTable.load(table)
+    base = ["search", "run", "--space", t.space.name, "--width-mult", str(t.space.frame.width_mult), "--table",
+            str(table), "--target-ms", str(target), "--data", "digit-clutter", "--steps", str(steps), "--threads", "1",
+            "--quiet", "--seed", "0"]
+    res = {}
+    for procs in (1, 2):
+        d = out / f"scaling_{procs}"
+        launcher = ([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(procs), "--master-port",
+                     "29561", "-m", "mobilenets"] if procs > 1 else EXE)
+        cmd = launcher + base + ["--out", str(d)]
+        print("$ " + " ".join(cmd[2:]), flush=True)
+        cpu0, t0 = _cpu_s(), time.time()
+        subprocess.run(cmd, check=True)
+        wall, cpu = time.time() - t0, _cpu_s() - cpu0
+        res[procs] = {"wall_s": wall, "cpu_min": cpu / 60, "steps_per_min": steps / wall * 60,
+                      "paths_per_min": steps * procs / wall * 60}
+        print(f"{procs} process(es): {json.dumps(res[procs])}", flush=True)
+    _save(out / "scaling.json", {"steps": steps, "results": res, "load_avg": os.getloadavg()})
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--table", action="append", default=[], metavar="NAME=TABLE.json",
+                    help="a latency table per runtime; the first one picks the random baselines")
+    ap.add_argument("--target", action="append", default=[], metavar="NAME=MS")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--search-minutes", type=float, default=25)
+    ap.add_argument("--seed", type=int, default=0, help="the searches' seed")
+    ap.add_argument("--candidates", type=int, default=10)
+    ap.add_argument("--randoms", type=int, default=5)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--jobs", type=int, default=2, help="trainings at a time (one thread each)")
+    ap.add_argument("--net-seconds", type=float, default=2.0)
+    ap.add_argument("--only", choices=("target", "search", "pick", "measure", "train", "report"), action="append")
+    ap.add_argument("--scaling", action="store_true")
+    ap.add_argument("--scaling-steps", type=int, default=150)
+    args = ap.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    tables = _tables(args.table)
+    if args.scaling:
+        name, path = next(iter(tables.items()))
+        st = _load(out / "goal.json")
+        scaling(out, path, st["targets"][name]["ms"], args.scaling_steps)
+        return 0
+    given = {}
+    for item in args.target:
+        k, _, v = item.partition("=")
+        given[k] = float(v)
+    state_path = out / "goal.json"
+    state = _load(state_path)
+    from mobilenets.deploy.timing import machine_info
+
+    state.setdefault("machine", machine_info(1))
+    steps = args.only or ["target", "search", "pick", "measure", "train", "report"]
+    for step in steps:
+        if step == "target":
+            step_target(state, tables, given)
+        elif step == "search":
+            step_search(state, tables, out, args.search_minutes, args.seed)
+        elif step == "pick":
+            step_pick(state, tables, args.candidates, 1234)
+        elif step == "measure":
+            step_measure(state, tables, args.net_seconds, args.randoms)
+        elif step == "train":
+            step_train(state, out, args.seeds, args.jobs, state_path)
+        elif step == "report":
+            step_report(state, out)
+        _save(state_path, state)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
