@@ -87,6 +87,11 @@ def test_coarse_warmup_trains_every_op_and_one_lr_schedule_spans_both_stages(set
     ops = [k for k in seen[0][0] if k.endswith(".op")]
     assert ops and all(seen[0][0][k] == ALL for k in ops)      # coarse step 0: warm-up probability 1
     assert not any(v == ALL for v in seen[7][0].values())     # warm-up over by the last coarse step
+    # after the warm-up, coarse weight steps still train other ops than the coarse IB k3 (about
+    # half the blocks, coarse_op_mix), and the fine stage's paths are its own
+    coarse = run_mod._to_full(space, space.coarse(), {d.name: 0 for d in space.coarse().decisions()})
+    mixed = [k for p, _ in seen[2:8] for k in ops if p[k] != ALL and p[k] != coarse[k]]
+    assert len(mixed) >= 2
     lrs = [lr for _, lr in seen]
     peak = lrs.index(max(lrs))
     assert peak < 8 and all(a >= b for a, b in zip(lrs[peak:], lrs[peak + 1:]))   # one warm-up, then down

@@ -166,7 +166,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
                               reward=args.reward, beta=args.beta, w=args.w, two_stage=not args.one_stage,
                               width_mult=args.width_mult, batch_size=args.batch_size or 64,
                               img_size=args.input_size[0] if args.input_size else 64, teacher=args.teacher,
-                              checkpoint_seconds=args.checkpoint_seconds)
+                              checkpoint_seconds=args.checkpoint_seconds, coarse_op_mix=args.coarse_op_mix)
     res = run_search(settings, progress=not args.quiet)
     emit_json(args, {"spec": str(res.spec), "predicted_ms": res.predicted_ms, "val_top1_supernet": res.val_top1,
                      "steps": res.steps, "seconds": res.seconds, "out": str(res.out)})
@@ -289,6 +289,9 @@ def add_commands(subparsers) -> None:
     r.add_argument("--teacher", default=None, help="distil from this checkpoint or model name (soft labels)")
     r.add_argument("--checkpoint-seconds", type=float, default=30.0, help="checkpoint interval (default 30 s)")
     r.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's)")
+    r.add_argument("--coarse-op-mix", type=float, default=0.5,
+                   help="coarse stage: the chance that a block's weight step runs a random op of the full space "
+                        "instead of IB k3, so the fine stage starts from trained ops (default 0.5; 0: as in MNv4)")
     r.add_argument("--quiet", action="store_true", help="no progress output")
     add_json(r, "the result")
     r.set_defaults(func=_cmd_run)
