@@ -103,19 +103,23 @@ def _cpu_s() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def step_search(state, tables, out: Path, minutes: float, seed: int, beta: float) -> None:
+def step_search(state, tables, out: Path, minutes: float, seed: int, beta: float, one_stage: bool = False) -> None:
+    """One search per table; ``one_stage``: every decision at once (the expansion too), as
+    ``search_<table>_onestage`` (found networks labelled ``found_<table>_onestage``)."""
     from mobilenets.search.latency import LatencyTable
 
-    for name, path in tables.items():
+    for table_name, path in tables.items():
+        name = table_name + ("_onestage" if one_stage else "")
         d = out / f"search_{name}"
         if name in state.setdefault("searches", {}) and (d / "found.json").exists():
             continue
         table = LatencyTable.load(path)
-        t = state["targets"][name]
+        t = state["targets"][table_name]
         width = table.space.frame.width_mult
         cmd = EXE + ["search", "run", "--space", table.space.name, "--width-mult", str(width), "--table", str(path),
                      "--target-ms", f"{t['ms']:.4f}", "--data", "digit-clutter", "--minutes", str(minutes),
                      "--threads", "1", "--seed", str(seed), "--beta", str(beta), "--out", str(d), "--quiet", "--json", str(d / "result.json")]
+        cmd += ["--one-stage"] if one_stage else []
         print("$ " + " ".join(cmd[2:]), flush=True)
         cpu0, t0 = _cpu_s(), time.time()
         subprocess.run(cmd, check=True)
@@ -154,8 +158,9 @@ def step_measure(state, tables, net_seconds: float, n_random: int) -> None:
 
     nets = _networks(state, with_randoms=False) + [(f"cand{i}", s) for i, s in enumerate(state["candidates"])]
     for name, path in tables.items():
-        if name in state.setdefault("measured", {}):
-            continue
+        done = state.setdefault("measured", {}).get(name, {})
+        if all(label in done for label, _ in nets):
+            continue   # (a network added later, e.g. a one-stage search's, re-times them all in one run)
         table = LatencyTable.load(path)
         ms = measure_interleaved([parse_net(s) for _, s in nets], table.meta["runtime"], table.meta["precision"],
                                  table.meta["threads"], table.input_size, net_seconds)
@@ -163,6 +168,8 @@ def step_measure(state, tables, net_seconds: float, n_random: int) -> None:
                                    for (label, s), m in zip(nets, ms)}
         print(f"measured {name}: " + ", ".join(f"{k} {v['measured_ms']:.3f}" for k, v in state["measured"][name].items()),
               flush=True)
+    if "randoms" in state:
+        return   # chosen once: later measurements do not change which networks are trained
     first = next(iter(tables))
     ref = state["measured"][first]["mnv4"]["measured_ms"]
     state["randoms"] = [c for i, c in enumerate(state["candidates"])
@@ -332,6 +339,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0, help="the searches' seed")
     ap.add_argument("--beta", type=float, default=-0.5,
                     help="the absolute reward's beta (TuNAS's -0.10 let the ORT search land 12.6 %% over its target)")
+    ap.add_argument("--one-stage", action="store_true",
+                    help="search every decision at once (expansion included) instead of MNv4's two stages")
     ap.add_argument("--candidates", type=int, default=10)
     ap.add_argument("--randoms", type=int, default=5)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -363,7 +372,7 @@ def main(argv=None) -> int:
         if step == "target":
             step_target(state, tables, given)
         elif step == "search":
-            step_search(state, tables, out, args.search_minutes, args.seed, args.beta)
+            step_search(state, tables, out, args.search_minutes, args.seed, args.beta, args.one_stage)
         elif step == "pick":
             step_pick(state, tables, args.candidates, 1234)
         elif step == "measure":
