@@ -3,6 +3,7 @@ command with its wall time, and the digits classifier a task model's backbone st
 
 from __future__ import annotations
 
+import resource
 import subprocess
 import sys
 import time
@@ -17,6 +18,12 @@ def run(cmd: list[str]) -> float:
     t = time.time()
     subprocess.run(cmd, check=True)
     return time.time() - t
+
+
+def children_cpu_s() -> float:
+    """CPU seconds (user + system, all threads) used so far by this process's finished children."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
 
 
 def digits_classifier(backbone: str, out: Path, threads: int, reuse: bool = True) -> tuple[Path, float]:

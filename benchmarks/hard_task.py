@@ -20,11 +20,10 @@ import argparse
 import json
 import os
 import platform
-import resource
 import sys
 from pathlib import Path
 
-from goal_runs import EXE, run
+from goal_runs import EXE, children_cpu_s, run
 
 MODELS = ["mobilenetv4_conv_small", "mobilenetv1_025"]
 
@@ -59,10 +58,9 @@ def main(argv=None) -> int:
         cmd = EXE + ["train", "--data", "digit-clutter", "--model", m, "--out", str(out), "--no-progress",
                      "--threads", str(args.threads)] + [a for s in args.set for a in ("--set", s)]
         load0 = os.getloadavg()[0]
-        cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu0 = children_cpu_s()
         wall = run(cmd)
-        cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-        cpu_s = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
+        cpu_s = children_cpu_s() - cpu0
         hist = json.loads((out / "metrics.json").read_text())["history"]
         best = max(hist, key=lambda h: h.get("val_top1", -1))
         rows.append({"model": m, "command": " ".join(cmd[2:]), "epochs": len(hist), "wall_min": round(wall / 60, 2),

@@ -37,14 +37,13 @@ import argparse
 import json
 import os
 import random
-import resource
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from goal_runs import EXE
+from goal_runs import EXE, children_cpu_s
 
 TOL = 0.05
 
@@ -54,9 +53,9 @@ def _load(path: Path) -> dict:
 
 
 def _save(path: Path, state: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(state, indent=1))
-    os.replace(tmp, path)
+    from mobilenets.weights.io import atomic_write
+
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(state, indent=1)))
 
 
 def _tables(items: list[str]) -> dict[str, Path]:
@@ -98,11 +97,6 @@ def step_target(state, tables, given) -> None:
         print(f"target {name}: {ms:.3f} ms ({how}; the table predicts {table.predict(ref):.3f})", flush=True)
 
 
-def _cpu_s() -> float:
-    r = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return r.ru_utime + r.ru_stime
-
-
 def step_search(state, tables, out: Path, minutes: float, seed: int, beta: float, one_stage: bool = False) -> None:
     """One search per table; ``one_stage``: every decision at once (the expansion too), as
     ``search_<table>_onestage`` (found networks labelled ``found_<table>_onestage``)."""
@@ -121,11 +115,11 @@ def step_search(state, tables, out: Path, minutes: float, seed: int, beta: float
                      "--threads", "1", "--seed", str(seed), "--beta", str(beta), "--out", str(d), "--quiet", "--json", str(d / "result.json")]
         cmd += ["--one-stage"] if one_stage else []
         print("$ " + " ".join(cmd[2:]), flush=True)
-        cpu0, t0 = _cpu_s(), time.time()
+        cpu0, t0 = children_cpu_s(), time.time()
         subprocess.run(cmd, check=True)
         res = json.loads((d / "result.json").read_text())
         state["searches"][name] = {**res, "command": " ".join(cmd[2:]), "wall_min": (time.time() - t0) / 60,
-                                   "cpu_min_this_call": (_cpu_s() - cpu0) / 60}
+                                   "cpu_min_this_call": (children_cpu_s() - cpu0) / 60}
         print(f"found ({name}): {res['spec']}", flush=True)
 
 
@@ -199,7 +193,9 @@ def step_train(state, out: Path, seeds: list[int], jobs: int, state_path: Path) 
         m = d / "metrics.json"
         return m.exists() and len(json.loads(m.read_text()).get("history", [])) >= epochs
 
-    def finish(key, proc, d, t0):
+    def finish(key, proc, d, t0, log=None):
+        if log is not None:
+            log.close()
         if proc is not None and proc.returncode != 0:
             raise SystemExit(f"training {key} failed (exit {proc.returncode}); see {d}/train.log")
         hist = json.loads((d / "metrics.json").read_text())["history"]
@@ -228,12 +224,12 @@ def step_train(state, out: Path, seeds: list[int], jobs: int, state_path: Path) 
             cmd = EXE + ["train", "--data", "digit-clutter", "--model", spec, "--set", f"seed={seed}", "--threads", "1",
                          "--no-progress", "--out", str(d)] + resume
             log = open(d / "train.log", "a")
-            running.append((key, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), d, time.time()))
+            running.append((key, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), d, time.time(), log))
         time.sleep(2)
         for item in list(running):
             if item[1].poll() is not None:
                 running.remove(item)
-                finish(item[0], item[1], item[2], item[3])
+                finish(*item)
 
 
 def _summary(state) -> list[dict]:
@@ -243,10 +239,11 @@ def _summary(state) -> list[dict]:
         row = {"label": label, "spec": spec, "top1": accs,
                "mean": statistics.mean(accs) if accs else float("nan"),
                "std": statistics.stdev(accs) if len(accs) > 1 else 0.0}
+        # a random baseline was timed as the candidate it was picked from
+        timed_as = f"cand{state['candidates'].index(spec)}" if label.startswith("random") else label
         for name, m in state.get("measured", {}).items():
-            key = label if label in m else f"cand{state['candidates'].index(spec)}" if spec in state["candidates"] else None
-            if key:
-                row[name] = m[key]
+            if timed_as in m:
+                row[name] = m[timed_as]
         rows.append(row)
     return rows
 
@@ -320,9 +317,9 @@ def scaling(out: Path, table: Path, target: float, steps: int) -> None:
                      "29561", "-m", "mobilenets"] if procs > 1 else EXE)
         cmd = launcher + base + ["--out", str(d)]
         print("$ " + " ".join(cmd[2:]), flush=True)
-        cpu0, t0 = _cpu_s(), time.time()
+        cpu0, t0 = children_cpu_s(), time.time()
         subprocess.run(cmd, check=True)
-        wall, cpu = time.time() - t0, _cpu_s() - cpu0
+        wall, cpu = time.time() - t0, children_cpu_s() - cpu0
         res[procs] = {"wall_s": wall, "cpu_min": cpu / 60, "steps_per_min": steps / wall * 60,
                       "paths_per_min": steps * procs / wall * 60}
         print(f"{procs} process(es): {json.dumps(res[procs])}", flush=True)

@@ -98,6 +98,21 @@ def add_batch_size(p: argparse.ArgumentParser, default: Any = None, multiple: bo
                    help=help)
 
 
+def add_torch_threads(p: argparse.ArgumentParser) -> None:
+    """``--threads N``: torch's CPU threads for a command that trains (0: torch's default)."""
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's)")
+
+
+def set_torch_threads(args: argparse.Namespace) -> None:
+    """Apply ``--threads`` (:func:`add_torch_threads`)."""
+    if args.threads < 0:
+        raise UserError(f"--threads must be >= 1 (or 0: torch's default), got {args.threads}")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+
+
 # --- running a handler --------------------------------------------------------------------------
 #: Exceptions that mean "the user asked for something that cannot be done", whatever raised them.
 USER_ERRORS: tuple[type[BaseException], ...] = (UserError, ValueError, OSError, ImportError)

@@ -13,7 +13,8 @@ import argparse
 import math
 import sys
 
-from .common import UserError, add_batch_size, add_input_size, add_json, emit_json, json_only
+from .common import (UserError, add_batch_size, add_input_size, add_json, add_torch_threads, emit_json, json_only,
+                     set_torch_threads)
 
 
 def _cmd_spaces(args: argparse.Namespace) -> int:
@@ -153,14 +154,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    import torch
-
     from ..search.run import SearchSettings, run_search
 
-    if args.threads < 0:
-        raise UserError(f"--threads must be >= 1 (or 0: torch's default), got {args.threads}")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_torch_threads(args)
     settings = SearchSettings(space=args.space, table=args.table, target_ms=args.target_ms, data=args.data,
                               out=args.out, minutes=args.minutes, steps=args.steps, seed=args.seed,
                               reward=args.reward, beta=args.beta, w=args.w, two_stage=not args.one_stage,
@@ -288,7 +284,7 @@ def add_commands(subparsers) -> None:
     add_input_size(r, default=None, help="training resolution (default 64; square)")
     r.add_argument("--teacher", default=None, help="distil from this checkpoint or model name (soft labels)")
     r.add_argument("--checkpoint-seconds", type=float, default=30.0, help="checkpoint interval (default 30 s)")
-    r.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's)")
+    add_torch_threads(r)
     r.add_argument("--coarse-op-mix", type=float, default=0.5,
                    help="coarse stage: the chance that a block's weight step runs a random op of the full space "
                         "instead of IB k3, so the fine stage starts from trained ops (default 0.5; 0: as in MNv4)")

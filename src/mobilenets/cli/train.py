@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from ..archs.spec import model_label
-from .common import UserError, add_batch_size, add_input_size, run_handler, square_size
+from .common import (UserError, add_batch_size, add_input_size, add_torch_threads, run_handler, set_torch_threads,
+                     square_size)
 
 # recipe fields with a shared CLI flag (cli.common) instead of a generated one
 _SHARED_FIELDS = ("img_size", "batch_size")
@@ -80,7 +81,6 @@ def _training_recipe(args: argparse.Namespace):
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    import torch
     from ..train.loop import train
     from ..train.recipe import Recipe
     from ..train.recipes import RECIPES
@@ -90,8 +90,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             print(f"{name:16s} {r.task:8s} {r.model:36s} {r.opt:7s} lr {r.lr:<8.4g} {r.sched:7s} "
                   f"{r.epochs:4d} epochs  {r.img_size}px")
         return 0
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_torch_threads(args)
     if args.resume:
         from ..train.checkpoint import load_checkpoint
         ck = load_checkpoint(args.resume)
@@ -193,7 +192,7 @@ def add_commands(subparsers) -> None:
     p.add_argument("--resume", help="continue from a last.pt")
     p.add_argument("--teacher", help="distill from a registry name or checkpoint")
     p.add_argument("--set", action="append", metavar="FIELD=VALUE", help="override any recipe field")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's)")
+    add_torch_threads(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_input_size(p, square=True, help="train/eval resolution (default: the recipe's img_size)")
     add_batch_size(p, help="batch size per process (default: the recipe's batch_size)")

@@ -328,6 +328,9 @@ class _Search:
         bar = progress_bar(st["total"], "search", enabled=self.progress and self.dist.main)
         if bar is not None and st["history"]:
             bar.update(len(st["history"]))  # resumed
+        # one learning-rate schedule over the whole search: the fine stage continues the coarse
+        # stage's shared weights, and a second LR warm-up from a high rate would undo them
+        schedule = self.make_schedule(st["total"])
         while st["stage"] < len(st["stages"]):
             name = st["stages"][st["stage"]]
             stage_space = (self.space.coarse() if name == "coarse" else
@@ -336,10 +339,8 @@ class _Search:
             ctrl = Controller(stage_space.decisions(), seed=s.seed + 7919 * st["stage"])
             if st["controller"] is not None:
                 ctrl.load_state_dict(st["controller"])
-            # one learning-rate schedule over the whole search: the fine stage continues the coarse
-            # stage's shared weights, and a second LR warm-up from a high rate would undo them
+            # the step of the whole search this stage starts at, for the one LR schedule
             offset = sum(self.stage_steps(st["total"], st["stages"], k) for k in range(st["stage"]))
-            schedule = self.make_schedule(st["total"])
             # the warm-up's fallbacks: ALL for every op decision, even one the stage fixes (the
             # coarse stage's IB k3 would otherwise leave the start depthwise slots and the outer
             # ring of the 5x5 kernels untrained for the fine stage to start from), the widest
