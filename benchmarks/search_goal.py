@@ -97,29 +97,37 @@ def step_target(state, tables, given) -> None:
         print(f"target {name}: {ms:.3f} ms ({how}; the table predicts {table.predict(ref):.3f})", flush=True)
 
 
-def step_search(state, tables, out: Path, minutes: float, seed: int, beta: float, one_stage: bool = False) -> None:
+def step_search(state, tables, out: Path, minutes: float, seed: int, beta: float, one_stage: bool = False,
+                feedback: int = 0) -> None:
     """One search per table; ``one_stage``: every decision at once (the expansion too), as
-    ``search_<table>_onestage`` (found networks labelled ``found_<table>_onestage``)."""
+    ``search_<table>_onestage`` (found networks labelled ``found_<table>_onestage``);
+    ``feedback``: the target is MNv4-Conv-S's latency measured beside the controller's choice
+    ``feedback`` times per stage (``search run --target-model --feedback``), suffix ``_feedback``.
+    A search whose result.json exists (e.g. run by another driver process) is adopted."""
     from mobilenets.search.latency import LatencyTable
 
     for table_name, path in tables.items():
-        name = table_name + ("_onestage" if one_stage else "")
+        name = table_name + ("_onestage" if one_stage else "") + ("_feedback" if feedback else "")
         d = out / f"search_{name}"
         if name in state.setdefault("searches", {}) and (d / "found.json").exists():
             continue
         table = LatencyTable.load(path)
         t = state["targets"][table_name]
         width = table.space.frame.width_mult
+        target = ["--target-model", t["reference"], "--feedback", str(feedback)] if feedback else \
+            ["--target-ms", f"{t['ms']:.4f}"]
         cmd = EXE + ["search", "run", "--space", table.space.name, "--width-mult", str(width), "--table", str(path),
-                     "--target-ms", f"{t['ms']:.4f}", "--data", "digit-clutter", "--minutes", str(minutes),
+                     *target, "--data", "digit-clutter", "--minutes", str(minutes),
                      "--threads", "1", "--seed", str(seed), "--beta", str(beta), "--out", str(d), "--quiet", "--json", str(d / "result.json")]
         cmd += ["--one-stage"] if one_stage else []
         print("$ " + " ".join(cmd[2:]), flush=True)
         cpu0, t0 = children_cpu_s(), time.time()
-        subprocess.run(cmd, check=True)
+        adopted = (d / "result.json").exists() and (d / "found.json").exists()
+        if not adopted:
+            subprocess.run(cmd, check=True)
         res = json.loads((d / "result.json").read_text())
-        state["searches"][name] = {**res, "command": " ".join(cmd[2:]), "wall_min": (time.time() - t0) / 60,
-                                   "cpu_min_this_call": (children_cpu_s() - cpu0) / 60}
+        state["searches"][name] = {**res, "command": " ".join(cmd[2:]), "wall_min": res["seconds"] / 60,
+                                   "cpu_min_this_call": None if adopted else (children_cpu_s() - cpu0) / 60}
         print(f"found ({name}): {res['spec']}", flush=True)
 
 
@@ -338,6 +346,8 @@ def main(argv=None) -> int:
                     help="the absolute reward's beta (TuNAS's -0.10 let the ORT search land 12.6 %% over its target)")
     ap.add_argument("--one-stage", action="store_true",
                     help="search every decision at once (expansion included) instead of MNv4's two stages")
+    ap.add_argument("--feedback", type=int, default=0, metavar="N",
+                    help="search for MNv4-Conv-S's latency measured beside the controller's choice N times per stage")
     ap.add_argument("--candidates", type=int, default=10)
     ap.add_argument("--randoms", type=int, default=5)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -369,7 +379,7 @@ def main(argv=None) -> int:
         if step == "target":
             step_target(state, tables, given)
         elif step == "search":
-            step_search(state, tables, out, args.search_minutes, args.seed, args.beta, args.one_stage)
+            step_search(state, tables, out, args.search_minutes, args.seed, args.beta, args.one_stage, args.feedback)
         elif step == "pick":
             step_pick(state, tables, args.candidates, 1234)
         elif step == "measure":

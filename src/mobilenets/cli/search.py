@@ -157,18 +157,27 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from ..search.run import SearchSettings, run_search
 
     set_torch_threads(args)
-    settings = SearchSettings(space=args.space, table=args.table, target_ms=args.target_ms, data=args.data,
+    if (args.target_ms is None) == (args.target_model is None):
+        raise UserError("give the latency target as --target-ms MS or --target-model MODEL_OR_SPEC, exactly one "
+                        f"(got {'both' if args.target_ms is not None else 'neither'})")
+    settings = SearchSettings(space=args.space, table=args.table, target_ms=args.target_ms,
+                              target_model=args.target_model, feedback=args.feedback,
+                              feedback_seconds=args.feedback_seconds, data=args.data,
                               out=args.out, minutes=args.minutes, steps=args.steps, seed=args.seed,
                               reward=args.reward, beta=args.beta, w=args.w, two_stage=not args.one_stage,
                               width_mult=args.width_mult, batch_size=args.batch_size or 64,
                               img_size=args.input_size[0] if args.input_size else 64, teacher=args.teacher,
                               checkpoint_seconds=args.checkpoint_seconds, coarse_op_mix=args.coarse_op_mix)
     res = run_search(settings, progress=not args.quiet)
-    emit_json(args, {"spec": str(res.spec), "predicted_ms": res.predicted_ms, "val_top1_supernet": res.val_top1,
-                     "steps": res.steps, "seconds": res.seconds, "out": str(res.out)})
+    emit_json(args, {"spec": str(res.spec), "predicted_ms": res.predicted_ms, "target_ms": res.target_ms,
+                     "measured": res.measured, "val_top1_supernet": res.val_top1, "steps": res.steps,
+                     "seconds": res.seconds, "out": str(res.out)})
     if not json_only(args):
+        m = res.measured
+        measured = (f"; measured {m['measured_ms']:.3f} ms, {100 * (m['measured_vs_target'] - 1):+.1f}% vs the "
+                    + ("reference measured beside it" if "reference_measured_ms" in m else "target")) if m else ""
         print(f"found in {res.steps} steps ({res.seconds / 60:.1f} min): predicted {res.predicted_ms:.3f} ms "
-              f"(target {args.target_ms:g}), supernet top-1 {100 * res.val_top1:.1f}% on val; wrote "
+              f"(target {res.target_ms:.4g}){measured}, supernet top-1 {100 * res.val_top1:.1f}% on val; wrote "
               f"{res.out}/found.txt, found.json, history.json, search.png")
         print(str(res.spec))
     return 0
@@ -268,7 +277,15 @@ def add_commands(subparsers) -> None:
                                    "line. Resumes from --out/search.pt (run the same command again).")
     r.add_argument("--space", required=True, help="a shipped space or a .json space file")
     r.add_argument("--table", required=True, metavar="TABLE.json", help="the space's latency table (search table)")
-    r.add_argument("--target-ms", type=float, required=True, help="the latency target in the table's runtime (ms)")
+    r.add_argument("--target-ms", type=float, default=None, help="the latency target in the table's runtime (ms)")
+    r.add_argument("--target-model", default=None, metavar="MODEL_OR_SPEC",
+                   help="instead of --target-ms: match this model's latency (a registry name, spec string or .json "
+                        "spec; predicted by the table, or with --feedback measured beside the found ones)")
+    r.add_argument("--feedback", type=int, default=0, metavar="N",
+                   help="measure the controller's most likely architecture N times per stage in the table's runtime "
+                        "and correct the table's predictions by it; the found one is measured too (default 0: "
+                        "the table alone). Costs about 15 s of export per network measured")
+    r.add_argument("--feedback-seconds", type=float, default=1.0, help="timing per network measured (default 1)")
     r.add_argument("--data", default="digits", help="digits (default), fake, or an image folder")
     r.add_argument("--out", required=True, metavar="DIR", help="output folder (a search there is resumed)")
     r.add_argument("--minutes", type=float, default=60.0, help="wall-time budget (default 60)")

@@ -20,8 +20,9 @@ A table is a JSON file rewritten atomically after every entry, so a killed build
 the space (NetAdapt's pruned widths) gets its missing parts the same way
 (:meth:`LatencyTable.ensure`).
 
-Why one module: a part's key, the measurement that fills its entry and the table that stores and
-sums the entries are one format; split, the key and the measuring would drift apart.
+Why one module: a part's key, the table that stores and sums its entries and the build that fills
+them are one format; split, the key and the table would drift apart. How a part or a network is
+timed in a runtime is :mod:`.measure`'s.
 """
 
 from __future__ import annotations
@@ -33,11 +34,9 @@ import json
 import math
 import platform
 import statistics
-import tempfile
-import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Iterable, Optional, Sequence, Union
+from typing import Iterable, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
@@ -47,11 +46,10 @@ from ..models.info import ModelInfo, set_model_info
 from ..models.mobilenet import MobileNet
 from ..deploy.timing import cpu_model
 from ..version import __version__
+from .measure import (PRECISIONS, RUNTIMES, check_runtime, measure_network, measure_networks,
+                      runtime_timer, time_callable)
 from .space import MQA_OP, SearchSpace
 
-#: ``--runtime`` -> the export format of :func:`mobilenets.deploy.runtimes.runtime_for` (``roofline``: none)
-RUNTIMES = {"ort": "onnx", "executorch": "executorch", "litert": "tflite", "roofline": None}
-PRECISIONS = ("fp32", "int8")
 TABLE_FORMAT = "mobilenets.latency-table/1"
 
 
@@ -188,61 +186,7 @@ def space_parts(space: SearchSpace, input_size: Sequence[int], num_classes: int 
     return out
 
 
-# -- measuring ------------------------------------------------------------------------------------
-
-def time_callable(fn: Callable[[], object], seconds: float = 0.5, min_runs: int = 10, warmup: int = 3,
-                  max_runs: int = 2000) -> dict:
-    """Mean, standard deviation, median and quartiles (ms) of ``fn()`` over about ``seconds``."""
-    for _ in range(warmup):
-        fn()
-    times: list[float] = []
-    t_end = time.perf_counter() + seconds
-    while len(times) < min_runs or (time.perf_counter() < t_end and len(times) < max_runs):
-        t0 = time.perf_counter_ns()
-        fn()
-        times.append((time.perf_counter_ns() - t0) / 1e6)
-    q = statistics.quantiles(times, n=4)
-    return {"ms": statistics.fmean(times), "std": statistics.stdev(times), "median": statistics.median(times),
-            "p25": q[0], "p75": q[2], "n": len(times)}
-
-
-def runtime_timer(runtime: str, precision: str = "fp32", threads: int = 1,
-                  seconds: float = 0.5) -> Callable[[nn.Module, tuple], dict]:
-    """``measure(module, in_shape) -> stats``: export ``module`` alone through ``runtime``'s
-    :class:`~mobilenets.deploy.mobile.Runtime` (INT8: calibrated on generated images), run the
-    file at batch 1 with ``threads`` threads and time it (:func:`time_callable`)."""
-    from ..deploy.mobile import export_mobile
-    from ..deploy.runtimes import runtime_for
-
-    check_runtime(runtime, precision)
-    if runtime == "roofline":
-        raise ValueError("the roofline runtime is computed, not timed (RooflineCost)")
-    rt = runtime_for(RUNTIMES[runtime])
-    rt.require()
-
-    def measure(module: nn.Module, in_shape: tuple) -> dict:
-        net = copy.deepcopy(module).eval()  # a model, or a part's materialized module
-        c = in_shape[0]  # a part's input is a feature map: no image normalisation
-        set_model_info(net, ModelInfo(name=type(module).__name__, in_chans=c, num_classes=0, mean=(0.0,) * c,
-                                      std=(1.0,) * c, input_size=tuple(in_shape)))
-        with tempfile.TemporaryDirectory(prefix="mobilenets-latency-") as d:
-            path = Path(d) / f"part{rt.suffix}"
-            int8 = precision == "int8"
-            export_mobile(rt, net, path, input_size=in_shape[1:], calib="fake" if int8 else None, int8=int8,
-                          verify=False, allow_fallback=True, min_size=1)
-            run = rt.runner(str(path), threads=threads)
-            x = torch.randn(1, *in_shape, generator=torch.Generator().manual_seed(0))
-            with torch.no_grad():
-                return time_callable(lambda: run(x), seconds=seconds)
-    return measure
-
-
-def check_runtime(runtime: str, precision: str) -> None:
-    if runtime not in RUNTIMES:
-        raise ValueError(f"unknown runtime {runtime!r}; expected one of {', '.join(RUNTIMES)}")
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
-
+# -- the roofline "runtime" ---------------------------------------------------------------------
 
 def _roofline_by_path(spec: NetSpec, input_size: Sequence[int], ridge_point: float, peak_macs: float,
                       num_classes: int, precision: str) -> tuple[list[Part], dict[str, float]]:
@@ -471,20 +415,6 @@ def _fill_parts(table: LatencyTable, spec: Optional[NetSpec], parts: Sequence[Pa
             table.save()
 
 
-def measure_network(spec: NetSpec, table: LatencyTable, seconds: float = 1.0,
-                    num_classes: Optional[int] = None) -> dict:
-    """Whole-network latency of ``spec`` in ``table``'s runtime, precision and threads
-    (``num_classes``: the head's outputs, default the table's)."""
-    meta = table.meta
-    num_classes = meta["num_classes"] if num_classes is None else num_classes
-    if meta["runtime"] == "roofline":
-        ms = roofline_network_ms(spec, table.input_size, meta["ridge_point"], meta["peak_macs"], num_classes,
-                                 meta["precision"])
-        return {"ms": ms, "median": ms, "std": 0.0, "n": 1}
-    model = MobileNet(spec, num_classes=num_classes).eval()
-    return runtime_timer(meta["runtime"], meta["precision"], meta["threads"], seconds)(model, (3, *table.input_size))
-
-
 def rank_correlation(x: Sequence[float], y: Sequence[float]) -> float:
     """Spearman's rank correlation (:func:`mobilenets.analysis.calibrate.spearman`)."""
     from ..analysis.calibrate import spearman
@@ -497,3 +427,8 @@ def mean_abs_pct_error(pred: Sequence[float], meas: Sequence[float]) -> float:
     if len(pred) != len(meas) or not pred:
         raise ValueError(f"expected two equal, non-empty lists, got {len(pred)} and {len(meas)} values")
     return 100 * statistics.fmean(abs(p - m) / m for p, m in zip(pred, meas)) if all(m > 0 for m in meas) else math.nan
+
+
+__all__ = ["PRECISIONS", "RUNTIMES", "LatencyTable", "Part", "TableMismatch", "build_table", "check_runtime",
+           "mean_abs_pct_error", "measure_network", "measure_networks", "network_parts", "rank_correlation",
+           "roofline_network_ms", "roofline_parts", "runtime_timer", "space_parts", "time_callable"]

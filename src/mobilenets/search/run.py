@@ -19,6 +19,11 @@ paths, gradients are averaged and the reward mean all-reduced into the controlle
 A checkpoint (supernet, optimizer, controller, data position, every RNG) is written atomically
 every ``checkpoint_seconds``; running the same command again resumes exactly.
 
+The latency target is a number of ms or a reference model's latency (``target_model``). With
+``feedback`` > 0 the table's predictions are corrected by measurements of the controller's most
+likely architecture in the table's runtime (beside the reference), a few times per stage, and
+the found architecture is measured at the end (:mod:`.feedback`).
+
 Why one module: the settings, the iteration's two steps, the checkpoint and the outputs share
 one state (``st``) that a resume restores as a whole.
 """
@@ -38,6 +43,7 @@ import torch.nn.functional as F
 
 from ..archs.spec import NetSpec
 from .controller import ALL, Controller, distributed_mean
+from .feedback import LatencyFeedback, feedback_steps
 from .data import Batches, classification_splits, single_process
 from .latency import LatencyTable
 from .rewards import absolute_reward, check_target, mnas_reward
@@ -56,7 +62,7 @@ class SearchSettings:
 
     space: str
     table: str
-    target_ms: float
+    target_ms: Optional[float] = None
     data: str = "digits"
     out: str = "search"
     minutes: float = 60.0
@@ -77,12 +83,24 @@ class SearchSettings:
     checkpoint_seconds: float = 30.0
     bn_batches: int = 8
     coarse_op_mix: float = 0.5
+    target_model: Optional[str] = None
+    feedback: int = 0
+    feedback_seconds: float = 1.0
 
     def __post_init__(self):
         if self.reward not in REWARDS:
             raise ValueError(f"reward must be one of {', '.join(REWARDS)}, got {self.reward!r}")
-        if not (isinstance(self.target_ms, (int, float)) and self.target_ms > 0 and math.isfinite(self.target_ms)):
+        if (self.target_ms is None) == (self.target_model is None):
+            raise ValueError("give the latency target as target_ms or as target_model (a model whose latency "
+                             f"to match), exactly one; got target_ms={self.target_ms!r}, "
+                             f"target_model={self.target_model!r}")
+        if self.target_ms is not None and not (isinstance(self.target_ms, (int, float)) and self.target_ms > 0
+                                               and math.isfinite(self.target_ms)):
             raise ValueError(f"target_ms must be a positive number of milliseconds, got {self.target_ms!r}")
+        if self.feedback < 0:
+            raise ValueError(f"feedback: expected measurements per stage >= 0, got {self.feedback}")
+        if not self.feedback_seconds > 0:
+            raise ValueError(f"feedback_seconds must be > 0, got {self.feedback_seconds}")
         if self.steps is not None and self.steps < 2:
             raise ValueError(f"steps must be >= 2 (one per stage at least), got {self.steps}")
         if not self.minutes > 0:
@@ -102,6 +120,8 @@ class SearchResult:
     seconds: float
     out: Path
     history: list = field(default_factory=list)
+    target_ms: float = 0.0
+    measured: Optional[dict] = None   # with feedback: the found architecture measured (beside the reference)
 
 
 # -- data ------------------------------------------------------------------------------------------
@@ -157,7 +177,10 @@ class _Search:
             space = space.with_width(s.width_mult)
         self.table.check_for(space)
         self.space = space
-        check_target(s.target_ms, cheapest_ms(space, self.table))
+        reference = _reference(s.target_model) if s.target_model is not None else None
+        self.feedback = LatencyFeedback(self.table, s.target_ms, reference, s.feedback, s.feedback_seconds)
+        self.target_ms = self.feedback.target_ms
+        check_target(self.target_ms, cheapest_ms(space, self.table))
         torch.manual_seed(s.seed)
         self.train_ds, self.held_ds, self.val_ds, self.classes, self.recipe, held_bs = search_data(s)
         # torchrun's environment -> the gloo group, as training joins it (the supernet runs on CPU)
@@ -174,15 +197,16 @@ class _Search:
 
     # -- pieces ------------------------------------------------------------------------------
     def latency(self, spec: NetSpec) -> float:
+        """The table's prediction of ``spec``, corrected by the measured feedback (if any)."""
         key = str(spec)
         if key not in self.latency_cache:
             self.latency_cache[key] = self.table.predict(spec)
-        return self.latency_cache[key]
+        return self.feedback.latency(self.latency_cache[key])
 
     def reward(self, quality: float, latency: float) -> float:
         s = self.s
-        return (absolute_reward(quality, latency, s.target_ms, s.beta) if s.reward == "absolute"
-                else mnas_reward(quality, latency, s.target_ms, s.w))
+        return (absolute_reward(quality, latency, self.target_ms, s.beta) if s.reward == "absolute"
+                else mnas_reward(quality, latency, self.target_ms, s.w))
 
     def weight_step(self, path: dict, lr: float) -> float:
         self.net.train()
@@ -309,7 +333,12 @@ class _Search:
         self.train_batches.load(batches[0])
         self.held_batches.load(batches[1])
         per_step = 0.125 * full + 0.875 * sampled
-        return max(2, int(self.s.minutes * 60 * 0.9 / per_step))
+        # the feedback's measurements (each ~15 s of export per network, then the timing) and the
+        # final one come out of the same budget
+        nets = 1 + (self.s.target_model is not None)
+        measuring = (self.s.feedback * (1 if not self.s.two_stage else 2) + 1) * nets * (15 + self.s.feedback_seconds)
+        budget = self.s.minutes * 60 * 0.9 - (measuring if self.s.feedback else 0)
+        return max(2, int(max(budget, 0.1 * self.s.minutes * 60) / per_step))
 
     def run(self) -> SearchResult:
         from ..progress import progress_bar
@@ -322,6 +351,8 @@ class _Search:
             stages = ["coarse", "fine"] if s.two_stage else ["single"]
             st = {"total": total, "stages": stages, "stage": 0, "step": 0, "elapsed": 0.0, "coarse_choice": None,
                   "controller": None, "history": [], "probabilities": []}
+        if "feedback" in st:
+            self.feedback.load_state_dict(st["feedback"])
         t_start = time.perf_counter() - st["elapsed"]
         last_save = time.perf_counter()
         budget = s.minutes * 60
@@ -348,10 +379,15 @@ class _Search:
             sizes = {d.name: len(d.choices) for d in stage_space.decisions()}
             fallback = {k: (v if v == ALL else sizes[k] - 1) for k, v in self.net.warmup_fallback().items()
                         if k in sizes and (v == ALL or sizes[k] > 1)}
+            measure_at = set(feedback_steps(n_steps, s.feedback))
             while st["step"] < n_steps:
                 step = st["step"]
                 if time.perf_counter() - t_start > budget:
                     break
+                if step in measure_at:   # the table corrected where the controller is heading
+                    self.feedback.calibrate(stage_space.to_spec(ctrl.most_likely()), main=self.dist.main,
+                                            stage=name, step=step)
+                    st["feedback"] = self.feedback.state_dict()
                 w_path = _to_full(self.space, stage_space, warmup_sample(ctrl, step, n_steps, fallback))
                 if name == "coarse" and s.coarse_op_mix > 0:
                     w_path = self.mix_ops(ctrl, w_path)
@@ -366,7 +402,8 @@ class _Search:
                     ctrl.update_baseline(distributed_mean(r))
                     adv = None
                 st["history"].append({"stage": name, "step": step, "loss": loss, "quality": q, "latency_ms": lat,
-                                      "reward": r, "advantage": adv, "entropy": ctrl.entropy()})
+                                      "reward": r, "advantage": adv, "entropy": ctrl.entropy(),
+                                      "latency_factor": self.feedback.factor})
                 if step % max(1, n_steps // 25) == 0 or step == n_steps - 1:
                     st["probabilities"].append({"stage": name, "step": step, "p": ctrl.probabilities()})
                 st["step"] += 1
@@ -394,9 +431,11 @@ class _Search:
         if self.dist.enabled:
             st["replicas_identical"] = self.check_replicas()
         val = self.evaluate(self.space.encode(spec))
+        if s.feedback and self.dist.main and st.get("final_measured", {}).get("spec") != str(spec):
+            st["final_measured"] = self.feedback.measure_spec(spec)
         elapsed = time.perf_counter() - t_start
         result = SearchResult(spec, self.table.predict(spec), val, sum(1 for _ in st["history"]), elapsed, self.out,
-                              st["history"])
+                              st["history"], self.target_ms, st.get("final_measured"))
         if self.dist.main:
             write_outputs(result, st, self.s, self.table)
         return result
@@ -428,6 +467,17 @@ class _Search:
         return correct / max(1, n)
 
 
+def _reference(source: str) -> NetSpec:
+    """``target_model``: a registry name, a spec string or a spec JSON file, as a NetSpec."""
+    from ..models.registry import model_spec
+
+    spec = model_spec(source)
+    if not isinstance(spec, NetSpec):
+        raise ValueError(f"target_model {source!r}: expected a MobileNet V1-V4 architecture (a NetSpec) that the "
+                         f"latency table can predict, got a {type(spec).__name__}")
+    return spec
+
+
 def _distiller(s: SearchSettings, num_classes: int) -> Optional[Callable]:
     if s.teacher is None:
         return None
@@ -446,7 +496,9 @@ def write_outputs(result: SearchResult, st: dict, s: SearchSettings, table: Late
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "found.txt", lambda tmp: Path(tmp).write_text(str(result.spec) + "\n"))
     atomic_write(out / "found.json", lambda tmp: Path(tmp).write_text(json.dumps(result.spec.to_dict(), indent=1)))
-    summary = {"spec": str(result.spec), "predicted_ms": result.predicted_ms, "target_ms": s.target_ms,
+    summary = {"spec": str(result.spec), "predicted_ms": result.predicted_ms, "target_ms": result.target_ms,
+               "target_model": s.target_model, "measured": result.measured,
+               "feedback": st.get("feedback", {}).get("log", []),
                "val_top1_supernet": result.val_top1, "steps": result.steps, "seconds": result.seconds,
                "runtime": table.meta["runtime"], "precision": table.meta["precision"],
                "replicas_identical": st.get("replicas_identical", 1),
