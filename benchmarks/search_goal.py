@@ -98,12 +98,14 @@ def step_target(state, tables, given) -> None:
 
 
 def step_search(state, tables, out: Path, minutes: float, seed: int, beta: float, one_stage: bool = False,
-                feedback: int = 0) -> None:
+                feedback: int = 0, steps: int = 0) -> None:
     """One search per table; ``one_stage``: every decision at once (the expansion too), as
     ``search_<table>_onestage`` (found networks labelled ``found_<table>_onestage``);
     ``feedback``: the target is MNv4-Conv-S's latency measured beside the controller's choice
     ``feedback`` times per stage (``search run --target-model --feedback``), suffix ``_feedback``.
-    A search whose result.json exists (e.g. run by another driver process) is adopted."""
+    ``steps``: a fixed number of search steps (``--minutes`` then only caps the wall time), so a
+    busy machine stretches the search instead of cutting its schedules short. A search whose
+    result.json exists (e.g. run by another driver process) is adopted."""
     from mobilenets.search.latency import LatencyTable
 
     for table_name, path in tables.items():
@@ -120,8 +122,9 @@ def step_search(state, tables, out: Path, minutes: float, seed: int, beta: float
                      *target, "--data", "digit-clutter", "--minutes", str(minutes),
                      "--threads", "1", "--seed", str(seed), "--beta", str(beta), "--out", str(d), "--quiet", "--json", str(d / "result.json")]
         cmd += ["--one-stage"] if one_stage else []
+        cmd += ["--steps", str(steps)] if steps else []
         print("$ " + " ".join(cmd[2:]), flush=True)
-        cpu0, t0 = children_cpu_s(), time.time()
+        cpu0 = children_cpu_s()
         adopted = (d / "result.json").exists() and (d / "found.json").exists()
         if not adopted:
             subprocess.run(cmd, check=True)
@@ -346,6 +349,8 @@ def main(argv=None) -> int:
                     help="the absolute reward's beta (TuNAS's -0.10 let the ORT search land 12.6 %% over its target)")
     ap.add_argument("--one-stage", action="store_true",
                     help="search every decision at once (expansion included) instead of MNv4's two stages")
+    ap.add_argument("--search-steps", type=int, default=0,
+                    help="fixed search steps (--search-minutes then caps the wall time; 0: as many as the minutes allow)")
     ap.add_argument("--feedback", type=int, default=0, metavar="N",
                     help="search for MNv4-Conv-S's latency measured beside the controller's choice N times per stage")
     ap.add_argument("--candidates", type=int, default=10)
@@ -379,7 +384,8 @@ def main(argv=None) -> int:
         if step == "target":
             step_target(state, tables, given)
         elif step == "search":
-            step_search(state, tables, out, args.search_minutes, args.seed, args.beta, args.one_stage, args.feedback)
+            step_search(state, tables, out, args.search_minutes, args.seed, args.beta, args.one_stage, args.feedback,
+                        args.search_steps)
         elif step == "pick":
             step_pick(state, tables, args.candidates, 1234)
         elif step == "measure":

@@ -66,6 +66,13 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
     if args.format not in FORMATS:  # argparse choices already enforce it; kept for API callers
         raise UserError(f"unsupported format {args.format!r}; expected one of {', '.join(FORMATS)}")
+    if args.precision == "fp32" and (args.int8 or args.qat):
+        raise UserError(f"--precision fp32 contradicts {'--int8' if args.int8 else '--qat'}")
+    args.int8 = args.int8 or args.precision == "int8"
+    if args.qat:
+        return _export_qat(args)
+    if args.source is None:
+        raise UserError("give a model: a registry name or a checkpoint (or --qat CKPT for a QAT checkpoint)")
     if args.int8 and not args.calib:
         raise UserError("--int8 needs calibration data: add --calib digits|digit-clutter|fake|DIR (a folder of your "
                         "own images, ideally ~100-500 of the deployment distribution)")
@@ -91,6 +98,49 @@ def _cmd_export(args: argparse.Namespace) -> int:
     print(f"wrote {res.path} ({res.path.stat().st_size / 2 ** 20:.1f} MiB): {name}, {kind}, input "
           f"{res.input_shape}; {res.checked}"
           + (f"; inputs normalized with mean {_short(info.mean)} std {_short(info.std)}" if res.normalized else ""))
+    return 0
+
+
+def _export_qat(args: argparse.Namespace) -> int:
+    """``export --qat CKPT``: the QAT model rebuilt from its checkpoint, converted with its runtime's
+    quantizer (ONNX: the QDQ graph), lowered, written and verified by running the file."""
+    from ..deploy.qat.pt2e import QAT_RUNTIMES
+    from ..deploy.runtimes import FORMAT_LABELS, runtime_for
+    from ..train.qat import load_qat_checkpoint
+
+    if args.source is not None:
+        raise UserError(f"--qat CKPT is the model to export; drop the model argument {args.source!r}")
+    if args.dynamic_batch and args.format != "onnx":
+        raise UserError(f"--format {args.format} writes a fixed-shape file (batch 1): drop --dynamic-batch")
+    try:
+        qat, recipe = load_qat_checkpoint(args.qat)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    fmt = QAT_RUNTIMES.get(recipe["qat"], recipe["qat"])
+    if fmt != args.format:
+        raise UserError(f"{args.qat} was quantization-aware trained for {FORMAT_LABELS[fmt]} (qat={recipe['qat']}); "
+                        f"export it with --format {fmt}, or train QAT for {FORMAT_LABELS[args.format]}")
+    size = (recipe["img_size"],) * 2
+    if args.input_size and tuple(args.input_size) != size:
+        raise UserError(f"{args.qat} was trained (and its graph captured) at {size[0]}x{size[1]}; "
+                        f"got --input-size {' '.join(map(str, args.input_size))}")
+    calib = calibration_for(args, qat, size) if args.calib else None
+    images = None if calib is None else calib.images
+    if fmt == "onnx":
+        from ..deploy.qat import export_qat_onnx
+
+        path = export_qat_onnx(qat, args.out, size, dynamic_batch=args.dynamic_batch, opset=args.opset,
+                               example_input=images)
+        checked = "checked in ONNX Runtime against the QAT model"
+    else:
+        from ..deploy.mobile import export_mobile
+
+        res = export_mobile(runtime_for(fmt), qat, args.out, size, calib=images,
+                            allow_fallback=args.allow_fallback)
+        path, checked = res.path, res.summary()
+    print(f"wrote {path} ({Path(path).stat().st_size / 2 ** 20:.1f} MiB): {recipe['model']}, INT8 "
+          f"(quantization-aware trained for {FORMAT_LABELS[fmt]}), input (1, {qat.in_chans if hasattr(qat, 'in_chans') else 3}, "
+          f"{size[0]}, {size[1]}); {checked}")
     return 0
 
 
@@ -142,11 +192,17 @@ def add_commands(subparsers) -> None:
                                           "(XNNPACK; verified in ExecuTorch's runtime) or LiteRT .tflite "
                                           "(verified in LiteRT's Interpreter), BatchNorm folded, written "
                                           "atomically. --int8: static post-training quantization.")
-    p.add_argument("source", metavar="NAME|CHECKPOINT", help="registry name (NAME.TAG: a pretrained tag's preprocessing) or checkpoint path")
+    p.add_argument("source", metavar="NAME|CHECKPOINT", nargs="?", default=None,
+                   help="registry name (NAME.TAG: a pretrained tag's preprocessing) or checkpoint path (not with --qat)")
     p.add_argument("--format", choices=tuple(FORMATS), default="onnx",
                    help="onnx (ONNX Runtime), executorch (.pte, XNNPACK delegate) or tflite (LiteRT)")
     p.add_argument("--out", required=True, help="output file: .onnx, .pte or .tflite (as --format)")
     p.add_argument("--int8", action="store_true", help="static INT8 quantization (needs --calib)")
+    p.add_argument("--precision", choices=("fp32", "int8"), default=None,
+                   help="fp32 (default) or int8 (= --int8; with --qat the QAT model's INT8)")
+    p.add_argument("--qat", metavar="CKPT", default=None,
+                   help="export a quantization-aware trained checkpoint (mobilenets train --qat RUNTIME) as INT8 "
+                        "for its runtime; --calib then only feeds the agreement check")
     p.add_argument("--calib", help="calibration images for --int8: digits | digit-clutter | fake | DIR (image folder)")
     p.add_argument("--calib-count", type=int, default=128, help="calibration images (default 128)")
     p.add_argument("--dynamic-batch", action="store_true", help="symbolic batch dimension")

@@ -75,9 +75,11 @@ def _training_recipe(args: argparse.Namespace):
     r = apply_overrides(r, {k: v for k, v in over.items() if k not in ("model", "data_dir", "teacher", "dataset")})
     r = r.replace(**{k: v for k, v in over.items() if k in ("model", "data_dir", "teacher", "dataset")})
     r = apply_overrides(r, args.set or [])
-    size_given = "img_size" in over or any(s.split("=", 1)[0].strip().replace("-", "_") == "img_size"
-                                           for s in args.set or [])
-    return task.fit_recipe(_base_recipe(args), r, size_given)
+    set_fields = {s.split("=", 1)[0].strip().replace("-", "_") for s in args.set or []}
+    size_given = "img_size" in over or "img_size" in set_fields
+    from ..train.qat import qat_recipe
+    # a QAT run is a fine-tune: its defaults where the command line left a field alone
+    return qat_recipe(task.fit_recipe(_base_recipe(args), r, size_given), set(over) | set_fields)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:

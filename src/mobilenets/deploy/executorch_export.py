@@ -25,7 +25,7 @@ import torch.nn as nn
 
 from ..extras import require
 from .mobile import (DEFAULT_CALIB_COUNT, Lowered, MobileExport, Runtime, check_shape, chunks, export_mobile,
-                     export_program, pt2e_quantize)
+                     export_program)
 
 _WHY_LOGGERS = ("executorch.backends.xnnpack.partition.config.generic_node_configs",
                 "executorch.backends.xnnpack.partition.config.gemm_configs",
@@ -38,12 +38,14 @@ def _require_executorch():
     return require("executorch.exir", "ExecuTorch export")
 
 
-def xnnpack_quantizer():
-    """The XNNPACK PT2E quantizer: int8 symmetric per-channel weights, static int8 activations."""
+def xnnpack_quantizer(qat: bool = False):
+    """The XNNPACK PT2E quantizer: int8 symmetric per-channel weights, static int8 activations
+    (``qat``: as fake quantization to train through)."""
     _require_executorch()
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (XNNPACKQuantizer,
                                                                          get_symmetric_quantization_config)
-    return XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_dynamic=False))
+    return XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_qat=qat,
+                                                                           is_dynamic=False))
 
 
 class _Why(logging.Handler):
@@ -133,8 +135,8 @@ class ExecuTorchRuntime(Runtime):
     def require(self) -> None:
         _require_executorch()
 
-    def quantize(self, net, x, images):
-        return pt2e_quantize(net, x, images, xnnpack_quantizer()), {}
+    def pt2e_quantizer(self, qat: bool = False):
+        return xnnpack_quantizer(qat)
 
     def lower(self, net, x, options, model_name, info=None) -> Lowered:
         edge, reasons = _lower(export_program(net, x), info)

@@ -51,8 +51,9 @@ class MobileExport(os.PathLike):
         input_shape: the fixed input ``(N, C, H, W)``.
         max_rel_diff: fp32: max |runtime - eager| / max |eager| on a random input; INT8: the
             same against the PT2E reference graph (``None``: not verified).
-        agreement: INT8: top-1 agreement of the file with fp32 eager on the first
-            calibration images (``None`` for fp32 or unverified).
+        agreement: INT8: top-1 agreement of the file with fp32 eager (a QAT model: with the QAT
+            model, ``agreement_with``) on the first calibration images (``None`` for fp32 or
+            unverified).
         agreement_images: how many images ``agreement`` is measured on.
         outside: ops not taken by the accelerated backend (XNNPACK delegate / LiteRT builtins),
             ``{"op @ module": count}``; empty when the model lowered fully.
@@ -69,6 +70,7 @@ class MobileExport(os.PathLike):
     outside: dict = field(default_factory=dict)
     ops: dict = field(default_factory=dict)
     notes: tuple = ()  # the runtime's ("checked in <label>", fully-lowered phrase, INT8 reference) for summary()
+    agreement_with: str = "fp32"  # what ``agreement`` compares with: fp32, or "the QAT model"
 
     def __fspath__(self) -> str:
         return str(self.path)
@@ -89,7 +91,7 @@ class MobileExport(os.PathLike):
             vs = reference if self.precision == "int8" else "eager"
             parts.append(f"max diff {self.max_rel_diff:.1e} relative vs {vs}")
         if self.agreement is not None:
-            parts.append(f"top-1 agreement with fp32 {100 * self.agreement:.1f}% on {self.agreement_images} "
+            parts.append(f"top-1 agreement with {self.agreement_with} {100 * self.agreement:.1f}% on {self.agreement_images} "
                          f"calibration images")
         parts.append(complete if self.fully_lowered else f"{sum(self.outside.values())} op(s) outside: "
                      + ", ".join(self.outside))
@@ -256,7 +258,7 @@ def verify_export(run: Callable[[torch.Tensor], torch.Tensor], batch: int, fp32_
         if err > atol_rel:
             raise RuntimeError(f"{what} output differs from eager: relative max diff {err:.2e} > {atol_rel:.0e}")
         return err, None, 0
-    if len(refs) != 1 or refs[0].ndim != 2:
+    if len(refs) != 1 or refs[0].ndim != 2 or images is None:
         return err, None, 0
     imgs = images[:max(batch, (min(len(images), AGREEMENT_IMAGES) // batch) * batch)]
     with torch.no_grad():
@@ -312,9 +314,28 @@ class Runtime:
         (``ValueError`` for options it cannot take)."""
         raise NotImplementedError
 
+    #: PT2E's ``convert_pt2e(fold_quantize=...)``: weights stored as int8 constants (litert-torch
+    #: wants them as float + quantize ops: False)
+    fold_quantize: bool = True
+
+    def pt2e_quantizer(self, qat: bool = False):
+        """The runtime's own PT2E quantizer (``qat``: its quantization-aware-training
+        configuration, fake quantization that gradients pass through); None for a runtime that
+        quantizes otherwise (ONNX Runtime: its QDQ quantizer on the fp32 file)."""
+        return None
+
+    def int8_options(self, quantizer) -> dict:
+        """Options for :meth:`lower` of a net quantized with ``quantizer``."""
+        return {}
+
     def quantize(self, net: nn.Module, x: torch.Tensor, images: torch.Tensor) -> tuple[nn.Module, dict]:
-        """``(the INT8 reference net, options for lower)``."""
-        raise NotImplementedError
+        """``(the INT8 reference net, options for lower)``; by default PT2E static quantization
+        with :meth:`pt2e_quantizer`, calibrated on ``images``."""
+        quantizer = self.pt2e_quantizer()
+        if quantizer is None:
+            raise NotImplementedError(f"{type(self).__name__} has neither a PT2E quantizer nor its own quantize")
+        return pt2e_quantize(net, x, images, quantizer, fold_quantize=self.fold_quantize), \
+            self.int8_options(quantizer)
 
     def lower(self, net: nn.Module, x: torch.Tensor, options: dict, model_name: str, info=None) -> Lowered:
         """The program for ``net`` at input ``x`` (a :class:`LoweringError` when it cannot);
@@ -340,17 +361,36 @@ def export_mobile(runtime: Runtime, model: nn.Module, path: Union[str, os.PathLi
     """Export ``model`` for ``runtime`` (any :class:`Runtime`: ONNX Runtime, ExecuTorch, LiteRT;
     :func:`~mobilenets.deploy.export_executorch` documents the arguments), verified by running the
     written file in the runtime. ``fused=False`` keeps the BatchNorms. ``min_size``: the smallest
-    input side accepted (1 for a block on a feature map, as the search's latency tables export)."""
+    input side accepted (1 for a block on a feature map, as the search's latency tables export).
+
+    ``model`` may be a :class:`~mobilenets.deploy.qat.pt2e.MobileQAT` (quantization-aware trained
+    for this runtime): its converted graph is the INT8 net (no calibration: ``calib`` only feeds
+    the agreement check, which is then with the QAT model itself)."""
     from ..weights.io import atomic_write
+    from .qat.pt2e import MobileQAT
 
     path, size = check_mobile_args(path, input_size, runtime.suffix, batch_size, min_size)
-    int8 = check_int8_args(calib, int8)
+    qat = model if isinstance(model, MobileQAT) else None
+    int8 = True if qat is not None else check_int8_args(calib, int8)
     runtime.require()
-    target = "mobile_int8" if int8 and runtime.int8_forms else runtime.forms
-    fused, net, in_chans = prepare(model, target=target, main_output=runtime.main_output, fused=fused)
+    if qat is not None:
+        if qat.runtime.name != runtime.name:
+            raise ValueError(f"this model was quantization-aware trained for {qat.runtime.label}; exporting it to "
+                             f"{runtime.label} would use another quantizer: export it for {qat.runtime.label}, or "
+                             f"train QAT for {runtime.label}")
+        if tuple(size) != qat.input_size:
+            raise ValueError(f"this QAT model was captured at input {qat.input_size[0]}x{qat.input_size[1]}; "
+                             f"got input_size {size[0]}x{size[1]}")
+        fused, net, in_chans = qat.eval(), qat.convert(), qat.in_chans
+    else:
+        target = "mobile_int8" if int8 and runtime.int8_forms else runtime.forms
+        fused, net, in_chans = prepare(model, target=target, main_output=runtime.main_output, fused=fused)
     x = torch.randn(batch_size, in_chans, *size, generator=torch.Generator().manual_seed(0))
     images, options = None, {}
-    if int8:
+    if qat is not None:
+        images = resolve_calibration(calib, size, in_chans, calib_count) if calib is not None else None
+        options = runtime.int8_options(qat.quantizer)
+    elif int8:
         images = resolve_calibration(calib, size, in_chans, calib_count)
         net, options = runtime.quantize(net, x, images)
     with torch.no_grad():
@@ -375,4 +415,5 @@ def export_mobile(runtime: Runtime, model: nn.Module, path: Union[str, os.PathLi
     atomic_write(path, write)
     err, agree, n_agree = result.get("check", (None, None, 0))
     return MobileExport(Path(path), runtime.name, "int8" if int8 else "fp32", tuple(x.shape), err, agree, n_agree,
-                        lowered.outside, lowered.ops, (runtime.checked, runtime.complete, runtime.int8_reference))
+                        lowered.outside, lowered.ops, (runtime.checked, runtime.complete, runtime.int8_reference),
+                        "fp32" if qat is None else "the QAT model")

@@ -29,6 +29,8 @@ class Recipe:
     model: str = "mobilenetv4_conv_small"
     model_kwargs: dict = field(default_factory=dict)  # more create_model options (JSON on the command line)
     pretrained: Optional[str] = None          # checkpoint to start from (classifier may differ)
+    qat: Optional[str] = None                 # quantization-aware fine-tune for onnx | executorch | litert
+    #                                           (needs pretrained; mobilenets.train.qat)
     dataset: str = "digits"                   # digits | digit-clutter | imagefolder | fake
     data_dir: Optional[str] = None            # imagefolder root (class sub-folders, or train/ + val/)
     val_fraction: float = 0.2                 # held-out share when the data has no val/ split
@@ -133,6 +135,13 @@ class Recipe:
              f"crop_size must be >= 32 (the models' minimum input), got {self.crop_size}")
         need(len(self.seg_scale) == 2 and 0 < self.seg_scale[0] <= self.seg_scale[1],
              f"seg_scale must be (min, max) with 0 < min <= max, got {self.seg_scale}")
+        from .qat import QAT_TARGETS
+        need(self.qat is None or self.qat in QAT_TARGETS,
+             f"qat must be one of {', '.join(QAT_TARGETS)} (or None), got {self.qat!r}")
+        need(self.qat is None or bool(self.pretrained),
+             f"qat={self.qat} fine-tunes a trained fp32 model: give pretrained=CHECKPOINT (--pretrained)")
+        need(self.qat is None or self.task == "classify",
+             f"qat is for classifiers (task classify), got task {self.task!r}")
         need(self.poly_power > 0, f"poly_power must be > 0, got {self.poly_power}")
         need(self.aux_loss_weight >= 0, f"aux_loss_weight must be >= 0, got {self.aux_loss_weight}")
         need(self.bn_momentum is None or 0 < self.bn_momentum <= 1,
