@@ -92,8 +92,15 @@ def _cmd_export(args: argparse.Namespace) -> int:
         raise UserError(str(e)) from None
     size = tuple(args.input_size) if args.input_size else tuple(info.input_size[1:])
     calib = calibration_for(args, model, size) if args.int8 else None
-    res = task.export(model, args.format, Path(args.out), size, calib=None if calib is None else calib.images,
-                      opset=args.opset, dynamic_batch=args.dynamic_batch, allow_fallback=args.allow_fallback)
+    float_layers = tuple(n.strip() for n in (args.float_layers or "").split(",") if n.strip())
+    try:
+        res = task.export(model, args.format, Path(args.out), size, calib=None if calib is None else calib.images,
+                          opset=args.opset, dynamic_batch=args.dynamic_batch, allow_fallback=args.allow_fallback,
+                          float_layers=float_layers)
+    except ValueError as e:
+        if not str(e).startswith(("float layers", "float_layers")):
+            raise
+        raise UserError(str(e)) from None
     kind = res.kind[:-1] + f", {calib.summary()})" if calib is not None else res.kind
     print(f"wrote {res.path} ({res.path.stat().st_size / 2 ** 20:.1f} MiB): {name}, {kind}, input "
           f"{res.input_shape}; {res.checked}"
@@ -141,6 +148,66 @@ def _export_qat(args: argparse.Namespace) -> int:
     print(f"wrote {path} ({Path(path).stat().st_size / 2 ** 20:.1f} MiB): {recipe['model']}, INT8 "
           f"(quantization-aware trained for {FORMAT_LABELS[fmt]}), input (1, {qat.in_chans if hasattr(qat, 'in_chans') else 3}, "
           f"{size[0]}, {size[1]}); {checked}")
+    return 0
+
+
+def _cmd_sensitivity(args: argparse.Namespace) -> int:
+    """``mobilenets sensitivity``: each layer quantized alone, ranked; then INT8 with the K most
+    sensitive layers kept float, for each K, agreement with fp32 and latency in the runtime."""
+    import json
+
+    from ..deploy.mobile import export_mobile
+    from ..deploy.runtimes import FORMAT_LABELS, runtime_for
+    from ..deploy.sensitivity import layer_sensitivity, plot_sensitivity
+    from ..deploy.timing import interleaved_timings
+    from ..textutil import table as text_table
+    from ..weights.io import atomic_write
+
+    if args.format == "onnx":
+        raise UserError("mobilenets sensitivity is for the on-device runtimes: --format executorch or tflite")
+    if any(k < 0 for k in args.keep_float):
+        raise UserError(f"--keep-float: expected counts >= 0, got {args.keep_float}")
+    model, name = load_for_export(args.source, args.model, args.num_classes, args.weights)
+    info = model_info(model)
+    size = tuple(args.input_size) if args.input_size else tuple(info.input_size[1:])
+    calib = calibration_for(args, model, size).images
+    runtime = "executorch" if args.format == "executorch" else "litert"
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ranked = layer_sensitivity(model, runtime, calib, size, progress=not args.quiet)
+    rows = [[i + 1, r.layer, r.kind, f"{r.rel_rms:.4f}", f"{100 * r.agreement:.1f}%"] for i, r in enumerate(ranked)]
+    text = text_table(["rank", "layer", "kind", "logits rel. RMS vs fp32", "top-1 agreement"], rows,
+                      [True, False, False, True, True])
+    rt = runtime_for(args.format)
+    variants, runners = [], {}
+    for k in sorted(set(args.keep_float)):
+        keep = tuple(r.layer for r in ranked[:k])
+        path = out / f"int8_float{k}{rt.suffix}"
+        res = export_mobile(rt, model, path, size, calib=calib, float_layers=keep, allow_fallback=args.allow_fallback)
+        variants.append({"keep_float": k, "layers": list(keep), "agreement": res.agreement, "file": str(path)})
+        runners[f"k{k}"] = rt.runner(str(path), threads=args.threads)
+    fp32 = export_mobile(rt, model, out / f"fp32{rt.suffix}", size)
+    runners["fp32"] = rt.runner(str(fp32.path), threads=args.threads)
+    x = calib[:1]
+    t = interleaved_timings({k: (lambda r=r: r(x)) for k, r in runners.items()}, seconds=args.seconds * len(runners))
+    for v in variants:
+        v["ms"] = t[f"k{v['keep_float']}"]["ms"]
+        v["x_fp32"] = v["ms"] / t["fp32"]["ms"]
+    mixed = text_table(["float layers", "top-1 agreement with fp32", "ms", "x fp32"],
+                       [[v["keep_float"], f"{100 * v['agreement']:.1f}%", f"{v['ms']:.3f}", f"{v['x_fp32']:.2f}"]
+                        for v in variants] + [["fp32", "", f"{t['fp32']['ms']:.3f}", "1.00"]], [True] * 4)
+    result = {"model": name, "runtime": FORMAT_LABELS[args.format], "input_size": list(size),
+              "calib_images": len(calib), "ranking": [r.__dict__ for r in ranked], "mixed": variants,
+              "fp32_ms": t["fp32"]["ms"], "threads": args.threads}
+    atomic_write(out / "sensitivity.json", lambda tmp: Path(tmp).write_text(json.dumps(result, indent=1)))
+    atomic_write(out / "sensitivity.md", lambda tmp: Path(tmp).write_text(
+        f"# INT8 sensitivity: {name}, {FORMAT_LABELS[args.format]}, {size[0]}x{size[1]}\n\n```text\n{text}\n```\n\n"
+        f"## K most sensitive layers kept float\n\n```text\n{mixed}\n```\n"))
+    plot_sensitivity(ranked, out / "sensitivity.png", f"INT8 sensitivity per layer: {name}")
+    print(text)
+    print()
+    print(mixed)
+    print(f"wrote {out}/sensitivity.json, sensitivity.md, sensitivity.png and the INT8 files")
     return 0
 
 
@@ -200,6 +267,9 @@ def add_commands(subparsers) -> None:
     p.add_argument("--int8", action="store_true", help="static INT8 quantization (needs --calib)")
     p.add_argument("--precision", choices=("fp32", "int8"), default=None,
                    help="fp32 (default) or int8 (= --int8; with --qat the QAT model's INT8)")
+    p.add_argument("--float-layers", metavar="NAME[,NAME...]", default=None,
+                   help="INT8 (executorch / tflite): keep these layers (module paths, as mobilenets sensitivity "
+                        "ranks them) in float")
     p.add_argument("--qat", metavar="CKPT", default=None,
                    help="export a quantization-aware trained checkpoint (mobilenets train --qat RUNTIME) as INT8 "
                         "for its runtime; --calib then only feeds the agreement check")
@@ -214,6 +284,28 @@ def add_commands(subparsers) -> None:
     p.add_argument("--model", help="architecture, for a plain weights file given as CHECKPOINT")
     p.add_argument("--num-classes", type=int, default=None, help="classifier size (default: from the weights, else 1000)")
     p.set_defaults(func=_cmd_export)
+
+    s = subparsers.add_parser("sensitivity", help="per-layer INT8 sensitivity and mixed precision (ExecuTorch, LiteRT)",
+                              description="Quantize each layer alone with the runtime's quantizer and rank the layers "
+                                          "by how far the logits move from fp32; then export INT8 with the K most "
+                                          "sensitive layers kept float for each --keep-float K, and report each one's "
+                                          "top-1 agreement with fp32 and latency in the runtime (one interleaved run).")
+    s.add_argument("source", metavar="NAME|CHECKPOINT", help="registry name or checkpoint path")
+    s.add_argument("--format", choices=("executorch", "tflite"), default="executorch")
+    s.add_argument("--out", required=True, metavar="DIR", help="sensitivity.json / .md / .png and the INT8 files")
+    s.add_argument("--calib", default="digits", help="calibration and measurement images (default digits)")
+    s.add_argument("--calib-count", type=int, default=64, help="images (default 64)")
+    s.add_argument("--keep-float", type=int, nargs="+", default=[0, 1, 2, 4], metavar="K",
+                   help="export INT8 with the K most sensitive layers in float, for each K (default 0 1 2 4)")
+    s.add_argument("--threads", type=int, default=2, help="runtime threads for the timing (default 2)")
+    s.add_argument("--seconds", type=float, default=2.0, help="timing per file (default 2)")
+    s.add_argument("--allow-fallback", action="store_true", help="accept ops outside the accelerated backend")
+    add_input_size(s, help="input size (default: the checkpoint's training size, else 224)")
+    s.add_argument("--weights", help="weights for a registry name")
+    s.add_argument("--model", help="architecture, for a plain weights file")
+    s.add_argument("--num-classes", type=int, default=None)
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=_cmd_sensitivity)
 
     b = subparsers.add_parser("bench", help="CPU latency of our deployment paths vs timm / torchvision",
                               description="Times our paths (eager, fused + channels_last, fused + oneDNN "

@@ -137,6 +137,31 @@ def tflite_ops(path_or_bytes: Union[str, os.PathLike, bytes]) -> tuple[dict, dic
     return dict(builtin), dict(other)
 
 
+#: LiteRT's ops that carry a weight tensor (their input 1)
+WEIGHTED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV")
+
+
+def tflite_weight_types(path: Union[str, os.PathLike]) -> dict:
+    """``{(op, weight type): count}`` of a ``.tflite`` file's convolutions and fully connected
+    layers (weight type ``"FLOAT32"``, ``"INT8"``...): which layers an INT8 file keeps float."""
+    require("ai_edge_litert", "Reading a .tflite file")
+    from ai_edge_litert import schema_py_generated as S
+
+    model = S.Model.GetRootAsModel(Path(path).read_bytes(), 0)
+    ops = {v: k for k, v in vars(S.BuiltinOperator).items() if not k.startswith("_")}
+    types = {v: k for k, v in vars(S.TensorType).items() if not k.startswith("_")}
+    out: Counter = Counter()
+    for s in range(model.SubgraphsLength()):
+        sg = model.Subgraphs(s)
+        for j in range(sg.OperatorsLength()):
+            op = sg.Operators(j)
+            oc = model.OperatorCodes(op.OpcodeIndex())
+            name = ops.get(max(oc.BuiltinCode(), oc.DeprecatedBuiltinCode()), "?")
+            if name in WEIGHTED_OPS and op.InputsLength() > 1:
+                out[(name, types.get(sg.Tensors(op.Inputs(1)).Type(), "?"))] += 1
+    return dict(out)
+
+
 class LiteRTRuntime(Runtime):
     """LiteRT through litert-torch (its PT2E quantizer, completed by :func:`annotate_float_gaps`;
     the ``"mobile_int8"`` export forms for INT8); the file runs in ai-edge-litert's Interpreter."""
@@ -160,9 +185,9 @@ class LiteRTRuntime(Runtime):
 
         return {"quant_config": QuantConfig(pt2e_quantizer=quantizer)}
 
-    def quantize(self, net, x, images):
+    def quantize(self, net, x, images, float_layers=()):
         with _quiet():
-            return super().quantize(net, x, images)
+            return super().quantize(net, x, images, float_layers)
 
     def lower(self, net, x, options, model_name, info=None) -> Lowered:
         import litert_torch

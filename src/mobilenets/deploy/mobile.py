@@ -328,14 +328,24 @@ class Runtime:
         """Options for :meth:`lower` of a net quantized with ``quantizer``."""
         return {}
 
-    def quantize(self, net: nn.Module, x: torch.Tensor, images: torch.Tensor) -> tuple[nn.Module, dict]:
+    def quantize(self, net: nn.Module, x: torch.Tensor, images: torch.Tensor,
+                 float_layers: Sequence[str] = ()) -> tuple[nn.Module, dict]:
         """``(the INT8 reference net, options for lower)``; by default PT2E static quantization
-        with :meth:`pt2e_quantizer`, calibrated on ``images``."""
+        with :meth:`pt2e_quantizer`, calibrated on ``images``; the modules ``float_layers``
+        (module paths, :func:`~.sensitivity.quantizable_layers`) stay float."""
         quantizer = self.pt2e_quantizer()
         if quantizer is None:
             raise NotImplementedError(f"{type(self).__name__} has neither a PT2E quantizer nor its own quantize")
-        return pt2e_quantize(net, x, images, quantizer, fold_quantize=self.fold_quantize), \
-            self.int8_options(quantizer)
+        options = self.int8_options(quantizer)
+        if float_layers:
+            from .sensitivity import LayerFilter, quantizable_layers
+
+            unknown = sorted(set(float_layers) - set(quantizable_layers(net)))
+            if unknown:
+                raise ValueError(f"float_layers: no quantizable layer {unknown[0]!r}; expected module paths such as "
+                                 f"{quantizable_layers(net)[:3]}")
+            quantizer = LayerFilter(quantizer, skip=float_layers).quantizer
+        return pt2e_quantize(net, x, images, quantizer, fold_quantize=self.fold_quantize), options
 
     def lower(self, net: nn.Module, x: torch.Tensor, options: dict, model_name: str, info=None) -> Lowered:
         """The program for ``net`` at input ``x`` (a :class:`LoweringError` when it cannot);
@@ -357,11 +367,13 @@ def export_mobile(runtime: Runtime, model: nn.Module, path: Union[str, os.PathLi
                   input_size: Sequence[int] = (224, 224), calib=None, *, int8: Optional[bool] = None,
                   batch_size: int = 1, calib_count: int = DEFAULT_CALIB_COUNT, verify: bool = True,
                   atol_rel: float = 1e-4, allow_fallback: bool = False, fused: bool = True,
-                  min_size: int = 32) -> MobileExport:
+                  min_size: int = 32, float_layers: Sequence[str] = ()) -> MobileExport:
     """Export ``model`` for ``runtime`` (any :class:`Runtime`: ONNX Runtime, ExecuTorch, LiteRT;
     :func:`~mobilenets.deploy.export_executorch` documents the arguments), verified by running the
     written file in the runtime. ``fused=False`` keeps the BatchNorms. ``min_size``: the smallest
     input side accepted (1 for a block on a feature map, as the search's latency tables export).
+    ``float_layers``: INT8 with these layers (module paths) kept float (mixed precision,
+    :func:`~mobilenets.deploy.sensitivity.layer_sensitivity` ranks them).
 
     ``model`` may be a :class:`~mobilenets.deploy.qat.pt2e.MobileQAT` (quantization-aware trained
     for this runtime): its converted graph is the INT8 net (no calibration: ``calib`` only feeds
@@ -392,7 +404,8 @@ def export_mobile(runtime: Runtime, model: nn.Module, path: Union[str, os.PathLi
         options = runtime.int8_options(qat.quantizer)
     elif int8:
         images = resolve_calibration(calib, size, in_chans, calib_count)
-        net, options = runtime.quantize(net, x, images)
+        net, options = runtime.quantize(net, x, images, float_layers) if float_layers else \
+            runtime.quantize(net, x, images)
     with torch.no_grad():
         ref = (net if int8 else fused)(x)  # INT8: the PT2E reference graph (quantization simulated)
     info = model_info(model).replace(input_size=(in_chans, *size))

@@ -1,0 +1,178 @@
+"""Per-layer INT8 sensitivity and mixed precision for the on-device runtimes (PT2E).
+
+:func:`layer_sensitivity` quantizes ONE layer at a time with the runtime's own quantizer (every
+other layer stays float), runs PT2E's quantized reference on calibration images and measures how
+far its logits move from fp32 (relative RMS, and the top-1 agreement). The ranking says which
+layers to keep in float; :func:`export_mobile`'s ``float_layers`` (and ``mobilenets export
+--keep-float K``) keeps them float in the file, which XNNPACK / LiteRT then run as float kernels
+between the integer ones.
+
+The layers are the convolutions and linears of the export form (BatchNorms folded), named by
+their module path in the model. Keeping a layer float means its conv / linear and the ops of
+the same module (its activation) carry no quantization annotation; the next layer quantizes its
+own input as usual.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterable, Optional, Sequence
+
+import torch
+import torch.nn as nn
+
+
+def _module_paths(node) -> list[str]:
+    return [str(path) for path, _ in (node.meta.get("nn_module_stack") or {}).values()]
+
+
+def _inside(node, names: Iterable[str]) -> bool:
+    paths = _module_paths(node)
+    return any(p == n or p.startswith(n + ".") for p in paths for n in names)
+
+
+class LayerFilter:
+    """A PT2E quantizer restricted by module path: after the wrapped quantizer annotates the
+    graph, the annotations of nodes outside ``only`` (when given) or inside ``skip`` are removed,
+    so those ops stay float."""
+
+    def __init__(self, base, only: Optional[Sequence[str]] = None, skip: Sequence[str] = ()):
+        from torchao.quantization.pt2e.quantizer import Quantizer
+
+        class _Filtered(Quantizer):
+            def transform_for_annotation(self, model):
+                return base.transform_for_annotation(model)
+
+            def annotate(self, model):
+                model = base.annotate(model)
+                for n in model.graph.nodes:
+                    if "quantization_annotation" not in n.meta:
+                        continue
+                    drop = (only is not None and not _inside(n, only)) or (skip and _inside(n, skip))
+                    if drop:
+                        del n.meta["quantization_annotation"]
+                _drop_dangling_shares(model)
+                return model
+
+            def validate(self, model):
+                return base.validate(model)
+
+        self.quantizer = _Filtered()
+        self.base = base
+
+
+def _drop_dangling_shares(model) -> None:
+    """Remove annotations that share quantization parameters with a tensor no longer quantized
+    (an op after a float layer that was to reuse its output's scale, e.g. a ReLU or pooling the
+    quantizer annotated as "same as its input"), until none is left: PT2E's prepare requires
+    every shared spec's root to be annotated."""
+    from torchao.quantization.pt2e.quantizer import SharedQuantizationSpec
+
+    def annotated_output(node) -> bool:
+        a = node.meta.get("quantization_annotation")
+        return a is not None and a.output_qspec is not None
+
+    def annotated_input(edge) -> bool:
+        a = edge[1].meta.get("quantization_annotation")
+        return a is not None and edge[0] in a.input_qspec_map
+
+    changed = True
+    while changed:
+        changed = False
+        for n in model.graph.nodes:
+            a = n.meta.get("quantization_annotation")
+            if a is None:
+                continue
+            specs = [a.output_qspec, *a.input_qspec_map.values()]
+            for spec in specs:
+                if isinstance(spec, SharedQuantizationSpec):
+                    root = spec.edge_or_node
+                    ok = annotated_input(root) if isinstance(root, tuple) else annotated_output(root)
+                    if not ok:
+                        del n.meta["quantization_annotation"]
+                        changed = True
+                        break
+
+
+def quantizable_layers(form: nn.Module) -> list[str]:
+    """Module paths of the convolutions and linears of an export form, in order."""
+    return [name for name, m in form.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+
+
+@dataclass(frozen=True)
+class LayerSensitivity:
+    """One layer quantized alone: ``rel_rms`` of the logits against fp32 (RMS of the
+    difference / RMS of fp32) and ``agreement`` (top-1 with fp32) on the calibration images."""
+
+    layer: str
+    kind: str
+    rel_rms: float
+    agreement: float
+    index: int = 0   # position in the network
+
+
+def layer_sensitivity(model: nn.Module, runtime="executorch", calib="digits", input_size=(224, 224),
+                      calib_count: int = 64, layers: Optional[Sequence[str]] = None,
+                      progress: bool = True, log: Optional[Callable[[str], None]] = None) -> list[LayerSensitivity]:
+    """Each layer of ``model`` quantized alone with ``runtime``'s PT2E quantizer, most sensitive
+    first (largest ``rel_rms``). ``calib``: a source name (``"digits"``, ``"fake"``, a folder) or
+    images; the same images calibrate and measure. ``layers``: a subset (module paths)."""
+    from ..models.info import model_info
+    from ..progress import progress_iter
+    from .mobile import pt2e_quantize, prepare, resolve_calibration
+    from .qat.pt2e import _runtime
+
+    rt = _runtime(runtime)
+    rt.require()
+    size = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
+    target = "mobile_int8" if rt.int8_forms else rt.forms
+    _, form, in_chans = prepare(model, target=target, main_output=rt.main_output)
+    images = resolve_calibration(calib, size, in_chans, calib_count)
+    all_layers = quantizable_layers(form)
+    chosen = list(layers) if layers is not None else all_layers
+    unknown = [n for n in chosen if n not in all_layers]
+    if unknown:
+        import difflib
+
+        close = difflib.get_close_matches(unknown[0], all_layers, n=3)
+        raise ValueError(f"no quantizable layer {unknown[0]!r} in {model_info(model).name}"
+                         + (f"; did you mean {close}?" if close else f"; expected one of {all_layers[:5]}..."))
+    x = images[:1]
+    with torch.no_grad():
+        ref = form(images)
+    kinds = dict((n, type(m).__name__) for n, m in form.named_modules())
+    out = []
+    for name in progress_iter(chosen, "layers", enabled=progress):
+        # every other layer float: the annotations outside this module are dropped
+        q = pt2e_quantize(form, x, images, LayerFilter(rt.pt2e_quantizer(), only=[name]).quantizer,
+                          fold_quantize=rt.fold_quantize)
+        with torch.no_grad():
+            got = torch.cat([q(images[i:i + 1]) for i in range(len(images))])
+        rel = float((got - ref).pow(2).mean().sqrt() / ref.pow(2).mean().sqrt().clamp_min(1e-12))
+        agree = float((got.argmax(1) == ref.argmax(1)).float().mean())
+        out.append(LayerSensitivity(name, kinds.get(name, ""), rel, agree, all_layers.index(name)))
+        if log is not None:
+            log(f"{name}: rel RMS {rel:.4f}, agreement {100 * agree:.1f}%")
+    return sorted(out, key=lambda s: -s.rel_rms)
+
+
+def plot_sensitivity(result: Sequence[LayerSensitivity], path, title: str = "INT8 sensitivity per layer") -> None:
+    """A bar chart of each layer's error when quantized alone, in network order."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    result = sorted(result, key=lambda r: r.index)
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.18 * len(result)), 3.6))
+    ax.bar(range(len(result)), [r.rel_rms for r in result], color="#4477aa")
+    ax.set_xticks(range(len(result)))
+    ax.set_xticklabels([r.layer for r in result], rotation=90, fontsize=6)
+    ax.set_ylabel("logits rel. RMS error vs fp32")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+__all__ = ["LayerFilter", "LayerSensitivity", "layer_sensitivity", "plot_sensitivity", "quantizable_layers"]
