@@ -98,7 +98,7 @@ def step_target(state, tables, given) -> None:
 
 
 def step_search(state, tables, out: Path, minutes: float, seed: int, beta: float, one_stage: bool = False,
-                feedback: int = 0, steps: int = 0) -> None:
+                feedback: int = 0, steps: int = 0, sandwich: bool = False) -> None:
     """One search per table; ``one_stage``: every decision at once (the expansion too), as
     ``search_<table>_onestage`` (found networks labelled ``found_<table>_onestage``);
     ``feedback``: the target is MNv4-Conv-S's latency measured beside the controller's choice
@@ -109,7 +109,8 @@ def step_search(state, tables, out: Path, minutes: float, seed: int, beta: float
     from mobilenets.search.latency import LatencyTable
 
     for table_name, path in tables.items():
-        name = table_name + ("_onestage" if one_stage else "") + ("_feedback" if feedback else "")
+        name = (table_name + ("_onestage" if one_stage else "") + ("_feedback" if feedback else "")
+                + ("_sandwich" if sandwich else ""))
         d = out / f"search_{name}"
         if name in state.setdefault("searches", {}) and (d / "found.json").exists():
             continue
@@ -123,6 +124,7 @@ def step_search(state, tables, out: Path, minutes: float, seed: int, beta: float
                      "--threads", "1", "--seed", str(seed), "--beta", str(beta), "--out", str(d), "--quiet", "--json", str(d / "result.json")]
         cmd += ["--one-stage"] if one_stage else []
         cmd += ["--steps", str(steps)] if steps else []
+        cmd += ["--sandwich"] if sandwich else []
         print("$ " + " ".join(cmd[2:]), flush=True)
         cpu0 = children_cpu_s()
         adopted = (d / "result.json").exists() and (d / "found.json").exists()
@@ -281,6 +283,33 @@ def step_report(state, out: Path) -> None:
         _plot(rows, names, out / "search_goal.png")
 
 
+def step_rank(state, out: Path, searches: list[str]) -> None:
+    """Does the supernet rank the trained networks as training them does? For each search in
+    ``searches``: its final supernet (``search.pt``), every trained network's top-1 with the
+    shared weights (BatchNorm re-estimated, as the search evaluates its result) against its mean
+    trained top-1, and Spearman's rank correlation."""
+    from dataclasses import fields
+
+    from mobilenets.search.latency import rank_correlation
+    from mobilenets.search.run import SearchSettings, _Search
+
+    rows = [r for r in _summary(state) if r["top1"]]
+    res = state.setdefault("supernet_rank", {})
+    for name in searches:
+        d = out / f"search_{name}"
+        h = json.loads((d / "history.json").read_text())
+        known = {f.name for f in fields(SearchSettings)}
+        search = _Search(SearchSettings(**{k: v for k, v in h["settings"].items() if k in known}), progress=False)
+        if search.load() is None:
+            raise SystemExit(f"no search checkpoint in {d}")
+        sup = [search.evaluate(search.space.encode(r["spec"])) for r in rows]
+        res[name] = {"networks": {r["label"]: {"supernet_top1": 100 * a, "trained_top1": r["mean"]}
+                                  for r, a in zip(rows, sup)},
+                     "spearman": rank_correlation(sup, [r["mean"] for r in rows])}
+        print(f"supernet of {name}: Spearman {res[name]['spearman']:+.2f} with trained top-1 over {len(rows)} networks",
+              flush=True)
+
+
 def _plot(rows, names, path: Path) -> None:
     import matplotlib
 
@@ -351,6 +380,8 @@ def main(argv=None) -> int:
                     help="search every decision at once (expansion included) instead of MNv4's two stages")
     ap.add_argument("--search-steps", type=int, default=0,
                     help="fixed search steps (--search-minutes then caps the wall time; 0: as many as the minutes allow)")
+    ap.add_argument("--sandwich", action="store_true",
+                    help="search run --sandwich: every weight step also trains the whole supernet (suffix _sandwich)")
     ap.add_argument("--feedback", type=int, default=0, metavar="N",
                     help="search for MNv4-Conv-S's latency measured beside the controller's choice N times per stage")
     ap.add_argument("--candidates", type=int, default=10)
@@ -358,7 +389,10 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--jobs", type=int, default=2, help="trainings at a time (one thread each)")
     ap.add_argument("--net-seconds", type=float, default=2.0)
-    ap.add_argument("--only", choices=("target", "search", "pick", "measure", "train", "report"), action="append")
+    ap.add_argument("--only", choices=("target", "search", "pick", "measure", "train", "report", "rank"),
+                    action="append", help="steps to run (rank: not by default, --rank-searches)")
+    ap.add_argument("--rank-searches", nargs="+", default=[], metavar="NAME",
+                    help="rank: the searches whose supernets rank the trained networks (e.g. ort_onestage_feedback)")
     ap.add_argument("--scaling", action="store_true")
     ap.add_argument("--scaling-steps", type=int, default=150)
     args = ap.parse_args(argv)
@@ -385,7 +419,7 @@ def main(argv=None) -> int:
             step_target(state, tables, given)
         elif step == "search":
             step_search(state, tables, out, args.search_minutes, args.seed, args.beta, args.one_stage, args.feedback,
-                        args.search_steps)
+                        args.search_steps, args.sandwich)
         elif step == "pick":
             step_pick(state, tables, args.candidates, 1234)
         elif step == "measure":
@@ -394,6 +428,8 @@ def main(argv=None) -> int:
             step_train(state, out, args.seeds, args.jobs, state_path)
         elif step == "report":
             step_report(state, out)
+        elif step == "rank":
+            step_rank(state, out, args.rank_searches)
         _save(state_path, state)
     return 0
 

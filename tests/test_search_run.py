@@ -175,3 +175,27 @@ def test_resuming_with_other_settings_is_refused(setup, capsys):
     assert main(_cmd(d, out, 4, "--seed", "3")) == 2
     assert "a search with other settings (seed: 0 there, 3 given)" in capsys.readouterr().err
     shutil.rmtree(out)
+
+
+@pytest.mark.parametrize("sandwich", [False, True])
+def test_sandwich_trains_the_deep_blocks_on_every_step(setup, sandwich):
+    """A weight step through the shallowest path leaves the blocks only deeper paths use alone;
+    with ``sandwich`` the whole supernet's gradient on the same batch trains them too."""
+    from mobilenets.search import run as run_mod
+
+    d, space, _ = setup
+    settings = run_mod.SearchSettings(space=str(d / "tiny.json"), table=str(d / "roof.json"), target_ms=5.9,
+                                      data="digits", out=str(d / f"sandwich{int(sandwich)}"), steps=4, batch_size=32,
+                                      img_size=32, sandwich=sandwich)
+    srch = run_mod._Search(settings, progress=False)
+    shallow = {dd.name: 0 for dd in space.decisions()}         # the smallest depth of every stage
+    before = {k: v.detach().clone() for k, v in srch.net.named_parameters()}
+    srch.weight_step(shallow, 0.1)
+    changed = {k for k, v in srch.net.named_parameters() if not torch.equal(before[k], v)}
+    srch.net.set_path(shallow)
+    unused = set(before) - changed
+    assert changed                                             # the shallow path trained
+    if sandwich:
+        assert not unused, sorted(unused)[:5]                  # every weight of the supernet moved
+    else:
+        assert any(".1." in k for k in unused), sorted(unused)[:5]   # second blocks untouched

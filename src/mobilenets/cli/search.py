@@ -167,7 +167,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
                               reward=args.reward, beta=args.beta, w=args.w, two_stage=not args.one_stage,
                               width_mult=args.width_mult, batch_size=args.batch_size or 64,
                               img_size=args.input_size[0] if args.input_size else 64, teacher=args.teacher,
-                              checkpoint_seconds=args.checkpoint_seconds, coarse_op_mix=args.coarse_op_mix)
+                              checkpoint_seconds=args.checkpoint_seconds, coarse_op_mix=args.coarse_op_mix,
+                              sandwich=args.sandwich)
     res = run_search(settings, progress=not args.quiet)
     emit_json(args, {"spec": str(res.spec), "predicted_ms": res.predicted_ms, "target_ms": res.target_ms,
                      "measured": res.measured, "val_top1_supernet": res.val_top1, "steps": res.steps,
@@ -305,6 +306,9 @@ def add_commands(subparsers) -> None:
     r.add_argument("--coarse-op-mix", type=float, default=0.5,
                    help="coarse stage: the chance that a block's weight step runs a random op of the full space "
                         "instead of IB k3, so the fine stage starts from trained ops (default 0.5; 0: as in MNv4)")
+    r.add_argument("--sandwich", action="store_true",
+                   help="each weight step also trains the whole supernet on the same batch (BigNAS's sandwich "
+                        "rule): deep blocks train every step, not only on deep paths (about 2x the step cost)")
     r.add_argument("--quiet", action="store_true", help="no progress output")
     add_json(r, "the result")
     r.set_defaults(func=_cmd_run)
