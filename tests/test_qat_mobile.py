@@ -116,7 +116,7 @@ def _fp32_checkpoint(tmp_path):
 
 
 def test_train_qat_then_export_qat_round_trip(tmp_path, capsys):
-    from mobilenets.train.qat import load_qat_checkpoint
+    from mobilenets.tasks.qat import load_qat_checkpoint
 
     _need("executorch")
     fp32 = _fp32_checkpoint(tmp_path)

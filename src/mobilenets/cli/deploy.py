@@ -111,9 +111,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _export_qat(args: argparse.Namespace) -> int:
     """``export --qat CKPT``: the QAT model rebuilt from its checkpoint, converted with its runtime's
     quantizer (ONNX: the QDQ graph), lowered, written and verified by running the file."""
-    from ..deploy.qat.pt2e import QAT_RUNTIMES
-    from ..deploy.runtimes import FORMAT_LABELS, runtime_for
-    from ..train.qat import load_qat_checkpoint
+    from ..deploy.runtimes import FORMAT_LABELS, QAT_RUNTIMES, runtime_for
+    from ..tasks.qat import load_qat_checkpoint
 
     if args.source is not None:
         raise UserError(f"--qat CKPT is the model to export; drop the model argument {args.source!r}")

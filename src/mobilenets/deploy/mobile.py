@@ -11,6 +11,10 @@ runtime lowers the net, the file is written atomically with the model's
 its runtime and checked against eager: fp32 within ``atol_rel`` relative (every output); INT8 by
 its top-1 agreement with fp32 on the calibration images, and by its distance to the runtime's
 INT8 reference (PT2E: the quantized model simulated in float by PyTorch).
+
+Why one module: the driver and the :class:`Runtime` protocol are one contract (each step the
+driver runs is a member a runtime supplies, and the helpers are what both sides call), so a
+runtime's author reads one file to learn what to implement.
 """
 
 from __future__ import annotations
@@ -123,6 +127,13 @@ def check_int8_args(calib: Any, int8: Optional[bool]) -> bool:
     if not int8 and calib is not None:
         raise ValueError("calib is for INT8 exports: pass int8=True (or drop calib for fp32)")
     return int8
+
+
+class QATExport:
+    """Marks a model quantization-aware trained for one runtime (its ``runtime``, ``quantizer``,
+    ``input_size``, ``in_chans`` and ``convert()``, the quantized reference graph):
+    :func:`export_mobile` lowers its converted graph instead of quantizing
+    (:class:`~mobilenets.deploy.qat.pt2e.MobileQAT`)."""
 
 
 class MainOutput(nn.Module):
@@ -338,7 +349,7 @@ class Runtime:
             raise NotImplementedError(f"{type(self).__name__} has neither a PT2E quantizer nor its own quantize")
         options = self.int8_options(quantizer)
         if float_layers:
-            from .sensitivity import LayerFilter, quantizable_layers
+            from .pt2e_filter import LayerFilter, quantizable_layers
 
             unknown = sorted(set(float_layers) - set(quantizable_layers(net)))
             if unknown:
@@ -379,10 +390,9 @@ def export_mobile(runtime: Runtime, model: nn.Module, path: Union[str, os.PathLi
     for this runtime): its converted graph is the INT8 net (no calibration: ``calib`` only feeds
     the agreement check, which is then with the QAT model itself)."""
     from ..weights.io import atomic_write
-    from .qat.pt2e import MobileQAT
 
     path, size = check_mobile_args(path, input_size, runtime.suffix, batch_size, min_size)
-    qat = model if isinstance(model, MobileQAT) else None
+    qat = model if isinstance(model, QATExport) else None
     int8 = True if qat is not None else check_int8_args(calib, int8)
     runtime.require()
     if qat is not None:

@@ -24,3 +24,18 @@ def runtime_for(fmt: str, opset: int = 17, dynamic_batch: bool = False):
         from .litert_export import LITERT
         return LITERT
     raise ValueError(f"unsupported format {fmt!r}; expected one of {', '.join(EXPORT_FORMATS)}")
+
+
+#: the on-device runtimes by name (``"litert"`` or its format ``"tflite"``) -> export format
+QAT_RUNTIMES = {"executorch": "executorch", "litert": "tflite", "tflite": "tflite"}
+
+
+def mobile_runtime(runtime):
+    """The :class:`~mobilenets.deploy.mobile.Runtime` of an on-device runtime with a PT2E
+    quantizer (``"executorch"``, ``"litert"`` / ``"tflite"``); a Runtime is returned as is."""
+    if isinstance(runtime, str):
+        if runtime not in QAT_RUNTIMES:
+            raise ValueError(f"PT2E quantization-aware training is for the on-device runtimes executorch, litert; "
+                             f"got {runtime!r} (ONNX Runtime has its own: mobilenets.deploy.prepare_qat)")
+        return runtime_for(QAT_RUNTIMES[runtime])
+    return runtime

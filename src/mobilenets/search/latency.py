@@ -47,7 +47,7 @@ from ..models.mobilenet import MobileNet
 from ..deploy.timing import cpu_model
 from ..version import __version__
 from .measure import (PRECISIONS, RUNTIMES, check_runtime, measure_network, measure_networks,
-                      runtime_timer, time_callable)
+                      roofline_network_ms, runtime_timer, time_callable)
 from .space import MQA_OP, SearchSpace
 
 TABLE_FORMAT = "mobilenets.latency-table/1"
@@ -216,12 +216,6 @@ def roofline_parts(spec: NetSpec, input_size: Sequence[int], ridge_point: float,
     repeated with the same shape is one key, its one block's time)."""
     parts, by_path = _roofline_by_path(spec, input_size, ridge_point, peak_macs, num_classes, precision)
     return {p.key: by_path[p.path] for p in parts}
-
-
-def roofline_network_ms(spec: NetSpec, input_size: Sequence[int], ridge_point: float, peak_macs: float,
-                        num_classes: int = 1000, precision: str = "fp32") -> float:
-    """Roofline ms of the whole network: every layer once."""
-    return sum(_roofline_by_path(spec, input_size, ridge_point, peak_macs, num_classes, precision)[1].values())
 
 
 # -- the table ------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -19,9 +19,6 @@ import torch.nn as nn
 from ..archs.spec import NetSpec
 from ..models.info import ModelInfo, set_model_info
 from ..models.mobilenet import MobileNet
-
-if TYPE_CHECKING:
-    from .latency import LatencyTable
 
 #: ``--runtime`` -> the export format of :func:`mobilenets.deploy.runtimes.runtime_for` (``roofline``: none)
 RUNTIMES = {"ort": "onnx", "executorch": "executorch", "litert": "tflite", "roofline": None}
@@ -98,15 +95,28 @@ def check_runtime(runtime: str, precision: str) -> None:
         raise ValueError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
 
 
-def measure_network(spec: NetSpec, table: LatencyTable, seconds: float = 1.0,
+def roofline_network_ms(spec: NetSpec, input_size: Sequence[int], ridge_point: float, peak_macs: float,
+                        num_classes: int = 1000, precision: str = "fp32") -> float:
+    """Roofline ms of the whole network at a ridge point: every layer of it once (the network
+    profiled on the meta device: shapes only)."""
+    from ..analysis.profile import profile
+    from ..analysis.roofline import bandwidth_for, roofline
+    from ..models.info import ModelInfo, set_model_info
+
+    with torch.device("meta"):
+        model = MobileNet(spec, num_classes=num_classes).eval()
+    set_model_info(model, ModelInfo(name="probe", num_classes=num_classes))
+    res = roofline(profile(model, tuple(input_size), dtype=precision), peak_macs, bandwidth_for(ridge_point, peak_macs))
+    return sum(lt.time * 1e3 for lt in res.layers)
+
+
+def measure_network(spec: NetSpec, table, seconds: float = 1.0,
                     num_classes: Optional[int] = None) -> dict:
     """Whole-network latency of ``spec`` in ``table``'s runtime, precision and threads
     (``num_classes``: the head's outputs, default the table's)."""
     meta = table.meta
     num_classes = meta["num_classes"] if num_classes is None else num_classes
     if meta["runtime"] == "roofline":
-        from .latency import roofline_network_ms
-
         ms = roofline_network_ms(spec, table.input_size, meta["ridge_point"], meta["peak_macs"], num_classes,
                                  meta["precision"])
         return {"ms": ms, "median": ms, "std": 0.0, "n": 1}
@@ -114,7 +124,7 @@ def measure_network(spec: NetSpec, table: LatencyTable, seconds: float = 1.0,
     return runtime_timer(meta["runtime"], meta["precision"], meta["threads"], seconds)(model, (3, *table.input_size))
 
 
-def measure_networks(specs: Sequence[NetSpec], table: LatencyTable, seconds: float = 1.0,
+def measure_networks(specs: Sequence[NetSpec], table, seconds: float = 1.0,
                      num_classes: Optional[int] = None) -> list[dict]:
     """Whole-network latencies of ``specs`` in ``table``'s runtime, precision and threads, all
     exported first and then timed in one interleaved run (:func:`~mobilenets.deploy.timing.
@@ -136,5 +146,5 @@ def measure_networks(specs: Sequence[NetSpec], table: LatencyTable, seconds: flo
     return [{k: t[str(i)][k] for k in ("ms", "p25", "p75", "n")} for i in range(len(specs))]
 
 
-__all__ = ["PRECISIONS", "RUNTIMES", "check_runtime", "measure_network", "measure_networks", "runtime_timer",
-           "time_callable"]
+__all__ = ["PRECISIONS", "RUNTIMES", "check_runtime", "measure_network", "measure_networks", "roofline_network_ms",
+           "runtime_timer", "time_callable"]

@@ -207,6 +207,13 @@ class Task:
     plural: str = "models"
     export_why: str = ""
 
+    def qat_model(self, model: nn.Module, recipe) -> nn.Module:
+        """``model`` (trained fp32) wrapped for quantization-aware training for ``recipe.qat``'s
+        runtime (:func:`mobilenets.tasks.qat.qat_model`); the loop trains what this returns."""
+        from .qat import qat_model
+
+        return qat_model(model, recipe.qat, recipe.img_size)
+
     def export_module(self, model: nn.Module) -> nn.Module:
         """What every runtime exports: a module taking a normalized image batch and returning
         tensors (a classifier: its logits, a feature extractor: its maps, a segmenter: its

@@ -172,8 +172,7 @@ class _Run:
         if r.pretrained and self.ck is None:
             self.say(task.load_pretrained(model, r.pretrained))
         if r.qat:   # the trained fp32 model, fake-quantized as r.qat's runtime will run it
-            from .qat import qat_model
-            model = qat_model(model, r.qat, r.img_size)
+            model = task.qat_model(model, r)
             self.say(f"quantization-aware training for {r.qat}: BatchNorms folded, INT8 fake quantization")
         model.to(dist.device)
         if r.channels_last:

@@ -33,22 +33,8 @@ import torch
 import torch.nn as nn
 
 from ...models.info import model_info, set_model_info
-
-#: the runtimes (``mobilenets export --format`` names and ``Runtime.name``) PT2E QAT is for
-QAT_RUNTIMES = {"executorch": "executorch", "litert": "tflite", "tflite": "tflite"}
-
-
-def _runtime(runtime):
-    from ..runtimes import runtime_for
-
-    if isinstance(runtime, str):
-        if runtime not in QAT_RUNTIMES:
-            raise ValueError(f"PT2E quantization-aware training is for the on-device runtimes "
-                             f"{', '.join(sorted(set(QAT_RUNTIMES) - {'tflite'}))}; got {runtime!r} (ONNX Runtime "
-                             "has its own: mobilenets.deploy.prepare_qat)")
-        return runtime_for(QAT_RUNTIMES[runtime])
-    return runtime
-
+from ..mobile import QATExport
+from ..runtimes import QAT_RUNTIMES, mobile_runtime
 
 def consistent_qat_quantizer(quantizer):
     """``quantizer`` (a runtime's PT2E QAT quantizer) set to fake-quantize exactly as
@@ -87,7 +73,7 @@ def consistent_qat_quantizer(quantizer):
     return quantizer
 
 
-class MobileQAT(nn.Module):
+class MobileQAT(nn.Module, QATExport):
     """``model`` prepared for quantization-aware training with ``runtime``'s PT2E quantizer.
 
     Args:
@@ -106,7 +92,7 @@ class MobileQAT(nn.Module):
 
         from ..mobile import prepare
 
-        rt = _runtime(runtime)
+        rt = mobile_runtime(runtime)
         rt.require()
         quantizer = rt.pt2e_quantizer(qat=True)
         if quantizer is None:
