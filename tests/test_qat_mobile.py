@@ -107,19 +107,52 @@ def test_qat_recipe_defaults_leave_given_fields():
     assert qat_recipe(r.replace(qat=None)) == r.replace(qat=None)             # no qat: untouched
 
 
-def _fp32_checkpoint(tmp_path):
-    out = tmp_path / "fp32"
+@pytest.fixture(scope="module")
+def fp32_checkpoint(tmp_path_factory):
+    out = tmp_path_factory.mktemp("fp32")
     assert main(["train", "--model", "mobilenetv3_small_050", "--data", "fake", "--set", "fake_samples=96",
                  "--epochs", "1", "--input-size", "32", "--batch-size", "32", "--out", str(out),
                  "--no-progress"]) == 0
     return out / "best.pt"
 
 
-def test_train_qat_then_export_qat_round_trip(tmp_path, capsys):
+def test_train_qat_onnx_then_export_qat(fp32_checkpoint, tmp_path, capsys):
+    """--qat onnx: prepare_qat's fake quantization on the same loop, written by export_qat_onnx."""
+    pytest.importorskip("onnxruntime")
+    run = tmp_path / "qat"
+    assert main(["train", "--model", "mobilenetv3_small_050", "--data", "fake", "--set", "fake_samples=96",
+                 "--qat", "onnx", "--pretrained", str(fp32_checkpoint), "--epochs", "1", "--input-size", "32",
+                 "--batch-size", "32", "--out", str(run), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["export", "--qat", str(run / "best.pt"), "--format", "onnx", "--out", str(tmp_path / "q.onnx"),
+                 "--calib", "fake", "--calib-count", "8"]) == 0
+    line = capsys.readouterr().out
+    assert "quantization-aware trained for ONNX" in line and (tmp_path / "q.onnx").stat().st_size > 0
+    from mobilenets.deploy import int8_op_counts
+
+    ops = int8_op_counts(str(tmp_path / "q.onnx"))
+    assert ops.get("QLinearConv", 0) > 0 and ops.get("Conv", 0) == 0, ops    # runs as INT8
+    # bad input: one error each, nothing written
+    bad = tmp_path / "bad.onnx"
+    assert main(["export", "--format", "executorch", "--qat", str(run / "best.pt"), "--out", str(tmp_path / "b.pte")]) == 2
+    assert "was quantization-aware trained for ONNX (qat=onnx); export it with --format onnx" in capsys.readouterr().err
+    assert main(["export", "--format", "onnx", "--qat", str(fp32_checkpoint), "--out", str(bad)]) == 2
+    assert "not a quantization-aware training checkpoint" in capsys.readouterr().err
+    assert main(["export", "--format", "onnx", "--precision", "fp32", "--qat", str(run / "best.pt"), "--out", str(bad)]) == 2
+    assert "--precision fp32 contradicts --qat" in capsys.readouterr().err
+    assert main(["export", "--format", "onnx", "--qat", str(run / "best.pt"), "--input-size", "64", "--out", str(bad)]) == 2
+    assert "trained (and its graph captured) at 32x32" in capsys.readouterr().err
+    assert main(["export", "mobilenetv1_025", "--qat", str(run / "best.pt"), "--out", str(bad)]) == 2
+    assert "--qat CKPT is the model to export; drop the model argument" in capsys.readouterr().err
+    assert not bad.exists() and not (tmp_path / "b.pte").exists()
+
+
+@pytest.mark.slow
+def test_train_qat_then_export_qat_round_trip(fp32_checkpoint, tmp_path, capsys):
     from mobilenets.tasks.qat import load_qat_checkpoint
 
     _need("executorch")
-    fp32 = _fp32_checkpoint(tmp_path)
+    fp32 = fp32_checkpoint
     run = tmp_path / "qat"
     assert main(["train", "--model", "mobilenetv3_small_050", "--data", "fake", "--set", "fake_samples=96",
                  "--qat", "executorch", "--pretrained", str(fp32), "--epochs", "1", "--input-size", "32",

@@ -81,13 +81,16 @@ class DetectionTask(TaskModelTask):
         return DetectionOutputs(model)
 
     def export(self, model, fmt, path, input_size, *, calib=None, opset: int = 17, dynamic_batch: bool = False,
-               allow_fallback: bool = False) -> Exported:
+               allow_fallback: bool = False, float_layers: tuple = ()) -> Exported:
         """ONNX with the post-processing in the graph, checked detection by detection in ONNX
         Runtime (:func:`~mobilenets.tasks.detection.export.export_detector_onnx`: its own
         verification, boxes within 1e-3 px)."""
         from .export import export_detector_onnx
 
         self.check_export(fmt, calib is not None, dynamic_batch)
+        if float_layers:
+            raise ValueError("float layers (mixed precision) are for INT8 classifier exports to executorch or "
+                             "tflite; a detector exports to ONNX")
         if dynamic_batch:
             raise ValueError("detectors export one image at a time (decode + NMS in the graph): drop --dynamic-batch")
         path = export_detector_onnx(model, path, input_size=input_size, opset=opset)
