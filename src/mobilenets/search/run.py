@@ -232,9 +232,10 @@ class _Search:
         self.opt.zero_grad(set_to_none=True)
         loss = loss_of(path)
         loss.backward()
-        full = self.net.full_path()
-        if self.s.sandwich and path != full:
-            loss_of(full).backward()
+        if self.s.sandwich:
+            full = self.net.full_path()
+            if path != full:
+                loss_of(full).backward()
         if self.dist.enabled:  # every rank ran its own path: average the gradients over the ranks
             params = list(self.net.parameters())
             used = torch.tensor([float(p.grad is not None) for p in params])
