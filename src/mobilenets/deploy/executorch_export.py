@@ -225,9 +225,11 @@ class PteRunner:
         self.input_shape = tuple(t.sizes())
         self.batch = self.input_shape[0]
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor) -> Union[torch.Tensor, list[torch.Tensor]]:
+        """The program's output for ``x``; a list, in the program's order, when it has several."""
         check_shape(x, self.input_shape, self.path, ".pte")
-        return self.method.execute([x.contiguous().float()])[0]
+        out = self.method.execute([x.contiguous().float()])
+        return out[0] if len(out) == 1 else list(out)
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         """Outputs for ``images`` ``(N, C, H, W)``, fed in chunks of the program's batch size."""
