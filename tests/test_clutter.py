@@ -138,6 +138,28 @@ def test_cli_trains_and_evaluates_through_the_normal_path(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "on digit-clutter: top-1" in printed and "(10 images)" in printed
 
+    # eval --file: an export of the checkpoint, run in its runtime on the same images: fp32 gives
+    # the eager top-1 / top-5; an INT8 file is evaluated the same way
+    pytest.importorskip("onnxruntime")
+    eager = printed.splitlines()[0]
+    assert main(["export", str(out / "best.pt"), "--out", str(tmp_path / "m.onnx")]) == 0
+    assert main(["export", str(out / "best.pt"), "--out", str(tmp_path / "q.onnx"), "--int8",
+                 "--calib", "digit-clutter", "--calib-count", "8"]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(out / "best.pt"), "--data", "digit-clutter", "--file", str(tmp_path / "m.onnx"),
+                 "--no-progress"]) == 0
+    line = capsys.readouterr().out.splitlines()[0]
+    assert line.startswith(f"{tmp_path / 'm.onnx'} (ONNX, exported from {out / 'best.pt'}) on digit-clutter: top-1")
+    assert line.split("top-1", 1)[1].split("loss")[0] == eager.split("top-1", 1)[1].split("loss")[0]
+    assert (tmp_path / "m_confusion.png").exists()
+    assert main(["eval", str(out / "best.pt"), "--data", "digit-clutter", "--file", str(tmp_path / "q.onnx"),
+                 "--no-progress"]) == 0
+    assert "(10 images)" in capsys.readouterr().out
+    assert main(["eval", str(out / "best.pt"), "--file", str(tmp_path / "m.txt")]) == 2
+    assert "expected an exported file (.onnx, .pte, .tflite), got" in capsys.readouterr().err
+    assert main(["eval", str(out / "best.pt"), "--file", str(tmp_path / "gone.onnx")]) == 2
+    assert "ONNX file not found" in capsys.readouterr().err
+
 
 def test_calibration_draws_training_images_normalized_as_trained():
     from mobilenets.deploy.calibration import calibration_set

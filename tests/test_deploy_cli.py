@@ -237,10 +237,11 @@ def test_export_goes_through_the_models_task(tmp_path, capsys):
     with torch.no_grad():
         boxes, labels, scores = det.export_module(model)(torch.rand(3, 320, 320))
     assert boxes.shape[-1] == 4 and labels.dtype == torch.int64 and scores.shape == labels.shape
-    assert det.export_formats == ("onnx",) and get_task("classify").export_module(model) is model
-    with pytest.raises(ValueError, match=r"detectors export to ONNX only \(decode \+ NMS in the graph\); --format "
-                                         r"executorch is for classifiers and feature extractors and segmenters"):
-        det.check_export("executorch", False, False)
+    assert det.export_formats == ("onnx", "executorch", "tflite") and get_task("classify").export_module(model) is model
+    # INT8 detectors: the SSD's network for the mobile runtimes (decode + NMS on the host), not ONNX
+    with pytest.raises(ValueError, match=r"--int8 ONNX exports are not for detectors: they export ONNX in fp32 "
+                                         r"\(BatchNorm folded\), or INT8 with --format executorch\|tflite"):
+        det.check_export("onnx", True, False)
     assert main(["export", "ssdlite320_mobilenetv1_025", "--out", str(tmp_path / "d.onnx")]) == 0
     out = capsys.readouterr().out
     assert "decode + NMS in the graph, input image 3x320x320 in [0, 1]" in out and "normalized with" not in out

@@ -99,6 +99,38 @@ def test_cli_train_eval_predict_export(tmp_path, capsys):
     assert main(["export", str(out / "best.pt"), "--out", str(tmp_path / "q.onnx"), "--int8", "--calib", "fake"]) == 2
 
 
+@pytest.mark.slow
+def test_cli_mobile_detector_export_and_eval(tmp_path, capsys):
+    """The SSD's network for ExecuTorch (decode + NMS on the host): fp32, `eval --file` gives the
+    checkpoint's own metrics (the same detections); INT8 calibrated on digit-scenes exports and is
+    evaluated the same way; bad calibration sources and ONNX detector files are refused."""
+    pytest.importorskip("executorch.exir")
+    out = tmp_path / "run"
+    train(tiny(epochs=1, scene_images=8), out, progress=False, log=lambda s: None)
+    ck = str(out / "best.pt")
+    assert main(["export", ck, "--format", "executorch", "--out", str(tmp_path / "det.pte")]) == 0
+    text = capsys.readouterr().out
+    assert "outputs bbox_regression, cls_logits" in text and "every op in XNNPACK" in text
+    assert main(["eval", ck, "--file", str(tmp_path / "det.pte"), "--no-progress"]) == 0
+    file_line = capsys.readouterr().out.splitlines()[0]
+    assert main(["eval", ck, "--no-progress"]) == 0
+    eager_line = capsys.readouterr().out.splitlines()[0]
+    assert "(ExecuTorch, exported from" in file_line
+    assert file_line.split(": mAP", 1)[1] == eager_line.split(": mAP", 1)[1]  # every metric, to 4 decimals
+    assert main(["export", ck, "--format", "executorch", "--int8", "--calib", "digit-scenes",
+                 "--calib-count", "4", "--out", str(tmp_path / "q.pte")]) == 0
+    assert "INT8 (PT2E static, per-channel weights, calibrated on 4 images from digit-scenes)" in capsys.readouterr().out
+    assert main(["eval", ck, "--file", str(tmp_path / "q.pte"), "--no-progress"]) == 0
+    assert "mAP50" in capsys.readouterr().out
+    assert main(["export", ck, "--out", str(tmp_path / "det.onnx")]) == 0
+    assert main(["eval", ck, "--file", str(tmp_path / "det.onnx")]) == 2
+    assert "an ONNX detector file has decode + NMS in its graph" in capsys.readouterr().err
+    assert main(["export", ck, "--format", "executorch", "--int8", "--calib", "digits",
+                 "--out", str(tmp_path / "b.pte")]) == 2
+    assert "detector calibration data must be one of digit-scenes, fake or an image folder; got 'digits'" in \
+        capsys.readouterr().err
+
+
 @pytest.mark.parametrize("name", ["ssdlite320_mobilenetv4_conv_small_050", "fasterrcnn_mobilenetv3_large_100_320_fpn",
                                   "ssdlite320_mobileformer_26m"])
 def test_onnx_export_with_nms_matches_eager(name, tmp_path):

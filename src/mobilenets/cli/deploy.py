@@ -50,14 +50,12 @@ def load_for_export(source: str, model_name: str | None = None, num_classes: int
 
 def calibration_for(args: argparse.Namespace, model, size: tuple):
     """The ``--calib`` images for an INT8 export (:class:`~.calibration.CalibrationSet`: the
-    images really used, and the unreadable files skipped), normalized as the model's
-    :class:`~mobilenets.models.info.ModelInfo` says (a checkpoint's: as it was trained)."""
-    from ..deploy.calibration import calibration_set
+    images really used, and the unreadable files skipped), as the model's task prepares them
+    (:meth:`~mobilenets.tasks.base.Task.calibration`: a classifier's through its evaluation
+    transform, a detector's through its own)."""
+    from ..train.task import get_task
 
-    info = model_info(model)
-    return calibration_set(args.calib, count=args.calib_count, input_size=size, in_chans=info.in_chans,
-                           mean=info.mean, std=info.std, crop_pct=info.crop_pct, interpolation=info.interpolation,
-                           crop_mode=info.crop_mode)
+    return get_task(model_info(model).task).calibration(args.calib, model, size, args.calib_count)
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -75,7 +73,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
         raise UserError("give a model: a registry name or a checkpoint (or --qat CKPT for a QAT checkpoint)")
     if args.int8 and not args.calib:
         raise UserError("--int8 needs calibration data: add --calib digits|digit-clutter|fake|DIR (a folder of your "
-                        "own images, ideally ~100-500 of the deployment distribution)")
+                        "own images, ideally ~100-500 of the deployment distribution; detectors: "
+                        "digit-scenes|fake|DIR)")
     if args.calib and not args.int8:
         raise UserError("--calib is for --int8 exports: add --int8 (or drop --calib for fp32)")
     suffix = FORMATS[args.format]
@@ -145,7 +144,7 @@ def _export_qat(args: argparse.Namespace) -> int:
                             allow_fallback=args.allow_fallback)
         path, checked = res.path, res.summary()
     print(f"wrote {path} ({Path(path).stat().st_size / 2 ** 20:.1f} MiB): {recipe['model']}, INT8 "
-          f"(quantization-aware trained for {FORMAT_LABELS[fmt]}), input (1, {qat.in_chans if hasattr(qat, 'in_chans') else 3}, "
+          f"(quantization-aware trained for {FORMAT_LABELS[fmt]}), input (1, {model_info(qat).in_chans}, "
           f"{size[0]}, {size[1]}); {checked}")
     return 0
 
@@ -272,7 +271,8 @@ def add_commands(subparsers) -> None:
     p.add_argument("--qat", metavar="CKPT", default=None,
                    help="export a quantization-aware trained checkpoint (mobilenets train --qat RUNTIME) as INT8 "
                         "for its runtime; --calib then only feeds the agreement check")
-    p.add_argument("--calib", help="calibration images for --int8: digits | digit-clutter | fake | DIR (image folder)")
+    p.add_argument("--calib", help="calibration images for --int8: digits | digit-clutter | fake | DIR (image folder); "
+                                   "detectors: digit-scenes | fake | DIR")
     p.add_argument("--calib-count", type=int, default=128, help="calibration images (default 128)")
     p.add_argument("--dynamic-batch", action="store_true", help="symbolic batch dimension")
     add_input_size(p, help="traced input size (default: the checkpoint's training size, else 224)")

@@ -148,7 +148,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     data = None if args.data == "digits" and task.name != "classify" else args.data  # the run's own val data
     res = task.eval_checkpoint(args.checkpoint, data, batch_size=args.batch_size, use_ema=not args.no_ema,
                                img_size=square_size(args.input_size, "eval"), confusion_png=args.confusion,
-                               model_name=args.model)
+                               model_name=args.model, **({"file": args.file} if args.file else {}))
     for line in task.eval_report(args.checkpoint, data, res):
         print(line)
     return 0
@@ -215,6 +215,10 @@ def add_commands(subparsers) -> None:
     add_input_size(p, square=True, help="resolution (default: the checkpoint's training size)")
     p.add_argument("--model", help="architecture for a plain weights file")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights, not the EMA")
+    p.add_argument("--file", metavar="EXPORTED",
+                   help="evaluate this export of the checkpoint (.onnx / .pte / .tflite, e.g. INT8) in its runtime "
+                        "instead of the eager model, on the same data and preprocessing (a detector: its .pte / "
+                        ".tflite network, decode + NMS on the host)")
     p.add_argument("--confusion", help="confusion-matrix PNG path (default next to the checkpoint)")
     p.add_argument("--no-progress", action="store_true",
                    help="no progress output (as train's): only the results are printed")

@@ -55,7 +55,7 @@ class CalibrationSet:
             more = f" and {len(self.skipped) - limit} more" if len(self.skipped) > limit else ""
             notes.append(f"{len(self.skipped)} unreadable image file(s) skipped: {shown}{more}")
         if n < self.requested:
-            has = (f"the folder has {self.available} image files" if self.source not in CALIB_SOURCES
+            has = (f"the folder has {self.available} image files" if os.path.isdir(self.source)
                    else f"{self.source} has {self.available} images")
             notes.append(f"{self.requested} requested (--calib-count), {has}")
         return (f"calibrated on {n} image{'' if n == 1 else 's'} from {self.source}"
@@ -149,8 +149,11 @@ def calibration_set(data: Union[str, os.PathLike] = "digits", count: int = 128,
                           available, skipped)
 
 
-def _folder_images(root: Path, count: int, g: torch.Generator) -> tuple[torch.Tensor, int, list]:
-    """``(up to count images, image files found, [(unreadable file, cause), ...])``."""
+def _folder_images(root: Path, count: int, g: torch.Generator,
+                   common: Optional[int] = 256) -> tuple[Union[torch.Tensor, list], int, list]:
+    """``(up to count images, image files found, [(unreadable file, cause), ...])``: the images
+    resized and center-cropped to ``common`` and stacked (uint8), or (``common=None``) a list
+    of them as read."""
     from torchvision.transforms.v2 import functional as F
 
     if not root.is_dir():
@@ -172,11 +175,11 @@ def _folder_images(root: Path, count: int, g: torch.Generator) -> tuple[torch.Te
             skipped.append((files[i], _cause(e, files[i])))
             continue
         # a common size before stacking; the final resize / crop is the eval transform's
-        out.append(F.center_crop(F.resize(x, 256, antialias=True), [256, 256]))
+        out.append(x if common is None else F.center_crop(F.resize(x, common, antialias=True), [common, common]))
     if not out:
         raise ValueError(f"{root}: no readable images for calibration ({len(skipped)} image file(s), none "
                          f"decodes; e.g. {skipped[0][0]}: {skipped[0][1]})")
-    return torch.stack(out), len(files), skipped
+    return (out if common is None else torch.stack(out)), len(files), skipped
 
 
 def _cause(e: BaseException, path: str) -> str:

@@ -3,6 +3,11 @@
 
 from __future__ import annotations
 
+import os
+
+import torch
+import torch.nn as nn
+
 #: ``mobilenets export --format`` -> the file suffix
 EXPORT_FORMATS = {"onnx": ".onnx", "executorch": ".pte", "tflite": ".tflite"}
 #: the runtimes' names, for messages
@@ -39,3 +44,35 @@ def mobile_runtime(runtime):
                              f"got {runtime!r} (ONNX Runtime has its own: mobilenets.deploy.prepare_qat)")
         return runtime_for(QAT_RUNTIMES[runtime])
     return runtime
+
+
+def format_of(path) -> str:
+    """The export format of a file by its suffix (``.onnx`` -> ``onnx``, ``.pte`` -> ``executorch``,
+    ``.tflite`` -> ``tflite``); ``ValueError`` naming the suffixes for any other file."""
+    suffix = os.path.splitext(os.fspath(path))[1].lower()
+    for fmt, s in EXPORT_FORMATS.items():
+        if s == suffix:
+            return fmt
+    raise ValueError(f"expected an exported file ({', '.join(EXPORT_FORMATS.values())}), got {os.fspath(path)!r}")
+
+
+
+class FileModel(nn.Module):
+    """An exported classifier file (``.onnx``, ``.pte``, ``.tflite``) as a module for evaluation:
+    ``forward(x)`` runs the file in its runtime on each image of ``x`` (any batch size: the file's
+    batch is fixed, or free) and returns its first output, the logits ``(N, classes)``.
+    ``path``; ``runtime`` (its label, for messages)."""
+
+    def __init__(self, path, threads: int = 0):
+        super().__init__()
+        fmt = format_of(path)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{FORMAT_LABELS[fmt]} file not found: {os.fspath(path)}")
+        self.path, self.runtime = os.fspath(path), FORMAT_LABELS[fmt]
+        self._run = runtime_for(fmt).runner(self.path, threads)
+        self.eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from .mobile import outputs
+
+        return torch.cat([outputs(self._run(x[i:i + 1]))[0] for i in range(len(x))])

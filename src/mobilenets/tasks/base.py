@@ -214,6 +214,20 @@ class Task:
 
         return qat_model(model, recipe.qat, recipe.img_size)
 
+    def calibration(self, source: str, model: nn.Module, input_size: tuple[int, int], count: int = 128):
+        """INT8 calibration images for ``model``'s exported file from ``source`` (``--calib``: a
+        built-in dataset name or an image folder), as the file takes them: a
+        :class:`~mobilenets.deploy.calibration.CalibrationSet` (``images``, and ``summary()`` of what
+        was used). By default through the evaluation transform, normalized as the model's
+        :class:`~mobilenets.models.info.ModelInfo` says (a checkpoint's: as it was trained)."""
+        from ..deploy.calibration import calibration_set
+        from ..models.info import model_info
+
+        info = model_info(model)
+        return calibration_set(source, count=count, input_size=input_size, in_chans=info.in_chans, mean=info.mean,
+                               std=info.std, crop_pct=info.crop_pct, interpolation=info.interpolation,
+                               crop_mode=info.crop_mode)
+
     def export_module(self, model: nn.Module) -> nn.Module:
         """What every runtime exports: a module taking a normalized image batch and returning
         tensors (a classifier: its logits, a feature extractor: its maps, a segmenter: its

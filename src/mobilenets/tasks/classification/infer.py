@@ -23,11 +23,18 @@ def _recipe_of(info: dict, img_size: Optional[int] = None) -> Recipe:
 
 def eval_checkpoint(checkpoint: str | Path, data: str = "digits", batch_size: int = 128,
                     use_ema: bool = True, img_size: Optional[int] = None,
-                    confusion_png: Optional[str | Path] = None, model_name: Optional[str] = None) -> dict:
+                    confusion_png: Optional[str | Path] = None, model_name: Optional[str] = None,
+                    file: Optional[str | Path] = None) -> dict:
     """Top-1 / top-5 / loss of a checkpoint on ``data``: a built-in dataset (``digits``,
     ``digit-clutter``, ``fake``: the validation split the training recipe's settings give) or an
-    image-folder path (all of it, or its ``val/``)."""
+    image-folder path (all of it, or its ``val/``). ``file``: an export of the checkpoint
+    (``.onnx``, ``.pte``, ``.tflite``, e.g. INT8) evaluated in its runtime instead of the eager
+    model, on the same data and preprocessing (:class:`~mobilenets.deploy.runtimes.FileModel`)."""
     model, info = model_from_checkpoint(checkpoint, use_ema=use_ema, model_name=model_name)
+    if file is not None:
+        from ...deploy.runtimes import FileModel
+
+        model = FileModel(file)
     r = _recipe_of(info, img_size)
     classes = info["classes"]
     if data in BUILTIN_DATASETS:
@@ -43,6 +50,8 @@ def eval_checkpoint(checkpoint: str | Path, data: str = "digits", batch_size: in
         raise ValueError(f"{data} has {len(ds.classes)} classes but the checkpoint predicts {len(classes)}")
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False)
     res = evaluate(model, loader, torch.device("cpu"), len(classes), confusion=True)
+    if file is not None:
+        res["file"], res["runtime"] = model.path, model.runtime
     if confusion_png is not None:
         res["confusion_png"] = plot_confusion(res["confusion"], classes, confusion_png)
     return res

@@ -117,12 +117,15 @@ class ClassificationTask(Task):
 
         from .infer import eval_checkpoint
 
-        png = confusion_png or Path(path).with_name(Path(path).stem + "_confusion.png")
+        file = options.get("file")
+        png = confusion_png or (Path(file).with_name(Path(file).stem + "_confusion.png") if file else
+                                Path(path).with_name(Path(path).stem + "_confusion.png"))
         return eval_checkpoint(path, data or "digits", batch_size, use_ema=use_ema, img_size=img_size,
-                               confusion_png=png, model_name=model_name)
+                               confusion_png=png, model_name=model_name, file=file)
 
     def eval_report(self, path: PathLike, data: Optional[str], res: dict) -> list[str]:
-        lines = [f"{path} on {data or 'digits'}: top-1 {res['top1']:.2f}%  top-5 {res['top5']:.2f}%  "
+        what = f"{res['file']} ({res['runtime']}, exported from {path})" if res.get("file") else path
+        lines = [f"{what} on {data or 'digits'}: top-1 {res['top1']:.2f}%  top-5 {res['top5']:.2f}%  "
                  f"loss {res['loss']:.4f}  ({res['n']} images)"]
         if res.get("confusion_png"):
             lines.append(f"confusion matrix: {res['confusion_png']}")

@@ -30,10 +30,17 @@ def load_detector_checkpoint(path: PathLike, use_ema: bool = True) -> tuple[nn.M
 
 
 def eval_detector_checkpoint(path: PathLike, data: Optional[str] = None, batch_size: int = 8,
-                             use_ema: bool = True) -> dict:
+                             use_ema: bool = True, file: Optional[PathLike] = None) -> dict:
     """COCO metrics of a detection checkpoint on ``data`` (default: the run's validation data:
-    ``digit-scenes`` or its folder; or another COCO / YOLO folder with the same classes)."""
+    ``digit-scenes`` or its folder; or another COCO / YOLO folder with the same classes).
+    ``file``: the checkpoint's SSD network exported to ExecuTorch / LiteRT (e.g. INT8), run in its
+    runtime with the checkpoint's pre- and post-processing on the host
+    (:class:`~mobilenets.tasks.detection.mobile.MobileDetector`) instead of the eager model."""
     model, info = load_detector_checkpoint(path, use_ema)
+    if file is not None:
+        from .mobile import MobileDetector
+
+        model = MobileDetector(model, file)
     r = info["recipe"]
     if data:
         r = r.replace(dataset="digit-scenes", data_dir=None) if data == "digit-scenes" else \
@@ -46,6 +53,8 @@ def eval_detector_checkpoint(path: PathLike, data: Optional[str] = None, batch_s
                                          collate_fn=detection_collate)
     res = evaluate_detector(model, loader)
     res["class_names"] = info["classes"]
+    if file is not None:
+        res["file"], res["runtime"] = model.path, model.runtime
     return res
 
 

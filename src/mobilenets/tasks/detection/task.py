@@ -69,9 +69,19 @@ class DetectionTask(TaskModelTask):
         res = evaluate_detector(model, loader, device, dist)  # channels_last: the model's weights
         return {k: res[k] for k in ("map", "map50", "map75", "n")}
 
-    #: one fp32 image at a time, decode + NMS in the graph: ONNX (the mobile runtimes take no NMS)
-    export_formats = ("onnx",)
-    int8_formats = ()
+    #: ONNX: one fp32 image at a time, decode + NMS in the graph. ExecuTorch / LiteRT (SSD only, fp32
+    #: or INT8): the network's raw outputs, decode + NMS on the host (the mobile runtimes take no
+    #: NMS; :class:`~mobilenets.tasks.detection.mobile.MobileDetector` runs such a file)
+    export_formats = ("onnx", "executorch", "tflite")
+    int8_formats = ("executorch", "tflite")
+
+    def calibration(self, source, model: nn.Module, input_size, count: int = 128):
+        """Calibration for an SSD's network file: ``digit-scenes``, ``fake`` or an image folder, each
+        image through the detector's own transform
+        (:func:`~mobilenets.tasks.detection.mobile.detection_calibration`)."""
+        from .mobile import detection_calibration
+
+        return detection_calibration(source, model, count)
 
     def export_module(self, model: nn.Module) -> nn.Module:
         """One ``(3, H, W)`` image in [0, 1] -> ``boxes``, ``labels``, ``scores`` (post-processing
@@ -90,13 +100,34 @@ class DetectionTask(TaskModelTask):
         self.check_export(fmt, calib is not None, dynamic_batch)
         if float_layers:
             raise ValueError("float layers (mixed precision) are for INT8 classifier exports to executorch or "
-                             "tflite; a detector exports to ONNX")
+                             "tflite; not for detectors")
         if dynamic_batch:
             raise ValueError("detectors export one image at a time (decode + NMS in the graph): drop --dynamic-batch")
+        if fmt != "onnx":
+            return self._export_network(model, fmt, path, input_size, calib, allow_fallback)
         path = export_detector_onnx(model, path, input_size=input_size, opset=opset)
         return Exported(path, f"image 3x{input_size[0]}x{input_size[1]} in [0, 1]",
                         "fp32, BatchNorm folded, decode + NMS in the graph",
                         f"opset {opset}; checked with ONNX Runtime (boxes within 1e-3 px)", normalized=False)
+
+    @staticmethod
+    def _export_network(model, fmt, path, input_size, calib, allow_fallback) -> Exported:
+        """An SSD's network (raw box regressions and class logits) for ExecuTorch / LiteRT
+        (:func:`~mobilenets.tasks.detection.mobile.export_ssd_network`) at the size its transform
+        resizes every image to (``input_size``, the image size, does not change it); ``calib``:
+        images through the detector's transform (:meth:`calibration`) for INT8."""
+        from .mobile import export_ssd_network
+
+        # the network takes the transform's output, whatever size the images have (input_size is
+        # the image size for ONNX, whose graph holds the transform)
+        res = export_ssd_network(model, path, fmt, calib, allow_fallback=allow_fallback)
+        t = model.transform
+        mean, std = (", ".join(f"{v:g}" for v in x) for x in (t.image_mean, t.image_std))
+        shape = "x".join(str(s) for s in res.input_shape)
+        kind = "INT8 (PT2E static, per-channel weights)" if calib is not None else "fp32, BatchNorm folded"
+        return Exported(res.path, f"{shape} (the image resized to {t.fixed_size[0]}x{t.fixed_size[1]}, normalized with "
+                        f"mean {mean} std {std}); outputs bbox_regression, cls_logits (decode + NMS on the host: "
+                        "mobilenets.tasks.detection.mobile.MobileDetector)", kind, res.summary(), normalized=False)
 
     def load(self, path, use_ema: bool = True, **options):
         from .infer import load_detector_checkpoint
@@ -107,12 +138,14 @@ class DetectionTask(TaskModelTask):
                         **options) -> dict:
         from .infer import eval_detector_checkpoint
 
-        return eval_detector_checkpoint(path, data, batch_size=min(batch_size, 16), use_ema=use_ema)
+        return eval_detector_checkpoint(path, data, batch_size=min(batch_size, 16), use_ema=use_ema,
+                                        file=options.get("file"))
 
     def eval_report(self, path, data, res: dict) -> list[str]:
         from ...textutil import table
 
-        lines = [f"{path} on {data or 'its validation data'} ({res['n']} images): mAP {res['map']:.4f}  "
+        what = f"{res['file']} ({res['runtime']}, exported from {path})" if res.get("file") else path
+        lines = [f"{what} on {data or 'its validation data'} ({res['n']} images): mAP {res['map']:.4f}  "
                  f"mAP50 {res['map50']:.4f}  mAP75 {res['map75']:.4f}  mAR@100 {res['mar_100']:.4f}"]
         names = res["class_names"]
         rows = [[names[c] if c < len(names) else str(c), f"{ap:.4f}"] for c, ap in sorted(res["per_class"].items())]

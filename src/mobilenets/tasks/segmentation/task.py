@@ -78,6 +78,9 @@ class SegmentationTask(TaskModelTask):
                         **options) -> dict:
         from .infer import eval_segmenter_checkpoint
 
+        if options.get("file"):
+            raise ValueError("eval --file (an exported file run in its runtime) is for classifiers and SSD detectors; "
+                             "a segmenter's file is checked against eager at export (mobilenets export)")
         res = eval_segmenter_checkpoint(path, data, batch_size=min(batch_size, 16), use_ema=use_ema,
                                         img_size=img_size)
         return {**res, "img_size": img_size}
