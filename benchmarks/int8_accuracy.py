@@ -21,7 +21,9 @@ Each model goes through the commands a user runs (one torch thread each, ``--job
 5. ``detect`` (with ``--detector CKPT``, an SSDLite trained on digit-scenes): its fp32 and INT8
    network files per runtime (``mobilenets export CKPT --format F [--int8 --calib digit-scenes]``),
    evaluated with ``mobilenets eval CKPT --file FILE`` (COCO mAP on the 500 validation scenes).
-6. ``report``: OUT/int8_accuracy.md (table; goal: QAT within 0.5 points of fp32 and PTQ within
+6. ``calib`` (with ``--calib-methods`` / ``--calib-counts``): the calibration choices, PTQ of each
+   fp32 checkpoint with each method (128 images) and each image count (default method).
+7. ``report``: OUT/int8_accuracy.md (table; goal: QAT within 0.5 points of fp32 and PTQ within
    1.5, everywhere it converts) and OUT/int8_accuracy.png.
 
 State is in OUT/int8_accuracy.json after every step; a rerun skips what is done and an
@@ -158,23 +160,81 @@ def _val_images(out: Path, model: str):
     return x, y
 
 
-def step_eval(state, out: Path, models, runtimes, save) -> None:
+def _top1(logits, y) -> float:
     import torch
 
+    return 100.0 * float((torch.as_tensor(logits).argmax(1) == y).double().mean())
+
+
+def _eager(model, x, bs: int = 250):
+    import torch
+
+    with torch.no_grad():
+        return torch.cat([model(x[i:i + bs]) for i in range(0, len(x), bs)])
+
+
+def _run_file(path, x):
+    import torch
+
+    from mobilenets.deploy import onnx_logits, pte_logits, tflite_logits
+
+    run = {".pte": pte_logits, ".tflite": tflite_logits, ".onnx": onnx_logits}[Path(path).suffix]
+    return torch.as_tensor(run(path, x))
+
+
+def step_calib(state, out: Path, models, runtimes, methods, counts, save) -> None:
+    """Issue 26 item 2's calibration choices on the same data: PTQ of each fp32 checkpoint with
+    each ``--calib-method`` (at the default count) and with each ``--calib-count`` (default method),
+    per runtime, every file evaluated on the validation images (top-1, agreement with fp32)."""
     from mobilenets import model_from_checkpoint
-    from mobilenets.deploy import agreement, onnx_logits, pte_logits, tflite_logits
+    from mobilenets.deploy import agreement
+
+    cal = state.setdefault("calibration", {})
+    for m in models:
+        if not _trained(out / m / "fp32"):
+            continue
+        todo = {}
+        for r in runtimes:
+            default = "minmax" if r == "onnx" else "mse"
+            variants = {(meth, 128) for meth in methods} | {(default, c) for c in counts}
+            for meth, count in sorted(variants):
+                key = f"{m}/{r}/{meth}/{count}"
+                if key in cal:
+                    continue
+                path = out / m / "calib" / f"{r}_{meth}_{count}.{SUFFIX[r]}"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                if not path.exists():
+                    cmd = EXE + ["export", str(out / m / "fp32" / "best.pt"), "--format", FORMAT[r], "--precision",
+                                 "int8", "--calib", "digit-clutter", "--calib-count", str(count), "--calib-method",
+                                 meth, "--out", str(path)]
+                    print("$ " + " ".join(cmd[2:]), flush=True)
+                    p = subprocess.run(cmd, capture_output=True, text=True)
+                    if p.returncode != 0:
+                        cal[key] = {"error": (p.stderr.strip().splitlines() or [f"exit {p.returncode}"])[-1]}
+                        save()
+                        continue
+                todo[key] = path
+        if not todo:
+            continue
+        x, y = _val_images(out, m)
+        model, _ = model_from_checkpoint(out / m / "fp32" / "best.pt")
+        ref = _eager(model, x)
+        for key, path in todo.items():
+            logits = _run_file(path, x)
+            cal[key] = {"top1": _top1(logits, y), "agree": 100.0 * agreement(logits, ref), "fp32": _top1(ref, y)}
+            print(f"{key}: top-1 {cal[key]['top1']:.2f} (fp32 {cal[key]['fp32']:.2f}), agreement "
+                  f"{cal[key]['agree']:.2f} %", flush=True)
+            save()
+
+
+def step_eval(state, out: Path, models, runtimes, save) -> None:
+    from mobilenets import model_from_checkpoint
+    from mobilenets.deploy import agreement
     from mobilenets.tasks.qat import load_qat_checkpoint
 
-    run_file = {"executorch": pte_logits, "litert": tflite_logits, "onnx": onnx_logits}
     acc = state.setdefault("accuracy", {})
     files = state.get("files", {})
-
-    def top1(logits, y):
-        return 100.0 * float((torch.as_tensor(logits).argmax(1) == y).double().mean())
-
-    def eager(model, x, bs=250):
-        with torch.no_grad():
-            return torch.cat([model(x[i:i + bs]) for i in range(0, len(x), bs)])
+    top1, eager = _top1, _eager
 
     for m in models:
         if not _trained(out / m / "fp32"):
@@ -196,8 +256,7 @@ def step_eval(state, out: Path, models, runtimes, save) -> None:
                 qat, _ = load_qat_checkpoint(out / m / f"qat_{key.rsplit('_', 1)[1]}" / "best.pt")
                 logits = eager(qat, x)
             else:
-                r = key.split("_", 1)[1]
-                logits = torch.as_tensor(run_file[r](files[f"{m}/{key}"]["path"], x))
+                logits = _run_file(files[f"{m}/{key}"]["path"], x)
             row[key] = {"top1": top1(logits, y), "agree": 100.0 * agreement(logits, ref)}
             print(f"{m} {key}: top-1 {row[key]['top1']:.2f} (fp32 {row['fp32']['top1']:.2f}), "
                   f"agreement {row[key]['agree']:.2f} %", flush=True)
@@ -282,6 +341,19 @@ def step_report(state, out: Path, models, runtimes) -> None:
         lines += ["", "The QAT model itself (fake quantization, eager) beside its file: "
                   + "; ".join(f"{m} {r} {q['top1']:.2f} / {f['top1']:.2f}" if f else f"{m} {r} {q['top1']:.2f} / -"
                               for m, r, q, f in qm)]
+    cal = state.get("calibration")
+    if cal:
+        lines += ["", "Calibration choices (PTQ, the same fp32 checkpoints and validation images): top-1 % of the "
+                  "file (change vs fp32, points), agreement with fp32.", "",
+                  "| model | runtime | method | images | top-1 | agreement |", "|---|---|---|---:|---:|---:|"]
+        for key in sorted(cal, key=lambda k: (k.split("/")[0], k.split("/")[1], k.split("/")[2], int(k.split("/")[3]))):
+            m, r, meth, count = key.split("/")
+            v = cal[key]
+            if "error" in v:
+                lines.append(f"| `{m}` | {r} | {meth} | {count} | does not convert | |")
+            else:
+                lines.append(f"| `{m}` | {r} | {meth} | {count} | {v['top1']:.2f} ({v['top1'] - v['fp32']:+.2f}) | "
+                             f"{v['agree']:.1f} % |")
     det = state.get("detection")
     if det and "fp32" in det:
         lines += ["", f"SSDLite on digit-scenes ({det['checkpoint']}), COCO mAP@[.5:.95] / mAP50 on the 500 "
@@ -338,7 +410,11 @@ def main(argv=None) -> int:
     ap.add_argument("--jobs", type=int, default=2, help="trainings at a time (one thread each)")
     ap.add_argument("--detector", type=Path, help="an SSDLite checkpoint trained on digit-scenes (mobilenets train "
                     "--task detect): its fp32 and INT8 network files' mAP (step detect)")
-    ap.add_argument("--only", action="append", choices=("fp32", "qat", "export", "eval", "detect", "report"),
+    ap.add_argument("--calib-methods", default="", help="step calib: comma-separated --calib-method values, each "
+                    "at 128 images (e.g. mse,minmax,percentile)")
+    ap.add_argument("--calib-counts", default="", help="step calib: comma-separated --calib-count values, each with "
+                    "the runtime's default method (e.g. 32,128,512)")
+    ap.add_argument("--only", action="append", choices=("fp32", "qat", "export", "eval", "calib", "detect", "report"),
                     help="steps to run (default: all)")
     args = ap.parse_args(argv)
     models = [m for m in args.models.split(",") if m]
@@ -363,6 +439,9 @@ def main(argv=None) -> int:
         step_export(state, args.out, models, runtimes, args.calib_count, save)
     if "eval" in steps:
         step_eval(state, args.out, models, runtimes, save)
+    if "calib" in steps or (not args.only and (args.calib_methods or args.calib_counts)):
+        step_calib(state, args.out, models, runtimes, [m for m in args.calib_methods.split(",") if m],
+                   [int(c) for c in args.calib_counts.split(",") if c], save)
     if args.detector and ("detect" in steps or not args.only):
         step_detect(state, args.out, args.detector, runtimes, args.calib_count, save)
     if "report" in steps:

@@ -12,6 +12,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from ..deploy.runtimes import runtime_for
 from ..models.info import model_info
 from ..tasks.base import EXPORT_FORMATS as FORMATS
 from .common import (UserError, add_batch_size, add_input_size, add_json, emit_json, json_only,
@@ -77,6 +78,15 @@ def _cmd_export(args: argparse.Namespace) -> int:
                         "digit-scenes|fake|DIR)")
     if args.calib and not args.int8:
         raise UserError("--calib is for --int8 exports: add --int8 (or drop --calib for fp32)")
+    if args.calib_method and not args.int8:
+        raise UserError("--calib-method is for --int8 exports: add --int8 --calib ...")
+    methods = runtime_for(args.format).calib_methods
+    if args.calib_method and args.calib_method not in methods:
+        import difflib
+
+        close = difflib.get_close_matches(args.calib_method, methods, n=1)
+        raise UserError(f"--calib-method: --format {args.format} takes {', '.join(methods)}; got "
+                        f"{args.calib_method!r}" + (f" (did you mean {close[0]}?)" if close else ""))
     suffix = FORMATS[args.format]
     if args.format != "onnx" and Path(args.out).suffix.lower() != suffix:
         raise UserError(f"--format {args.format} writes a {suffix} file; got --out {args.out}")
@@ -95,7 +105,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     try:
         res = task.export(model, args.format, Path(args.out), size, calib=None if calib is None else calib.images,
                           opset=args.opset, dynamic_batch=args.dynamic_batch, allow_fallback=args.allow_fallback,
-                          float_layers=float_layers)
+                          float_layers=float_layers, **({"calib_method": args.calib_method} if args.calib_method else {}))
     except ValueError as e:
         if not str(e).startswith(("float layers", "float_layers")):
             raise
@@ -274,6 +284,9 @@ def add_commands(subparsers) -> None:
     p.add_argument("--calib", help="calibration images for --int8: digits | digit-clutter | fake | DIR (image folder); "
                                    "detectors: digit-scenes | fake | DIR")
     p.add_argument("--calib-count", type=int, default=128, help="calibration images (default 128)")
+    p.add_argument("--calib-method", default=None,
+                   help="how --int8 picks each activation's range from the calibration images: executorch / tflite: "
+                        "mse (default), minmax, percentile; onnx: minmax (default), entropy, percentile")
     p.add_argument("--dynamic-batch", action="store_true", help="symbolic batch dimension")
     add_input_size(p, help="traced input size (default: the checkpoint's training size, else 224)")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset, 13-20 (default 17)")

@@ -159,7 +159,7 @@ EXECUTORCH = ExecuTorchRuntime()
 def export_executorch(model: nn.Module, path: Union[str, os.PathLike], input_size: Sequence[int] = (224, 224),
                       calib=None, *, int8: Optional[bool] = None, batch_size: int = 1,
                       calib_count: int = DEFAULT_CALIB_COUNT, verify: bool = True, atol_rel: float = 1e-4,
-                      allow_fallback: bool = False) -> MobileExport:
+                      allow_fallback: bool = False, calib_method: Optional[str] = None) -> MobileExport:
     """Export ``model`` to an ExecuTorch program (``.pte``) delegated to XNNPACK.
 
     Args:
@@ -176,6 +176,8 @@ def export_executorch(model: nn.Module, path: Union[str, os.PathLike], input_siz
         atol_rel: fp32 tolerance, relative to the largest eager output.
         allow_fallback: accept ops that XNNPACK does not take (they run on ExecuTorch's portable
             kernels, slowly) instead of raising :class:`LoweringError`.
+        calib_method: INT8 activation ranges: ``"mse"`` (default), ``"minmax"``, ``"percentile"``
+            (:mod:`mobilenets.deploy.observers`).
 
     Returns:
         A :class:`MobileExport` (path-like) with the checks' results.
@@ -186,7 +188,8 @@ def export_executorch(model: nn.Module, path: Union[str, os.PathLike], input_siz
         ImportError: executorch is not installed. RuntimeError: verification failed.
     """
     return export_mobile(EXECUTORCH, model, path, input_size, calib, int8=int8, batch_size=batch_size,
-                         calib_count=calib_count, verify=verify, atol_rel=atol_rel, allow_fallback=allow_fallback)
+                         calib_count=calib_count, verify=verify, atol_rel=atol_rel, allow_fallback=allow_fallback,
+                         calib_method=calib_method)
 
 
 def set_threads(threads: int) -> None:

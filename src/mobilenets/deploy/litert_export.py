@@ -198,9 +198,9 @@ class LiteRTRuntime(Runtime):
 
         return {"quant_config": QuantConfig(pt2e_quantizer=quantizer)}
 
-    def quantize(self, net, x, images, float_layers=()):
+    def quantize(self, net, x, images, float_layers=(), calib_method=None):
         with _quiet():
-            return super().quantize(net, x, images, float_layers)
+            return super().quantize(net, x, images, float_layers, calib_method)
 
     def lower(self, net, x, options, model_name, info=None) -> Lowered:
         import litert_torch
@@ -280,7 +280,7 @@ LITERT = LiteRTRuntime()
 def export_tflite(model: nn.Module, path: Union[str, os.PathLike], input_size: Sequence[int] = (224, 224),
                   calib=None, *, int8: Optional[bool] = None, batch_size: int = 1,
                   calib_count: int = DEFAULT_CALIB_COUNT, verify: bool = True, atol_rel: float = 1e-4,
-                  allow_fallback: bool = False) -> MobileExport:
+                  allow_fallback: bool = False, calib_method: Optional[str] = None) -> MobileExport:
     """Export ``model`` to a LiteRT flatbuffer (``.tflite``) with litert-torch.
 
     Args:
@@ -294,6 +294,8 @@ def export_tflite(model: nn.Module, path: Union[str, os.PathLike], input_size: S
         verify: run the file in ai-edge-litert's Interpreter (see :class:`MobileExport`).
         atol_rel: fp32 tolerance, relative to the largest eager output.
         allow_fallback: accept custom / Flex ops instead of raising :class:`LoweringError`.
+        calib_method: INT8 activation ranges: ``"mse"`` (default), ``"minmax"``, ``"percentile"``
+            (:mod:`mobilenets.deploy.observers`).
 
     Returns:
         A :class:`MobileExport` (path-like) with the checks' results.
@@ -304,7 +306,8 @@ def export_tflite(model: nn.Module, path: Union[str, os.PathLike], input_size: S
         ImportError: litert-torch / ai-edge-litert not installed. RuntimeError: verification failed.
     """
     return export_mobile(LITERT, model, path, input_size, calib, int8=int8, batch_size=batch_size,
-                         calib_count=calib_count, verify=verify, atol_rel=atol_rel, allow_fallback=allow_fallback)
+                         calib_count=calib_count, verify=verify, atol_rel=atol_rel, allow_fallback=allow_fallback,
+                         calib_method=calib_method)
 
 
 def _ordered_outputs(interp) -> list[dict]:

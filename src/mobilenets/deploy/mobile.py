@@ -339,14 +339,21 @@ class Runtime:
         """Options for :meth:`lower` of a net quantized with ``quantizer``."""
         return {}
 
+    #: ``calib_method`` values :meth:`quantize` takes, the default first (:mod:`.observers`)
+    calib_methods: tuple = ("mse", "minmax", "percentile")
+
     def quantize(self, net: nn.Module, x: torch.Tensor, images: torch.Tensor,
-                 float_layers: Sequence[str] = ()) -> tuple[nn.Module, dict]:
+                 float_layers: Sequence[str] = (), calib_method: Optional[str] = None) -> tuple[nn.Module, dict]:
         """``(the INT8 reference net, options for lower)``; by default PT2E static quantization
-        with :meth:`pt2e_quantizer`, calibrated on ``images``; the modules ``float_layers``
+        with :meth:`pt2e_quantizer`, calibrated on ``images``, each activation's range chosen by
+        ``calib_method`` (:data:`calib_methods`; None: the first); the modules ``float_layers``
         (module paths, :func:`~.sensitivity.quantizable_layers`) stay float."""
+        from .observers import with_calib_method
+
         quantizer = self.pt2e_quantizer()
         if quantizer is None:
             raise NotImplementedError(f"{type(self).__name__} has neither a PT2E quantizer nor its own quantize")
+        quantizer = with_calib_method(quantizer, calib_method or self.calib_methods[0])
         options = self.int8_options(quantizer)
         if float_layers:
             from .pt2e_filter import LayerFilter, quantizable_layers
@@ -378,13 +385,16 @@ def export_mobile(runtime: Runtime, model: nn.Module, path: Union[str, os.PathLi
                   input_size: Sequence[int] = (224, 224), calib=None, *, int8: Optional[bool] = None,
                   batch_size: int = 1, calib_count: int = DEFAULT_CALIB_COUNT, verify: bool = True,
                   atol_rel: float = 1e-4, allow_fallback: bool = False, fused: bool = True,
-                  min_size: int = 32, float_layers: Sequence[str] = ()) -> MobileExport:
+                  min_size: int = 32, float_layers: Sequence[str] = (),
+                  calib_method: Optional[str] = None) -> MobileExport:
     """Export ``model`` for ``runtime`` (any :class:`Runtime`: ONNX Runtime, ExecuTorch, LiteRT;
     :func:`~mobilenets.deploy.export_executorch` documents the arguments), verified by running the
     written file in the runtime. ``fused=False`` keeps the BatchNorms. ``min_size``: the smallest
     input side accepted (1 for a block on a feature map, as the search's latency tables export).
     ``float_layers``: INT8 with these layers (module paths) kept float (mixed precision,
-    :func:`~mobilenets.deploy.sensitivity.layer_sensitivity` ranks them).
+    :func:`~mobilenets.deploy.sensitivity.layer_sensitivity` ranks them). ``calib_method``: how
+    each activation's range is chosen from the calibration images (``runtime.calib_methods``; None:
+    the runtime's default; :mod:`mobilenets.deploy.observers`).
 
     ``model`` may be a :class:`~mobilenets.deploy.qat.pt2e.MobileQAT` (quantization-aware trained
     for this runtime): its converted graph is the INT8 net (no calibration: ``calib`` only feeds
@@ -395,6 +405,13 @@ def export_mobile(runtime: Runtime, model: nn.Module, path: Union[str, os.PathLi
     qat = model if isinstance(model, QATExport) else None
     int8 = True if qat is not None else check_int8_args(calib, int8)
     runtime.require()
+    if calib_method is not None:
+        if not int8 or qat is not None:
+            raise ValueError("calib_method is for INT8 post-training quantization" + (
+                " (a QAT model's ranges are trained)" if qat is not None else ": pass calibration images"))
+        if calib_method not in runtime.calib_methods:
+            raise ValueError(f"calib_method: {runtime.label} takes {', '.join(runtime.calib_methods)}; "
+                             f"got {calib_method!r}")
     if qat is not None:
         if qat.runtime.name != runtime.name:
             raise ValueError(f"this model was quantization-aware trained for {qat.runtime.label}; exporting it to "
@@ -414,8 +431,7 @@ def export_mobile(runtime: Runtime, model: nn.Module, path: Union[str, os.PathLi
         options = runtime.int8_options(qat.quantizer)
     elif int8:
         images = resolve_calibration(calib, size, in_chans, calib_count)
-        net, options = runtime.quantize(net, x, images, float_layers) if float_layers else \
-            runtime.quantize(net, x, images)
+        net, options = runtime.quantize(net, x, images, float_layers, calib_method)
     with torch.no_grad():
         ref = (net if int8 else fused)(x)  # INT8: the PT2E reference graph (quantization simulated)
     info = model_info(model).replace(input_size=(in_chans, *size))

@@ -100,8 +100,13 @@ class OnnxRuntime(Runtime):
         if self.verify:
             require("onnxruntime", "checking the exported ONNX file with ONNX Runtime (verify=False skips it)")
 
-    def quantize(self, net, x, images):
-        return net, {"calibration": images}
+    #: quantize_onnx's activation range methods, its default first
+    calib_methods = ("minmax", "entropy", "percentile")
+
+    def quantize(self, net, x, images, float_layers=(), calib_method=None):
+        if float_layers:
+            raise ValueError("float layers (mixed precision) are for INT8 exports to executorch or tflite")
+        return net, {"calibration": images, "method": calib_method or self.calib_methods[0]}
 
     def lower(self, net, x, options, model_name, info=None) -> Lowered:
         import io
@@ -117,7 +122,7 @@ class OnnxRuntime(Runtime):
                               opset_version=self.opset, dynamic_axes=axes, do_constant_folding=True, dynamo=False)
         data = buf.getvalue()
         ops = dict(Counter(n.op_type for n in onnx.load_from_string(data).graph.node))
-        calibration = options.get("calibration")
+        calibration, method = options.get("calibration"), options.get("method", self.calib_methods[0])
 
         def write(tmp: str) -> None:
             if calibration is None:
@@ -126,7 +131,7 @@ class OnnxRuntime(Runtime):
             from .qdq import quantize_file
             with tempfile.TemporaryDirectory(prefix="mobilenets-onnx-") as d:
                 (Path(d) / "fp32.onnx").write_bytes(data)
-                quantize_file(Path(d) / "fp32.onnx", tmp, calibration)
+                quantize_file(Path(d) / "fp32.onnx", tmp, calibration, method=method)
             ops.clear()  # the quantized file's operators
             ops.update(Counter(n.op_type for n in onnx.load(tmp).graph.node))
         return Lowered(write, ops)

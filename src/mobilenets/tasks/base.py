@@ -236,11 +236,12 @@ class Task:
 
     def export(self, model: nn.Module, fmt: str, path: PathLike, input_size: tuple[int, int], *,
                calib: Optional[torch.Tensor] = None, opset: int = 17, dynamic_batch: bool = False,
-               allow_fallback: bool = False, float_layers: tuple = ()) -> Exported:
+               allow_fallback: bool = False, float_layers: tuple = (), calib_method: Optional[str] = None) -> Exported:
         """Write :meth:`export_module` of ``model`` as a ``fmt`` file (:data:`EXPORT_FORMATS`)
         through the one export driver, verified by running it in its runtime; INT8 when
         ``calib`` (normalized images) is given, with ``float_layers`` (module paths) kept float
-        (ExecuTorch, LiteRT). ``ValueError`` for a format or option this task's models do not
+        (ExecuTorch, LiteRT) and the activation ranges chosen by ``calib_method``
+        (:func:`~mobilenets.deploy.export_mobile`). ``ValueError`` for a format or option this task's models do not
         take."""
         from ..deploy.mobile import export_mobile
 
@@ -250,11 +251,13 @@ class Task:
                              + ("--format onnx" if fmt == "onnx" else "an fp32 export"))
         res = export_mobile(runtime_for(fmt, opset, dynamic_batch), self.export_module(model), path, input_size,
                             calib, batch_size=2 if dynamic_batch else 1, allow_fallback=allow_fallback,
-                            float_layers=tuple(float_layers))
+                            float_layers=tuple(float_layers), calib_method=calib_method)
         shape = "x".join(str(s) for s in res.input_shape)
         if dynamic_batch:
             shape = "N" + shape[shape.index("x"):]
         method = "static, QDQ" if fmt == "onnx" else "PT2E static, per-channel weights"
+        if calib_method:
+            method += f", {calib_method} ranges"
         kind = f"INT8 ({method})" if calib is not None else "fp32, BatchNorm folded"
         if float_layers:
             kind = kind[:-1] + f"; {len(float_layers)} layer(s) kept float)"

@@ -130,7 +130,7 @@ def export_ssd_mobile(model: nn.Module, path: Union[str, os.PathLike], fmt: str 
 
 def export_ssd_network(model: nn.Module, path: Union[str, os.PathLike], fmt: str, images: Optional[torch.Tensor],
                        *, input_size: Optional[Sequence[int]] = None, allow_fallback: bool = False,
-                       verify: bool = True) -> MobileExport:
+                       verify: bool = True, calib_method: Optional[str] = None) -> MobileExport:
     """:func:`export_ssd_mobile` with calibration ``images`` already through the detector's transform
     (:func:`detector_inputs`, :func:`detection_calibration`; None: fp32). ``input_size``, when
     given, must be the detector's fixed size."""
@@ -143,7 +143,7 @@ def export_ssd_network(model: nn.Module, path: Union[str, os.PathLike], fmt: str
                          f"got input size {'x'.join(str(s) for s in input_size)}: drop --input-size")
     net = SSDNetwork(unfreeze_batchnorm(_eval_copy(model)))
     return export_mobile(runtime_for(fmt), net, path, size, images, calib_count=len(images) if images is not None
-                         else 1, allow_fallback=allow_fallback, verify=verify)
+                         else 1, allow_fallback=allow_fallback, verify=verify, calib_method=calib_method)
 
 
 def _eval_copy(model: nn.Module) -> nn.Module:

@@ -91,7 +91,7 @@ class DetectionTask(TaskModelTask):
         return DetectionOutputs(model)
 
     def export(self, model, fmt, path, input_size, *, calib=None, opset: int = 17, dynamic_batch: bool = False,
-               allow_fallback: bool = False, float_layers: tuple = ()) -> Exported:
+               allow_fallback: bool = False, float_layers: tuple = (), calib_method=None) -> Exported:
         """ONNX with the post-processing in the graph, checked detection by detection in ONNX
         Runtime (:func:`~mobilenets.tasks.detection.export.export_detector_onnx`: its own
         verification, boxes within 1e-3 px)."""
@@ -104,14 +104,14 @@ class DetectionTask(TaskModelTask):
         if dynamic_batch:
             raise ValueError("detectors export one image at a time (decode + NMS in the graph): drop --dynamic-batch")
         if fmt != "onnx":
-            return self._export_network(model, fmt, path, input_size, calib, allow_fallback)
+            return self._export_network(model, fmt, path, input_size, calib, allow_fallback, calib_method)
         path = export_detector_onnx(model, path, input_size=input_size, opset=opset)
         return Exported(path, f"image 3x{input_size[0]}x{input_size[1]} in [0, 1]",
                         "fp32, BatchNorm folded, decode + NMS in the graph",
                         f"opset {opset}; checked with ONNX Runtime (boxes within 1e-3 px)", normalized=False)
 
     @staticmethod
-    def _export_network(model, fmt, path, input_size, calib, allow_fallback) -> Exported:
+    def _export_network(model, fmt, path, input_size, calib, allow_fallback, calib_method=None) -> Exported:
         """An SSD's network (raw box regressions and class logits) for ExecuTorch / LiteRT
         (:func:`~mobilenets.tasks.detection.mobile.export_ssd_network`) at the size its transform
         resizes every image to (``input_size``, the image size, does not change it); ``calib``:
@@ -120,11 +120,12 @@ class DetectionTask(TaskModelTask):
 
         # the network takes the transform's output, whatever size the images have (input_size is
         # the image size for ONNX, whose graph holds the transform)
-        res = export_ssd_network(model, path, fmt, calib, allow_fallback=allow_fallback)
+        res = export_ssd_network(model, path, fmt, calib, allow_fallback=allow_fallback, calib_method=calib_method)
         t = model.transform
         mean, std = (", ".join(f"{v:g}" for v in x) for x in (t.image_mean, t.image_std))
         shape = "x".join(str(s) for s in res.input_shape)
-        kind = "INT8 (PT2E static, per-channel weights)" if calib is not None else "fp32, BatchNorm folded"
+        ranges = f", {calib_method} ranges" if calib_method else ""
+        kind = f"INT8 (PT2E static, per-channel weights{ranges})" if calib is not None else "fp32, BatchNorm folded"
         return Exported(res.path, f"{shape} (the image resized to {t.fixed_size[0]}x{t.fixed_size[1]}, normalized with "
                         f"mean {mean} std {std}); outputs bbox_regression, cls_logits (decode + NMS on the host: "
                         "mobilenets.tasks.detection.mobile.MobileDetector)", kind, res.summary(), normalized=False)
