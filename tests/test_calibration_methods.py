@@ -35,7 +35,8 @@ def _observers(quantizer, model):
 
 
 @pytest.mark.parametrize("method, observer", [("mse", "HistogramObserver"), ("minmax", "MinMaxObserver"),
-                                              ("percentile", "PercentileObserver")])
+                                              ("percentile", "PercentileObserver"),
+                                              ("average", "MovingAverageMinMaxObserver")])
 def test_the_method_sets_the_activation_observers(method, observer):
     pytest.importorskip("executorch.exir")
     from mobilenets.deploy.executorch_export import xnnpack_quantizer
@@ -46,7 +47,7 @@ def test_the_method_sets_the_activation_observers(method, observer):
     assert observer in found
     weights = {"PerChannelMinMaxObserver"}  # weights keep per-channel min / max
     assert found - weights == {observer}, found
-    with pytest.raises(ValueError, match="calib_method: expected one of mse, minmax, percentile for ExecuTorch / "
+    with pytest.raises(ValueError, match="calib_method: expected one of mse, minmax, percentile, average for ExecuTorch / "
                                          "LiteRT, got 'entropy'"):
         with_calib_method(xnnpack_quantizer(), "entropy")
 
@@ -85,6 +86,36 @@ def test_cli_calib_method(tmp_path, capsys):
     assert "--calib-method: --format onnx takes minmax, entropy, percentile; got 'mse'" in capsys.readouterr().err
     assert main(["export", "mobilenetv1_025", "--format", "executorch", "--int8", "--calib", "fake",
                  "--calib-method", "percentil", "--out", str(tmp_path / "q.pte")]) == 2
-    assert "takes mse, minmax, percentile; got 'percentil' (did you mean percentile?)" in capsys.readouterr().err
+    assert "takes mse, minmax, percentile, average; got 'percentil' (did you mean percentile?)" in \
+        capsys.readouterr().err
     assert main(["export", "mobilenetv1_025", "--calib-method", "minmax", "--out", out]) == 2
     assert "--calib-method is for --int8 exports" in capsys.readouterr().err
+
+
+def test_average_keeps_the_signal_one_extreme_image_would_erase():
+    """One calibration image whose activations are ~300x the others' (as some digit-clutter images
+    are for a MobileNetV3-Large's SE layers): min / max, the MSE search and the percentile all
+    stretch the range over it and round the other images' activations to a few steps; ``average``
+    (each image moves the range by 1 %) keeps them. Measured on the PT2E reference graph."""
+    pytest.importorskip("executorch.exir")
+    from mobilenets.deploy.executorch_export import xnnpack_quantizer
+    from mobilenets.deploy.mobile import pt2e_quantize
+    from mobilenets.deploy.observers import with_calib_method
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                              torch.nn.Flatten(), torch.nn.Linear(16, 10)).eval()
+    g = torch.Generator().manual_seed(0)
+    calib = torch.randn(64, 3, 16, 16, generator=g)
+    calib[40] *= 300  # one extreme image
+    x = torch.randn(32, 3, 16, 16, generator=g)
+    with torch.no_grad():
+        ref = net(x)
+    err = {}
+    for method in PT2E_CALIB_METHODS:
+        q = pt2e_quantize(net, x[:1], calib, with_calib_method(xnnpack_quantizer(), method))
+        with torch.no_grad():
+            out = torch.cat([q(x[i:i + 1]) for i in range(len(x))])
+        err[method] = float((out - ref).abs().mean() / ref.abs().mean())
+    assert err["average"] < 0.05, err
+    assert min(err[m] for m in ("mse", "minmax", "percentile")) > 4 * err["average"], err

@@ -340,7 +340,7 @@ class Runtime:
         return {}
 
     #: ``calib_method`` values :meth:`quantize` takes, the default first (:mod:`.observers`)
-    calib_methods: tuple = ("mse", "minmax", "percentile")
+    calib_methods: tuple = ("mse", "minmax", "percentile", "average")
 
     def quantize(self, net: nn.Module, x: torch.Tensor, images: torch.Tensor,
                  float_layers: Sequence[str] = (), calib_method: Optional[str] = None) -> tuple[nn.Module, dict]:
