@@ -384,14 +384,19 @@ def _plot(acc, models, runtimes, path: Path) -> None:
     keys = [f"{k}_{r}" for r in runtimes for k in ("ptq", "qat")]
     fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(ms)), 4))
     w = 0.8 / len(keys)
+    floor = -4.0  # a collapse would hide every other bar: clipped, its value written on it
     for j, key in enumerate(keys):
         drops = [acc[m][key]["top1"] - acc[m]["fp32"]["top1"] if key in acc[m] else float("nan") for m in ms]
-        ax.bar([i + (j - (len(keys) - 1) / 2) * w for i in range(len(ms))], drops, w,
-               label=key.replace("_", " ").replace("ptq", "PTQ").replace("qat", "QAT"))
+        xs = [i + (j - (len(keys) - 1) / 2) * w for i in range(len(ms))]
+        ax.bar(xs, [max(d, floor) for d in drops], w, label=key.replace("_", " ").replace("ptq", "PTQ").replace("qat", "QAT"))
+        for xi, d in zip(xs, drops):
+            if d < floor:
+                ax.text(xi, floor + 0.1, f"{d:.0f}", rotation=90, ha="center", va="bottom", fontsize=7)
     for k, g in GOAL.items():
         ax.axhline(-g, ls="--", lw=0.8, color="grey")
-        ax.text(len(ms) - 0.5, -g, f"{k.upper()} goal", fontsize=7, va="bottom", ha="right", color="grey")
+        ax.text(len(ms) - 0.5, -g, f"{k.upper()} goal (-{g})", fontsize=7, va="top", ha="right", color="grey")
     ax.axhline(0, color="black", lw=0.6)
+    ax.set_ylim(floor, 2.0)
     ax.set_xticks(range(len(ms)), [m.replace("mobilenet", "mn") for m in ms], rotation=20, fontsize=8)
     ax.set_ylabel("INT8 top-1 - fp32 top-1 (points)")
     ax.set_title("INT8 files vs fp32 on digit-clutter (2,000 validation images)")
