@@ -80,6 +80,44 @@ def test_qat_steps_export_and_the_file_matches(runtime, tmp_path):
     assert float(per_image.median()) <= 0.01 and agree >= 0.9, (per_image.tolist(), agree, res.summary())
 
 
+def test_drop_noop_expands_keeps_the_function():
+    """An expand that expands nothing (a dynamic-batch broadcast at batch 1) is removed; one that
+    broadcasts is kept; the graph computes the same."""
+    from mobilenets.deploy.mobile import drop_noop_expands, export_program
+
+    class M(torch.nn.Module):
+        def forward(self, x):
+            t = torch.ones(1, 4, 3)
+            return x.flatten(1)[:, :12].reshape(-1, 4, 3) + t.expand(x.shape[0], -1, -1), t.expand(2, -1, -1)
+
+    x = torch.randn(1, 3, 8, 8)
+    gm = export_program(M(), x).module()
+    expands = [n for n in gm.graph.nodes if n.target in (torch.ops.aten.expand.default,)]
+    assert len(expands) == 2
+    ref = gm(x)
+    drop_noop_expands(gm)
+    kept = [n for n in gm.graph.nodes if n.target in (torch.ops.aten.expand.default,)]
+    assert len(kept) == 1 and all(torch.equal(a, b) for a, b in zip(gm(x), ref))
+
+
+@pytest.mark.slow
+def test_mobileformer_qat_captures_and_lowers_fully(tmp_path):
+    """Mobile-Former's token table is broadcast over a dynamic batch with expand in the QAT capture
+    (its fixed-batch export form concatenates batch copies, which a dynamic capture cannot
+    specialise); at the phone file's batch 1 that expand is dropped, so the file lowers fully."""
+    _need("executorch")
+    from mobilenets.deploy.qat.pt2e import MobileQAT
+
+    model = randomize_bn(mobilenets.create_model("mobileformer_26m", num_classes=10), calib_size=(64, 64)).eval()
+    x = torch.randn(8, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    qat = MobileQAT(model, "executorch", (64, 64), example=x)
+    assert qat(x).shape == (8, 10) and qat(x[:3]).shape == (3, 10)  # the batch stays dynamic
+    res = export_mobile(runtime_for("executorch"), qat.eval(), tmp_path / "mf.pte", (64, 64), calib=x)
+    # random weights: near-tied logits, 7 of 8 measured; a trained Mobile-Former's QAT file is in
+    # benchmarks/INT8.md
+    assert res.fully_lowered and res.agreement >= 0.75, res.summary()
+
+
 def test_qat_model_refuses_the_wrong_runtime(tmp_path):
     from mobilenets.deploy.qat.pt2e import MobileQAT
 

@@ -268,6 +268,8 @@ class MobileFormerExport(_ExportForm, MobileFormer):
 
     def initial_tokens(self, batch_size: int) -> torch.Tensor:
         t = self.tokens.reshape(1, *self.tokens.shape)
+        if isinstance(batch_size, torch.SymInt):  # a dynamic-batch capture (quantization-aware training):
+            return t.expand(batch_size, -1, -1)   # export_mobile drops it again at batch 1 (drop_noop_expands)
         return t if batch_size == 1 else torch.cat([t] * batch_size)
 
 

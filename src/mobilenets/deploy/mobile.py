@@ -213,6 +213,23 @@ def export_program(net: nn.Module, example: torch.Tensor):
                             f"mobilenets/deploy/export_swaps.py (MOBILE_FORMS)") from e
 
 
+def drop_noop_expands(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """``gm`` (captured at fixed shapes) without the ``expand`` nodes that expand nothing: a
+    dynamic-batch graph (quantization-aware training) broadcasts over its batch with ``expand``,
+    which at a phone file's batch 1 is a copy that no accelerated backend takes. In place."""
+    for node in list(gm.graph.nodes):
+        if node.op == "call_function" and node.target in (torch.ops.aten.expand.default,
+                                                          torch.ops.aten.expand_copy.default):
+            src, val = node.args[0], node.meta.get("val")
+            src_val = getattr(src, "meta", {}).get("val")
+            if val is not None and src_val is not None and tuple(val.shape) == tuple(src_val.shape):
+                node.replace_all_uses_with(src)
+                gm.graph.erase_node(node)
+    gm.graph.lint()
+    gm.recompile()
+    return gm
+
+
 def chunks(images: torch.Tensor, batch: int) -> list[torch.Tensor]:
     """``images`` cut into chunks of exactly ``batch`` (a fixed-shape program's batch size)."""
     if len(images) % batch:
@@ -421,6 +438,7 @@ def export_mobile(runtime: Runtime, model: nn.Module, path: Union[str, os.PathLi
             raise ValueError(f"this QAT model was captured at input {qat.input_size[0]}x{qat.input_size[1]}; "
                              f"got input_size {size[0]}x{size[1]}")
         fused, net, in_chans = qat.eval(), qat.convert(), qat.in_chans
+        net = drop_noop_expands(export_program(net, torch.randn(batch_size, in_chans, *size)).module())
     else:
         target = "mobile_int8" if int8 and runtime.int8_forms else runtime.forms
         fused, net, in_chans = prepare(model, target=target, main_output=runtime.main_output, fused=fused)
