@@ -57,6 +57,16 @@ def format_of(path) -> str:
 
 
 
+def file_runner(path, threads: int = 0) -> tuple[str, object]:
+    """``(format, runner)`` of an exported file: its format by suffix (:func:`format_of`) and its
+    runtime's runner (:meth:`~mobilenets.deploy.mobile.Runtime.runner`); ``FileNotFoundError``
+    naming the runtime when the file is missing."""
+    fmt = format_of(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{FORMAT_LABELS[fmt]} file not found: {os.fspath(path)}")
+    return fmt, runtime_for(fmt).runner(os.fspath(path), threads)
+
+
 class FileModel(nn.Module):
     """An exported classifier file (``.onnx``, ``.pte``, ``.tflite``) as a module for evaluation:
     ``forward(x)`` runs the file in its runtime on each image of ``x`` (any batch size: the file's
@@ -65,11 +75,8 @@ class FileModel(nn.Module):
 
     def __init__(self, path, threads: int = 0):
         super().__init__()
-        fmt = format_of(path)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"{FORMAT_LABELS[fmt]} file not found: {os.fspath(path)}")
+        fmt, self._run = file_runner(path, threads)
         self.path, self.runtime = os.fspath(path), FORMAT_LABELS[fmt]
-        self._run = runtime_for(fmt).runner(self.path, threads)
         self.eval()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 
 from ...deploy.mobile import MobileExport, export_mobile, outputs
-from ...deploy.runtimes import FORMAT_LABELS, format_of, runtime_for
+from ...deploy.runtimes import FORMAT_LABELS, file_runner, runtime_for
 from ...models.info import model_info, set_model_info
 from .export import unfreeze_batchnorm
 
@@ -117,8 +117,6 @@ def export_ssd_mobile(model: nn.Module, path: Union[str, os.PathLike], fmt: str 
 
     Run it with :class:`MobileDetector` (the host side: transform, default boxes, decoding, NMS).
     """
-    if fmt not in SSD_MOBILE_FORMATS:
-        raise ValueError(f"fmt: expected one of {', '.join(SSD_MOBILE_FORMATS)}, got {fmt!r}")
     images = None
     if calib is not None:
         calib = list(calib)[:calib_count]
@@ -169,16 +167,13 @@ class MobileDetector(nn.Module):
     def __init__(self, model: nn.Module, path: Union[str, os.PathLike], threads: int = 0):
         super().__init__()
         self.ssd = _eval_copy(model)
-        fmt = format_of(path) if os.fspath(path).lower().endswith((".pte", ".tflite")) else None
-        if fmt is None:
-            raise ValueError(f"expected a .pte or .tflite file (an SSD's network, export_ssd_mobile), got "
-                             f"{os.fspath(path)!r}" + (": an ONNX detector file has decode + NMS in its graph; run it "
-                                                       "with ONNX Runtime" if os.fspath(path).lower().endswith(".onnx")
-                                                       else ""))
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"{FORMAT_LABELS[fmt]} file not found: {os.fspath(path)}")
-        self.path, self.runtime = os.fspath(path), FORMAT_LABELS[fmt]
-        self.runner = runtime_for(fmt).runner(self.path, threads)
+        name = os.fspath(path)
+        if not name.lower().endswith((".pte", ".tflite")):
+            onnx = ": an ONNX detector file has decode + NMS in its graph; run it with ONNX Runtime"
+            raise ValueError(f"expected a .pte or .tflite file (an SSD's network, export_ssd_mobile), got {name!r}"
+                             + (onnx if name.lower().endswith(".onnx") else ""))
+        fmt, self.runner = file_runner(name, threads)
+        self.path, self.runtime = name, FORMAT_LABELS[fmt]
         self._maps: Optional[list] = None
         self.eval()
 
