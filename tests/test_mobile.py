@@ -69,6 +69,45 @@ def test_int8_forms_compute_the_same_function():
     assert not out.state_dict().keys() - model.state_dict().keys()  # its constants are not weights
 
 
+@pytest.mark.parametrize("name", ["mobileformer_26m", "mobileformer_96m"])
+def test_mobileformer_forms_split_multiplier_depthwise(name):
+    """Mobile-Former's depthwise convs with a channel multiplier (C -> m C, groups C) become m plain
+    depthwise convs (XNNPACK runs m > 1 as a grouped GEMM: 0.75 of 3.0 ms of MF-96M in ExecuTorch),
+    the channel order taken into what reads them: the dynamic ReLU's coefficients and the next 1x1
+    conv (MF-96M), or the channel shuffle that already is that order (MF-26M's grouped 1x1s)."""
+    from mobilenets.deploy import fuse
+    model, x = _conditioned(name)
+    fused = fuse(model)
+    for target in ("mobile", "mobile_int8", "executorch"):
+        out = assert_same_function(fused, lambda m: swap_for_export(m, target=target), x)
+        convs = [m for m in out.modules() if isinstance(m, torch.nn.Conv2d)]
+        depthwise = [c for c in convs if c.groups > 1 and c.groups == c.in_channels]
+        assert depthwise and all(c.out_channels == c.in_channels for c in depthwise), target
+        assert sum(isinstance(m, export_swaps.SplitDepthwise) for m in out.modules()) >= 7
+    if name == "mobileformer_26m":  # the shuffles after the split convs are gone
+        n_shuffle = sum(type(m).__name__ == "ChannelShuffle" for m in fused.modules())
+        assert sum(type(m).__name__ == "ChannelShuffle" for m in out.modules()) < n_shuffle
+    # unfolded BatchNorms: left as they are (the split needs the folded conv)
+    assert not any(isinstance(m, export_swaps.SplitDepthwise) for m in swap_for_export(model, target="mobile").modules())
+
+
+def test_mobileformer_int8_forms():
+    """INT8 Mobile-Former: the dynamic ReLU from mul / relu / add (LiteRT's XNNPACK delegate takes
+    no int8 MAXIMUM) and the token-side modules declared float (``int8_float``): the Former, the
+    Mobile->Former bridge and the Mobile<-Former update, not its residual add on the map."""
+    from mobilenets.deploy import fuse
+    model, x = _conditioned("mobileformer_26m")
+    out = assert_same_function(fuse(model), lambda m: swap_for_export(m, target="mobile_int8"), x)
+    assert any(isinstance(m, export_swaps.MobileInt8DynamicReLU) for m in out.modules())
+    paths = export_swaps.float_modules(out)
+    whole = (export_swaps.MobileMobileToFormer, export_swaps.MobileFormerBlockFormer)
+    expected = [n if isinstance(m, whole) else f"{n}.update" for n, m in out.named_modules()
+                if isinstance(m, (*whole, export_swaps.MobileFormerToMobile))]
+    assert len(expected) > 20 and paths == expected
+    assert not [k for k in out.state_dict() if ".update." in k]  # the update child holds no weights
+    assert export_swaps.float_modules(swap_for_export(mobilenets.create_model("mobilenetv2_050"))) == []
+
+
 class _LossyShift(torch.nn.Module):
     """Exact in float64, lossy in fp32: (y + 100) - 100 keeps ~1e-5 of absolute precision."""
 
@@ -362,17 +401,23 @@ def test_tflite_int8_concatenation_keeps_every_input_range(tmp_path):
 @needs_lt
 @pytest.mark.slow  # ~1.5 min: litert-torch converts Mobile-Former's ~1000 ops slowly
 def test_tflite_int8_mobileformer_converts(tmp_path):
-    """Mobile-Former INT8 in LiteRT: with litert-torch's quantizer alone its layout pass failed
+    """Mobile-Former INT8 in LiteRT, every op delegated to XNNPACK: with litert-torch's quantizer alone its layout pass failed
     ("Attempting to convert non-NHWC compatible node to NHWC: dequantize_per_tensor_N"). With the
     ops that quantizer leaves in float annotated too (annotate_float_gaps), the file converts,
     lowers to builtins only and runs. Its accuracy is measured on a digits-trained model
     (benchmarks/mobile_matrix.py: 100 % top-1 agreement with fp32); on this random-weight one the
     output is only checked to be finite (it is 1.3 relative from the PT2E reference here)."""
     from mobilenets.deploy import export_tflite
+    from mobilenets.deploy.op_profile import op_profile
     model = randomize_bn(mobilenets.create_model("mobileformer_26m", num_classes=10), calib_size=(64, 64)).eval()
     res = export_tflite(model, tmp_path / "q.tflite", input_size=(64, 64), calib="fake", calib_count=4)
     assert res.precision == "int8" and res.fully_lowered, res.outside
     assert res.max_rel_diff is not None and math.isfinite(res.max_rel_diff)
+    # every op in one XNNPACK partition: before the int8 forms, its int8 BATCH_MATMUL, RSQRT,
+    # GELU and MAXIMUM ran on LiteRT's own kernels in 75 partitions (MF-96M: INT8 1.4x fp32's time)
+    prof = op_profile(res, runs=1)
+    assert prof.outside == {} and prof.partitions == 1, (prof.outside, prof.partitions)
+    assert prof.counts.get("BATCH_MATMUL (FLOAT32)") and not prof.counts.get("BATCH_MATMUL (INT8)")
 
 # --- bad input ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("fmt", ["executorch", "tflite"])

@@ -113,7 +113,30 @@ def _size(args, default=(224, 224)) -> Optional[tuple]:
     return tuple(args.input_size) if args.input_size else default
 
 
+_FILE_SUFFIXES = (".pte", ".tflite", ".onnx")
+
+
+def _cmd_op_profile(args: argparse.Namespace) -> int:
+    from ..deploy.op_profile import format_op_profile, op_profile
+
+    given = [o for o, v in (("--input-size", args.input_size), ("--plot", args.plot), ("--by stage", args.by != "layer"),
+                            ("--dtype", args.dtype != "fp32")) if v]
+    if given:
+        raise UserError(f"{given[0]} is for a registry model's analytic profile; a file is profiled as written")
+    try:
+        prof = op_profile(args.name, runs=args.runs, threads=args.threads)
+    except (ValueError, FileNotFoundError) as e:
+        raise UserError(str(e)) from None
+    if args.json:
+        emit_json(args, prof.to_dict(), indent=1)
+    if not json_only(args):
+        print(format_op_profile(prof, top=args.top))
+    return 0
+
+
 def _cmd_profile(args: argparse.Namespace) -> int:
+    if args.name.lower().endswith(_FILE_SUFFIXES):
+        return _cmd_op_profile(args)
     prof = profile(args.name, _size(args), batch_size=args.batch_size, dtype=args.dtype)
     if args.plot:
         from ..analysis.plots import plot_intensity
@@ -186,10 +209,16 @@ def _cmd_roofline(args: argparse.Namespace) -> int:
 def add_commands(subparsers) -> None:
     """Register ``profile`` and ``roofline`` on an ``argparse`` subparsers object; each sets
     ``func`` (a handler taking the parsed args and returning an exit code)."""
-    p = subparsers.add_parser("profile", help="per-layer MACs, params and bytes of a model",
+    p = subparsers.add_parser("profile", help="per-layer MACs, params and bytes of a model; per-op time of a file",
                               description="Per-layer MACs, parameters and bytes moved "
-                                          "(mobilenets.analysis.profile).")
-    p.add_argument("name", help="registry name (see `mobilenets list`)")
+                                          "(mobilenets.analysis.profile); for an exported .pte / .tflite "
+                                          "file, where its runtime spends the time (mobilenets.deploy.op_profile: "
+                                          "XNNPACK's per-operator timings in ExecuTorch; in LiteRT the operators "
+                                          "and those outside its XNNPACK delegate).")
+    p.add_argument("name", help="registry name (see `mobilenets list`), or an exported .pte / .tflite file")
+    p.add_argument("--runs", type=int, default=30, help="file: timed runs (default 30)")
+    p.add_argument("--threads", type=int, default=2, help="file: runtime threads (default 2)")
+    p.add_argument("--top", type=int, default=10, help="file: list the N slowest operators (default 10)")
     add_input_size(p, help="input size (default 224; at least 32)")
     add_batch_size(p, default=1, help="batch size of the byte counts (default 1)")
     p.add_argument("--by", choices=("stage", "layer"), default="layer",

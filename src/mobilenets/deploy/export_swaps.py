@@ -40,7 +40,8 @@ import torch.nn.functional as F
 
 from ..blocks.attention import MultiQueryAttention2d
 from ..blocks.msfa import MultiScaleFusionAdapter, to_resolution
-from ..blocks.mobileformer import DynamicReLU, FormerToMobile, Former, MergedHead, MobileToFormer
+from ..blocks.mobileformer import (ChannelShuffle, DynamicReLU, FormerToMobile, Former, LiteBottleneck, MergedHead,
+                                   MobileDownsample, MobileToFormer)
 from ..models.mobileformer import MobileFormer
 from ..layers.norm import RMSNorm2d
 from ..layers.pool import GlobalPool
@@ -49,14 +50,22 @@ from ..models.mobilenet import ClassifierHead
 __all__ = ["EXECUTORCH_FORMS", "EXPORT_FORMS", "MOBILE_FORMS", "MOBILE_INT8_FORMS", "TARGETS",
            "ExportMultiQueryAttention2d",
            "MobileClassifierHead", "MobileDynamicReLU", "MobileGlobalPool", "MobileFormerBlockFormer", "MobileFormerToMobile",
-           "MobileHardsigmoid", "MobileInt8Hardswish", "MobileLayerNorm", "MobileMergedHead",
+           "MobileHardsigmoid", "MobileInt8DynamicReLU", "MobileInt8Hardswish", "MobileLayerNorm", "MobileLiteBottleneck",
+           "MobileMobileDownsample", "SplitDepthwise", "MobileMergedHead",
            "MobileMobileToFormer", "MobileMultiQueryAttention2d", "MobileFormerExport", "XnnpackGeluTanh",
-           "XnnpackMultiScaleFusionAdapter", "XnnpackRMSNorm2d", "nearest_resize", "swap_for_export"]
+           "XnnpackMultiScaleFusionAdapter", "XnnpackRMSNorm2d", "float_modules", "nearest_resize", "swap_for_export"]
 
 
 class _ExportForm:
     """Mixin: ``from_module(m)`` turns an eager module into this export form, sharing its
-    parameters, buffers and submodules (same ``state_dict``, no copy)."""
+    parameters, buffers and submodules (same ``state_dict``, no copy).
+
+    ``int8_float``: what of a form stays float in an INT8 file of a runtime that keeps such work
+    float (``Runtime.float_forms``): child module names, ``""`` for the whole form
+    (:func:`float_modules` lists the paths). Token-sized work gains nothing from int8, and its int8
+    kernels may run outside the runtime's accelerated backend."""
+
+    int8_float: tuple = ()
 
     @classmethod
     def from_module(cls, m: nn.Module):
@@ -65,7 +74,8 @@ class _ExportForm:
         Args:
             m: an instance of the eager class this form subclasses.
         """
-        base = cls.__mro__[2] if cls.__mro__[1] is _ExportForm else cls.__mro__[1]
+        mro = cls.__mro__
+        base = mro[mro.index(_ExportForm) + 1]  # the eager class (a form may refine another form)
         if not isinstance(m, base):
             raise TypeError(f"expected a {base.__name__}, got {type(m).__name__}")
         new = cls.__new__(cls)
@@ -110,13 +120,6 @@ class MobileMultiQueryAttention2d(_ExportForm, MultiQueryAttention2d):
         o = torch.bmm(p, v.permute(0, 2, 1))          # (B, h Nq, vd)
         o = o.reshape(B, h, n_q, self.value_dim).permute(0, 1, 3, 2)
         return o.reshape(B, h * self.value_dim, qh, qw)
-
-
-def _last_dim_mean(x: torch.Tensor) -> torch.Tensor:
-    """``x.mean(-1, keepdim=True)`` of an ``(N, M, d)`` tensor as a global pool of the 4-D
-    view ``(N, M, d, 1)``."""
-    n, m, d = x.shape
-    return x.reshape(n, m, d, 1).mean((2, 3), keepdim=True).reshape(n, m, 1)
 
 
 def _first_token(tokens: torch.Tensor) -> torch.Tensor:
@@ -190,14 +193,26 @@ class MobileInt8Hardswish(_ExportForm, nn.Hardswish):
 
 
 class MobileLayerNorm(_ExportForm, nn.LayerNorm):
-    """LayerNorm over the last dimension of ``(N, M, d)`` tokens from global pools, a
-    subtraction, a reciprocal square root and the affine (XNNPACK has no layer norm)."""
+    """LayerNorm over the last dimension of ``(N, M, d)`` tokens from two means, a subtraction,
+    a reciprocal square root and the affine (XNNPACK has no layer norm). Each mean is a linear
+    layer with one ``1/d`` row: as a global pool of a 4-D view (XNNPACK's mean reduces only
+    spatial dimensions) both runtimes wrapped every mean in two transposes (100 of Mobile-Former-
+    96M's 250 in ExecuTorch)."""
+
+    @classmethod
+    def from_module(cls, m: nn.Module):
+        new = super().from_module(m)
+        d = m.normalized_shape[-1]
+        w = next(iter(m.parameters()), None)
+        new.register_buffer("mean_row", torch.full((1, d), 1.0 / d, dtype=w.dtype if w is not None else None,
+                                                   device=w.device if w is not None else None), persistent=False)
+        return new
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 3 or len(self.normalized_shape) != 1:
             return super().forward(x)
-        xc = x - _last_dim_mean(x)
-        y = xc * torch.rsqrt(_last_dim_mean(xc * xc) + self.eps)
+        xc = x - F.linear(x, self.mean_row)
+        y = xc * torch.rsqrt(F.linear(xc * xc, self.mean_row) + self.eps)
         return y * self.weight + self.bias if self.elementwise_affine else y
 
 
@@ -212,8 +227,21 @@ class MobileDynamicReLU(_ExportForm, DynamicReLU):
         return a1.reshape(n, self.chs, 1, 1), a2.reshape(n, self.chs, 1, 1)
 
 
+class MobileInt8DynamicReLU(MobileDynamicReLU):
+    """:class:`MobileDynamicReLU` for INT8 files: ``max(a1 x, a2 x) = a2 x + relu((a1 - a2) x)``,
+    from int8 mul / relu / add kernels, where LiteRT's XNNPACK delegate does not take an int8
+    MAXIMUM (each one, on a whole feature map, split the delegated graph and ran TFLite's own
+    kernel)."""
+
+    def forward(self, x: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        a1, a2 = self.coefficients(tokens)
+        return x * a2 + F.relu(x * (a1 - a2))
+
+
 class MobileMobileToFormer(_ExportForm, MobileToFormer):
     """Mobile -> Former with its two attention matmuls as 3-D ``bmm``."""
+
+    int8_float = ("",)
 
     def forward(self, x: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         n, c = x.shape[:2]
@@ -228,6 +256,8 @@ class MobileMobileToFormer(_ExportForm, MobileToFormer):
 class MobileFormerBlockFormer(_ExportForm, Former):
     """The Former with its attention matmuls as 3-D ``bmm``."""
 
+    int8_float = ("",)
+
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         n, m, d = tokens.shape
         q, k = self._qk(tokens)
@@ -239,16 +269,29 @@ class MobileFormerBlockFormer(_ExportForm, Former):
 
 class MobileFormerToMobile(_ExportForm, FormerToMobile):
     """Mobile <- Former with a last-dimension softmax: the small ``(M, H W)`` score matrix is
-    transposed around it (the map itself stays channel-major), the matmuls are 3-D ``bmm``."""
+    transposed around it (the map itself stays channel-major), the matmuls are 3-D ``bmm``. The
+    update (``update``, a child: in INT8 files of a ``float_forms`` runtime it stays float) is
+    added to the map apart, so that the residual add stays int8 on the int8 map."""
+
+    int8_float = ("update",)
+
+    @classmethod
+    def from_module(cls, m: nn.Module):
+        new = super().from_module(m)
+        new.update = _Part(new.attend_update)
+        return new
 
     def forward(self, x: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        return x + self.update(x, tokens)
+
+    def attend_update(self, x: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         n, c, h, w = x.shape
         m, hd = tokens.shape[1], c // self.heads
         q = x.reshape(n, self.heads, hd, h * w)
         k = self.k(tokens).reshape(n, m, self.heads, hd).transpose(1, 2)
         p_t = (_bmm4(k, q) * self.scale).transpose(-1, -2).softmax(dim=-1).transpose(-1, -2)
         v = self.v(tokens).reshape(n, m, self.heads, hd).permute(0, 2, 3, 1)
-        return x + self.drop_path(_bmm4(v, p_t).reshape(n, c, h, w))
+        return self.drop_path(_bmm4(v, p_t).reshape(n, c, h, w))
 
 
 class MobileMergedHead(_ExportForm, MergedHead):
@@ -260,6 +303,120 @@ class MobileMergedHead(_ExportForm, MergedHead):
             return x
         x = self.act(self.norm(self.hidden(torch.cat([self.pool_act(x), _first_token(tokens)], dim=1))))
         return x if pre_logits else self.fc(self.drop(x))
+
+
+class SplitDepthwise(nn.Module):
+    """A BatchNorm-folded depthwise ``ConvNormAct`` with channel multiplier ``m`` (``C -> m C``,
+    groups ``C``) as ``m`` plain depthwise convs (``C -> C``), one per multiplier index, their
+    outputs concatenated: output channel ``j C + i`` is the original's ``i m + j``.
+
+    Why: XNNPACK runs only a multiplier-1 depthwise conv on its depthwise kernels; ``m > 1``
+    becomes a grouped GEMM with 9-element rows. Measured on Mobile-Former-96M (ExecuTorch, 224,
+    2 threads): its ten such convs took 0.75 ms of 3.0 ms in fp32 and 0.73 ms of 2.6 ms in INT8
+    (not faster: the GEMM is overhead-bound). Same MACs here; the channel order is the owning
+    block's form's business (:func:`_split_multiplier`)."""
+
+    def __init__(self, cna: nn.Module):
+        super().__init__()
+        conv = cna.conv
+        c, m = conv.in_channels, conv.out_channels // conv.in_channels
+        self.convs = nn.ModuleList()
+        for j in range(m):
+            one = nn.Conv2d(c, c, conv.kernel_size, conv.stride, conv.padding, conv.dilation, groups=c,
+                            bias=conv.bias is not None, padding_mode=conv.padding_mode,
+                            device=conv.weight.device, dtype=conv.weight.dtype)
+            one.weight = nn.Parameter(conv.weight.detach()[j::m].clone(), requires_grad=conv.weight.requires_grad)
+            if conv.bias is not None:
+                one.bias = nn.Parameter(conv.bias.detach()[j::m].clone(), requires_grad=conv.bias.requires_grad)
+            self.convs.append(one)
+        self.act = cna.act
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _cat_channels([self.act(conv(x)) for conv in self.convs])  # the activation fuses into each conv
+
+
+def _cat_channels(ys: list) -> torch.Tensor:
+    """``torch.cat(ys, 1)`` as concatenations of at most 5 (XNNPACK's largest)."""
+    while len(ys) > 5:
+        ys = [torch.cat(ys[i:i + 5], 1) if len(ys[i:i + 5]) > 1 else ys[i] for i in range(0, len(ys), 5)]
+    return torch.cat(ys, 1) if len(ys) > 1 else ys[0]
+
+
+def _multiplier(cna: nn.Module) -> int:
+    """The channel multiplier of a folded depthwise ``ConvNormAct`` that :class:`SplitDepthwise`
+    can take (a plain ``nn.Conv2d``, no BatchNorm left, no anti-aliasing pool); 0 otherwise."""
+    conv = getattr(cna, "conv", None)
+    if type(conv) is not nn.Conv2d or conv.groups != conv.in_channels or conv.out_channels % conv.in_channels:
+        return 0
+    if not all(isinstance(getattr(cna, a, None), nn.Identity) for a in ("bn", "aa")):
+        return 0
+    return conv.out_channels // conv.in_channels
+
+
+def _split_multiplier(block: nn.Module, dw: str, shuffle: str, act: str, pw: str) -> None:
+    """In place on an export form: ``block.<dw>`` (channel multiplier > 1) as a
+    :class:`SplitDepthwise`, and what reads its output set to its channel order: a channel
+    shuffle over its input channels (Mobile-Former-26M) already is that order, so it is dropped;
+    otherwise the per-channel dynamic-ReLU coefficients (``act``, may be None) and the next 1x1
+    conv's input channels (``pw``, ungrouped) are permuted. Left as is when neither applies."""
+    cna, sh = getattr(block, dw), getattr(block, shuffle)
+    m = _multiplier(cna)
+    if m < 2:
+        return
+    c = cna.conv.in_channels
+    perm = torch.tensor([i * m + j for j in range(m) for i in range(c)])
+    nxt = getattr(block, pw)
+    if isinstance(sh, ChannelShuffle) and sh.groups == c:
+        setattr(block, shuffle, nn.Identity())  # shuffled order == the split's order
+    elif isinstance(sh, nn.Identity) and type(nxt.conv) is nn.Conv2d and nxt.conv.groups == 1:
+        if act is not None:
+            a = copy.copy(getattr(block, act))
+            a._modules = dict(a._modules)
+            a.fc2 = _rows(a.fc2, torch.cat([perm, perm + m * c]))
+            setattr(block, act, a)
+        nxt = copy.copy(nxt)
+        nxt._modules = dict(nxt._modules)
+        conv = copy.copy(nxt.conv)
+        conv._parameters = dict(conv._parameters)
+        conv.weight = nn.Parameter(nxt.conv.weight.detach()[:, perm].clone(), requires_grad=nxt.conv.weight.requires_grad)
+        nxt.conv = conv
+        setattr(block, pw, nxt)
+    else:
+        return
+    setattr(block, dw, SplitDepthwise(cna))
+
+
+def _rows(lin: nn.Linear, rows: torch.Tensor) -> nn.Linear:
+    """A copy of ``lin`` computing its outputs in the order ``rows``."""
+    new = copy.copy(lin)
+    new._parameters = dict(lin._parameters)
+    new.weight = nn.Parameter(lin.weight.detach()[rows].clone(), requires_grad=lin.weight.requires_grad)
+    if lin.bias is not None:
+        new.bias = nn.Parameter(lin.bias.detach()[rows].clone(), requires_grad=lin.bias.requires_grad)
+    return new
+
+
+class MobileLiteBottleneck(_ExportForm, LiteBottleneck):
+    """Mobile-Former's bneck-lite with its multiplier depthwise conv split
+    (:class:`SplitDepthwise`); its parameters are permuted copies (a different ``state_dict``)."""
+
+    @classmethod
+    def from_module(cls, m: nn.Module):
+        new = super().from_module(m)
+        _split_multiplier(new, "dw", "shuffle", None, "project")
+        return new
+
+
+class MobileMobileDownsample(_ExportForm, MobileDownsample):
+    """Mobile-Former's stride-2 Mobile sub-block with both multiplier depthwise convs split
+    (:class:`SplitDepthwise`); its parameters are permuted copies (a different ``state_dict``)."""
+
+    @classmethod
+    def from_module(cls, m: nn.Module):
+        new = super().from_module(m)
+        _split_multiplier(new, "dw1", "shuffle1", "act1", "pw1")
+        _split_multiplier(new, "dw2", "shuffle2", "act2", "pw2")
+        return new
 
 
 class MobileFormerExport(_ExportForm, MobileFormer):
@@ -355,11 +512,14 @@ MOBILE_FORMS: dict[type, type] = {
     Former: MobileFormerBlockFormer,
     FormerToMobile: MobileFormerToMobile,
     MergedHead: MobileMergedHead,
+    LiteBottleneck: MobileLiteBottleneck,
+    MobileDownsample: MobileMobileDownsample,
     MobileFormer: MobileFormerExport,
 }
 
 #: the mobile forms of an INT8 file: hard-swish from int8 add / clamp / mul kernels as well.
-MOBILE_INT8_FORMS: dict[type, type] = {**MOBILE_FORMS, nn.Hardswish: MobileInt8Hardswish}
+MOBILE_INT8_FORMS: dict[type, type] = {**MOBILE_FORMS, nn.Hardswish: MobileInt8Hardswish,
+                                        DynamicReLU: MobileInt8DynamicReLU}
 
 #: the mobile forms of an ExecuTorch (XNNPACK) program: ops its delegate gets wrong or lacks as well.
 EXECUTORCH_FORMS: dict[type, type] = {**MOBILE_FORMS, nn.GELU: XnnpackGeluTanh, RMSNorm2d: XnnpackRMSNorm2d,
@@ -367,6 +527,31 @@ EXECUTORCH_FORMS: dict[type, type] = {**MOBILE_FORMS, nn.GELU: XnnpackGeluTanh, 
 
 TARGETS: dict[str, dict[type, type]] = {"onnx": EXPORT_FORMS, "mobile": MOBILE_FORMS,
                                         "mobile_int8": MOBILE_INT8_FORMS, "executorch": EXECUTORCH_FORMS}
+
+
+def float_modules(form: nn.Module) -> list[str]:
+    """Module paths of what the export forms in ``form`` keep float in INT8 (``int8_float``;
+    outermost only)."""
+    paths: list[str] = []
+    for name, m in form.named_modules():
+        for part in getattr(m, "int8_float", ()):
+            path = ".".join(p for p in (name, part) if p)
+            if not any(path == p or path.startswith(p + ".") for p in paths):
+                paths.append(path)
+    return paths
+
+
+class _Part(nn.Module):
+    """A parameterless child that runs a function of its parent (a bound method, not registered
+    as a module: the parent's ``state_dict`` is unchanged), so that the ops it runs have their
+    own module path (what ``int8_float`` names)."""
+
+    def __init__(self, fn):
+        super().__init__()
+        object.__setattr__(self, "fn", fn)
+
+    def forward(self, *args):
+        return self.fn(*args)
 
 
 def swap_for_export(model: nn.Module, inplace: bool = False, target: str = "onnx") -> nn.Module:

@@ -183,6 +183,7 @@ class LiteRTRuntime(Runtime):
     backend = "LiteRT's builtin ops (custom / Flex ops are not in the standard LiteRT runtime)"
     complete = "builtin ops only"
     int8_forms = True
+    float_forms = True  # int8 BATCH_MATMUL / RSQRT / GELU run outside its XNNPACK delegate
 
     def require(self) -> None:
         require("litert_torch", "LiteRT export")

@@ -372,15 +372,26 @@ class Runtime:
             raise NotImplementedError(f"{type(self).__name__} has neither a PT2E quantizer nor its own quantize")
         quantizer = with_calib_method(quantizer, calib_method or self.calib_methods[0])
         options = self.int8_options(quantizer)
-        if float_layers:
-            from .pt2e_filter import LayerFilter, quantizable_layers
+        quantizer = self.keep_float(quantizer, net, float_layers)
+        return pt2e_quantize(net, x, images, quantizer, fold_quantize=self.fold_quantize), options
 
+    #: INT8 files keep the export forms that declare ``int8_float`` (token-sized work) float
+    #: (:func:`~.export_swaps.float_modules`)
+    float_forms: bool = False
+
+    def keep_float(self, quantizer, net: nn.Module, float_layers: Sequence[str] = ()):
+        """``quantizer`` restricted so that ``float_layers`` (module paths of ``net``, checked) and,
+        where :attr:`float_forms`, the forms declaring ``int8_float`` stay float."""
+        from .export_swaps import float_modules
+        from .pt2e_filter import LayerFilter, quantizable_layers
+
+        if float_layers:
             unknown = sorted(set(float_layers) - set(quantizable_layers(net)))
             if unknown:
                 raise ValueError(f"float_layers: no quantizable layer {unknown[0]!r}; expected module paths such as "
                                  f"{quantizable_layers(net)[:3]}")
-            quantizer = LayerFilter(quantizer, skip=float_layers).quantizer
-        return pt2e_quantize(net, x, images, quantizer, fold_quantize=self.fold_quantize), options
+        skip = [*float_layers, *(float_modules(net) if self.float_forms else ())]
+        return LayerFilter(quantizer, skip=skip).quantizer if skip else quantizer
 
     def lower(self, net: nn.Module, x: torch.Tensor, options: dict, model_name: str, info=None) -> Lowered:
         """The program for ``net`` at input ``x`` (a :class:`LoweringError` when it cannot);

@@ -111,7 +111,7 @@ class MobileQAT(nn.Module, QATExport):
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise LoweringError(f"torch.export cannot capture {type(model).__name__} for QAT ({type(e).__name__}: "
                                 f"{first[:300]})") from e
-        self.graph = prepare_qat_pt2e(ep.module(), quantizer)
+        self.graph = prepare_qat_pt2e(ep.module(), rt.keep_float(quantizer, form))
         self.runtime, self.quantizer, self.input_size, self.in_chans = rt, quantizer, size, in_chans
         set_model_info(self, model_info(model))
         if example is not None:
