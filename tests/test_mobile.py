@@ -232,7 +232,7 @@ def test_attention_blocks_lower_fully_to_xnnpack(block):
     else:
         net = MobileFormerBlock(MobileBottleneck(16, 16, 4, token_dim=32), token_dim=32).eval()
         args = (torch.randn(1, 16, 14, 14), torch.randn(1, 6, 32))
-    mobile = swap_for_export(net, target="mobile")
+    mobile = swap_for_export(net, target="executorch")
     with torch.no_grad():
         a, b = net(*args), mobile(*args)
     for u, v in zip(a if isinstance(a, tuple) else (a,), b if isinstance(b, tuple) else (b,)):
@@ -418,6 +418,39 @@ def test_tflite_int8_mobileformer_converts(tmp_path):
     prof = op_profile(res, runs=1)
     assert prof.outside == {} and prof.partitions == 1, (prof.outside, prof.partitions)
     assert prof.counts.get("BATCH_MATMUL (FLOAT32)") and not prof.counts.get("BATCH_MATMUL (INT8)")
+
+class _MQANet(torch.nn.Module):
+    """A conv and a Mobile MQA block (shared key / value, 4 query heads, keys at stride 2)."""
+
+    def __init__(self):
+        super().__init__()
+        from mobilenets.blocks import MobileMQA
+        self.stem = torch.nn.Conv2d(3, 32, 3, stride=2, padding=1)
+        self.mqa = MobileMQA(32, 32, num_heads=4, key_dim=16, kv_stride=2)
+
+    def forward(self, x):
+        return self.mqa(self.stem(x)).mean((2, 3))
+
+
+@needs_lt
+@pytest.mark.parametrize("int8", [False, True])
+def test_tflite_mobile_mqa_runs_in_xnnpack(int8, tmp_path):
+    """Mobile MQA in LiteRT, fp32 and INT8: one XNNPACK partition. With the heads folded into one
+    batch-1 matmul, LiteRT's converter wrote each matmul as a FULLY_CONNECTED with dynamic weights,
+    which its delegate refuses (MNv4-Hybrid-M: 9 / 17 partitions; INT8 0.58 -> 0.43 of fp32 once
+    the heads are the matmuls' batch), and the key / value repeated per head needs its
+    concatenation annotated although its inputs are one tensor."""
+    from mobilenets.deploy import export_tflite
+    from mobilenets.deploy.op_profile import op_profile
+    torch.manual_seed(0)
+    kw = dict(calib="fake", calib_count=4) if int8 else {}
+    res = export_tflite(_MQANet().eval(), tmp_path / "m.tflite", input_size=(32, 32), **kw)
+    prof = op_profile(res, runs=1, threads=1)
+    assert prof.outside == {} and prof.partitions == 1, (prof.outside, prof.partitions)
+    assert not any(k.startswith("FULLY_CONNECTED") for k in prof.counts) and prof.counts.get("BATCH_MATMUL (FLOAT32)") == 2
+    if int8:
+        assert res.max_rel_diff < 0.05, res.summary()
+
 
 # --- bad input ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("fmt", ["executorch", "tflite"])

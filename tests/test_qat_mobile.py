@@ -225,6 +225,12 @@ def test_train_qat_then_export_qat_round_trip(fp32_checkpoint, tmp_path, capsys)
     assert main(["export", "--format", "executorch", "--qat", str(run / "best.pt"), "--input-size", "64",
                  "--out", str(bad)]) == 2
     assert "trained (and its graph captured) at 32x32" in capsys.readouterr().err
+    ck = torch.load(run / "best.pt", weights_only=False)  # as if the export forms had changed since
+    key = next(k for k in ck["state_dict"] if k.endswith("weight"))
+    ck["state_dict"][key.replace("weight", "old_weight")] = ck["state_dict"].pop(key)
+    torch.save(ck, tmp_path / "stale.pt")
+    assert main(["export", "--format", "executorch", "--qat", str(tmp_path / "stale.pt"), "--out", str(bad)]) == 2
+    assert "does not match this version's executorch export form" in capsys.readouterr().err
     assert not bad.exists() and not (tmp_path / "b.tflite").exists()
 
 

@@ -106,12 +106,12 @@ def annotate_float_gaps(gm: torch.fx.GraphModule, config) -> torch.fx.GraphModul
         elif node.target in _UNARY and len(tensors) == 1 and node.args[0] is tensors[0]:
             mark(node, tensors, output=True)
         elif node.target in _CATS and node.args and all(isinstance(a, torch.fx.Node) for a in node.args[0]) \
-                and len(set(node.args[0])) == len(node.args[0]) > 1:
+                and len(node.args[0]) > 1:  # (one tensor repeated too: LiteRT's Mobile MQA form)
             first = node.args[0][0]
             shared = SharedQuantizationSpec((first, node))
             node.meta["quantization_annotation"] = QuantizationAnnotation(
-                input_qspec_map={first: in_spec, **{a: shared for a in node.args[0][1:]}}, output_qspec=shared,
-                _annotated=True)
+                input_qspec_map={first: in_spec, **{a: shared for a in node.args[0][1:] if a is not first}},
+                output_qspec=shared, _annotated=True)
     return gm
 
 

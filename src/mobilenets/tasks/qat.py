@@ -48,7 +48,18 @@ def load_qat_checkpoint(path: Union[str, Path]) -> tuple[nn.Module, dict]:
     if ck.get("model_info"):
         set_model_info(model, ModelInfo.from_dict(ck["model_info"]))
     qat = qat_model(model, r.qat, r.img_size)
-    qat.load_state_dict(ck["state_dict"])
+    missing, unexpected = [], []
+    try:
+        qat.load_state_dict(ck["state_dict"])
+    except RuntimeError:
+        own = qat.state_dict()
+        missing, unexpected = sorted(set(own) - set(ck["state_dict"])), sorted(set(ck["state_dict"]) - set(own))
+        if not (missing or unexpected):
+            raise
+    if missing or unexpected:  # the export forms it was captured with have changed since it was trained
+        raise ValueError(f"{path}: this QAT checkpoint's graph does not match this version's {r.qat} export form of "
+                         f"{r.model} ({len(missing)} weight(s) missing, e.g. {missing[:1]}; {len(unexpected)} unknown, "
+                         f"e.g. {unexpected[:1]}): train QAT again from the fp32 checkpoint with this version")
     return qat.eval(), r.to_dict()
 
 
