@@ -510,6 +510,14 @@ def test_cli_export_errors(tmp_path, capsys):
 @needs_et
 @needs_lt
 @pytest.mark.slow
+def test_bench_warns_when_two_xnnpack_runtimes_share_the_process():
+    from mobilenets.deploy.bench import mixed_runtime_note
+    note = mixed_runtime_note(["eager", "et_xnnpack_fp32", "litert_int8"])
+    assert note and "ExecuTorch and LiteRT ran in one process" in note and "--paths litert_fp32,litert_int8" in note
+    assert mixed_runtime_note(["et_xnnpack_fp32", "et_xnnpack_int8", "ort_fp32"]) is None
+    assert mixed_runtime_note(["litert_fp32", "litert_int8"]) is None
+
+
 def test_bench_builds_and_checks_the_mobile_paths():
     from mobilenets.deploy import bench as B
     paths = ["eager", "et_xnnpack_fp32", "et_xnnpack_int8", "litert_fp32"]

@@ -225,7 +225,7 @@ def _short(values) -> str:
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     import mobilenets
-    from ..deploy.bench import ALL_PATHS, bench
+    from ..deploy.bench import ALL_PATHS, bench, mixed_runtime_note
 
     names: list[str] = []
     for pat in args.names:
@@ -253,6 +253,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     print(report.table(markdown=args.markdown))
     print("\nms: median per batch; p25-p75: quartiles of the timed iterations. x timm ORT / x timm eager: "
           "ratio of medians in this run (< 1: faster); x roofline: ms / (MACs / measured peak MAC rate), fp32 paths only.")
+    mixed = mixed_runtime_note([r.path for r in report.rows if r.ms is not None])  # the paths that ran
+    if mixed:
+        print(mixed)
     emit_json(args, report.as_dict())
     return 0
 

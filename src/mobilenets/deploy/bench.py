@@ -122,6 +122,23 @@ class BenchReport:
         return "\n".join(lines)
 
 
+#: the path prefixes of runtimes that each keep their own XNNPACK thread pool in the process
+_POOL_RUNTIMES = {"et_xnnpack": "ExecuTorch", "litert": "LiteRT"}
+
+
+def mixed_runtime_note(paths: Sequence[str]) -> Optional[str]:
+    """A warning when ``paths`` time ExecuTorch and LiteRT in one process (None otherwise): each
+    keeps its own XNNPACK thread pool, and with both on the same cores they can slow each other
+    (Mobile-Former's LiteRT fp32 file: 2.5 ms alone, 3.9-5.4 ms beside a loaded ExecuTorch
+    program in some runs; benchmarks/INT8.md)."""
+    present = [label for prefix, label in _POOL_RUNTIMES.items() if any(p.startswith(prefix) for p in paths)]
+    if len(present) < 2:
+        return None
+    return (f"note: {' and '.join(present)} ran in one process; each keeps its own XNNPACK thread pool and they can "
+            "slow each other: compare their paths within a runtime, or time each runtime in its own run "
+            "(--paths et_xnnpack_fp32,et_xnnpack_int8, then --paths litert_fp32,litert_int8)")
+
+
 def bench(names: Iterable[str], batches: Sequence[int] = (1, 32), threads: int = 2, size: int = 224,
           paths: Sequence[str] = ALL_PATHS, repeats: Optional[int] = None, warmup: Optional[int] = None,
           calib: str = "fake", calib_count: int = 32, seconds: float = 4.0,
