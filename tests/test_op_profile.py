@@ -90,7 +90,23 @@ def test_cli_profile_file(pte, capsys):
     assert main(["profile", str(pte), "--runs", "2", "--threads", "1", "--top", "2"]) == 0
     out = capsys.readouterr().out
     assert "executorch, 1 threads, median of 2 runs" in out and "slowest 2:" in out
+    png = pte.parent / "ops.png"
+    assert main(["profile", str(pte), "--runs", "2", "--threads", "1", "--plot", str(png)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"wrote {png}" in capsys.readouterr().out
     assert main(["profile", str(pte), "--input-size", "64"]) == 2
     assert "--input-size is for a registry model's analytic profile" in capsys.readouterr().err
     assert main(["profile", str(pte).replace(".pte", ".onnx")]) == 2
     assert "per-op profiles are for ExecuTorch .pte" in capsys.readouterr().err
+
+
+def test_plot_op_profile_times_and_counts(tmp_path):
+    pytest.importorskip("matplotlib")
+    from mobilenets.analysis.plots import plot_op_profile
+    from mobilenets.deploy.op_profile import OpProfile
+    ops = [{"name": f"Convolution (NHWC, QC8) DWConv #{i}", "kind": "Convolution (NHWC, QC8) DWConv", "ms": 0.1}
+           for i in range(3)] + [{"name": "Convert (NC) #1", "kind": "Convert (NC)", "ms": 0.05}]
+    timed = OpProfile("m.pte", "executorch", 5, 2, 0.5, ops, {"Convolution (NHWC, QC8) DWConv": 3, "Convert (NC)": 1})
+    assert plot_op_profile(timed, tmp_path / "t.png").stat().st_size > 1000
+    counted = OpProfile("m.tflite", "litert", 5, 2, 0.5, [{"name": "MAXIMUM (INT8) #0", "kind": "MAXIMUM (INT8)", "ms": None}],
+                        {"MAXIMUM (INT8)": 1}, {"MAXIMUM (INT8)": 1}, 2)
+    assert plot_op_profile(counted, tmp_path / "c.png").stat().st_size > 1000

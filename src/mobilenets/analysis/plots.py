@@ -121,3 +121,39 @@ def plot_intensity(prof: Profile, path: Union[str, Path],
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_op_profile(prof, path: Union[str, Path], top: int = 15) -> Path:
+    """Horizontal bars of an exported file's time per operator kind
+    (:class:`~mobilenets.deploy.op_profile.OpProfile`, ExecuTorch: the runtime's own timings),
+    the ``top`` kinds, with the call's time outside every operator as its own bar; a LiteRT
+    profile (no per-op times) plots operator counts, those outside XNNPACK in red."""
+    plt = _plt()
+    rows = prof.by_kind()
+    timed = any(ms is not None for _, _, ms in rows)
+    if timed:
+        rows = [(k, n, ms or 0.0) for k, n, ms in rows][:top]
+        outside_ops = prof.total_ms - sum(op["ms"] or 0.0 for op in prof.ops)
+        labels = [f"{k} (x{n})" for k, n, _ in rows] + ["outside the operators (dispatch)"]
+        vals = [ms for _, _, ms in rows] + [max(outside_ops, 0.0)]
+        colors = ["tab:blue"] * len(rows) + ["tab:gray"]
+        xlabel = f"ms per call (total {prof.total_ms:.3f} ms)"
+    else:
+        rows = sorted(rows, key=lambda r: -r[1])[:top]
+        labels = [k for k, _, _ in rows]
+        vals = [n for _, n, _ in rows]
+        colors = ["tab:red" if k in prof.outside else "tab:blue" for k in labels]
+        xlabel = f"operators ({len(prof.ops)} in all; red: outside XNNPACK, {prof.partitions} partition(s))"
+    fig, ax = plt.subplots(figsize=(8.0, 0.32 * len(labels) + 1.4))
+    ys = range(len(labels))
+    ax.barh(ys, vals, color=colors)
+    ax.set_yticks(list(ys))
+    ax.set_yticklabels(labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel(xlabel)
+    ax.set_title(f"{Path(prof.path).name} ({prof.runtime}, {prof.threads} threads)", fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -119,7 +119,7 @@ _FILE_SUFFIXES = (".pte", ".tflite", ".onnx")
 def _cmd_op_profile(args: argparse.Namespace) -> int:
     from ..deploy.op_profile import format_op_profile, op_profile
 
-    given = [o for o, v in (("--input-size", args.input_size), ("--plot", args.plot), ("--by stage", args.by != "layer"),
+    given = [o for o, v in (("--input-size", args.input_size), ("--by stage", args.by != "layer"),
                             ("--dtype", args.dtype != "fp32")) if v]
     if given:
         raise UserError(f"{given[0]} is for a registry model's analytic profile; a file is profiled as written")
@@ -127,10 +127,15 @@ def _cmd_op_profile(args: argparse.Namespace) -> int:
         prof = op_profile(args.name, runs=args.runs, threads=args.threads)
     except (ValueError, FileNotFoundError) as e:
         raise UserError(str(e)) from None
+    if args.plot:
+        from ..analysis.plots import plot_op_profile
+        plot_op_profile(prof, args.plot)
     if args.json:
         emit_json(args, prof.to_dict(), indent=1)
     if not json_only(args):
         print(format_op_profile(prof, top=args.top))
+        if args.plot:
+            print(f"wrote {args.plot}")
     return 0
 
 
@@ -226,7 +231,8 @@ def add_commands(subparsers) -> None:
     p.add_argument("--dtype", choices=tuple(DTYPE_BYTES), default="fp32",
                    help="bytes per element for the byte columns (MACs do not change)")
     add_json(p, "the profile")
-    p.add_argument("--plot", metavar="FILE.png", help="write a per-layer operational-intensity chart")
+    p.add_argument("--plot", metavar="FILE.png", help="write a per-layer operational-intensity chart (a file: its "
+                                                       "time per operator kind)")
     p.set_defaults(func=lambda a: _run(_cmd_profile, a), command="profile")
 
     r = subparsers.add_parser("roofline", help="roofline latency of models across ridge points",
