@@ -134,7 +134,7 @@ def plot_op_profile(prof, path: Union[str, Path], top: int = 15) -> Path:
     if timed:
         rows = [(k, n, ms or 0.0) for k, n, ms in rows][:top]
         outside_ops = prof.total_ms - sum(op["ms"] or 0.0 for op in prof.ops)
-        labels = [f"{k} (x{n})" for k, n, _ in rows] + ["outside the operators (dispatch)"]
+        labels = [f"{k} (x{n})" for k, n, _ in rows] + ["the call outside its operators"]
         vals = [ms for _, _, ms in rows] + [max(outside_ops, 0.0)]
         colors = ["tab:blue"] * len(rows) + ["tab:gray"]
         xlabel = f"ms per call (total {prof.total_ms:.3f} ms)"
