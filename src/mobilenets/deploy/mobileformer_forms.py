@@ -24,6 +24,21 @@ def _first_token(tokens: torch.Tensor) -> torch.Tensor:
     return tokens[:, :1].reshape(tokens.shape[0], tokens.shape[2])
 
 
+def _param(like: nn.Parameter, value: torch.Tensor) -> nn.Parameter:
+    """A new parameter holding ``value`` (a copy), trainable as ``like`` is."""
+    return nn.Parameter(value.detach().clone(), requires_grad=like.requires_grad)
+
+
+def _with(module: nn.Module, **children) -> nn.Module:
+    """A shallow copy of ``module`` with its own registries and ``children`` (submodules or
+    parameters) set on it; ``module`` itself is not changed."""
+    new = copy.copy(module)
+    new._modules, new._parameters = dict(module._modules), dict(module._parameters)
+    for name, child in children.items():
+        setattr(new, name, child)
+    return new
+
+
 def _bmm4(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``a @ b`` for two 4-D tensors with the same leading dimensions, as one 3-D ``bmm``."""
     n, h = a.shape[:2]
@@ -47,13 +62,11 @@ class MobileDynamicReLU(_ExportForm, DynamicReLU):
             raise TypeError(f"expected a DynamicReLU gated by a hard-sigmoid, got {type(m.gate).__name__}")
         k = m.scale / 6.0
         offset = torch.cat([torch.ones(m.chs), torch.zeros(m.chs)]).to(m.fc2.weight)
-        fc2 = copy.copy(m.fc2)
-        fc2._parameters = dict(m.fc2._parameters)
-        fc2.weight = nn.Parameter(m.fc2.weight.detach() * k, requires_grad=m.fc2.weight.requires_grad)
+        w = m.fc2.weight
         bias = m.fc2.bias.detach() * k if m.fc2.bias is not None else torch.zeros_like(offset)
-        fc2.bias = nn.Parameter(bias + offset, requires_grad=m.fc2.weight.requires_grad)
         new._modules = dict(new._modules)
-        new.fc2, new.gate = fc2, nn.Identity()
+        new.fc2 = _with(m.fc2, weight=_param(w, w.detach() * k), bias=_param(w, bias + offset))
+        new.gate = nn.Identity()
         return new
 
     def coefficients(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -162,9 +175,9 @@ class SplitDepthwise(nn.Module):
             one = nn.Conv2d(c, c, conv.kernel_size, conv.stride, conv.padding, conv.dilation, groups=c,
                             bias=conv.bias is not None, padding_mode=conv.padding_mode,
                             device=conv.weight.device, dtype=conv.weight.dtype)
-            one.weight = nn.Parameter(conv.weight.detach()[j::m].clone(), requires_grad=conv.weight.requires_grad)
+            one.weight = _param(conv.weight, conv.weight[j::m])
             if conv.bias is not None:
-                one.bias = nn.Parameter(conv.bias.detach()[j::m].clone(), requires_grad=conv.bias.requires_grad)
+                one.bias = _param(conv.bias, conv.bias[j::m])
             self.convs.append(one)
         self.act = cna.act
 
@@ -207,17 +220,10 @@ def _split_multiplier(block: nn.Module, dw: str, shuffle: str, act: str, pw: str
         setattr(block, shuffle, nn.Identity())  # shuffled order == the split's order
     elif isinstance(sh, nn.Identity) and type(nxt.conv) is nn.Conv2d and nxt.conv.groups == 1:
         if act is not None:
-            a = copy.copy(getattr(block, act))
-            a._modules = dict(a._modules)
-            a.fc2 = _rows(a.fc2, torch.cat([perm, perm + m * c]))
-            setattr(block, act, a)
-        nxt = copy.copy(nxt)
-        nxt._modules = dict(nxt._modules)
-        conv = copy.copy(nxt.conv)
-        conv._parameters = dict(conv._parameters)
-        conv.weight = nn.Parameter(nxt.conv.weight.detach()[:, perm].clone(), requires_grad=nxt.conv.weight.requires_grad)
-        nxt.conv = conv
-        setattr(block, pw, nxt)
+            a = getattr(block, act)
+            setattr(block, act, _with(a, fc2=_rows(a.fc2, torch.cat([perm, perm + m * c]))))
+        w = nxt.conv.weight
+        setattr(block, pw, _with(nxt, conv=_with(nxt.conv, weight=_param(w, w[:, perm]))))
     else:
         return
     setattr(block, dw, SplitDepthwise(cna))
@@ -225,12 +231,9 @@ def _split_multiplier(block: nn.Module, dw: str, shuffle: str, act: str, pw: str
 
 def _rows(lin: nn.Linear, rows: torch.Tensor) -> nn.Linear:
     """A copy of ``lin`` computing its outputs in the order ``rows``."""
-    new = copy.copy(lin)
-    new._parameters = dict(lin._parameters)
-    new.weight = nn.Parameter(lin.weight.detach()[rows].clone(), requires_grad=lin.weight.requires_grad)
-    if lin.bias is not None:
-        new.bias = nn.Parameter(lin.bias.detach()[rows].clone(), requires_grad=lin.bias.requires_grad)
-    return new
+    if lin.bias is None:
+        return _with(lin, weight=_param(lin.weight, lin.weight[rows]))
+    return _with(lin, weight=_param(lin.weight, lin.weight[rows]), bias=_param(lin.bias, lin.bias[rows]))
 
 
 class MobileLiteBottleneck(_ExportForm, LiteBottleneck):
