@@ -98,19 +98,22 @@ def step_target(state, tables, given) -> None:
 
 
 def step_search(state, tables, out: Path, minutes: float, seed: int, beta: float, one_stage: bool = False,
-                feedback: int = 0, steps: int = 0, sandwich: bool = False) -> None:
+                feedback: int = 0, steps: int = 0, sandwich: bool = False, rerank: int = 0,
+                rerank_epochs: int = 2) -> None:
     """One search per table; ``one_stage``: every decision at once (the expansion too), as
     ``search_<table>_onestage`` (found networks labelled ``found_<table>_onestage``);
     ``feedback``: the target is MNv4-Conv-S's latency measured beside the controller's choice
     ``feedback`` times per stage (``search run --target-model --feedback``), suffix ``_feedback``.
     ``steps``: a fixed number of search steps (``--minutes`` then only caps the wall time), so a
     busy machine stretches the search instead of cutting its schedules short. A search whose
-    result.json exists (e.g. run by another driver process) is adopted."""
+    result.json exists (e.g. run by another driver process) is adopted. ``rerank``: ``search run
+    --rerank K --rerank-epochs E`` (the final candidates trained alone for E epochs each, half
+    the minutes), suffix ``_rerank``."""
     from mobilenets.search.latency import LatencyTable
 
     for table_name, path in tables.items():
         name = (table_name + ("_onestage" if one_stage else "") + ("_feedback" if feedback else "")
-                + ("_sandwich" if sandwich else ""))
+                + ("_sandwich" if sandwich else "") + ("_rerank" if rerank else ""))
         d = out / f"search_{name}"
         if name in state.setdefault("searches", {}) and (d / "found.json").exists():
             continue
@@ -125,6 +128,7 @@ def step_search(state, tables, out: Path, minutes: float, seed: int, beta: float
         cmd += ["--one-stage"] if one_stage else []
         cmd += ["--steps", str(steps)] if steps else []
         cmd += ["--sandwich"] if sandwich else []
+        cmd += ["--rerank", str(rerank), "--rerank-epochs", str(rerank_epochs)] if rerank else []
         print("$ " + " ".join(cmd[2:]), flush=True)
         cpu0 = children_cpu_s()
         adopted = (d / "result.json").exists() and (d / "found.json").exists()
@@ -382,6 +386,9 @@ def main(argv=None) -> int:
                     help="fixed search steps (--search-minutes then caps the wall time; 0: as many as the minutes allow)")
     ap.add_argument("--sandwich", action="store_true",
                     help="search run --sandwich: every weight step also trains the whole supernet (suffix _sandwich)")
+    ap.add_argument("--rerank", type=int, default=0, metavar="K",
+                    help="search run --rerank K: the final K candidates trained alone, the best kept (suffix _rerank)")
+    ap.add_argument("--rerank-epochs", type=int, default=2, help="search run --rerank-epochs (default 2)")
     ap.add_argument("--feedback", type=int, default=0, metavar="N",
                     help="search for MNv4-Conv-S's latency measured beside the controller's choice N times per stage")
     ap.add_argument("--candidates", type=int, default=10)
@@ -419,7 +426,7 @@ def main(argv=None) -> int:
             step_target(state, tables, given)
         elif step == "search":
             step_search(state, tables, out, args.search_minutes, args.seed, args.beta, args.one_stage, args.feedback,
-                        args.search_steps, args.sandwich)
+                        args.search_steps, args.sandwich, args.rerank, args.rerank_epochs)
         elif step == "pick":
             step_pick(state, tables, args.candidates, 1234)
         elif step == "measure":

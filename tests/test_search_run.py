@@ -199,3 +199,71 @@ def test_sandwich_trains_the_deep_blocks_on_every_step(setup, sandwich):
         assert not unused, sorted(unused)[:5]                  # every weight of the supernet moved
     else:
         assert any(".1." in k for k in unused), sorted(unused)[:5]   # second blocks untouched
+
+
+def test_rerank_candidates_are_distinct_within_the_window_most_likely_first(setup):
+    """A converged controller draws its pick again and again: flattening its distribution still
+    yields k distinct candidates, every one within the window, the pick first; an exactly one-hot
+    controller (an old checkpoint's pick alone) yields only the pick."""
+    from mobilenets.search.rerank import rerank_candidates, tempered
+
+    d, space, table = setup
+    names = [dd.name for dd in space.decisions()]
+    sure = {dd.name: [0.999] + [0.001 / (len(dd.choices) - 1)] * (len(dd.choices) - 1) for dd in space.decisions()}
+    pick = space.to_spec(space.canonical({n: 0 for n in names}))
+    target = table.predict(pick)
+    cands = rerank_candidates(space, sure, table.predict, target, 5, 0.5, seed=0)
+    assert len(cands) == 5 and cands[0] == pick
+    assert len({str(c) for c in cands}) == 5
+    assert all(abs(table.predict(c) / target - 1) <= 0.5 for c in cands)
+    narrow = rerank_candidates(space, sure, table.predict, target, 5, 0.001, seed=0)
+    assert all(abs(table.predict(c) / target - 1) <= 0.001 for c in narrow) and narrow[0] == pick
+    one_hot = {dd.name: [1.0] + [0.0] * (len(dd.choices) - 1) for dd in space.decisions()}
+    assert rerank_candidates(space, one_hot, table.predict, target, 5, 0.5) == [pick]
+    assert tempered([0.9, 0.1], 1.0) == pytest.approx([0.9, 0.1])
+    assert tempered([0.9, 0.1], 64.0)[1] > 0.45
+    with pytest.raises(ValueError, match="lack the space's decisions"):
+        rerank_candidates(space, {}, table.predict, target, 5, 0.5)
+
+
+def test_rerank_trains_candidates_alone_and_keeps_the_best_on_held_out(setup, capsys):
+    """``--rerank 3``: three candidates trained from scratch (one epoch each), scored on the
+    held-out split (not val), the best one is the found architecture; running the command again
+    keeps the results (no candidate trains twice)."""
+    from mobilenets.search.data import classification_splits
+
+    d, space, table = setup
+    out = d / "rerank"
+    cmd = _cmd(d, out, 4, "--rerank", "3", "--rerank-epochs", "1", "--rerank-window", "0.5")
+    assert main(cmd) == 0
+    text = capsys.readouterr().out
+    last = text.strip().splitlines()[-1]
+    rr = json.loads((out / "history.json").read_text())["rerank"]
+    assert len(rr["candidates"]) == 3 == len(rr["results"])
+    assert rr["candidates"][0] == rr["controller_pick"]                # the controller's pick is a candidate
+    scores = [r["heldout_top1"] for r in rr["results"]]
+    assert rr["pick"] == rr["results"][scores.index(max(scores))]["spec"] == last
+    assert (out / "found.txt").read_text().strip() == last
+    assert "<- found" in text and "re-ranked 3 of 3 candidates" in text
+    _, held, val, *_ = classification_splits("digits", 32, 32, 0, 0.2)
+    for i, r in enumerate(rr["results"]):
+        m = json.loads((out / "rerank" / f"cand{i:02d}" / "metrics.json").read_text())
+        assert m["history"][-1]["val_n"] == len(held) != len(val)      # scored on the held-out split
+        assert m["history"][-1]["val_top1"] == pytest.approx(r["heldout_top1"])
+        assert len(m["history"]) == 1
+    stamp = [(out / "rerank" / f"cand{i:02d}" / "last.pt").stat().st_mtime_ns for i in range(3)]
+    assert main(cmd) == 0                                               # resumed: nothing trains again
+    assert capsys.readouterr().out.strip().splitlines()[-1] == last
+    assert stamp == [(out / "rerank" / f"cand{i:02d}" / "last.pt").stat().st_mtime_ns for i in range(3)]
+
+
+def test_rerank_settings_are_checked():
+    from mobilenets.search.run import SearchSettings
+
+    for kw, msg in (({"rerank": 1}, "at least 2 candidates"), ({"rerank": 3, "rerank_epochs": 0}, "rerank_epochs"),
+                    ({"rerank": 3, "rerank_share": 1.0}, "rerank_share"),
+                    ({"rerank": 3, "rerank_window": 0}, "rerank_window")):
+        with pytest.raises(ValueError, match=msg):
+            SearchSettings(space="s", table="t", target_ms=1.0, **kw)
+    assert SearchSettings(space="s", table="t", target_ms=1.0, minutes=10, rerank=4).rl_minutes == 5.0
+    assert SearchSettings(space="s", table="t", target_ms=1.0, minutes=10).rl_minutes == 10.0

@@ -168,12 +168,22 @@ def _cmd_run(args: argparse.Namespace) -> int:
                               width_mult=args.width_mult, batch_size=args.batch_size or 64,
                               img_size=args.input_size[0] if args.input_size else 64, teacher=args.teacher,
                               checkpoint_seconds=args.checkpoint_seconds, coarse_op_mix=args.coarse_op_mix,
-                              sandwich=args.sandwich)
+                              sandwich=args.sandwich, rerank=args.rerank, rerank_epochs=args.rerank_epochs,
+                              rerank_share=args.rerank_share, rerank_window=args.rerank_window)
     res = run_search(settings, progress=not args.quiet)
     emit_json(args, {"spec": str(res.spec), "predicted_ms": res.predicted_ms, "target_ms": res.target_ms,
                      "measured": res.measured, "val_top1_supernet": res.val_top1, "steps": res.steps,
-                     "seconds": res.seconds, "out": str(res.out)})
+                     "seconds": res.seconds, "out": str(res.out), "rerank": res.rerank})
     if not json_only(args):
+        if res.rerank:
+            from ..archs.spec import model_label
+
+            rr = res.rerank
+            print(f"re-ranked {len(rr['results'])} of {len(rr['candidates'])} candidates ({rr['epochs']} epoch(s) "
+                  f"each, alone; held-out top-1):")
+            for r, ms in zip(rr["results"], rr["predicted_ms"]):
+                mark = "  <- found" if r["spec"] == rr["pick"] else ""
+                print(f"  {r['heldout_top1']:6.2f}%  {ms:.3f} ms  {model_label(r['spec'])}{mark}")
         m = res.measured
         measured = (f"; measured {m['measured_ms']:.3f} ms, {100 * (m['measured_vs_target'] - 1):+.1f}% vs the "
                     + ("reference measured beside it" if "reference_measured_ms" in m else "target")) if m else ""
@@ -309,6 +319,15 @@ def add_commands(subparsers) -> None:
     r.add_argument("--sandwich", action="store_true",
                    help="each weight step also trains the whole supernet on the same batch (BigNAS's sandwich "
                         "rule): deep blocks train every step, not only on deep paths (about 2x the step cost)")
+    r.add_argument("--rerank", type=int, default=0, metavar="K",
+                   help="after the search, train K candidates of the final controller (within --rerank-window of "
+                        "the target) alone for --rerank-epochs each and keep the best on the held-out split "
+                        "(MnasNet's proxy training; default 0: the controller's pick)")
+    r.add_argument("--rerank-epochs", type=int, default=2, help="epochs per re-ranked candidate (default 2)")
+    r.add_argument("--rerank-share", type=float, default=0.5,
+                   help="share of --minutes kept for re-ranking (default 0.5)")
+    r.add_argument("--rerank-window", type=float, default=0.03,
+                   help="candidates' predicted latency within this fraction of the target (default 0.03)")
     r.add_argument("--quiet", action="store_true", help="no progress output")
     add_json(r, "the result")
     r.set_defaults(func=_cmd_run)

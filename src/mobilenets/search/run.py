@@ -54,6 +54,7 @@ from .supernet import Supernet
 
 REWARDS = ("absolute", "mnas")
 CHECKPOINT = "search.pt"
+RERANK_SETTINGS = ("rerank", "rerank_epochs", "rerank_share", "rerank_window")
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,10 @@ class SearchSettings:
     target_model: Optional[str] = None
     feedback: int = 0
     feedback_seconds: float = 1.0
+    rerank: int = 0
+    rerank_epochs: int = 2
+    rerank_share: float = 0.5
+    rerank_window: float = 0.03
 
     def __post_init__(self):
         if self.reward not in REWARDS:
@@ -110,6 +115,19 @@ class SearchSettings:
             raise ValueError(f"coarse_op_mix must be a fraction in [0, 1], got {self.coarse_op_mix}")
         if not 0 < self.held_out < 1:
             raise ValueError(f"held_out must be a fraction in (0, 1), got {self.held_out}")
+        if self.rerank < 0 or self.rerank == 1:
+            raise ValueError(f"rerank: expected 0 (off) or at least 2 candidates to compare, got {self.rerank}")
+        if self.rerank_epochs < 1:
+            raise ValueError(f"rerank_epochs must be >= 1, got {self.rerank_epochs}")
+        if not 0 < self.rerank_share < 1:
+            raise ValueError(f"rerank_share must be a fraction of the minutes in (0, 1), got {self.rerank_share}")
+        if not 0 < self.rerank_window < 1:
+            raise ValueError(f"rerank_window must be a fraction in (0, 1), got {self.rerank_window}")
+
+    @property
+    def rl_minutes(self) -> float:
+        """The part of ``minutes`` for the supernet and controller (the rest re-ranks)."""
+        return self.minutes * (1 - self.rerank_share) if self.rerank else self.minutes
 
 
 @dataclass
@@ -123,6 +141,7 @@ class SearchResult:
     history: list = field(default_factory=list)
     target_ms: float = 0.0
     measured: Optional[dict] = None   # with feedback: the found architecture measured (beside the reference)
+    rerank: Optional[dict] = None     # with rerank: the candidates, their held-out top-1 and the pick
 
 
 # -- data ------------------------------------------------------------------------------------------
@@ -279,8 +298,9 @@ class _Search:
     def load(self) -> Optional[dict]:
         from ..train.checkpoint import set_rng_state
 
-        ck = load_run_state(self.out / CHECKPOINT, asdict(self.s), ("minutes", "checkpoint_seconds"), "a search",
-                            weights_only=False)
+        # the budget and the re-ranking (a step after the search) may change on a resume
+        ck = load_run_state(self.out / CHECKPOINT, asdict(self.s), ("minutes", "checkpoint_seconds") + RERANK_SETTINGS,
+                            "a search", weights_only=False)
         if ck is None:
             return None
         self.net.load_state_dict(ck["net"])
@@ -350,8 +370,8 @@ class _Search:
         # final one come out of the same budget
         nets = 1 + (self.s.target_model is not None)
         measuring = (self.s.feedback * (1 if not self.s.two_stage else 2) + 1) * nets * (15 + self.s.feedback_seconds)
-        budget = self.s.minutes * 60 * 0.9 - (measuring if self.s.feedback else 0)
-        return max(2, int(max(budget, 0.1 * self.s.minutes * 60) / per_step))
+        budget = self.s.rl_minutes * 60 * 0.9 - (measuring if self.s.feedback else 0)
+        return max(2, int(max(budget, 0.1 * self.s.rl_minutes * 60) / per_step))
 
     def run(self) -> SearchResult:
         from ..progress import progress_bar
@@ -368,7 +388,7 @@ class _Search:
             self.feedback.load_state_dict(st["feedback"])
         t_start = time.perf_counter() - st["elapsed"]
         last_save = time.perf_counter()
-        budget = s.minutes * 60
+        budget = s.rl_minutes * 60
         bar = progress_bar(st["total"], "search", enabled=self.progress and self.dist.main)
         if bar is not None and st["history"]:
             bar.update(len(st["history"]))  # resumed
@@ -430,6 +450,7 @@ class _Search:
             if name == "coarse":
                 st["coarse_choice"] = ctrl.most_likely()
             st["final_choice"] = ctrl.most_likely()
+            st["final_probabilities"] = ctrl.probabilities()
             st["final_stage"] = name
             st["stage"] += 1
             st["step"], st["controller"] = 0, None
@@ -443,15 +464,73 @@ class _Search:
         spec = final_space.to_spec(st["final_choice"])
         if self.dist.enabled:
             st["replicas_identical"] = self.check_replicas()
+        if s.rerank:
+            spec = self.rerank(st, final_space, spec, t_start)
         val = self.evaluate(self.space.encode(spec))
         if s.feedback and self.dist.main and st.get("final_measured", {}).get("spec") != str(spec):
             st["final_measured"] = self.feedback.measure_spec(spec)
         elapsed = time.perf_counter() - t_start
         result = SearchResult(spec, self.table.predict(spec), val, sum(1 for _ in st["history"]), elapsed, self.out,
-                              st["history"], self.target_ms, st.get("final_measured"))
+                              st["history"], self.target_ms, st.get("final_measured"), st.get("rerank"))
         if self.dist.main:
             write_outputs(result, st, self.s, self.table)
         return result
+
+    def rerank(self, st: dict, final_space: SearchSpace, found: NetSpec, t_start: float) -> NetSpec:
+        """The search's last step with ``rerank`` (:mod:`.rerank`): the final controller's
+        candidates trained alone for ``rerank_epochs`` each on the weight split, scored on the
+        held-out split; the best one is the found architecture. Stops starting candidates when the
+        next one would end past ``minutes`` (at least two are trained); every finished candidate
+        is in the checkpoint, and an interrupted one resumes from its ``last.pt``."""
+        from ..data import DataBundle
+        from ..progress import progress_bar
+        from ..train.recipes import get_recipe, recipe_for_data
+        from ..train.task import get_task
+        from .rerank import best_candidate, rerank_candidates, train_candidate
+
+        s = self.s
+        if self.dist.enabled:
+            raise ValueError("rerank trains its candidates in one process: run the search under torchrun without "
+                             "--rerank, then the same command with --rerank in one process (it resumes the finished "
+                             "search and re-ranks)")
+        rr = st.setdefault("rerank", {})
+        if "candidates" not in rr:
+            probs = st.get("final_probabilities") or {}
+            if not probs:  # a search checkpointed before the probabilities were kept: the pick alone
+                probs = {d.name: [float(i == st["final_choice"][d.name]) for i in range(len(d.choices))]
+                         for d in final_space.decisions()}
+            cands = rerank_candidates(final_space, probs, self.latency, self.target_ms, s.rerank, s.rerank_window,
+                                      seed=s.seed)
+            rr.update(candidates=[str(c) for c in cands], results=[], epochs=s.rerank_epochs,
+                      window=s.rerank_window, predicted_ms=[self.latency(c) for c in cands], controller_pick=str(found))
+            self.save({"search": st})
+        task = get_task("classify")
+        base = get_recipe(recipe_for_data("classify", s.data) or task.default_recipe).replace(**task.data_option(s.data))
+        recipe = base.replace(epochs=s.rerank_epochs, seed=s.seed, img_size=s.img_size,
+                              **({"lr": s.lr} if s.lr is not None else {}))
+        data = DataBundle(train=self.train_ds, val=self.held_ds, classes=list(self.classes))
+        budget = s.minutes * 60
+        todo = rr["candidates"][len(rr["results"]):]
+        bar = progress_bar(len(rr["candidates"]), "re-rank", enabled=self.progress)
+        if bar is not None and rr["results"]:
+            bar.update(len(rr["results"]))
+        for spec_str in todo:
+            i = len(rr["results"])
+            per = max((r["seconds"] for r in rr["results"]), default=0.0)
+            if i >= 2 and time.perf_counter() - t_start + per > budget:
+                rr["stopped"] = f"out of time after {i} of {len(rr['candidates'])} candidates"
+                break
+            rr["results"].append(train_candidate(NetSpec.from_string(spec_str), recipe, data,
+                                                 self.out / "rerank" / f"cand{i:02d}"))
+            st["elapsed"] = time.perf_counter() - t_start
+            self.save({"search": st})
+            if bar is not None:
+                bar.update(1)
+        if bar is not None:
+            bar.close()
+        best = best_candidate(rr["results"])
+        rr["pick"] = best["spec"] if best else str(found)
+        return NetSpec.from_string(rr["pick"])
 
     def check_replicas(self) -> int:
         """Every rank holds the same supernet (a float64 checksum of every parameter, all-gathered);
@@ -514,7 +593,7 @@ def write_outputs(result: SearchResult, st: dict, s: SearchSettings, table: Late
                "feedback": st.get("feedback", {}).get("log", []),
                "val_top1_supernet": result.val_top1, "steps": result.steps, "seconds": result.seconds,
                "runtime": table.meta["runtime"], "precision": table.meta["precision"],
-               "replicas_identical": st.get("replicas_identical", 1),
+               "replicas_identical": st.get("replicas_identical", 1), "rerank": result.rerank,
                "settings": asdict(s), "history": st["history"], "probabilities": st["probabilities"]}
     atomic_write(out / "history.json", lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=1, default=float)))
     from .plots import plot_search
