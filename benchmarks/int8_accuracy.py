@@ -39,7 +39,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from goal_runs import EXE, children_cpu_s
+from goal_runs import EXE, children_cpu_s, clutter_train_cmd, run_pool, trained
 
 DEFAULT_MODELS = ("mobilenetv1_100", "mobilenetv2_100", "mobilenetv3_large_100", "mobilenetv3_small_100",
                   "mobilenetv4_conv_small", "mobilenetv4_hybrid_medium", "mobileformer_96m")
@@ -55,41 +55,6 @@ def _save(path: Path, state: dict) -> None:
     tmp.replace(path)
 
 
-def run_pool(tasks: list[tuple[str, list[str], Path]], jobs: int, finished) -> None:
-    """Run ``(key, command, log file)`` tasks, ``jobs`` at a time; ``finished(key, returncode,
-    seconds)`` after each."""
-    todo, running = list(tasks), []
-    while todo or running:
-        while todo and len(running) < jobs:
-            key, cmd, log_path = todo.pop(0)
-            log_path.parent.mkdir(parents=True, exist_ok=True)
-            log = open(log_path, "a")
-            print(f"[{time.strftime('%H:%M:%S')}] {key}: $ " + " ".join(cmd[2:]), flush=True)
-            running.append((key, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), log, time.time()))
-        time.sleep(2)
-        for item in list(running):
-            key, proc, log, t0 = item
-            if proc.poll() is not None:
-                running.remove(item)
-                log.close()
-                finished(key, proc.returncode, time.time() - t0)
-
-
-def _train_cmd(model: str, d: Path, extra: list[str]) -> list[str]:
-    resume = ["--resume", str(d / "last.pt")] if (d / "last.pt").exists() else []
-    return EXE + ["train", "--data", "digit-clutter", "--model", model, "--threads", "1", "--no-progress",
-                  "--out", str(d)] + extra + resume
-
-
-def _trained(d: Path) -> bool:
-    m = d / "metrics.json"
-    if not (m.exists() and (d / "best.pt").exists()):
-        return False
-    hist = json.loads(m.read_text()).get("history", [])
-    epochs = json.loads(m.read_text()).get("recipe", {}).get("epochs")
-    return bool(hist) and (epochs is None or len(hist) >= epochs)
-
-
 def step_train(state, out: Path, models, runtimes, jobs: int, save, qat: bool) -> None:
     """fp32 trainings (``qat`` False) or the QAT fine-tunes of every trained fp32 model."""
     runs = state.setdefault("runs", {})
@@ -97,16 +62,16 @@ def step_train(state, out: Path, models, runtimes, jobs: int, save, qat: bool) -
     for m in models:
         fp32 = out / m / "fp32"
         if not qat:
-            if not _trained(fp32):
-                tasks.append((f"{m}/fp32", _train_cmd(m, fp32, []), fp32 / "train.log"))
+            if not trained(fp32):
+                tasks.append((f"{m}/fp32", clutter_train_cmd(m, fp32, []), fp32 / "train.log"))
             continue
-        if not _trained(fp32):
+        if not trained(fp32):
             continue
         for r in runtimes:
             d = out / m / f"qat_{r}"
             key = f"{m}/qat_{r}"
-            if not _trained(d) and runs.get(key, {}).get("error") is None:
-                tasks.append((key, _train_cmd(m, d, ["--qat", r, "--pretrained", str(fp32 / "best.pt")]),
+            if not trained(d) and runs.get(key, {}).get("error") is None:
+                tasks.append((key, clutter_train_cmd(m, d, ["--qat", r, "--pretrained", str(fp32 / "best.pt")]),
                               d / "train.log"))
 
     def finished(key, rc, seconds):
@@ -128,7 +93,7 @@ def step_export(state, out: Path, models, runtimes, calib_count: int, save) -> N
                 key = f"{m}/{kind}_{r}"
                 ck = out / m / ("fp32" if kind == "ptq" else f"qat_{r}") / "best.pt"
                 path = out / m / f"{kind}_{r}.{SUFFIX[r]}"
-                if key in files or not ck.exists() or not _trained(ck.parent):
+                if key in files or not ck.exists() or not trained(ck.parent):
                     continue
                 src = [str(ck)] if kind == "ptq" else ["--qat", str(ck)]
                 cmd = EXE + ["export", *src, "--format", FORMAT[r], "--precision", "int8", "--calib", "digit-clutter",
@@ -191,7 +156,7 @@ def step_calib(state, out: Path, models, runtimes, methods, counts, save) -> Non
 
     cal = state.setdefault("calibration", {})
     for m in models:
-        if not _trained(out / m / "fp32"):
+        if not trained(out / m / "fp32"):
             continue
         todo = {}
         for r in runtimes:
@@ -237,12 +202,12 @@ def step_eval(state, out: Path, models, runtimes, save) -> None:
     top1, eager = _top1, _eager
 
     for m in models:
-        if not _trained(out / m / "fp32"):
+        if not trained(out / m / "fp32"):
             continue
         todo = [f"{k}_{r}" for r in runtimes for k in ("ptq", "qat")
                 if f"{m}/{k}_{r}" in files and "error" not in files[f"{m}/{k}_{r}"]
                 and f"{k}_{r}" not in acc.get(m, {})]
-        todo += [f"qat_model_{r}" for r in runtimes if _trained(out / m / f"qat_{r}")
+        todo += [f"qat_model_{r}" for r in runtimes if trained(out / m / f"qat_{r}")
                  and f"qat_model_{r}" not in acc.get(m, {})]
         if "fp32" in acc.get(m, {}) and not todo:
             continue

@@ -42,8 +42,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
-from goal_runs import EXE, children_cpu_s
+from goal_runs import EXE, children_cpu_s, clutter_train_cmd, run_pool, trained
 
 TOL = 0.05
 
@@ -162,10 +163,9 @@ def step_pick(state, tables, n: int, seed: int) -> None:
 
 
 def step_measure(state, tables, net_seconds: float, n_random: int) -> None:
-    from search_latency import measure_interleaved
-
     from mobilenets.archs.spec import parse_net
     from mobilenets.search.latency import LatencyTable
+    from mobilenets.search.measure import measure_networks
 
     nets = _networks(state, with_randoms=False) + [(f"cand{i}", s) for i, s in enumerate(state["candidates"])]
     for name, path in tables.items():
@@ -173,8 +173,7 @@ def step_measure(state, tables, net_seconds: float, n_random: int) -> None:
         if all(label in done for label, _ in nets):
             continue   # (a network added later, e.g. a one-stage search's, re-times them all in one run)
         table = LatencyTable.load(path)
-        ms = measure_interleaved([parse_net(s) for _, s in nets], table.meta["runtime"], table.meta["precision"],
-                                 table.meta["threads"], table.input_size, net_seconds)
+        ms = [m["ms"] for m in measure_networks([parse_net(s) for _, s in nets], table, net_seconds)]
         state["measured"][name] = {label: {"measured_ms": m, "predicted_ms": table.predict(parse_net(s))}
                                    for (label, s), m in zip(nets, ms)}
         print(f"measured {name}: " + ", ".join(f"{k} {v['measured_ms']:.3f}" for k, v in state["measured"][name].items()),
@@ -200,53 +199,34 @@ def _networks(state, with_randoms: bool = True) -> list[tuple[str, str]]:
 
 
 def step_train(state, out: Path, seeds: list[int], jobs: int, state_path: Path) -> None:
-    from mobilenets.train.recipes import RECIPES
-
-    epochs = RECIPES["digit_clutter"].epochs
     runs = state.setdefault("runs", {})
-    running: list[tuple] = []
 
-    def complete(d: Path) -> bool:
-        m = d / "metrics.json"
-        return m.exists() and len(json.loads(m.read_text()).get("history", [])) >= epochs
-
-    def finish(key, proc, d, t0, log=None):
-        if log is not None:
-            log.close()
-        if proc is not None and proc.returncode != 0:
-            raise SystemExit(f"training {key} failed (exit {proc.returncode}); see {d}/train.log")
+    def record(key: str, d: Path, wall_s: Optional[float]) -> None:
         hist = json.loads((d / "metrics.json").read_text())["history"]
         runs[key] = {"val_top1": hist[-1]["val_top1"], "epochs": len(hist),
-                     "wall_min": (time.time() - t0) / 60 if proc is not None else None,
+                     "wall_min": wall_s / 60 if wall_s is not None else None,
                      "train_s": sum(h.get("epoch_time_s", 0) for h in hist)}
         _save(state_path, state)
         print(f"{key}: {runs[key]['val_top1']:.2f} % (training {runs[key]['train_s'] / 60:.1f} min)", flush=True)
 
-    todo = []
+    def finished(key: str, returncode: int, seconds: float) -> None:
+        d = out / "train" / key
+        if returncode != 0:
+            raise SystemExit(f"training {key} failed (exit {returncode}); see {d}/train.log")
+        record(key, d, seconds)
+
+    tasks = []
     for label, spec in _networks(state):
         for seed in seeds:
             key = f"{label}/seed{seed}"
+            d = out / "train" / key
             if key in runs:
                 continue
-            if complete(out / "train" / key):  # finished by an earlier, interrupted call (or by hand)
-                finish(key, None, out / "train" / key, time.time())
+            if trained(d):  # finished by an earlier, interrupted call (or by hand)
+                record(key, d, None)
             else:
-                todo.append((key, spec, seed))
-    while todo or running:
-        while todo and len(running) < jobs:
-            key, spec, seed = todo.pop(0)
-            d = out / "train" / key
-            d.mkdir(parents=True, exist_ok=True)
-            resume = ["--resume", str(d / "last.pt")] if (d / "last.pt").exists() else []
-            cmd = EXE + ["train", "--data", "digit-clutter", "--model", spec, "--set", f"seed={seed}", "--threads", "1",
-                         "--no-progress", "--out", str(d)] + resume
-            log = open(d / "train.log", "a")
-            running.append((key, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), d, time.time(), log))
-        time.sleep(2)
-        for item in list(running):
-            if item[1].poll() is not None:
-                running.remove(item)
-                finish(*item)
+                tasks.append((key, clutter_train_cmd(spec, d, ["--set", f"seed={seed}"]), d / "train.log"))
+    run_pool(tasks, jobs, finished)
 
 
 def _summary(state) -> list[dict]:

@@ -26,35 +26,8 @@ import mobilenets
 from mobilenets.deploy.timing import machine_info
 from mobilenets.search.latency import (LatencyTable, mean_abs_pct_error, network_parts, rank_correlation,
                                        runtime_timer)
+from mobilenets.search.measure import measure_networks
 from mobilenets.search.spaces import load_space
-
-
-def measure_interleaved(specs, runtime: str, precision: str, threads: int, size, net_seconds: float = 2.0) -> list[float]:
-    """Median ms of each network in ``runtime`` at ``precision`` (INT8: calibrated on random
-    inputs), all exported first, then timed in one interleaved run for ``net_seconds`` each."""
-    import tempfile
-
-    from mobilenets.deploy.mobile import export_mobile
-    from mobilenets.deploy.runtimes import runtime_for
-    from mobilenets.deploy.timing import interleaved_timings
-    from mobilenets.search.latency import RUNTIMES
-
-    rt = runtime_for(RUNTIMES[runtime])
-    x = torch.randn(1, 3, *size)
-    with tempfile.TemporaryDirectory(prefix="search-latency-") as d:
-        runners = {}
-        for i, spec in enumerate(specs):
-            model = mobilenets.create_model(str(spec)).eval()
-            path = Path(d) / f"net{i}{rt.suffix}"
-            int8 = precision == "int8"
-            export_mobile(rt, model, path, size, calib="fake" if int8 else None, int8=int8, verify=False)
-            runners[str(i)] = rt.runner(str(path), threads=threads)
-            print(f"\rexported {i + 1}/{len(specs)}", end="", file=sys.stderr)
-        print(file=sys.stderr)
-        with torch.no_grad():
-            t = interleaved_timings({k: (lambda r=r: r(x)) for k, r in runners.items()}, seconds=net_seconds * len(specs),
-                                    max_repeats=400)
-    return [t[str(i)]["ms"] for i in range(len(specs))]
 
 
 def main(argv=None) -> int:
@@ -93,7 +66,7 @@ def main(argv=None) -> int:
     print(f"\n{len(parts)} parts measured in {time.time() - t0:.0f} s", file=sys.stderr)
     # whole networks: every validation and fit network exported once, then timed in one interleaved
     # run (deploy.timing), so load drifting over the run hits them all alike
-    meas_all = measure_interleaved(val + fit, args.runtime, args.precision, args.threads, size, args.net_seconds)
+    meas_all = [m["ms"] for m in measure_networks(val + fit, table, args.net_seconds)]
     meas, meas_fit = meas_all[:len(val)], meas_all[len(val):]
     for spec, ms in zip(fit, meas_fit):
         table.networks[str(spec)] = {"measured": {"median": ms, "ms": ms}, "sum_ms": table.parts_ms(spec)}

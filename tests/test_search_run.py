@@ -245,6 +245,9 @@ def test_rerank_trains_candidates_alone_and_keeps_the_best_on_held_out(setup, ca
     assert rr["pick"] == rr["results"][scores.index(max(scores))]["spec"] == last
     assert (out / "found.txt").read_text().strip() == last
     assert "<- found" in text and "re-ranked 3 of 3 candidates" in text
+    from PIL import Image
+
+    assert Image.open(out / "search.png").size[0] > 2000               # the re-ranking panel beside the three
     _, held, val, *_ = classification_splits("digits", 32, 32, 0, 0.2)
     for i, r in enumerate(rr["results"]):
         m = json.loads((out / "rerank" / f"cand{i:02d}" / "metrics.json").read_text())

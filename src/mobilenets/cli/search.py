@@ -184,6 +184,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
             for r, ms in zip(rr["results"], rr["predicted_ms"]):
                 mark = "  <- found" if r["spec"] == rr["pick"] else ""
                 print(f"  {r['heldout_top1']:6.2f}%  {ms:.3f} ms  {model_label(r['spec'])}{mark}")
+            for key in ("note", "stopped"):
+                if rr.get(key):
+                    print(f"  {rr[key]}")
         m = res.measured
         measured = (f"; measured {m['measured_ms']:.3f} ms, {100 * (m['measured_vs_target'] - 1):+.1f}% vs the "
                     + ("reference measured beside it" if "reference_measured_ms" in m else "target")) if m else ""

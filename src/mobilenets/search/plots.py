@@ -20,14 +20,17 @@ def _smooth(values: list, k: int) -> list:
 def plot_search(summary: dict, path: Union[str, Path]) -> Path:
     """Three panels from a search's ``history.json`` content: reward and quality (moving
     average), sampled latency with the target, and per decision the probability of its most
-    likely choice at each snapshot (one line per decision, the final choice's label at the end)."""
+    likely choice at each snapshot (one line per decision, the final choice's label at the end);
+    with re-ranking (``search run --rerank``) a fourth: each candidate's held-out top-1 after its
+    short training against its predicted latency, the found one marked."""
     from ..analysis.plots import _plt
 
     plt = _plt()
     hist = summary["history"]
     x = list(range(len(hist)))
     k = max(1, len(hist) // 30)
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    rr = summary.get("rerank") or {}
+    fig, axes = plt.subplots(1, 4 if rr.get("results") else 3, figsize=(20 if rr.get("results") else 15, 4.2))
     ax = axes[0]
     ax.plot(x, _smooth([h["reward"] for h in hist], k), label="reward")
     ax.plot(x, _smooth([h["quality"] for h in hist], k), label="held-out top-1 (batch)")
@@ -62,6 +65,20 @@ def plot_search(summary: dict, path: Union[str, Path]) -> Path:
         if start:
             ax.axvline(start, color="grey", ls="--", lw=0.8)
             ax.text(start, 1.0, f" {stage}", fontsize=8, va="top")
+    if rr.get("results"):
+        ax = axes[3]
+        res = rr["results"]
+        ms = rr["predicted_ms"][:len(res)]
+        top = [r["heldout_top1"] for r in res]
+        ax.scatter(ms, top, s=18, label="candidate")
+        k = next(i for i, r in enumerate(res) if r["spec"] == rr["pick"])
+        ax.scatter([ms[k]], [top[k]], s=90, marker="*", color="tab:red", label="found")
+        if res[0]["spec"] == rr.get("controller_pick"):
+            ax.scatter([ms[0]], [top[0]], s=60, facecolors="none", edgecolors="black", label="controller's pick")
+        ax.axvline(summary["target_ms"], color="tab:red", ls="--", lw=0.8)
+        ax.set(xlabel="predicted ms", ylabel=f"held-out top-1 (%) after {rr['epochs']} epoch(s) alone",
+               title=f"re-ranking: {len(res)} of {len(rr['candidates'])} candidates")
+        ax.legend(fontsize=8)
     fig.suptitle(f"search: {summary['steps']} steps in {summary['seconds'] / 60:.1f} min", fontsize=10)
     fig.tight_layout()
     path = Path(path)

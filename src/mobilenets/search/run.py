@@ -503,6 +503,9 @@ class _Search:
                                       seed=s.seed)
             rr.update(candidates=[str(c) for c in cands], results=[], epochs=s.rerank_epochs,
                       window=s.rerank_window, predicted_ms=[self.latency(c) for c in cands], controller_pick=str(found))
+            if not cands:
+                rr["note"] = (f"no architecture of the final controller within {100 * s.rerank_window:g} % of the "
+                              f"target ({self.target_ms:.4g} ms); the controller's pick stands")
             self.save({"search": st})
         task = get_task("classify")
         base = get_recipe(recipe_for_data("classify", s.data) or task.default_recipe).replace(**task.data_option(s.data))
