@@ -518,6 +518,34 @@ def test_bench_warns_when_two_xnnpack_runtimes_share_the_process():
     assert mixed_runtime_note(["litert_fp32", "litert_int8"]) is None
 
 
+@needs_et
+@needs_lt
+@pytest.mark.slow
+def test_bench_times_litert_in_its_own_process(capsys):
+    """ExecuTorch and LiteRT asked for together: the LiteRT paths are timed in a separate process
+    (with eager and the timm reference beside them, so their INT8 difference and ratios are taken
+    there), the rows come back in the order asked for; --one-process keeps them here."""
+    import os
+
+    from mobilenets.cli import main
+    from mobilenets.deploy.bench import bench
+    paths = ["eager", "timm_ort", "et_xnnpack_fp32", "litert_fp32", "litert_int8"]
+    rep = bench(["mobilenetv2_050"], batches=[1], threads=1, size=64, paths=paths, seconds=0.2, calib_count=4)
+    sep = rep.machine["separate_process"]
+    assert sep["paths"] == ["litert_fp32", "litert_int8"] and sep["pid"] not in (None, os.getpid())
+    assert rep.machine["pid"] == os.getpid()
+    assert [r.path for r in rep.rows] == paths                     # each path once, in the order asked for
+    lite = {r.path: r for r in rep.rows if r.path.startswith("litert")}
+    assert lite["litert_fp32"].ms and lite["litert_fp32"].vs_timm_ort and lite["litert_fp32"].vs_roofline
+    assert lite["litert_int8"].ms and lite["litert_int8"].vs_timm_ort and lite["litert_int8"].rel_diff is not None
+    one = bench(["mobilenetv1_025"], batches=[1], threads=1, size=64, paths=paths[2:4], seconds=0.2, one_process=True)
+    assert "separate_process" not in one.machine and all(r.ms for r in one.rows)
+    assert main(["bench", "mobilenetv1_025", "--batch-size", "1", "--threads", "1", "--input-size", "64",
+                 "--paths", "et_xnnpack_fp32,litert_fp32", "--seconds", "0.2", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "timed in a separate process" in out and "ran in one process" not in out
+
+
 def test_bench_builds_and_checks_the_mobile_paths():
     from mobilenets.deploy import bench as B
     paths = ["eager", "et_xnnpack_fp32", "et_xnnpack_int8", "litert_fp32"]

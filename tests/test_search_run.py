@@ -132,7 +132,12 @@ def test_two_gloo_ranks_keep_replicas_identical(setup):
     d, _, _ = setup
     out = d / "ddp"
     env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29531",
+    import socket
+
+    with socket.socket() as s:   # a free port: another test (or a parallel worker) may hold any fixed one
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(port),
            "-m", "mobilenets", *_cmd(d, out, 6)]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]

@@ -225,7 +225,7 @@ def _short(values) -> str:
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     import mobilenets
-    from ..deploy.bench import ALL_PATHS, bench, mixed_runtime_note
+    from ..deploy.bench import ALL_PATHS, LABELS, bench, mixed_runtime_note
 
     names: list[str] = []
     for pat in args.names:
@@ -242,7 +242,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     log = (lambda s: None) if args.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
     size = square_size(args.input_size, "bench")
     report = bench(names, batches=args.batch_size, threads=args.threads, size=size, paths=paths,
-                   repeats=args.repeats, calib=args.calib, log=log, seconds=args.seconds)
+                   repeats=args.repeats, calib=args.calib, log=log, seconds=args.seconds, one_process=args.one_process)
     if json_only(args):
         emit_json(args, report.as_dict())
         return 0
@@ -253,7 +253,12 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     print(report.table(markdown=args.markdown))
     print("\nms: median per batch; p25-p75: quartiles of the timed iterations. x timm ORT / x timm eager: "
           "ratio of medians in this run (< 1: faster); x roofline: ms / (MACs / measured peak MAC rate), fp32 paths only.")
-    mixed = mixed_runtime_note([r.path for r in report.rows if r.ms is not None])  # the paths that ran
+    sep = report.machine.get("separate_process")
+    if sep:
+        print(f"{', '.join(LABELS.get(p, p) for p in sep['paths'])}: timed in a separate process (ExecuTorch and "
+              "LiteRT each keep an XNNPACK thread pool and slow each other in one); their x timm and x roofline "
+              "ratios are against the references and the peak measured in that process (--one-process: all in one)")
+    mixed = mixed_runtime_note([r.path for r in report.rows if r.ms is not None and not (sep and r.path in sep["paths"])])
     if mixed:
         print(mixed)
     emit_json(args, report.as_dict())
@@ -338,5 +343,8 @@ def add_commands(subparsers) -> None:
     b.add_argument("--calib", default="fake", help="INT8 calibration data: fake | digits | digit-clutter | DIR")
     add_json(b, "every measurement")
     b.add_argument("--markdown", action="store_true", help="print the table as markdown")
+    b.add_argument("--one-process", action="store_true",
+                   help="time ExecuTorch and LiteRT in one process (default: LiteRT in its own process when both "
+                        "are asked for; they slow each other in one)")
     b.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     b.set_defaults(func=_cmd_bench)

@@ -32,7 +32,9 @@ rows get no roofline ratio: the limit is an fp32 one.
 On-device paths (``pip install 'mobilenets[mobile]'``): ``et_xnnpack_fp32`` / ``et_xnnpack_int8``
 (:func:`~mobilenets.deploy.export_executorch`, run by ExecuTorch's runtime) and ``litert_fp32`` /
 ``litert_int8`` (:func:`~mobilenets.deploy.export_tflite`, run by LiteRT's Interpreter), INT8
-calibrated on ``calib`` images like ``ort_int8``.
+calibrated on ``calib`` images like ``ort_int8``. When both runtimes are asked for, the LiteRT
+paths are timed in a separate process (``one_process`` to keep them here): each runtime keeps
+its own XNNPACK thread pool, and side by side they slowed each other.
 
 Reference libraries (timm, torchvision, onnxruntime) are optional: a path whose library is
 missing, or that fails to build, is skipped with a note, never silently.
@@ -139,10 +141,45 @@ def mixed_runtime_note(paths: Sequence[str]) -> Optional[str]:
             "(--paths et_xnnpack_fp32,et_xnnpack_int8, then --paths litert_fp32,litert_int8)")
 
 
+#: what a separate process times beside the LiteRT paths, when requested: the fp32 output INT8 is
+#: compared with and the references its ratios are taken against, timed in that same process
+_BESIDE = ("eager", "timm_ort", "timm_eager")
+
+
+def _bench_child(kwargs: dict, log: Callable[[str], None]) -> BenchReport:
+    """:func:`bench` with ``kwargs`` run in a fresh Python process (its report read back); a
+    failure becomes rows with the reason as their note."""
+    import json
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    pkg = str(Path(__file__).resolve().parents[2])
+    code = ("import json, sys; from mobilenets.deploy.bench import bench; "
+            "r = bench(**json.loads(sys.argv[1]), one_process=True); "
+            "open(sys.argv[2], 'w').write(json.dumps(r.as_dict()))")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(x for x in (pkg, os.environ.get("PYTHONPATH")) if x)}
+    with tempfile.TemporaryDirectory(prefix="mobilenets-bench-") as d:
+        out = Path(d) / "report.json"
+        res = subprocess.run([sys.executable, "-c", code, json.dumps(kwargs), str(out)], env=env,
+                             capture_output=True, text=True)
+        if res.returncode != 0 or not out.exists():
+            why = (res.stderr.strip().splitlines() or ["no output"])[-1]
+            log(f"  the separate process failed: {why}")
+            rows = [BenchRow(n, b, p, note=f"separate process failed: {why}")
+                    for n in kwargs["names"] for b in kwargs["batches"] for p in kwargs["paths"]]
+            return BenchReport(rows, {}, None, {}, kwargs["size"])
+        data = json.loads(out.read_text())
+    return BenchReport([BenchRow(**r) for r in data["rows"]], data["machine"], data["peak_macs_per_s"],
+                       data["macs_per_image"], data["size"])
+
+
 def bench(names: Iterable[str], batches: Sequence[int] = (1, 32), threads: int = 2, size: int = 224,
           paths: Sequence[str] = ALL_PATHS, repeats: Optional[int] = None, warmup: Optional[int] = None,
           calib: str = "fake", calib_count: int = 32, seconds: float = 4.0,
-          log: Callable[[str], None] = lambda s: None, progress: Optional[Callable] = None) -> BenchReport:
+          log: Callable[[str], None] = lambda s: None, progress: Optional[Callable] = None,
+          one_process: bool = False) -> BenchReport:
     """Run the side-by-side benchmark (see the module docstring) and return its report.
 
     Args:
@@ -156,6 +193,12 @@ def bench(names: Iterable[str], batches: Sequence[int] = (1, 32), threads: int =
             redirected log reads as well as a terminal). progress: a callable wrapping the (model,
             batch) loop, e.g. ``lambda jobs: mobilenets.progress.progress_iter(jobs, "bench")``
             (a bar on a terminal, a line per quarter otherwise).
+        one_process: time ExecuTorch and LiteRT in this one process. By default, when both are
+            asked for, the LiteRT paths run in a separate process first (with ``eager`` and the
+            timm references, where asked for, so their INT8 difference and ratios are taken in
+            that process): each runtime keeps its own XNNPACK thread pool, and in one process
+            they slowed each other (benchmarks/INT8.md). The report's ``machine["separate_process"]``
+            names those paths.
 
     Raises:
         ValueError: unknown model, path, or non-positive batch / threads / size.
@@ -176,10 +219,26 @@ def bench(names: Iterable[str], batches: Sequence[int] = (1, 32), threads: int =
     unknown = [p for p in paths if p not in ALL_PATHS]
     if unknown:
         raise ValueError(f"unknown benchmark path(s) {unknown}; expected any of {list(ALL_PATHS)}")
+    separate = [] if one_process or mixed_runtime_note(paths) is None else [p for p in paths if p.startswith("litert")]
+    if separate:
+        beside = [p for p in _BESIDE if p in paths]
+        log(f"timing {', '.join(separate)} in a separate process (ExecuTorch and LiteRT slow each other in one)")
+        child = _bench_child(dict(names=names, batches=[int(b) for b in batches], threads=threads, size=size,
+                                  paths=separate + beside, repeats=repeats, warmup=warmup, calib=calib,
+                                  calib_count=calib_count, seconds=seconds), log)
+        here = bench(names, batches, threads, size, [p for p in paths if p not in separate], repeats, warmup, calib,
+                     calib_count, seconds, log, progress, one_process=True)
+        order = {(n, int(b), p): i for i, (n, b, p) in enumerate((n, b, p) for n in names for b in batches for p in paths)}
+        rows = here.rows + [r for r in child.rows if r.path in separate]
+        here.rows = sorted(rows, key=lambda r: order.get((r.model, r.batch, r.path), len(order)))
+        here.machine["separate_process"] = {"paths": separate, "pid": child.machine.get("pid"),
+                                            "peak_macs_per_s": child.peak_macs}
+        return here
     old_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         info = machine_info(threads)
+        info["pid"] = os.getpid()
         log(f"measuring the peak fp32 MAC rate ({threads} threads, {len(PEAK_SHAPES)} GEMM shapes)...")
         measured = measure_peak()
         peak = measured.best
