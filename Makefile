@@ -8,6 +8,9 @@ PIP    := $(VENV)/bin/pip
 # torch / torchvision come from the machine's local wheel cache (see README)
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
+# the suite runs in two pytest-xdist workers (one torch thread each, tests/conftest.py), a test
+# file per worker at a time (its module fixtures built once); XDIST= runs it in one process
+XDIST ?= -n 2 --dist loadfile
 # CPU kernel limits the suite must also pass under (a submission made on an AVX-512 machine must
 # not depend on its kernels): oneDNN capped at AVX2 and at SSE4.1, ATen's own kernels at the
 # baseline. `make test` runs the kernel-sensitive tests under each; `make test-isa` all of them.
@@ -45,18 +48,18 @@ run: $(VENV)/.installed-train
 test: $(VENV)/.installed-dev
 	@for lim in $(ISA_LIMITS); do \
 	  echo "== $$lim: $(ISA_TESTS)"; \
-	  env $$lim $(PY) -m pytest -q $(ISA_TESTS) $(PYTEST_ARGS) || exit 1; \
+	  env $$lim $(PY) -m pytest -q $(XDIST) $(ISA_TESTS) $(PYTEST_ARGS) || exit 1; \
 	done
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q $(XDIST) $(PYTEST_ARGS)
 
 # the whole default suite under each kernel limit (about 4 x the time of `make test`'s last step)
 test-isa: $(VENV)/.installed-dev
 	@for lim in $(ISA_LIMITS); do \
-	  echo "== $$lim"; env $$lim $(PY) -m pytest -q $(PYTEST_ARGS) || exit 1; \
+	  echo "== $$lim"; env $$lim $(PY) -m pytest -q $(XDIST) $(PYTEST_ARGS) || exit 1; \
 	done
 
 test-all: $(VENV)/.installed-dev
-	$(PY) -m pytest -q -m "slow or not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -q $(XDIST) -m "slow or not slow" $(PYTEST_ARGS)
 
 # the user guide as a site (build/site); the suite builds it with --strict too (tests/test_docs.py)
 docs: $(VENV)/.installed-dev

@@ -232,7 +232,8 @@ def step_train(state, out: Path, seeds: list[int], jobs: int, state_path: Path) 
 def _summary(state) -> list[dict]:
     rows = []
     for label, spec in _networks(state):
-        accs = [r["val_top1"] for k, r in state.get("runs", {}).items() if k.split("/")[0] == label]
+        accs = [r["val_top1"] for k, r in sorted(state.get("runs", {}).items(), key=lambda kv: kv[0])
+                if k.split("/")[0] == label]   # in seed order (runs are recorded as they finish)
         row = {"label": label, "spec": spec, "top1": accs,
                "mean": statistics.mean(accs) if accs else float("nan"),
                "std": statistics.stdev(accs) if len(accs) > 1 else 0.0}

@@ -6,7 +6,10 @@ import torch
 
 from mobilenets.layers.bn_stats import calibrate_bn_stats, eval_pass_with_hooks
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# two threads per test process; under pytest-xdist (`make test` runs `-n 2`) the cores are shared
+# by the workers, one thread each on this 2-core machine
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // _WORKERS)))
 
 _BN = torch.nn.modules.batchnorm._BatchNorm
 

@@ -12,7 +12,7 @@ controller within ``window`` of the latency target, each trained from scratch fo
 the data's own recipe on the search's weight split and scored on its held-out split (never on
 val), the best one found.
 
-Candidates: the controller's most likely architecture first, then draws from its distribution;
+Candidates: the controller's most likely architecture first (if in the window), then draws from it;
 a controller that has converged draws the same architecture again and again, so after every
 100 draws without a new candidate the distribution is flattened (its temperature doubled, up to
 near-uniform): the candidates are the controller's neighbourhood first, the space's next.
