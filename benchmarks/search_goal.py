@@ -322,7 +322,7 @@ def _plot(rows, names, path: Path) -> None:
         ax.set_xlabel(f"measured latency, {name} (ms, b1, 224 px)")
         ax.set_ylabel("digit-clutter val top-1 (%)")
         ax.grid(alpha=0.3)
-    fig.suptitle("Found vs MNv4-Conv-S 0.5 vs random at the same latency (3 seeds each)")
+    fig.suptitle("Found vs MNv4-Conv-S 0.5 vs random\nat the same latency (3 seeds each)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     print(f"wrote {path}")
