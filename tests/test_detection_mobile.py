@@ -102,3 +102,24 @@ def test_bad_input_is_named(ssd, tmp_path):
         export_ssd_mobile(ssd, tmp_path / "f.pte", calib=[])
     with pytest.raises(ValueError, match="expected a .pte or .tflite file.*decode \\+ NMS in its graph"):
         MobileDetector(ssd, tmp_path / "f.onnx")
+
+
+def test_an_nms_tie_broken_the_other_way_still_matches():
+    """Two boxes that suppress each other with scores equal to float rounding: eager keeps one,
+    the file the other. With the model's NMS IoU they pair (and only then); a box that overlaps
+    less than the NMS threshold, or a score that differs, is still a difference."""
+    import numpy as np
+
+    shared = {"boxes": np.array([[10.0, 10.0, 30.0, 30.0]]), "labels": np.array([1]), "scores": np.array([0.9])}
+
+    def dets(box, score):
+        return {"boxes": np.concatenate([shared["boxes"], [box]]), "labels": np.array([1, 3]),
+                "scores": np.concatenate([shared["scores"], [score]])}
+
+    ref = dets([69.14, 108.11, 94.64, 115.68], 0.1631747)
+    got = dets([62.82, 108.10, 88.18, 115.66], 0.16317464)      # IoU 0.6 with ref's, measured once
+    assert match_detections(got, ref)[0] > 6                     # nearest box only: 6.3 px apart
+    assert match_detections(got, ref, 1e-3, nms_iou=0.55) == (0.0, pytest.approx(6e-8, abs=1e-7))
+    assert match_detections(got, ref, 1e-3, nms_iou=0.7)[0] > 6  # overlap below the threshold: no tie
+    far = dets([62.82, 108.10, 88.18, 115.66], 0.17)
+    assert match_detections(far, ref, 1e-3, nms_iou=0.55)[0] > 6  # scores apart: not a tie

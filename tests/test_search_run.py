@@ -221,10 +221,10 @@ def test_rerank_candidates_are_distinct_within_the_window_most_likely_first(setu
     assert len(cands) == 5 and cands[0] == pick
     assert len({str(c) for c in cands}) == 5
     assert all(abs(table.predict(c) / target - 1) <= 0.5 for c in cands)
-    narrow = rerank_candidates(space, sure, table.predict, target, 5, 0.001, seed=0)
+    narrow = rerank_candidates(space, sure, table.predict, target, 5, 0.001, seed=0, max_draws=400)
     assert all(abs(table.predict(c) / target - 1) <= 0.001 for c in narrow) and narrow[0] == pick
     one_hot = {dd.name: [1.0] + [0.0] * (len(dd.choices) - 1) for dd in space.decisions()}
-    assert rerank_candidates(space, one_hot, table.predict, target, 5, 0.5) == [pick]
+    assert rerank_candidates(space, one_hot, table.predict, target, 5, 0.5, max_draws=400) == [pick]
     assert tempered([0.9, 0.1], 1.0) == pytest.approx([0.9, 0.1])
     assert tempered([0.9, 0.1], 64.0)[1] > 0.45
     with pytest.raises(ValueError, match="lack the space's decisions"):
