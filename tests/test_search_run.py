@@ -275,3 +275,17 @@ def test_rerank_settings_are_checked():
             SearchSettings(space="s", table="t", target_ms=1.0, **kw)
     assert SearchSettings(space="s", table="t", target_ms=1.0, minutes=10, rerank=4).rl_minutes == 5.0
     assert SearchSettings(space="s", table="t", target_ms=1.0, minutes=10).rl_minutes == 10.0
+
+
+def test_rerank_under_torchrun_is_refused_before_any_step(setup, monkeypatch):
+    from mobilenets.search import run as run_mod
+    from mobilenets.train import distributed
+
+    d, _, _ = setup
+    monkeypatch.setattr(distributed, "setup_distributed", lambda recipe: distributed.DistInfo(rank=0, world=2))
+    settings = run_mod.SearchSettings(space=str(d / "tiny.json"), table=str(d / "roof.json"), target_ms=5.9,
+                                      data="digits", out=str(d / "rr_ddp"), steps=4, batch_size=32, img_size=32,
+                                      rerank=2)
+    with pytest.raises(ValueError, match="rerank trains its candidates in one process"):
+        run_mod.run_search(settings, progress=False)
+    assert not (d / "rr_ddp").exists()

@@ -205,6 +205,10 @@ class _Search:
         self.train_ds, self.held_ds, self.val_ds, self.classes, self.recipe, held_bs = search_data(s)
         # torchrun's environment -> the gloo group, as training joins it (the supernet runs on CPU)
         self.dist = setup_distributed(self.recipe.replace(device="cpu"))
+        if s.rerank and self.dist.enabled:   # refused before any step: each candidate trains in one process
+            raise ValueError("rerank trains its candidates in one process: run the search under torchrun without "
+                             "--rerank, then the same command with --rerank in one process (it resumes the finished "
+                             "search and re-ranks)")
         self.train_batches = Batches(self.train_ds, s.batch_size, s.seed, self.dist)
         self.held_batches = Batches(self.held_ds, held_bs, s.seed + 1, self.dist)
         self.net = Supernet(space, num_classes=len(self.classes))
@@ -489,10 +493,6 @@ class _Search:
         from .rerank import best_candidate, rerank_candidates, train_candidate
 
         s = self.s
-        if self.dist.enabled:
-            raise ValueError("rerank trains its candidates in one process: run the search under torchrun without "
-                             "--rerank, then the same command with --rerank in one process (it resumes the finished "
-                             "search and re-ranks)")
         rr = st.setdefault("rerank", {})
         if "candidates" not in rr:
             probs = st.get("final_probabilities") or {}
