@@ -22,6 +22,16 @@ def _plt():
     return plt
 
 
+def save_figure(fig, path: Union[str, Path]) -> Path:
+    """Lay out ``fig``, write it to ``path`` (PNG at 110 dpi, the library's figures), close it;
+    returns the path."""
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    _plt().close(fig)
+    return path
+
+
 def _short(name: str) -> str:
     return (name.replace("mobilenet", "mn").replace("_conv_", "-c-").replace("_hybrid_", "-h-")
             .replace("mobileformer", "mf").replace("_large", "-L").replace("_small", "-S"))
@@ -69,11 +79,7 @@ def plot_sweep(sw: Sweep, accuracy: Mapping[str, float], path: Union[str, Path],
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(loc="lower right", fontsize=8)
     fig.suptitle(title or "Roofline latency vs accuracy", fontsize=12)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_intensity(prof: Profile, path: Union[str, Path],
@@ -116,11 +122,7 @@ def plot_intensity(prof: Profile, path: Union[str, Path],
                  f"operational intensity per layer ({prof.macs / 1e6:.0f} MMACs, "
                  f"{prof.bytes / 2**20:.1f} MiB)", fontsize=10)
     ax.grid(True, axis="y", which="both", alpha=0.3)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_op_profile(prof, path: Union[str, Path], top: int = 15) -> Path:
@@ -152,8 +154,4 @@ def plot_op_profile(prof, path: Union[str, Path], top: int = 15) -> Path:
     ax.invert_yaxis()
     ax.set_xlabel(xlabel)
     ax.set_title(f"{Path(prof.path).name} ({prof.runtime}, {prof.threads} threads)", fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -83,11 +83,9 @@ def layer_sensitivity(model: nn.Module, runtime="executorch", calib="digits", in
 
 def plot_sensitivity(result: Sequence[LayerSensitivity], path, title: str = "INT8 sensitivity per layer") -> None:
     """A bar chart of each layer's error when quantized alone, in network order."""
-    import matplotlib
+    from ..analysis.plots import _plt, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _plt()
     result = sorted(result, key=lambda r: r.index)
     fig, ax = plt.subplots(figsize=(max(6.0, 0.18 * len(result)), 3.6))
     ax.bar(range(len(result)), [r.rel_rms for r in result], color="#4477aa")
@@ -95,9 +93,7 @@ def plot_sensitivity(result: Sequence[LayerSensitivity], path, title: str = "INT
     ax.set_xticklabels([r.layer for r in result], rotation=90, fontsize=6)
     ax.set_ylabel("logits rel. RMS error vs fp32")
     ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 __all__ = ["LayerFilter", "LayerSensitivity", "layer_sensitivity", "plot_sensitivity", "quantizable_layers"]

@@ -51,6 +51,16 @@ def single_process():
     return DistInfo()
 
 
+def data_recipe(data: str):
+    """The classification recipe made for ``data`` (``digit_clutter`` for digit-clutter; the
+    task's default otherwise) with the data's own options: what a model trained on it alone uses."""
+    from ..train.recipes import get_recipe, recipe_for_data
+    from ..train.task import get_task
+
+    task = get_task("classify")
+    return get_recipe(recipe_for_data("classify", data) or task.default_recipe).replace(**task.data_option(data))
+
+
 def classification_splits(data: str, img_size: int, batch_size: int, seed: int, held_out: float,
                           lr: Optional[float] = None, recipe: Any = None, what: str = "a search"):
     """``(train split, held-out split, val set, classes, recipe, held-out batch size)`` of ``data``
@@ -65,12 +75,10 @@ def classification_splits(data: str, img_size: int, batch_size: int, seed: int, 
     from ..data.classification import Subset, build_datasets, eval_transform
     from ..data.common import stratified_split
     from ..train.recipe import apply_overrides
-    from ..train.recipes import get_recipe, recipe_for_data
     from ..train.task import get_task
 
     task = get_task("classify")
-    recipe = recipe if recipe is not None else get_recipe(recipe_for_data("classify", data) or task.default_recipe)
-    recipe = recipe.replace(**task.data_option(data))
+    recipe = data_recipe(data) if recipe is None else recipe.replace(**task.data_option(data))
     over: dict = {"img_size": img_size, "batch_size": batch_size, "seed": seed}
     if lr is not None:
         over["lr"] = lr

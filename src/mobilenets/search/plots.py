@@ -23,7 +23,7 @@ def plot_search(summary: dict, path: Union[str, Path]) -> Path:
     likely choice at each snapshot (one line per decision, the final choice's label at the end);
     with re-ranking (``search run --rerank``) a fourth: each candidate's held-out top-1 after its
     short training against its predicted latency, the found one marked."""
-    from ..analysis.plots import _plt
+    from ..analysis.plots import _plt, save_figure
 
     plt = _plt()
     hist = summary["history"]
@@ -80,8 +80,4 @@ def plot_search(summary: dict, path: Union[str, Path]) -> Path:
                title=f"re-ranking: {len(res)} of {len(rr['candidates'])} candidates")
         ax.legend(fontsize=8)
     fig.suptitle(f"search: {summary['steps']} steps in {summary['seconds'] / 60:.1f} min", fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

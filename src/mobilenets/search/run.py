@@ -488,8 +488,7 @@ class _Search:
         is in the checkpoint, and an interrupted one resumes from its ``last.pt``."""
         from ..data import DataBundle
         from ..progress import progress_bar
-        from ..train.recipes import get_recipe, recipe_for_data
-        from ..train.task import get_task
+        from .data import data_recipe
         from .rerank import best_candidate, rerank_candidates, train_candidate
 
         s = self.s
@@ -507,9 +506,7 @@ class _Search:
                 rr["note"] = (f"no architecture of the final controller within {100 * s.rerank_window:g} % of the "
                               f"target ({self.target_ms:.4g} ms); the controller's pick stands")
             self.save({"search": st})
-        task = get_task("classify")
-        base = get_recipe(recipe_for_data("classify", s.data) or task.default_recipe).replace(**task.data_option(s.data))
-        recipe = base.replace(epochs=s.rerank_epochs, seed=s.seed, img_size=s.img_size,
+        recipe = data_recipe(s.data).replace(epochs=s.rerank_epochs, seed=s.seed, img_size=s.img_size,
                               **({"lr": s.lr} if s.lr is not None else {}))
         data = DataBundle(train=self.train_ds, val=self.held_ds, classes=list(self.classes))
         budget = s.minutes * 60
