@@ -24,8 +24,11 @@ The latency target is a number of ms or a reference model's latency (``target_mo
 likely architecture in the table's runtime (beside the reference), a few times per stage, and
 the found architecture is measured at the end (:mod:`.feedback`).
 
-Why one module: the settings, the iteration's two steps, the checkpoint and the outputs share
-one state (``st``) that a resume restores as a whole.
+With ``rerank`` the final candidates are re-ranked by short stand-alone training
+(:mod:`.rerank` picks and trains them; :meth:`_Search.rerank` keeps their results in ``st``).
+
+Why one module (over 400 lines): the settings, the iteration's two steps, the re-ranking, the
+checkpoint and the outputs share one state (``st``) that a resume restores as a whole.
 """
 
 from __future__ import annotations
