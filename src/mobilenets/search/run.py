@@ -27,7 +27,7 @@ the found architecture is measured at the end (:mod:`.feedback`).
 With ``rerank`` the final candidates are re-ranked by short stand-alone training
 (:mod:`.rerank` picks and trains them; :meth:`_Search.rerank` keeps their results in ``st``).
 
-Why one module (over 400 lines): the settings, the iteration's two steps, the re-ranking, the
+Why one module: the settings, the iteration's two steps, the re-ranking, the
 checkpoint and the outputs share one state (``st``) that a resume restores as a whole.
 """
 
