@@ -27,6 +27,11 @@ done, and a killed search or training resumes, so the whole run survives interru
 6. ``report``: a markdown table (mean, spread, per seed) and accuracy vs measured latency per
    runtime (OUT/search_goal.png).
 
+Not run by default: ``rank`` (``--rank-searches``: does a search's supernet rank the trained
+networks as training does) and ``proxy`` (``--proxy-searches``: the re-ranked candidates of a
+``--rerank`` search trained with the full recipe, seed 0: does the re-ranking's short training
+rank them as the full recipe does; OUT/search_proxy_<search>.png).
+
 ``--scaling`` times a fixed number of search steps with one process and with torchrun's 2 (one
 thread each) and reports steps / minute, architectures sampled / minute and CPU-minutes.
 """
@@ -168,6 +173,7 @@ def step_measure(state, tables, net_seconds: float, n_random: int) -> None:
     from mobilenets.search.measure import measure_networks
 
     nets = _networks(state, with_randoms=False) + [(f"cand{i}", s) for i, s in enumerate(state["candidates"])]
+    _choose_randoms(state, tables, n_random)   # on a run that timed the candidates before, not on a re-timing
     for name, path in tables.items():
         done = state.setdefault("measured", {}).get(name, {})
         if all(label in done for label, _ in nets):
@@ -178,15 +184,38 @@ def step_measure(state, tables, net_seconds: float, n_random: int) -> None:
                                    for (label, s), m in zip(nets, ms)}
         print(f"measured {name}: " + ", ".join(f"{k} {v['measured_ms']:.3f}" for k, v in state["measured"][name].items()),
               flush=True)
-    if "randoms" in state:
-        return   # chosen once: later measurements do not change which networks are trained
-    first = next(iter(tables))
-    ref = state["measured"][first]["mnv4"]["measured_ms"]
-    state["randoms"] = [c for i, c in enumerate(state["candidates"])
-                        if abs(state["measured"][first][f"cand{i}"]["measured_ms"] / ref - 1) <= TOL][:n_random]
-    if len(state["randoms"]) < n_random:
-        print(f"warning: only {len(state['randoms'])} candidates within +-5 % measured in {first}; "
-              f"raise --candidates", flush=True)
+    _choose_randoms(state, tables, n_random)
+
+
+def _choose_randoms(state, tables, n_random: int) -> None:
+    """Per table, once (on the first measurement that timed the candidates in its runtime): the
+    ``n_random`` random baselines, candidates within +-5 % of MNv4-Conv-S's latency measured in
+    that run. Candidates trained already (``state["randoms"]``, for another runtime) come first,
+    then the others in the order they were sampled: latency and cost decide, never accuracy.
+    Every chosen one joins ``state["randoms"]``, the networks trained."""
+    by = state.setdefault("randoms_by_table", {})
+    for name in tables:
+        m = state.get("measured", {}).get(name, {})
+        if name in by or not all(f"cand{i}" in m for i in range(len(state["candidates"]))):
+            continue
+        ref = m["mnv4"]["measured_ms"]
+        inside = [c for i, c in enumerate(state["candidates"]) if abs(m[f"cand{i}"]["measured_ms"] / ref - 1) <= TOL]
+        chosen = [c for c in state.get("randoms", []) if c in inside]
+        by[name] = (chosen + [c for c in inside if c not in chosen])[:n_random]
+        for c in by[name]:
+            if c not in state.setdefault("randoms", []):
+                state["randoms"].append(c)
+        print(f"randoms {name}: candidates {[state['candidates'].index(c) for c in by[name]]} "
+              f"(of {len(inside)} within +-5 % measured)", flush=True)
+        if len(by[name]) < n_random:
+            print(f"warning: only {len(by[name])} candidates within +-5 % measured in {name}; raise --candidates",
+                  flush=True)
+
+
+def _randoms_of(state, table: str) -> list[str]:
+    """The random baselines of ``table``'s runtime (all of them for a state chosen before
+    per-runtime windows)."""
+    return state.get("randoms_by_table", {}).get(table, state.get("randoms", []))
 
 
 def _networks(state, with_randoms: bool = True) -> list[tuple[str, str]]:
@@ -249,23 +278,34 @@ def _summary(state) -> list[dict]:
 def step_report(state, out: Path) -> None:
     rows = _summary(state)
     names = list(state.get("measured", {}))
-    head = "| network | " + " | ".join(f"{n} measured / predicted (ms)" for n in names) + " | val top-1 mean +- std | per seed |"
+    head = "| network | " + " | ".join(f"{n} measured / predicted (ms)" for n in names) + \
+        " | val top-1 mean +- std | per seed | random baseline of |"
     print(head)
-    print("|---|" + "---:|" * len(names) + "---:|---|")
+    print("|---|" + "---:|" * len(names) + "---:|---|---|")
     for r in rows:
         lat = " | ".join(f"{r[n]['measured_ms']:.3f} / {r[n]['predicted_ms']:.3f}" if n in r else "-" for n in names)
-        print(f"| {r['label']} | {lat} | {r['mean']:.2f} +- {r['std']:.2f} | {', '.join(f'{a:.2f}' for a in r['top1'])} |")
-    randoms = [r["mean"] for r in rows if r["label"].startswith("random") and r["top1"]]
+        of = ", ".join(n for n in names if r["label"].startswith("random") and r["spec"] in _randoms_of(state, n))
+        print(f"| {r['label']} | {lat} | {r['mean']:.2f} +- {r['std']:.2f} | {', '.join(f'{a:.2f}' for a in r['top1'])} | {of} |")
     ref = next(r for r in rows if r["label"] == "mnv4")
-    if randoms:
-        med = statistics.median(randoms)
-        for r in rows:
-            if r["label"].startswith("found_") and r["top1"]:
-                print(f"{r['label']}: {r['mean']:.2f} vs random median {med:.2f} ({'beats' if r['mean'] > med else 'does NOT beat'}),"
-                      f" vs MNv4-Conv-S {ref['mean']:.2f} ({'matches or beats' if r['mean'] >= ref['mean'] else 'below'})")
+    verdicts = state.setdefault("verdicts", {})
+    for r in rows:
+        # a found network is compared with the random baselines of its own table's runtime
+        table = max((n for n in names if r["label"].startswith(f"found_{n}")), key=len, default=None)
+        if not (table and r["top1"]):
+            continue
+        randoms = [x for x in rows if x["spec"] in _randoms_of(state, table) and x["label"].startswith("random")]
+        means = [x["mean"] for x in randoms if x["top1"]]
+        if not means:
+            continue
+        med = statistics.median(means)
+        verdicts[r["label"]] = {"table": table, "mean": r["mean"], "random_median": med, "randoms": [x["label"] for x in randoms],
+                                "best_random": max(means), "mnv4": ref["mean"]}
+        print(f"{r['label']}: {r['mean']:.2f} vs the median of {table}'s {len(means)} randoms {med:.2f} "
+              f"({'beats' if r['mean'] > med else 'does NOT beat'}), vs MNv4-Conv-S {ref['mean']:.2f} "
+              f"({'matches or beats' if r['mean'] >= ref['mean'] else 'below'})")
     state["summary"] = rows
     if names:
-        _plot(rows, names, out / "search_goal.png")
+        _plot(rows, names, out / "search_goal.png", {n: _randoms_of(state, n) for n in names})
 
 
 def step_rank(state, out: Path, searches: list[str]) -> None:
@@ -295,11 +335,79 @@ def step_rank(state, out: Path, searches: list[str]) -> None:
               flush=True)
 
 
-def _plot(rows, names, path: Path) -> None:
+def step_proxy(state, out: Path, searches: list[str], jobs: int, state_path: Path, seed: int = 0) -> None:
+    """How well does the re-ranking's short training rank networks for the full recipe? For each
+    search in ``searches`` (run with ``--rerank``): every re-ranked candidate trained with the
+    full ``digit_clutter`` recipe (seed ``seed``; a candidate trained already, e.g. the pick, is
+    reused), then Spearman's rank correlation between the candidates' held-out top-1 after the
+    re-ranking's epochs and their val top-1 after the full recipe, and where the pick lands."""
+    from mobilenets.search.latency import rank_correlation
+
+    res = state.setdefault("proxy", {})
+    for name in searches:
+        if name not in state.get("searches", {}):
+            raise SystemExit(f"--proxy-searches: expected one of {sorted(state.get('searches', {}))}, got {name!r}")
+        rr = state["searches"][name].get("rerank")
+        if not rr:
+            raise SystemExit(f"search {name!r} has no re-ranking (run it with --rerank K); searches: {sorted(state['searches'])}")
+        # a candidate already trained with this seed (under any label) is not trained again
+        known = {spec: out / "train" / f"{label}/seed{seed}" for label, spec in _networks(state)}
+        dirs, tasks = [], []
+        for i, r in enumerate(rr["results"]):
+            d = known.get(r["spec"], out / "proxy" / name / f"cand{i:02d}")
+            dirs.append(d)
+            if not trained(d):
+                tasks.append((f"{name}/cand{i:02d}", clutter_train_cmd(r["spec"], d, ["--set", f"seed={seed}"]),
+                              d / "train.log"))
+
+        def finished(key: str, returncode: int, seconds: float) -> None:
+            if returncode != 0:
+                raise SystemExit(f"training {key} failed (exit {returncode}); see its train.log under {out / 'proxy'}")
+            print(f"[{time.strftime('%H:%M:%S')}] {key} trained ({seconds / 60:.1f} min)", flush=True)
+
+        run_pool(tasks, jobs, finished)
+        full = [json.loads((d / "metrics.json").read_text())["history"][-1]["val_top1"] for d in dirs]
+        short = [r["heldout_top1"] for r in rr["results"]]
+        specs = [r["spec"] for r in rr["results"]]
+        best = max(range(len(full)), key=full.__getitem__)
+        pick = specs.index(rr["pick"])
+        res[name] = {"seed": seed, "epochs_short": rr["epochs"], "heldout_top1_short": short, "val_top1_full": full,
+                     "spearman": rank_correlation(short, full), "pick": pick, "best_full": best,
+                     "pick_rank_full": 1 + sorted(full, reverse=True).index(full[pick])}
+        _save(state_path, state)
+        print(f"proxy {name}: Spearman {res[name]['spearman']:+.2f} between {rr['epochs']}-epoch held-out and "
+              f"full-recipe val top-1 over {len(full)} candidates; the pick ranks {res[name]['pick_rank_full']} "
+              f"of {len(full)} after the full recipe ({full[pick]:.2f} %, best {full[best]:.2f} %)", flush=True)
+        _plot_proxy(res[name], name, out / f"search_proxy_{name}.png")
+
+
+def _plot_proxy(r: dict, name: str, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from mobilenets.analysis.plots import save_figure
+
+    fig, ax = plt.subplots(figsize=(5.5, 4.2))
+    x, y = r["heldout_top1_short"], r["val_top1_full"]
+    ax.scatter(x, y, color="tab:gray", s=40, label="re-ranked candidate")
+    ax.scatter([x[r["pick"]]], [y[r["pick"]]], color="tab:red", marker="*", s=200, label="the pick (best short score)")
+    ax.set_xlabel(f"held-out top-1 after {r['epochs_short']} epochs (%, the re-ranking's score)")
+    ax.set_ylabel(f"val top-1 after the full recipe (%, seed {r['seed']})")
+    ax.set_title(f"{name}: Spearman {r['spearman']:+.2f} over {len(x)} candidates", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    print(f"wrote {save_figure(fig, path)}")
+
+
+def _plot(rows, names, path: Path, randoms: dict[str, list[str]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from mobilenets.analysis.plots import save_figure
 
     fig, axes = plt.subplots(1, len(names), figsize=(5.5 * len(names), 4.2), squeeze=False)
     for ax, name in zip(axes[0], names):
@@ -307,13 +415,19 @@ def _plot(rows, names, path: Path) -> None:
             if name not in r or not r["top1"]:
                 continue
             x = r[name]["measured_ms"]
-            kind = "found" if r["label"].startswith("found") else "mnv4" if r["label"] == "mnv4" else "random"
-            style = {"found": ("tab:red", "*", 180), "mnv4": ("tab:blue", "s", 80), "random": ("tab:gray", "o", 50)}[kind]
+            kind = ("found" if r["label"].startswith(f"found_{name}") else "found_other") if r["label"].startswith("found") \
+                else "mnv4" if r["label"] == "mnv4" else "random" if r["spec"] in randoms[name] else "outside"
+            style = {"found": ("tab:red", "*", 180), "found_other": ("tab:orange", "*", 120), "mnv4": ("tab:blue", "s", 80),
+                     "random": ("tab:gray", "o", 50), "outside": ("silver", "x", 50)}[kind]
             ax.scatter([x] * len(r["top1"]), r["top1"], color=style[0], alpha=0.35, s=18)
             ax.errorbar(x, r["mean"], yerr=r["std"], color=style[0], capsize=3, fmt="none")
             ax.scatter([x], [r["mean"]], color=style[0], marker=style[1], s=style[2],
-                       label={"found": r["label"].replace("found_", "found (") + " table)", "mnv4": "MNv4-Conv-S 0.5",
-                              "random": "random"}[kind])
+                       label={"found": f"found with the {name} table", "found_other": "found with another table",
+                              "mnv4": "MNv4-Conv-S 0.5",
+                              "random": "random (within +-5 % here)", "outside": "random of another runtime"}[kind])
+        ref = next((r[name]["measured_ms"] for r in rows if r["label"] == "mnv4" and name in r), None)
+        if ref is not None:
+            ax.axvspan(ref * (1 - TOL), ref * (1 + TOL), color="tab:blue", alpha=0.06, label="MNv4-Conv-S +-5 %")
         h, lab = ax.get_legend_handles_labels()
         seen = {}
         for hh, ll in zip(h, lab):
@@ -323,9 +437,8 @@ def _plot(rows, names, path: Path) -> None:
         ax.set_ylabel("digit-clutter val top-1 (%)")
         ax.grid(alpha=0.3)
     fig.suptitle("Found vs MNv4-Conv-S 0.5 vs random\nat the same latency (3 seeds each)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    print(f"wrote {path}")
+
+    print(f"wrote {save_figure(fig, path)}")
 
 
 def scaling(out: Path, table: Path, target: float, steps: int) -> None:
@@ -377,10 +490,13 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--jobs", type=int, default=2, help="trainings at a time (one thread each)")
     ap.add_argument("--net-seconds", type=float, default=2.0)
-    ap.add_argument("--only", choices=("target", "search", "pick", "measure", "train", "report", "rank"),
-                    action="append", help="steps to run (rank: not by default, --rank-searches)")
+    ap.add_argument("--only", choices=("target", "search", "pick", "measure", "train", "report", "rank", "proxy"),
+                    action="append", help="steps to run (rank, proxy: not by default; --rank-searches, --proxy-searches)")
     ap.add_argument("--rank-searches", nargs="+", default=[], metavar="NAME",
                     help="rank: the searches whose supernets rank the trained networks (e.g. ort_onestage_feedback)")
+    ap.add_argument("--proxy-searches", nargs="+", default=[], metavar="NAME",
+                    help="proxy: the --rerank searches whose candidates are trained with the full recipe "
+                         "(e.g. ort_onestage_feedback_rerank)")
     ap.add_argument("--scaling", action="store_true")
     ap.add_argument("--scaling-steps", type=int, default=150)
     args = ap.parse_args(argv)
@@ -418,6 +534,8 @@ def main(argv=None) -> int:
             step_report(state, out)
         elif step == "rank":
             step_rank(state, out, args.rank_searches)
+        elif step == "proxy":
+            step_proxy(state, out, args.proxy_searches, args.jobs, state_path)
         _save(state_path, state)
     return 0
 
