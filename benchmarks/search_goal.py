@@ -17,9 +17,9 @@ done, and a killed search or training resumes, so the whole run survives interru
 3. ``pick``: random architectures of the space whose *predicted* latency is within +-5 % of the
    target in every table (seeded sampling), ``--candidates`` of them.
 4. ``measure``: per table, MNv4-Conv-S, every found network and the candidates exported and timed
-   in one interleaved run in the table's runtime (so load drifts hit them alike); the first
-   ``--randoms`` candidates within +-5 % of MNv4-Conv-S's latency *measured in that run* (first
-   table) are the random baselines.
+   in one interleaved run in the table's runtime (so load drifts hit them alike); per table, the
+   first ``--randoms`` candidates within +-5 % of MNv4-Conv-S's latency *measured in that run*
+   (those trained already for another table first) are that runtime's random baselines.
 5. ``train``: every network x ``--seeds`` with ``mobilenets train --data digit-clutter --model
    SPEC --set seed=S`` (the ``digit_clutter`` recipe, epoch-bounded, one thread each,
    ``--jobs`` at a time). The seed draws the generated images, the initialisation and the order,
@@ -212,6 +212,11 @@ def _choose_randoms(state, tables, n_random: int) -> None:
                   flush=True)
 
 
+def _found_table(label: str, names) -> Optional[str]:
+    """The table (of ``names``) a ``found_<table>...`` network was searched with; None otherwise."""
+    return max((n for n in names if label.startswith(f"found_{n}")), key=len, default=None)
+
+
 def _randoms_of(state, table: str) -> list[str]:
     """The random baselines of ``table``'s runtime (all of them for a state chosen before
     per-runtime windows)."""
@@ -290,7 +295,7 @@ def step_report(state, out: Path) -> None:
     verdicts = state.setdefault("verdicts", {})
     for r in rows:
         # a found network is compared with the random baselines of its own table's runtime
-        table = max((n for n in names if r["label"].startswith(f"found_{n}")), key=len, default=None)
+        table = _found_table(r["label"], names)
         if not (table and r["top1"]):
             continue
         randoms = [x for x in rows if x["spec"] in _randoms_of(state, table) and x["label"].startswith("random")]
@@ -382,12 +387,9 @@ def step_proxy(state, out: Path, searches: list[str], jobs: int, state_path: Pat
 
 
 def _plot_proxy(r: dict, name: str, path: Path) -> None:
-    import matplotlib
+    from mobilenets.analysis.plots import _plt, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from mobilenets.analysis.plots import save_figure
+    plt = _plt()
 
     fig, ax = plt.subplots(figsize=(5.5, 4.2))
     x, y = r["heldout_top1_short"], r["val_top1_full"]
@@ -402,12 +404,9 @@ def _plot_proxy(r: dict, name: str, path: Path) -> None:
 
 
 def _plot(rows, names, path: Path, randoms: dict[str, list[str]]) -> None:
-    import matplotlib
+    from mobilenets.analysis.plots import _plt, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from mobilenets.analysis.plots import save_figure
+    plt = _plt()
 
     fig, axes = plt.subplots(1, len(names), figsize=(5.5 * len(names), 4.2), squeeze=False)
     for ax, name in zip(axes[0], names):
@@ -415,7 +414,7 @@ def _plot(rows, names, path: Path, randoms: dict[str, list[str]]) -> None:
             if name not in r or not r["top1"]:
                 continue
             x = r[name]["measured_ms"]
-            kind = ("found" if r["label"].startswith(f"found_{name}") else "found_other") if r["label"].startswith("found") \
+            kind = ("found" if _found_table(r["label"], names) == name else "found_other") if r["label"].startswith("found") \
                 else "mnv4" if r["label"] == "mnv4" else "random" if r["spec"] in randoms[name] else "outside"
             style = {"found": ("tab:red", "*", 180), "found_other": ("tab:orange", "*", 120), "mnv4": ("tab:blue", "s", 80),
                      "random": ("tab:gray", "o", 50), "outside": ("silver", "x", 50)}[kind]
@@ -467,7 +466,7 @@ def scaling(out: Path, table: Path, target: float, steps: int) -> None:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--table", action="append", default=[], metavar="NAME=TABLE.json",
-                    help="a latency table per runtime; the first one picks the random baselines")
+                    help="a latency table per runtime (each one picks its own random baselines)")
     ap.add_argument("--target", action="append", default=[], metavar="NAME=MS")
     ap.add_argument("--out", required=True)
     ap.add_argument("--search-minutes", type=float, default=25)

@@ -152,18 +152,17 @@ def match_detections(got: dict, ref: dict, box_tol: float = float("inf"), nms_io
         dist = np.abs(gb[same] - b).max(axis=1)
         j = int(dist.argmin())
         if nms_iou is not None and dist[j] > box_tol:
-            unmatched.append((b, lab, sc))
+            unmatched.append((b, lab, sc, float(dist[j])))
             continue
         worst_box = max(worst_box, float(dist[j]))
         worst_score = max(worst_score, float(abs(gs[same][j] - sc)))
     if unmatched:
         free = [k for k in range(len(gb)) if np.abs(rb - gb[k]).max(axis=1).min() > box_tol]
-        for b, lab, sc in unmatched:
+        for b, lab, sc, nearest in unmatched:
             k = next((k for k in free if gl[k] == lab and abs(gs[k] - sc) <= score_tol and _iou(b, gb[k]) > nms_iou),
                      None)
             if k is None:   # no tie partner: the nearest box's difference stands
-                same = np.nonzero(gl == lab)[0]
-                return float(np.abs(gb[same] - b).max(axis=1).min()), worst_score
+                return nearest, worst_score
             free.remove(k)
             worst_score = max(worst_score, float(abs(gs[k] - sc)))
     return worst_box, worst_score
