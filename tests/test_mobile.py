@@ -78,7 +78,7 @@ def test_mobileformer_forms_split_multiplier_depthwise(name):
     from mobilenets.deploy import fuse
     model, x = _conditioned(name)
     fused = fuse(model)
-    for target in ("mobile", "mobile_int8", "executorch"):
+    for target in ("mobile", "mobile_int8", "executorch", "executorch_int8"):
         out = assert_same_function(fused, lambda m: swap_for_export(m, target=target), x)
         convs = [m for m in out.modules() if isinstance(m, torch.nn.Conv2d)]
         depthwise = [c for c in convs if c.groups > 1 and c.groups == c.in_channels]
@@ -89,6 +89,39 @@ def test_mobileformer_forms_split_multiplier_depthwise(name):
         assert sum(type(m).__name__ == "ChannelShuffle" for m in out.modules()) < n_shuffle
     # unfolded BatchNorms: left as they are (the split needs the folded conv)
     assert not any(isinstance(m, export_swaps.SplitDepthwise) for m in swap_for_export(model, target="mobile").modules())
+
+
+def test_mobileformer_to_mobile_softmax_written_out():
+    """Mobile <- Former's per-position softmax over the M tokens, written out on the channel-major
+    scores (max from row slices, exp, a matmul with a row of ones as the normaliser) instead of a
+    last-dimension softmax of the transposed scores (XNNPACK: ~28 ns per row of M elements, the
+    slowest operator of MF-96M). The model's form gives every bridge the token count; a bridge
+    without it keeps the transposed softmax. Stable where the scores are large (the max is
+    subtracted): a map scaled so the scores reach ~1e3 still matches the eager bridge."""
+    from mobilenets.blocks.mobileformer import FormerToMobile
+    from mobilenets.deploy.mobileformer_forms import MobileFormerToMobile
+    model = mobilenets.create_model("mobileformer_26m").eval()
+    m_tokens = model.tokens.shape[0]
+    bridges = [b for b in swap_for_export(model, target="executorch").modules() if isinstance(b, MobileFormerToMobile)]
+    assert bridges and all(b.num_tokens == m_tokens for b in bridges)
+    torch.manual_seed(0)
+    eager = FormerToMobile(32, 64, heads=2).eval()
+    x, tokens = torch.randn(2, 32, 7, 9) * 300.0, torch.randn(2, 6, 64)
+    alone = MobileFormerToMobile.from_module(eager)
+    written = MobileFormerToMobile.from_module(eager)
+    written.set_num_tokens(6)
+    with torch.no_grad():
+        want = eager(x, tokens)
+        scores = eager._attention_t(x, tokens)
+        assert float(scores.max()) > 0.99 and float(scores.min()) < 1e-6  # near one-hot: large scores
+        for form in (alone, written):
+            got = form(x, tokens)
+            assert torch.isfinite(got).all()
+            assert float((got - want).abs().max() / want.abs().max()) <= 1e-5
+    assert not written.state_dict().keys() ^ eager.state_dict().keys()  # the ones row is not a weight
+    edge_ops = torch.export.export(written, (x[:1], tokens[:1])).graph_module.code
+    assert "softmax" not in edge_ops and "exp" in edge_ops
+    assert "softmax" in torch.export.export(alone, (x[:1], tokens[:1])).graph_module.code
 
 
 def test_mobileformer_int8_forms():
@@ -106,6 +139,15 @@ def test_mobileformer_int8_forms():
     assert len(expected) > 20 and paths == expected
     assert not [k for k in out.state_dict() if ".update." in k]  # the update child holds no weights
     assert export_swaps.float_modules(swap_for_export(mobilenets.create_model("mobilenetv2_050"))) == []
+    # ExecuTorch's INT8 programs: the same dynamic ReLU (XNNPACK's quantizer leaves a maximum float, with
+    # map-sized conversions around it), but hard-swish keeps its builtin (XNNPACK runs it in int8)
+    et = assert_same_function(fuse(model), lambda m: swap_for_export(m, target="executorch_int8"), x)
+    kinds = {type(m) for m in et.modules()}
+    assert export_swaps.MobileInt8DynamicReLU in kinds and export_swaps.MobileInt8Hardswish not in kinds
+    assert torch.nn.Hardswish in kinds
+    from mobilenets.deploy.runtimes import mobile_runtime
+    assert [mobile_runtime(r).forms_for(q) for r in ("executorch", "tflite") for q in (False, True)] == [
+        "executorch", "executorch_int8", "mobile", "mobile_int8"]
 
 
 class _LossyShift(torch.nn.Module):

@@ -47,7 +47,7 @@ def test_mixed_precision_keeps_the_layers_float_and_lowers_fully(fmt, tmp_path):
     x = torch.randn(16, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     model = _model(x)
     rt = runtime_for(fmt)
-    layers = quantizable_layers(prepare(model, target="mobile_int8" if rt.int8_forms else rt.forms)[1])
+    layers = quantizable_layers(prepare(model, target=rt.forms_for(int8=True))[1])
     keep = (layers[0], layers[-1])       # the stem conv and the classifier
     base = export_mobile(rt, model, tmp_path / f"q{rt.suffix}", (32, 32), calib=x)
     mixed = export_mobile(rt, model, tmp_path / f"m{rt.suffix}", (32, 32), calib=x, float_layers=keep)

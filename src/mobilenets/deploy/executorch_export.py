@@ -131,6 +131,7 @@ class ExecuTorchRuntime(Runtime):
     backend = "the XNNPACK delegate (they would run on ExecuTorch's portable kernels, slowly)"
     complete = "every op in XNNPACK"
     forms = "executorch"
+    int8_forms = "executorch_int8"
 
     def require(self) -> None:
         _require_executorch()

@@ -182,7 +182,7 @@ class LiteRTRuntime(Runtime):
     name, label, suffix = "litert", "LiteRT", ".tflite"
     backend = "LiteRT's builtin ops (custom / Flex ops are not in the standard LiteRT runtime)"
     complete = "builtin ops only"
-    int8_forms = True
+    int8_forms = "mobile_int8"
     float_forms = True  # int8 BATCH_MATMUL / RSQRT / GELU run outside its XNNPACK delegate
 
     def require(self) -> None:

@@ -317,8 +317,9 @@ class Runtime:
     ``name`` (:attr:`MobileExport.runtime`), ``label`` (for messages), ``suffix`` (of its files),
     ``backend`` (what "outside" means, for the error), ``complete`` (the summary's phrase for a
     file that lowered fully), ``int8_reference`` (what an INT8 file is compared with),
-    ``int8_forms`` (whether INT8 exports use the ``"mobile_int8"`` export forms), ``forms`` (the
-    fp32 export forms), ``main_output`` (a segmenter exports its ``"out"`` logits only: a mobile
+    ``forms`` (the fp32 export forms: a target of :func:`~.export_swaps.swap_for_export`),
+    ``int8_forms`` (the INT8 files' forms; None: ``forms``; :meth:`forms_for`), ``main_output`` (a
+    segmenter exports its ``"out"`` logits only: a mobile
     file has one output), and the methods below. An instance may carry options (ONNX Runtime's
     opset and dynamic batch)."""
 
@@ -328,9 +329,13 @@ class Runtime:
     backend: str = ""
     complete: str = "fully lowered"
     int8_reference: str = "the PT2E reference"
-    int8_forms: bool = False
+    int8_forms: Optional[str] = None
     forms: str = "mobile"
     main_output: bool = True
+
+    def forms_for(self, int8: bool) -> str:
+        """The export-form target of this runtime's fp32 or INT8 files."""
+        return (self.int8_forms or self.forms) if int8 else self.forms
 
     @property
     def checked(self) -> str:
@@ -451,8 +456,8 @@ def export_mobile(runtime: Runtime, model: nn.Module, path: Union[str, os.PathLi
         fused, net, in_chans = qat.eval(), qat.convert(), qat.in_chans
         net = drop_noop_expands(export_program(net, torch.randn(batch_size, in_chans, *size)).module())
     else:
-        target = "mobile_int8" if int8 and runtime.int8_forms else runtime.forms
-        fused, net, in_chans = prepare(model, target=target, main_output=runtime.main_output, fused=fused)
+        fused, net, in_chans = prepare(model, target=runtime.forms_for(bool(int8)), main_output=runtime.main_output,
+                                       fused=fused)
     x = torch.randn(batch_size, in_chans, *size, generator=torch.Generator().manual_seed(0))
     images, options = None, {}
     if qat is not None:

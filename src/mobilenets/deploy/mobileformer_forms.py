@@ -118,10 +118,20 @@ class MobileFormerBlockFormer(_ExportForm, Former):
 
 
 class MobileFormerToMobile(_ExportForm, FormerToMobile):
-    """Mobile <- Former with a last-dimension softmax: the small ``(M, H W)`` score matrix is
-    transposed around it (the map itself stays channel-major), the matmuls are 3-D ``bmm``. The
-    update (``update``, a child: in INT8 files of a ``float_forms`` runtime it stays float) is
-    added to the map apart, so that the residual add stays int8 on the int8 map."""
+    """Mobile <- Former with the per-position softmax over the ``M`` tokens written out on the
+    channel-major score matrix ``s = k q^T`` (``(heads, M, H W)``, the map never transposed):
+    ``e = exp(s - max_j s_j)`` with the max from ``M`` row slices, the update ``(v e) / (1 e)``
+    from two 3-D ``bmm`` (the softmax's normaliser ``1 e`` a matmul with a row of ones).
+
+    Why: a last-dimension softmax over rows of ``M`` elements (the form before, with the score
+    matrix transposed around it) ran at ~28 ns per row in XNNPACK, overhead-bound: 0.18 ms for the
+    56x56 map of Mobile-Former-96M, the slowest operator of the file; this bridge there took
+    0.33 ms in ExecuTorch fp32, 0.12 ms in this form (224 px, 2 threads; benchmarks/INT8.md).
+
+    The ones row needs ``M``, which the bridge does not know: :class:`MobileFormerExport` sets it
+    (:meth:`set_num_tokens`); without it the bridge runs the transposed softmax. The update
+    (``update``, a child: in INT8 files of a ``float_forms`` runtime it stays float) is added to the
+    map apart, so that the residual add stays int8 on the int8 map."""
 
     int8_float = ("update",)
 
@@ -129,12 +139,38 @@ class MobileFormerToMobile(_ExportForm, FormerToMobile):
     def from_module(cls, m: nn.Module):
         new = super().from_module(m)
         new.update = _Part(new.attend_update)
+        new.num_tokens = None
         return new
+
+    def set_num_tokens(self, num_tokens: int) -> None:
+        """Run the written-out softmax for ``num_tokens`` tokens (a constant row of ones, not in
+        the ``state_dict``)."""
+        self.num_tokens = num_tokens
+        ref = self.k.weight
+        self.register_buffer("ones", torch.ones(1, self.heads, num_tokens, dtype=ref.dtype, device=ref.device),
+                             persistent=False)
 
     def forward(self, x: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         return x + self.update(x, tokens)
 
     def attend_update(self, x: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        m, hd = tokens.shape[1], c // self.heads
+        if m != self.num_tokens:
+            return self._transposed_softmax_update(x, tokens)
+        q = x.reshape(n * self.heads, hd, h * w)
+        k = (self.k(tokens) * self.scale).reshape(n, m, self.heads, hd).transpose(1, 2).reshape(n * self.heads, m, hd)
+        s = torch.bmm(k, q)                                                     # (N h, M, H W)
+        top = s[:, :1]
+        for j in range(1, m):
+            top = torch.maximum(top, s[:, j:j + 1])
+        e = torch.exp(s - top)
+        v = self.v(tokens).reshape(n, m, self.heads, hd).permute(0, 2, 3, 1).reshape(n * self.heads, hd, m)
+        ones = _batch_copies(self.ones, n).reshape(n * self.heads, 1, m)
+        out = torch.bmm(v, e) / torch.bmm(ones, e)
+        return self.drop_path(out.reshape(n, c, h, w))
+
+    def _transposed_softmax_update(self, x: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         n, c, h, w = x.shape
         m, hd = tokens.shape[1], c // self.heads
         q = x.reshape(n, self.heads, hd, h * w)
@@ -261,10 +297,24 @@ class MobileMobileDownsample(_ExportForm, MobileDownsample):
 
 class MobileFormerExport(_ExportForm, MobileFormer):
     """Mobile-Former whose token table is broadcast over the batch by a reshape (batch 1) or a
-    concatenation, instead of ``unsqueeze`` + ``repeat``."""
+    concatenation, instead of ``unsqueeze`` + ``repeat``; it gives its Mobile <- Former forms the
+    token count (:meth:`MobileFormerToMobile.set_num_tokens`)."""
+
+    @classmethod
+    def from_module(cls, m: nn.Module):
+        new = super().from_module(m)
+        for sub in new.modules():
+            if isinstance(sub, MobileFormerToMobile):
+                sub.set_num_tokens(new.tokens.shape[0])
+        return new
 
     def initial_tokens(self, batch_size: int) -> torch.Tensor:
-        t = self.tokens.reshape(1, *self.tokens.shape)
-        if isinstance(batch_size, torch.SymInt):  # a dynamic-batch capture (quantization-aware training):
-            return t.expand(batch_size, -1, -1)   # export_mobile drops it again at batch 1 (drop_noop_expands)
-        return t if batch_size == 1 else torch.cat([t] * batch_size)
+        return _batch_copies(self.tokens.reshape(1, *self.tokens.shape), batch_size)
+
+
+def _batch_copies(t: torch.Tensor, n) -> torch.Tensor:
+    """``t`` (leading dimension 1) repeated ``n`` times along it, by a concatenation (XNNPACK has
+    no ``expand``); ``t`` itself for ``n == 1``."""
+    if isinstance(n, torch.SymInt):  # a dynamic-batch capture (quantization-aware training):
+        return t.expand(n, *t.shape[1:])  # export_mobile drops it again at batch 1 (drop_noop_expands)
+    return t if n == 1 else torch.cat([t] * n)

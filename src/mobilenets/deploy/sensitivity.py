@@ -50,8 +50,7 @@ def layer_sensitivity(model: nn.Module, runtime="executorch", calib="digits", in
     rt = mobile_runtime(runtime)
     rt.require()
     size = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
-    target = "mobile_int8" if rt.int8_forms else rt.forms
-    _, form, in_chans = prepare(model, target=target, main_output=rt.main_output)
+    _, form, in_chans = prepare(model, target=rt.forms_for(int8=True), main_output=rt.main_output)
     images = resolve_calibration(calib, size, in_chans, calib_count)
     all_layers = quantizable_layers(form)
     chosen = list(layers) if layers is not None else all_layers

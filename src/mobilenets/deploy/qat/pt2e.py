@@ -99,8 +99,7 @@ class MobileQAT(nn.Module, QATExport):
             raise ValueError(f"{type(rt).__name__} has no PT2E quantizer: use its own quantization")
         quantizer = consistent_qat_quantizer(quantizer)
         size = (input_size, input_size) if isinstance(input_size, int) else tuple(int(s) for s in input_size)
-        target = "mobile_int8" if rt.int8_forms else rt.forms
-        _, form, in_chans = prepare(model, target=target, main_output=rt.main_output)
+        _, form, in_chans = prepare(model, target=rt.forms_for(int8=True), main_output=rt.main_output)
         x = torch.randn(2, in_chans, *size, generator=torch.Generator().manual_seed(0))
         batch = torch.export.Dim("batch", min=1, max=4096)
         try:
