@@ -319,9 +319,8 @@ class Runtime:
     file that lowered fully), ``int8_reference`` (what an INT8 file is compared with),
     ``forms`` (the fp32 export forms: a target of :func:`~.export_swaps.swap_for_export`),
     ``int8_forms`` (the INT8 files' forms; None: ``forms``; :meth:`forms_for`), ``main_output`` (a
-    segmenter exports its ``"out"`` logits only: a mobile
-    file has one output), and the methods below. An instance may carry options (ONNX Runtime's
-    opset and dynamic batch)."""
+    segmenter exports its ``"out"`` logits only: a mobile file has one output), and the methods
+    below. An instance may carry options (ONNX Runtime's opset and dynamic batch)."""
 
     name: str = ""
     label: str = ""
@@ -456,7 +455,7 @@ def export_mobile(runtime: Runtime, model: nn.Module, path: Union[str, os.PathLi
         fused, net, in_chans = qat.eval(), qat.convert(), qat.in_chans
         net = drop_noop_expands(export_program(net, torch.randn(batch_size, in_chans, *size)).module())
     else:
-        fused, net, in_chans = prepare(model, target=runtime.forms_for(bool(int8)), main_output=runtime.main_output,
+        fused, net, in_chans = prepare(model, target=runtime.forms_for(int8), main_output=runtime.main_output,
                                        fused=fused)
     x = torch.randn(batch_size, in_chans, *size, generator=torch.Generator().manual_seed(0))
     images, options = None, {}

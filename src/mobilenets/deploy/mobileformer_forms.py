@@ -8,6 +8,7 @@ before: benchmarks/INT8.md, "INT8 speed on the phone runtimes"."""
 from __future__ import annotations
 
 import copy
+from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -139,13 +140,17 @@ class MobileFormerToMobile(_ExportForm, FormerToMobile):
     def from_module(cls, m: nn.Module):
         new = super().from_module(m)
         new.update = _Part(new.attend_update)
-        new.num_tokens = None
         return new
+
+    @property
+    def num_tokens(self) -> Optional[int]:
+        """The token count of the written-out softmax (:meth:`set_num_tokens`); None: not set."""
+        ones = self._buffers.get("ones")
+        return None if ones is None else ones.shape[-1]
 
     def set_num_tokens(self, num_tokens: int) -> None:
         """Run the written-out softmax for ``num_tokens`` tokens (a constant row of ones, not in
         the ``state_dict``)."""
-        self.num_tokens = num_tokens
         ref = self.k.weight
         self.register_buffer("ones", torch.ones(1, self.heads, num_tokens, dtype=ref.dtype, device=ref.device),
                              persistent=False)
