@@ -16,8 +16,9 @@ Each model goes through the commands a user runs (one torch thread each, ``--job
    learning rate, a quarter of the epochs, distilling the fp32 checkpoint), then ``mobilenets export
    --qat qat_R/best.pt --format F --precision int8``.
 4. ``eval``: the fp32 checkpoint (eager) and every INT8 file, run in its runtime, on the same 2,000
-   validation images (whose source digits training never sees): top-1 and top-1 agreement with
-   fp32; the QAT model itself (fake quantization, eager) beside its file.
+   validation images (whose source digits training never sees; ``--val-images N``: the first N of
+   that split, for differences of a few tenths, which 2,000 images do not resolve): top-1 and
+   top-1 agreement with fp32; the QAT model itself (fake quantization, eager) beside its file.
 5. ``detect`` (with ``--detector CKPT``, an SSDLite trained on digit-scenes): its fp32 and INT8
    network files per runtime (``mobilenets export CKPT --format F [--int8 --calib digit-scenes]``),
    evaluated with ``mobilenets eval CKPT --file FILE`` (COCO mAP on the 500 validation scenes).
@@ -38,6 +39,7 @@ import json
 import subprocess
 import time
 from pathlib import Path
+from typing import Optional
 
 from goal_runs import EXE, children_cpu_s, clutter_train_cmd, run_pool, trained
 
@@ -110,8 +112,10 @@ def step_export(state, out: Path, models, runtimes, calib_count: int, save) -> N
                 save()
 
 
-def _val_images(out: Path, model: str):
-    """The validation images and labels the fp32 run was validated on (its recipe's)."""
+def _val_images(out: Path, model: str, n: Optional[int] = None):
+    """The validation images and labels the fp32 run was validated on (its recipe's), or the
+    first ``n`` of that split (digit-clutter draws item ``i`` the same for every ``n``: the first
+    2,000 are the recipe's)."""
     import torch
 
     from mobilenets import model_from_checkpoint
@@ -119,7 +123,8 @@ def _val_images(out: Path, model: str):
     from mobilenets.train.recipe import Recipe
 
     _, info = model_from_checkpoint(out / model / "fp32" / "best.pt")
-    val = build_datasets(Recipe.from_dict(info["recipe"])).val
+    recipe = Recipe.from_dict(info["recipe"])
+    val = build_datasets(recipe if n is None else recipe.replace(scene_val_images=n)).val
     x = torch.stack([val[i][0] for i in range(len(val))])
     y = torch.tensor([int(val[i][1]) for i in range(len(val))])
     return x, y
@@ -192,7 +197,7 @@ def step_calib(state, out: Path, models, runtimes, methods, counts, save) -> Non
             save()
 
 
-def step_eval(state, out: Path, models, runtimes, save) -> None:
+def step_eval(state, out: Path, models, runtimes, save, val_images: Optional[int] = None) -> None:
     from mobilenets import model_from_checkpoint
     from mobilenets.deploy import agreement
     from mobilenets.tasks.qat import load_qat_checkpoint
@@ -204,6 +209,8 @@ def step_eval(state, out: Path, models, runtimes, save) -> None:
     for m in models:
         if not trained(out / m / "fp32"):
             continue
+        if val_images is not None and acc.get(m, {}).get("fp32", {}).get("n") != val_images:
+            acc[m] = {}  # measured on another number of images: measured again
         todo = [f"{k}_{r}" for r in runtimes for k in ("ptq", "qat")
                 if f"{m}/{k}_{r}" in files and "error" not in files[f"{m}/{k}_{r}"]
                 and f"{k}_{r}" not in acc.get(m, {})]
@@ -211,7 +218,7 @@ def step_eval(state, out: Path, models, runtimes, save) -> None:
                  and f"qat_model_{r}" not in acc.get(m, {})]
         if "fp32" in acc.get(m, {}) and not todo:
             continue
-        x, y = _val_images(out, m)
+        x, y = _val_images(out, m, val_images)
         model, _ = model_from_checkpoint(out / m / "fp32" / "best.pt")
         ref = eager(model, x)
         row = acc.setdefault(m, {})
@@ -364,7 +371,8 @@ def _plot(acc, models, runtimes, path: Path) -> None:
     ax.set_ylim(floor, 2.0)
     ax.set_xticks(range(len(ms)), [m.replace("mobilenet", "mn") for m in ms], rotation=20, fontsize=8)
     ax.set_ylabel("INT8 top-1 - fp32 top-1 (points)")
-    ax.set_title("INT8 files vs fp32 on digit-clutter (2,000 validation images)")
+    ns = sorted({acc[m]["fp32"].get("n", 2000) for m in ms})
+    ax.set_title(f"INT8 files vs fp32 on digit-clutter ({' / '.join(f'{n:,}' for n in ns)} validation images)")
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -384,6 +392,8 @@ def main(argv=None) -> int:
                     "at 128 images (e.g. mse,minmax,percentile)")
     ap.add_argument("--calib-counts", default="", help="step calib: comma-separated --calib-count values, each with "
                     "the runtime's default method (e.g. 32,128,512)")
+    ap.add_argument("--val-images", type=int, help="step eval: evaluate on the first N images of the validation "
+                    "split (default: the recipe's 2,000; more narrows the noise of a difference of a few tenths)")
     ap.add_argument("--only", action="append", choices=("fp32", "qat", "export", "eval", "calib", "detect", "report"),
                     help="steps to run (default: all)")
     args = ap.parse_args(argv)
@@ -408,7 +418,7 @@ def main(argv=None) -> int:
     if "export" in steps:
         step_export(state, args.out, models, runtimes, args.calib_count, save)
     if "eval" in steps:
-        step_eval(state, args.out, models, runtimes, save)
+        step_eval(state, args.out, models, runtimes, save, args.val_images)
     if "calib" in steps or (not args.only and (args.calib_methods or args.calib_counts)):
         step_calib(state, args.out, models, runtimes, [m for m in args.calib_methods.split(",") if m],
                    [int(c) for c in args.calib_counts.split(",") if c], save)

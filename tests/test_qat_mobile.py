@@ -118,6 +118,32 @@ def test_mobileformer_qat_captures_and_lowers_fully(tmp_path):
     assert res.fully_lowered and res.agreement >= 0.75, res.summary()
 
 
+def test_mobileformer_qat_dynamic_relu_coefficients_observed_once():
+    """The INT8 dynamic ReLU computes each coefficient with its own linear, not as two slices of one
+    quantized output: XNNPACK's quantizer gives a slice the fake quantizer of the tensor it slices
+    (one module applied at three nodes), whose observer then moved three times per training step,
+    and ExecuTorch QAT of a digit-clutter Mobile-Former-96M drifted away from fp32 (distillation KL
+    0.003 -> 0.032 in 50 steps; benchmarks/INT8.md). Every clamp of a coefficient reads a fake
+    quantizer applied at that one node, with a range of its own."""
+    _need("executorch")
+    from mobilenets.deploy.qat.pt2e import MobileQAT
+
+    model = randomize_bn(mobilenets.create_model("mobileformer_26m", num_classes=10), calib_size=(64, 64)).eval()
+    x = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    gm = MobileQAT(model, "executorch", (64, 64), example=x).graph
+    calls: dict = {}
+    for n in gm.graph.nodes:
+        if n.op == "call_module":
+            calls.setdefault(id(gm.get_submodule(n.target)), []).append(n)
+    clamps = [n for n in gm.graph.nodes if n.op == "call_function" and n.target == torch.ops.aten.clamp.default]
+    fed = [n.args[0] for n in clamps if n.args[0].op == "call_module"]
+    assert len(clamps) >= 2 * 8 and len(fed) == len(clamps)  # two per dynamic ReLU, each on a fake quantizer
+    shared = [n.name for n in fed if len(calls[id(gm.get_submodule(n.target))]) > 1]
+    assert not shared, f"coefficient fake quantizers applied at several nodes: {shared[:4]}"
+    ranges = {(float(gm.get_submodule(n.target).scale), int(gm.get_submodule(n.target).zero_point)) for n in fed}
+    assert len(ranges) > len(fed) // 2  # the a1 and a2 halves are not quantized on one grid
+
+
 def test_qat_model_refuses_the_wrong_runtime(tmp_path):
     from mobilenets.deploy.qat.pt2e import MobileQAT
 
