@@ -105,7 +105,8 @@ class MobileInt8DynamicReLU(MobileDynamicReLU):
         fc2, c = new.fc2, new.chs
         halves = {}
         for name, rows in (("fc2_a1", slice(0, c)), ("fc2_a2", slice(c, 2 * c))):
-            lin = nn.Linear(fc2.in_features, c).to(fc2.weight)
+            lin = torch.nn.utils.skip_init(nn.Linear, fc2.in_features, c, device=fc2.weight.device,
+                                           dtype=fc2.weight.dtype)  # no random init: both are set here
             lin.weight, lin.bias = _param(fc2.weight, fc2.weight[rows]), _param(fc2.weight, fc2.bias[rows])
             halves[name] = lin
         del new._modules["fc2"]
