@@ -209,8 +209,8 @@ def step_eval(state, out: Path, models, runtimes, save, val_images: Optional[int
     for m in models:
         if not trained(out / m / "fp32"):
             continue
-        if val_images is not None and acc.get(m, {}).get("fp32", {}).get("n") != val_images:
-            acc[m] = {}  # measured on another number of images: measured again
+        if acc.get(m, {}).get("val_images") != val_images:
+            acc[m] = {}  # measured on another number of images (either way): measured again
         todo = [f"{k}_{r}" for r in runtimes for k in ("ptq", "qat")
                 if f"{m}/{k}_{r}" in files and "error" not in files[f"{m}/{k}_{r}"]
                 and f"{k}_{r}" not in acc.get(m, {})]
@@ -222,7 +222,7 @@ def step_eval(state, out: Path, models, runtimes, save, val_images: Optional[int
         model, _ = model_from_checkpoint(out / m / "fp32" / "best.pt")
         ref = eager(model, x)
         row = acc.setdefault(m, {})
-        row["fp32"] = {"top1": top1(ref, y), "n": len(y)}
+        row["fp32"], row["val_images"] = {"top1": top1(ref, y), "n": len(y)}, val_images
         for key in todo:
             if key.startswith("qat_model_"):
                 qat, _ = load_qat_checkpoint(out / m / f"qat_{key.rsplit('_', 1)[1]}" / "best.pt")
@@ -402,6 +402,8 @@ def main(argv=None) -> int:
     bad = [r for r in runtimes if r not in SUFFIX]
     if bad:
         ap.error(f"--runtimes: expected executorch, litert or onnx, got {', '.join(bad)}")
+    if args.val_images is not None and args.val_images < 1:
+        ap.error(f"--val-images: expected a number of images >= 1, got {args.val_images}")
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "int8_accuracy.json"
     state = json.loads(path.read_text()) if path.exists() else {}

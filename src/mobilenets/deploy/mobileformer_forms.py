@@ -103,14 +103,11 @@ class MobileInt8DynamicReLU(MobileDynamicReLU):
     def from_module(cls, m: nn.Module):
         new = super().from_module(m)
         fc2, c = new.fc2, new.chs
-        halves = {}
+        del new._modules["fc2"]
         for name, rows in (("fc2_a1", slice(0, c)), ("fc2_a2", slice(c, 2 * c))):
             lin = torch.nn.utils.skip_init(nn.Linear, fc2.in_features, c, device=fc2.weight.device,
                                            dtype=fc2.weight.dtype)  # no random init: both are set here
             lin.weight, lin.bias = _param(fc2.weight, fc2.weight[rows]), _param(fc2.weight, fc2.bias[rows])
-            halves[name] = lin
-        del new._modules["fc2"]
-        for name, lin in halves.items():
             setattr(new, name, lin)
         return new
 
