@@ -86,7 +86,7 @@ def test_cli_calib_method(tmp_path, capsys):
     assert "--calib-method: --format onnx takes minmax, entropy, percentile; got 'mse'" in capsys.readouterr().err
     assert main(["export", "mobilenetv1_025", "--format", "executorch", "--int8", "--calib", "fake",
                  "--calib-method", "percentil", "--out", str(tmp_path / "q.pte")]) == 2
-    assert "takes mse, minmax, percentile, average; got 'percentil' (did you mean percentile?)" in \
+    assert "takes auto, mse, minmax, percentile, average; got 'percentil' (did you mean percentile?)" in \
         capsys.readouterr().err
     assert main(["export", "mobilenetv1_025", "--calib-method", "minmax", "--out", out]) == 2
     assert "--calib-method is for --int8 exports" in capsys.readouterr().err
@@ -119,3 +119,158 @@ def test_average_keeps_the_signal_one_extreme_image_would_erase():
         err[method] = float((out - ref).abs().mean() / ref.abs().mean())
     assert err["average"] < 0.05, err
     assert min(err[m] for m in ("mse", "minmax", "percentile")) > 4 * err["average"], err
+
+
+def test_output_error_weighs_each_image_the_same():
+    """:func:`output_error` is the mean per-image relative squared error: 0 for the same outputs,
+    and an image whose outputs are 1000x the others' counts as one image (its error relative to
+    its own size), not as the whole sum; several outputs (a detector's) are taken together."""
+    from mobilenets.deploy.observers import output_error
+
+    f = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1000.0, 0.0], [0.0, 2.0]])
+    noise = torch.tensor([[0.1, 0.0], [0.0, 0.0], [0.0, 0.0], [0.0, 0.0]])
+    images = torch.arange(4.0)[:, None]  # the "model" looks its row up by the image
+
+    def ref(x):
+        return f[x[:, 0].long()]
+
+    assert output_error(ref, ref, images, batch=1) == 0.0
+    assert output_error(ref, lambda x: ref(x) + noise[x[:, 0].long()], images, batch=2) == pytest.approx(0.01 / 4)
+    big = torch.tensor([[0.0, 0.0], [0.0, 0.0], [100.0, 0.0], [0.0, 0.0]])  # 10 % of the big image's size
+    assert output_error(ref, lambda x: ref(x) + big[x[:, 0].long()], images, batch=1) == pytest.approx(0.01 / 4)
+    two = output_error(lambda x: (ref(x), ref(x)), lambda x: (ref(x), ref(x) + noise[x[:, 0].long()]), images, batch=4)
+    assert two == pytest.approx(0.01 / 2 / 4)
+
+
+def test_auto_keeps_the_candidate_closer_to_fp32(tmp_path, capsys):
+    """``auto`` (the default for ExecuTorch / LiteRT) calibrates with ``mse`` and with ``average``
+    and keeps the graph whose outputs are closer to fp32 on the calibration images: ``average``
+    where one extreme image stretches every other range (the net of the test above), ``mse``
+    where there is none, and it equals what that method alone gives. The file's summary says which."""
+    pytest.importorskip("executorch.exir")
+    from mobilenets.deploy.mobile import Runtime
+    from mobilenets.deploy.observers import output_error
+    from mobilenets.deploy.runtimes import runtime_for
+
+    rt = runtime_for("executorch")
+    assert isinstance(rt, Runtime) and rt.calib_methods[0] == "auto"
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                              torch.nn.Flatten(), torch.nn.Linear(16, 10)).eval()
+    g = torch.Generator().manual_seed(0)
+    calm = torch.randn(64, 3, 16, 16, generator=g)
+    wild = calm.clone()
+    wild[40] *= 300
+    x = calm[:1]
+    for images, expected in ((wild, "average"), (calm, "mse")):
+        q, _ = rt.quantize(net, x, images)
+        assert q.meta["calib_method"].startswith(f"auto: {expected} (output error mse "), q.meta["calib_method"]
+        alone, _ = rt.quantize(net, x, images, calib_method=expected)
+        assert alone.meta["calib_method"] == expected
+        assert output_error(net, q, images, 1) == output_error(net, alone, images, 1)
+        other, _ = rt.quantize(net, x, images, calib_method={"mse": "average", "average": "mse"}[expected])
+        assert output_error(net, other, images, 1) > output_error(net, q, images, 1)
+    out = str(tmp_path / "m.pte")
+    assert main(["export", "mobilenetv1_025", "--num-classes", "4", "--input-size", "32", "--format", "executorch",
+                 "--int8", "--calib", "fake", "--calib-count", "4", "--out", out]) == 0
+    assert "auto: " in capsys.readouterr().out
+
+
+class _Gated(torch.nn.Module):
+    """A MobileNetV3 block in small: conv + ReLU, an SE gate (hard-sigmoid written as the mobile
+    forms write it, ``relu6(x + 3) / 6``) on the map, a conv + ReLU6, pooled to logits."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.conv2 = torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.Conv2d(16, 16, 1)
+        self.fc1, self.fc2 = torch.nn.Conv2d(16, 8, 1), torch.nn.Conv2d(8, 16, 1)
+        self.head = torch.nn.Linear(16, 10)
+
+    def gate_input(self, x):
+        x = torch.relu(self.conv(x))
+        return x, self.fc2(torch.relu(self.fc1(x.mean((2, 3), keepdim=True))))
+
+    def forward(self, x):
+        x, s = self.gate_input(x)
+        x = x * (torch.nn.functional.relu6(s + 3.0) / 6.0)
+        return self.head(torch.nn.functional.relu6(self.conv2(x)).mean((2, 3)))
+
+
+def _prepared(net, quantizer, size=16):
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
+
+    return prepare_pt2e(torch.export.export(net, (torch.randn(1, 3, size, size),)).module(), quantizer)
+
+
+def _quantizers():
+    out = []
+    try:
+        from mobilenets.deploy.executorch_export import xnnpack_quantizer
+        out.append(xnnpack_quantizer())
+    except ImportError:
+        pass
+    try:
+        from mobilenets.deploy.litert_export import litert_quantizer
+        out.append(litert_quantizer())
+    except ImportError:
+        pass
+    if not out:
+        pytest.skip("needs executorch or litert-torch")
+    return out
+
+
+def test_saturation_ranges_are_what_the_clamps_keep():
+    """The SE gate's input is read only through ``relu6(s + 3) / 6``: [-3, 3]; the conv + ReLU6
+    output: [0, 6]; the map the gate multiplies and the logits are unbounded (left out). In both
+    runtimes' quantizers (XNNPACK's observes the ReLU6 with the conv before it, LiteRT's fuses the
+    add with the ReLU6)."""
+    from mobilenets.deploy.observers import saturation_ranges
+
+    for quantizer in _quantizers():
+        gm = _prepared(_Gated().eval(), quantizer)
+        ranges = saturation_ranges(gm)
+        got = sorted(set(ranges.values()))
+        assert (-3.0, 3.0) in got and (0.0, 6.0) in got, (type(quantizer).__name__, got)
+        assert set(got) <= {(-3.0, 3.0), (0.0, 6.0)}, got
+        names = {n.target for n in gm.graph.nodes if n.op == "call_module"}
+        assert len(ranges) < len(names)  # the logits, the input and the gated map keep their full ranges
+        out = next(n for n in gm.graph.nodes if n.op == "output").args[0]
+        last = out[0] if isinstance(out, (list, tuple)) else out
+        assert last.op != "call_module" or last.target not in ranges
+
+
+def test_within_saturation_changes_no_output_and_keeps_the_gate():
+    """Calibrating inside :func:`within_saturation` gives the same outputs (what it clips, no
+    later op tells apart), and one calibration image that drives the SE gate's input ~40x past
+    the others' (as some digit-clutter images do for a MobileNetV3-Large, which collapsed to
+    chance with every range that covered them) no longer widens that input's range: the default
+    (``mse``) PTQ reference quantizes it over [-3, 3] (step 6 / 255), where the extreme image
+    alone would make the step ~1 and every ordinary image's gate one of seven values."""
+    from mobilenets.deploy.mobile import pt2e_quantize
+    from mobilenets.deploy.observers import within_saturation
+
+    torch.manual_seed(0)
+    net = _Gated().eval()
+    g = torch.Generator().manual_seed(0)
+    calib = torch.randn(48, 3, 32, 32, generator=g)
+    with torch.no_grad():  # the gate's input spans [-3, 3] over the ordinary images...
+        s = net.gate_input(calib)[1]
+        net.fc2.weight *= 3 / float((s - s.mean(0)).abs().max())
+        net.fc2.bias -= net.gate_input(calib)[1].mean(0).flatten()
+        assert float(net.gate_input(calib)[1].abs().max()) < 3.01
+        calib[7] = 2.5  # ... and one flat image drives it far out (the map itself only 1.4x)
+        assert float(net.gate_input(calib[7:8])[1].abs().max()) > 100
+    for quantizer in _quantizers():
+        gm = _prepared(net, quantizer, 32)
+        with torch.no_grad():
+            before = torch.cat([gm(c[None]) for c in calib])
+            with within_saturation(gm) as ranges:
+                inside = torch.cat([gm(c[None]) for c in calib])
+        assert (-3.0, 3.0) in ranges.values() and torch.allclose(before, inside, rtol=1e-5, atol=1e-5)
+        q = pt2e_quantize(net, calib[:1], calib, quantizer)
+        # the gate's input: the conv output quantized on its way to the add of 3
+        gate_in = [n for n in q.graph.nodes if "quantize_per_tensor" in str(n.target) and "conv" in str(n.args[0].target)
+                   and any("add" in str(u.target) for d in n.users for u in d.users)]
+        assert len(gate_in) == 1, gate_in
+        scale = float(gate_in[0].args[1])
+        assert scale == pytest.approx(6 / 255, rel=0.02), (type(quantizer).__name__, scale)

@@ -295,8 +295,9 @@ def export_tflite(model: nn.Module, path: Union[str, os.PathLike], input_size: S
         verify: run the file in ai-edge-litert's Interpreter (see :class:`MobileExport`).
         atol_rel: fp32 tolerance, relative to the largest eager output.
         allow_fallback: accept custom / Flex ops instead of raising :class:`LoweringError`.
-        calib_method: INT8 activation ranges: ``"mse"`` (default), ``"minmax"``, ``"percentile"``
-            (:mod:`mobilenets.deploy.observers`).
+        calib_method: INT8 activation ranges: ``"auto"`` (default: ``"mse"`` or ``"average"``,
+            whichever is closer to fp32 on the calibration images), ``"mse"``, ``"minmax"``,
+            ``"percentile"``, ``"average"`` (:mod:`mobilenets.deploy.observers`).
 
     Returns:
         A :class:`MobileExport` (path-like) with the checks' results.

@@ -62,6 +62,8 @@ class MobileExport(os.PathLike):
         outside: ops not taken by the accelerated backend (XNNPACK delegate / LiteRT builtins),
             ``{"op @ module": count}``; empty when the model lowered fully.
         ops: the operator counts of the file (LiteRT) or of the lowered graph (ExecuTorch).
+        calib_method: INT8 post-training quantization: the ``calib_method`` its ranges came from
+            (``auto``: the one it kept and each candidate's output error; None otherwise).
     """
 
     path: Path
@@ -75,6 +77,7 @@ class MobileExport(os.PathLike):
     ops: dict = field(default_factory=dict)
     notes: tuple = ()  # the runtime's ("checked in <label>", fully-lowered phrase, INT8 reference) for summary()
     agreement_with: str = "fp32"  # what ``agreement`` compares with: fp32, or "the QAT model"
+    calib_method: Optional[str] = None  # INT8 PTQ: how the activation ranges were chosen (``auto``: which it kept)
 
     def __fspath__(self) -> str:
         return str(self.path)
@@ -183,8 +186,11 @@ def pt2e_quantize(net: nn.Module, example: torch.Tensor, images: torch.Tensor, q
     """PT2E static quantization of ``net``: export, insert the quantizer's observers, run the
     calibration ``images`` through them (in chunks of the export's batch size), convert to
     the quantize / dequantize graph (``fold_quantize``: weights stored as int8 constants;
-    litert-torch wants them as float + quantize ops, ``False``)."""
+    litert-torch wants them as float + quantize ops, ``False``). Activations read only through a
+    saturating op are observed within what it keeps (:func:`.observers.within_saturation`)."""
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    from .observers import within_saturation
 
     gm = export_program(net, example).module()
     observed = prepare_pt2e(gm, quantizer)
@@ -193,7 +199,7 @@ def pt2e_quantize(net: nn.Module, example: torch.Tensor, images: torch.Tensor, q
     if n == 0:
         raise ValueError(f"the export's batch size is {b}; give at least that many calibration images "
                          f"(got {len(images)})")
-    with torch.no_grad():
+    with torch.no_grad(), within_saturation(observed):
         for i in range(0, n, b):
             observed(images[i:i + b])
     converted = convert_pt2e(observed, fold_quantize=fold_quantize)
@@ -361,23 +367,36 @@ class Runtime:
         return {}
 
     #: ``calib_method`` values :meth:`quantize` takes, the default first (:mod:`.observers`)
-    calib_methods: tuple = ("mse", "minmax", "percentile", "average")
+    calib_methods: tuple = ("auto", "mse", "minmax", "percentile", "average")
 
     def quantize(self, net: nn.Module, x: torch.Tensor, images: torch.Tensor,
                  float_layers: Sequence[str] = (), calib_method: Optional[str] = None) -> tuple[nn.Module, dict]:
         """``(the INT8 reference net, options for lower)``; by default PT2E static quantization
         with :meth:`pt2e_quantizer`, calibrated on ``images``, each activation's range chosen by
-        ``calib_method`` (:data:`calib_methods`; None: the first); the modules ``float_layers``
+        ``calib_method`` (:data:`calib_methods`; None: the first; ``auto``: the candidate whose
+        graph is closest to ``net`` on ``images``, :func:`.observers.choose_calibration`; the
+        choice is the returned graph's ``meta["calib_method"]``); the modules ``float_layers``
         (module paths, :func:`~.sensitivity.quantizable_layers`) stay float."""
-        from .observers import with_calib_method
+        from .observers import AUTO_CANDIDATES, choose_calibration, with_calib_method
 
-        quantizer = self.pt2e_quantizer()
-        if quantizer is None:
+        if self.pt2e_quantizer() is None:
             raise NotImplementedError(f"{type(self).__name__} has neither a PT2E quantizer nor its own quantize")
-        quantizer = with_calib_method(quantizer, calib_method or self.calib_methods[0])
-        options = self.int8_options(quantizer)
-        quantizer = self.keep_float(quantizer, net, float_layers)
-        return pt2e_quantize(net, x, images, quantizer, fold_quantize=self.fold_quantize), options
+        quantizers = {}
+
+        def calibrated(method: str) -> nn.Module:
+            quantizers[method] = with_calib_method(self.pt2e_quantizer(), method)
+            return pt2e_quantize(net, x, images, self.keep_float(quantizers[method], net, float_layers),
+                                 fold_quantize=self.fold_quantize)
+
+        method = calib_method or self.calib_methods[0]
+        if method == "auto":
+            q, chosen, errors = choose_calibration(net, images, x.shape[0], calibrated, AUTO_CANDIDATES)
+            q.meta["calib_method"] = f"auto: {chosen} (output error " + ", ".join(
+                f"{m} {e:.2g}" for m, e in errors.items()) + ")"
+        else:
+            q, chosen = calibrated(method), method
+            q.meta["calib_method"] = method
+        return q, self.int8_options(quantizers[chosen])
 
     #: INT8 files keep the export forms that declare ``int8_float`` (token-sized work) float
     #: (:func:`~.export_swaps.float_modules`)
@@ -488,4 +507,5 @@ def export_mobile(runtime: Runtime, model: nn.Module, path: Union[str, os.PathLi
     err, agree, n_agree = result.get("check", (None, None, 0))
     return MobileExport(Path(path), runtime.name, "int8" if int8 else "fp32", tuple(x.shape), err, agree, n_agree,
                         lowered.outside, lowered.ops, (runtime.checked, runtime.complete, runtime.int8_reference),
-                        "fp32" if qat is None else "the QAT model")
+                        "fp32" if qat is None else "the QAT model",
+                        getattr(net, "meta", {}).get("calib_method") if int8 and qat is None else None)

@@ -256,8 +256,8 @@ class Task:
         if dynamic_batch:
             shape = "N" + shape[shape.index("x"):]
         method = "static, QDQ" if fmt == "onnx" else "PT2E static, per-channel weights"
-        if calib_method:
-            method += f", {calib_method} ranges"
+        if res.calib_method or calib_method:
+            method += f", {res.calib_method or calib_method} ranges"
         kind = f"INT8 ({method})" if calib is not None else "fp32, BatchNorm folded"
         if float_layers:
             kind = kind[:-1] + f"; {len(float_layers)} layer(s) kept float)"
