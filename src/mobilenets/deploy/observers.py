@@ -5,8 +5,9 @@
   the images, and the one whose INT8 graph's outputs are closest to fp32 on those images kept
   (:func:`output_error`: the per-image relative squared error). Which wins depends on the network:
   measured, ``mse`` on MobileNetV4 (relative error 0.0008 vs 0.03), ``average`` on a
-  MobileNetV3-Small whose hard-swish / SE tail one calibration image drives 100x past the others
-  (0.07 vs 0.14; on validation images agreement with fp32 92.5 % vs 89.2 %; benchmarks/INT8.md).
+  MobileNetV3-Small whose hard-swish / SE tail one calibration image drives ~360x past the median
+  image (ExecuTorch: 0.07 vs 0.14; its file's agreement with fp32 on validation images 92.7 % vs
+  89.2 %; benchmarks/INT8.md).
 * ``mse``: PT2E's ``HistogramObserver``: a histogram of every value seen, then the
   range whose 8-bit rounding and clipping give the least squared error (a search over the
   histogram's bins).
@@ -18,9 +19,9 @@
   ``MovingAverageMinMaxObserver``, :data:`AVERAGING` per batch; batches are the export's, one image
   for a phone file): a few extreme images move the range by 1 % each. Measured: a MobileNetV3-Large
   trained on digit-clutter has images that drive its SE layers' activations ~250x past the others';
-  every method that covers them (all three above: those values are a whole image's worth of a 1x1
-  map, too many for a percentile to clip) leaves the rest of its SE signal at zero (top-1 at
-  chance), this one keeps it (benchmarks/INT8.md).
+  every method that covers them (``mse``, ``minmax``, ``percentile``: those values are a whole
+  image's worth of a 1x1 map, too many for a percentile to clip) leaves the rest of its SE signal
+  at zero (top-1 at chance), this one keeps it (benchmarks/INT8.md).
 
 Whatever the method, an activation whose every use saturates (the SE gate's input: hard-sigmoid
 is flat outside [-3, 3]; a convolution's output that only ReLU6 reads) is observed clipped to the
