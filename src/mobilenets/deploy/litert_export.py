@@ -28,6 +28,7 @@ import torch.nn as nn
 from ..extras import require
 from .mobile import (DEFAULT_CALIB_COUNT, LoweringError, Lowered, MobileExport, Runtime, check_shape, chunks,
                      export_mobile)
+from .observers import aten_ops
 
 
 def litert_quantizer(qat: bool = False):
@@ -50,24 +51,20 @@ def litert_quantizer(qat: bool = False):
                                                                     is_dynamic=False))
 
 
-def _aten(*names: str) -> set:
-    return {getattr(getattr(torch.ops.aten, n.split(".")[0]), n.split(".")[1]) for n in names}
-
-
 # what litert-torch 0.10's quantizer leaves unannotated in our graphs, each with an int8 LiteRT kernel:
 # residual adds written `a + b`, hard-swish (MobileNetV3 / V4), and the SE gate's hard-sigmoid,
 # which the mobile forms write as relu6(x + 3) / 6. Left in float, every one costs a DEQUANTIZE /
 # QUANTIZE pair and a float kernel: MNv3-L's INT8 file ran 2.4x SLOWER than its fp32 file.
-_ADDS = _aten("add.Tensor", "add_.Tensor")
-_CLAMPS = _aten("relu.default", "relu_.default", "relu6.default", "hardtanh.default", "hardtanh_.default")
-_UNARY = _aten("hardswish.default", "hardswish_.default", "hardsigmoid.default", "hardsigmoid_.default",
+_ADDS = aten_ops("add.Tensor", "add_.Tensor")
+_CLAMPS = aten_ops("relu.default", "relu_.default", "relu6.default", "hardtanh.default", "hardtanh_.default")
+_UNARY = aten_ops("hardswish.default", "hardswish_.default", "hardsigmoid.default", "hardsigmoid_.default",
                "div.Tensor", "mul.Tensor") | _CLAMPS
 # ... and concatenation. Left in float between int8 producers, the converter still writes an int8
 # CONCATENATION, requantizing every input to ONE input's scale (measured: an SSDLite's six box
 # regression levels all clamped to the 1x1 level's range, +-1.2 where the boxes need +-11; mAP75
 # 0.76 -> 0.48). Annotated as XNNPACK's quantizer does (inputs and output share one observer), the
 # shared scale covers every input and the file computes what the PT2E reference computes.
-_CATS = _aten("cat.default", "concat.default")
+_CATS = aten_ops("cat.default", "concat.default")
 
 
 def annotate_float_gaps(gm: torch.fx.GraphModule, config) -> torch.fx.GraphModule:

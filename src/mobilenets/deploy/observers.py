@@ -130,16 +130,17 @@ def with_calib_method(quantizer, method: str):
 Bounds = Optional[tuple[float, float]]  # (lo, hi); None: no bound
 
 
-def _aten(*names: str) -> set:
+def aten_ops(*names: str) -> set:
+    """The ``torch.ops.aten`` overloads named ``"op.overload"`` (e.g. ``"add.Tensor"``)."""
     return {getattr(getattr(torch.ops.aten, n.split(".")[0]), n.split(".")[1]) for n in names}
 
 
-_HARDTANH = _aten("hardtanh.default", "hardtanh_.default")
-_CLAMP = _aten("clamp.default", "clamp_.default")
-_RELU = _aten("relu.default", "relu_.default")
-_RELU6 = _aten("relu6.default", "relu6_.default")
-_ADD, _SUB = _aten("add.Tensor", "add_.Tensor"), _aten("sub.Tensor", "sub_.Tensor")
-_MUL, _DIV = _aten("mul.Tensor", "mul_.Tensor"), _aten("div.Tensor", "div_.Tensor")
+_HARDTANH = aten_ops("hardtanh.default", "hardtanh_.default")
+_CLAMP = aten_ops("clamp.default", "clamp_.default")
+_RELU = aten_ops("relu.default", "relu_.default")
+_RELU6 = aten_ops("relu6.default", "relu6_.default")
+_ADD, _SUB = aten_ops("add.Tensor", "add_.Tensor"), aten_ops("sub.Tensor", "sub_.Tensor")
+_MUL, _DIV = aten_ops("mul.Tensor", "mul_.Tensor"), aten_ops("div.Tensor", "div_.Tensor")
 
 
 def _hull(bounds) -> Bounds:
@@ -195,8 +196,7 @@ class _Saturation:
         """What the users of ``node``'s value tell apart: a clamp's interval, carried back through
         observers and additions / multiplications by positive constants (the hull over users)."""
         if node not in self._memo:
-            self._memo[node] = None  # (a cycle cannot occur in an FX graph; this guards the recursion)
-            self._memo[node] = _hull(self._through(node, user) for user in node.users) if node.users else None
+            self._memo[node] = _hull(self._through(node, user) for user in node.users)
         return self._memo[node]
 
     def _through(self, node, user) -> Bounds:
@@ -306,6 +306,6 @@ def choose_calibration(reference, images: torch.Tensor, batch: int, quantize, me
     return best[0], best[1], errors
 
 
-__all__ = ["AUTO_CANDIDATES", "AVERAGING", "PERCENTILE", "PT2E_CALIB_METHODS", "choose_calibration",
+__all__ = ["AUTO_CANDIDATES", "AVERAGING", "PERCENTILE", "PT2E_CALIB_METHODS", "aten_ops", "choose_calibration",
            "clipped_observers", "output_error", "percentile_bounds", "percentile_observer_class", "saturation_ranges",
            "with_calib_method", "within_saturation"]

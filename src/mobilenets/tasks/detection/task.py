@@ -124,7 +124,7 @@ class DetectionTask(TaskModelTask):
         t = model.transform
         mean, std = (", ".join(f"{v:g}" for v in x) for x in (t.image_mean, t.image_std))
         shape = "x".join(str(s) for s in res.input_shape)
-        ranges = f", {res.calib_method or calib_method} ranges" if res.calib_method or calib_method else ""
+        ranges = f", {res.calib_method} ranges" if res.calib_method else ""
         kind = f"INT8 (PT2E static, per-channel weights{ranges})" if calib is not None else "fp32, BatchNorm folded"
         return Exported(res.path, f"{shape} (the image resized to {t.fixed_size[0]}x{t.fixed_size[1]}, normalized with "
                         f"mean {mean} std {std}); outputs bbox_regression, cls_logits (decode + NMS on the host: "
