@@ -142,13 +142,16 @@ def test_output_error_weighs_each_image_the_same():
     assert two == pytest.approx(0.01 / 2 / 4)
 
 
-def test_auto_keeps_the_candidate_closer_to_fp32(tmp_path, capsys):
-    """``auto`` (the default for ExecuTorch / LiteRT) calibrates with ``mse`` and with ``average``
-    and keeps the graph whose outputs are closer to fp32 on the calibration images: ``average``
-    where one extreme image stretches every other range (the net of the test above), ``mse``
-    where there is none, and it equals what that method alone gives. The file's summary says which."""
+def test_auto_keeps_the_candidate_closer_to_fp32(tmp_path, capsys, monkeypatch):
+    """``auto`` (the default for ExecuTorch / LiteRT) first calibrates with ``mse`` and with
+    ``average`` and takes the graph whose outputs are closer to fp32 on the calibration images:
+    ``average`` where one extreme image stretches every other range, ``mse`` where there is none.
+    Then groups of activations switch method where that brings the outputs closer still: the
+    result is that method alone where nothing switched and strictly closer than it where
+    something did. The file's summary says which."""
     pytest.importorskip("executorch.exir")
     from mobilenets.deploy.mobile import Runtime
+    from mobilenets.deploy import observers
     from mobilenets.deploy.observers import output_error
     from mobilenets.deploy.runtimes import runtime_for
 
@@ -159,17 +162,27 @@ def test_auto_keeps_the_candidate_closer_to_fp32(tmp_path, capsys):
                               torch.nn.Flatten(), torch.nn.Linear(16, 10)).eval()
     g = torch.Generator().manual_seed(0)
     calm = torch.randn(64, 3, 16, 16, generator=g)
+    monkeypatch.setattr(observers, "REFINE_IMAGES", len(calm))  # both steps compare on all the images
     wild = calm.clone()
     wild[40] *= 300
     x = calm[:1]
+    switched = 0
     for images, expected in ((wild, "average"), (calm, "mse")):
         q, _ = rt.quantize(net, x, images)
-        assert q.meta["calib_method"].startswith(f"auto: {expected} (output error mse "), q.meta["calib_method"]
+        assert q.meta["calib_method"].startswith(f"auto: {expected}"), q.meta["calib_method"]
+        assert "(output error mse " in q.meta["calib_method"]
         alone, _ = rt.quantize(net, x, images, calib_method=expected)
         assert alone.meta["calib_method"] == expected
-        assert output_error(net, q, images, 1) == output_error(net, alone, images, 1)
+        if q.meta["calib_groups"]:
+            switched += 1
+            assert output_error(net, q, images, 1) < output_error(net, alone, images, 1)
+            for group, method in q.meta["calib_groups"].items():
+                assert f"; {group} {method}" in q.meta["calib_method"] and method != expected
+        else:
+            assert output_error(net, q, images, 1) == output_error(net, alone, images, 1)
         other, _ = rt.quantize(net, x, images, calib_method={"mse": "average", "average": "mse"}[expected])
-        assert output_error(net, other, images, 1) > output_error(net, q, images, 1)
+        assert output_error(net, other, images, 1) > output_error(net, alone, images, 1)
+    assert switched  # the second step does something on this net (measured: on the calm images)
     out = str(tmp_path / "m.pte")
     assert main(["export", "mobilenetv1_025", "--num-classes", "4", "--input-size", "32", "--format", "executorch",
                  "--int8", "--calib", "fake", "--calib-count", "4", "--out", out]) == 0
@@ -274,3 +287,65 @@ def test_within_saturation_changes_no_output_and_keeps_the_gate():
         assert len(gate_in) == 1, gate_in
         scale = float(gate_in[0].args[1])
         assert scale == pytest.approx(6 / 255, rel=0.02), (type(quantizer).__name__, scale)
+
+
+def _quantizer(runtime: str, method: str = "mse"):
+    """A fresh PT2E quantizer of ``runtime`` with ``method`` ranges (skip without the runtime)."""
+    from mobilenets.deploy.observers import with_calib_method
+
+    if runtime == "executorch":
+        pytest.importorskip("executorch.exir")
+        from mobilenets.deploy.executorch_export import xnnpack_quantizer as make
+    else:
+        pytest.importorskip("litert_torch")
+        from mobilenets.deploy.litert_export import litert_quantizer as make
+    return with_calib_method(make(), method)
+
+
+@pytest.mark.parametrize("runtime", ["executorch", "litert"])
+def test_activation_groups_are_roles_without_weights(runtime):
+    """``auto``'s second step switches activations by role, ``"producer -> readers"``: on the
+    gated block, the SE gate's input (``conv2d -> add``), the logits (``linear -> output``); a
+    range the quantizer shares between calls (the SE pooling's input and output: one observer
+    module under two names) is one member of one group, else a switch would split what the
+    runtime requires equal (measured: XNNPACK then refuses the file); no weight's observer is in
+    a group (weights are per-channel min / max whatever the method)."""
+    from torchao.quantization.pt2e.observer import ObserverBase
+
+    from mobilenets.deploy.observers import activation_groups
+
+    torch.manual_seed(0)
+    gm = _prepared(_Gated().eval(), _quantizer(runtime))
+    groups = activation_groups(gm)
+    assert {"input -> conv2d", "conv2d -> add", "mean -> conv2d | relu -> mean, mul", "mean -> linear",
+            "linear -> output", "div -> mul"} <= set(groups), sorted(groups)
+    members = [n for names in groups.values() for n in names]
+    assert len(members) == len(set(members))
+    group_of = {n: g for g, names in groups.items() for n in names}
+    instances: dict = {}  # a quantizer's shared range is one module under several names: one group
+    for name, module in gm.named_modules(remove_duplicate=False):
+        if isinstance(module, ObserverBase) and name in group_of:
+            instances.setdefault(id(module), set()).add(group_of[name])
+    assert all(len(g) == 1 for g in instances.values())
+    assert len(instances) < len(members)  # the block has one: the SE pooling's input and output
+    for node in gm.graph.nodes:
+        if node.op == "call_module" and isinstance(gm.get_submodule(node.target), ObserverBase):
+            assert (node.target in members) == (node.args[0].op != "get_attr"), node.args[0]
+
+
+@pytest.mark.parametrize("runtime", ["executorch", "litert"])
+def test_auto_compares_what_conversion_gives(runtime):
+    """``auto`` compares choices by simulating each observer as its quantize / dequantize; the
+    error it reports for what it chose is the converted graph's error (the graph the file is
+    made from), to rounding."""
+    from mobilenets.deploy.mobile import pt2e_convert, pt2e_observe
+    from mobilenets.deploy.observers import GROUP_CANDIDATES, choose_calibration, output_error
+
+    torch.manual_seed(0)
+    net = _Gated().eval()
+    images = torch.randn(16, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    graphs = {m: pt2e_observe(net, images[:1], images, _quantizer(runtime, m)) for m in GROUP_CANDIDATES}
+    r = choose_calibration(net, images, 1, graphs)
+    q = pt2e_convert(r["graph"], fold_quantize=runtime == "executorch")
+    assert output_error(net, q, images, 1) == pytest.approx(r["error"], rel=0.02)
+    assert r["error"] <= min(r["errors"].values())  # 16 images: the second step compares on all of them

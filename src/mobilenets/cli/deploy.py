@@ -294,7 +294,8 @@ def add_commands(subparsers) -> None:
     p.add_argument("--calib-count", type=int, default=128, help="calibration images (default 128)")
     p.add_argument("--calib-method", default=None,
                    help="how --int8 picks each activation's range from the calibration images: executorch / tflite: "
-                        "auto (default: mse or average, whichever is closer to fp32 on the calibration images), mse, "
+                        "auto (default: mse or average, whichever is closer to fp32 on the calibration images, then "
+                        "per group of activations the method that brings the outputs closer), mse, "
                         "minmax, percentile, average; onnx: minmax (default), entropy, percentile")
     p.add_argument("--dynamic-batch", action="store_true", help="symbolic batch dimension")
     add_input_size(p, help="traced input size (default: the checkpoint's training size, else 224)")

@@ -178,7 +178,8 @@ def export_executorch(model: nn.Module, path: Union[str, os.PathLike], input_siz
         allow_fallback: accept ops that XNNPACK does not take (they run on ExecuTorch's portable
             kernels, slowly) instead of raising :class:`LoweringError`.
         calib_method: INT8 activation ranges: ``"auto"`` (default: ``"mse"`` or ``"average"``,
-            whichever is closer to fp32 on the calibration images), ``"mse"``, ``"minmax"``,
+            whichever is closer to fp32 on the calibration images, then per group of activations
+            the method that brings the outputs closer), ``"mse"``, ``"minmax"``,
             ``"percentile"``, ``"average"`` (:mod:`mobilenets.deploy.observers`).
 
     Returns:

@@ -293,7 +293,8 @@ def export_tflite(model: nn.Module, path: Union[str, os.PathLike], input_size: S
         atol_rel: fp32 tolerance, relative to the largest eager output.
         allow_fallback: accept custom / Flex ops instead of raising :class:`LoweringError`.
         calib_method: INT8 activation ranges: ``"auto"`` (default: ``"mse"`` or ``"average"``,
-            whichever is closer to fp32 on the calibration images), ``"mse"``, ``"minmax"``,
+            whichever is closer to fp32 on the calibration images, then per group of activations
+            the method that brings the outputs closer), ``"mse"``, ``"minmax"``,
             ``"percentile"``, ``"average"`` (:mod:`mobilenets.deploy.observers`).
 
     Returns:

@@ -31,6 +31,7 @@ import torch.nn as nn
 from ..models.info import model_info
 from .calibration import NO_CALIBRATION, Calibration, _as_batches, calibration_batches
 from .export_swaps import swap_for_export
+from ..progress import progress_bar
 from .fuse import fuse
 
 #: calibration images used when ``calib`` is a source name (``"digits"``, ``"fake"``, a folder)
@@ -181,14 +182,12 @@ def resolve_calibration(calib: Union[str, os.PathLike, Calibration], input_size:
     return torch.from_numpy(np.concatenate(_as_batches(calib, (in_chans, *input_size), None)))
 
 
-def pt2e_quantize(net: nn.Module, example: torch.Tensor, images: torch.Tensor, quantizer: Any,
-                  fold_quantize: bool = True) -> nn.Module:
-    """PT2E static quantization of ``net``: export, insert the quantizer's observers, run the
-    calibration ``images`` through them (in chunks of the export's batch size), convert to
-    the quantize / dequantize graph (``fold_quantize``: weights stored as int8 constants;
-    litert-torch wants them as float + quantize ops, ``False``). Activations read only through a
-    saturating op are observed within what it keeps (:func:`.observers.within_saturation`)."""
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+def pt2e_observe(net: nn.Module, example: torch.Tensor, images: torch.Tensor, quantizer: Any) -> torch.fx.GraphModule:
+    """PT2E static quantization's first half: export ``net``, insert the quantizer's observers and
+    run the calibration ``images`` through them (in chunks of the export's batch size).
+    Activations read only through a saturating op are observed within what it keeps
+    (:func:`.observers.within_saturation`)."""
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
 
     from .observers import within_saturation
 
@@ -202,10 +201,25 @@ def pt2e_quantize(net: nn.Module, example: torch.Tensor, images: torch.Tensor, q
     with torch.no_grad(), within_saturation(observed):
         for i in range(0, n, b):
             observed(images[i:i + b])
+    return observed
+
+
+def pt2e_convert(observed: torch.fx.GraphModule, fold_quantize: bool = True) -> nn.Module:
+    """A calibrated graph (:func:`pt2e_observe`) converted to the quantize / dequantize graph
+    (``fold_quantize``: weights stored as int8 constants; litert-torch wants them as float +
+    quantize ops, ``False``)."""
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
+
     converted = convert_pt2e(observed, fold_quantize=fold_quantize)
     for mod in converted.modules():  # an exported module refuses .eval(); captured in eval mode already
         mod.training = False
     return converted
+
+
+def pt2e_quantize(net: nn.Module, example: torch.Tensor, images: torch.Tensor, quantizer: Any,
+                  fold_quantize: bool = True) -> nn.Module:
+    """PT2E static quantization of ``net``: :func:`pt2e_observe`, then :func:`pt2e_convert`."""
+    return pt2e_convert(pt2e_observe(net, example, images, quantizer), fold_quantize)
 
 
 def export_program(net: nn.Module, example: torch.Tensor):
@@ -374,27 +388,42 @@ class Runtime:
         """``(the INT8 reference net, options for lower)``; by default PT2E static quantization
         with :meth:`pt2e_quantizer`, calibrated on ``images``, each activation's range chosen by
         ``calib_method`` (:data:`calib_methods`; None: the first; ``auto``: the candidate whose
-        graph is closest to ``net`` on ``images``, :func:`.observers.choose_calibration`; the
-        choice is the returned graph's ``meta["calib_method"]``); the modules ``float_layers``
+        graph is closest to ``net`` on ``images``, then groups of activations switched to another
+        method where that brings it closer, :func:`.observers.choose_calibration`; the choices are
+        the returned graph's ``meta["calib_method"]`` and ``meta["calib_groups"]``); the modules ``float_layers``
         (module paths, :func:`~.sensitivity.quantizable_layers`) stay float."""
-        from .observers import AUTO_CANDIDATES, choose_calibration, with_calib_method
+        from .observers import AUTO_CANDIDATES, GROUP_CANDIDATES, choose_calibration, with_calib_method
 
         if self.pt2e_quantizer() is None:
             raise NotImplementedError(f"{type(self).__name__} has neither a PT2E quantizer nor its own quantize")
         quantizers = {}
 
-        def calibrated(method: str) -> nn.Module:
+        def observed(method: str) -> torch.fx.GraphModule:
             quantizers[method] = with_calib_method(self.pt2e_quantizer(), method)
-            return pt2e_quantize(net, x, images, self.keep_float(quantizers[method], net, float_layers),
-                                 fold_quantize=self.fold_quantize)
+            return pt2e_observe(net, x, images, self.keep_float(quantizers[method], net, float_layers))
 
         method = calib_method or self.calib_methods[0]
         if method == "auto":
-            q, chosen, errors = choose_calibration(net, images, x.shape[0], calibrated, AUTO_CANDIDATES)
-            q.meta["calib_method"] = f"auto: {chosen} (output error " + ", ".join(
-                f"{m} {e:.2g}" for m, e in errors.items()) + ")"
+            graphs = {m: observed(m) for m in dict.fromkeys(AUTO_CANDIDATES + GROUP_CANDIDATES)}
+            bar = []
+
+            def progress(done: int, total: int) -> None:
+                if not bar:
+                    bar.append(progress_bar(total, "auto: activation ranges per group"))
+                bar[0].update(1)
+
+            r = choose_calibration(net, images, x.shape[0], graphs, progress=progress)
+            if bar:
+                bar[0].close()
+            chosen = r["base"]
+            q = pt2e_convert(r["graph"], self.fold_quantize)
+            switched = "".join(f"; {g} {m}" for g, m in r["groups"].items())
+            q.meta["calib_method"] = (f"auto: {chosen}{switched} (output error " + ", ".join(
+                f"{m} {e:.2g}" for m, e in r["errors"].items()) + (f"; mixed {r['error']:.2g}" if switched else "")
+                + ")")
+            q.meta["calib_groups"] = dict(r["groups"])
         else:
-            q, chosen = calibrated(method), method
+            q, chosen = pt2e_convert(observed(method), self.fold_quantize), method
             q.meta["calib_method"] = method
         return q, self.int8_options(quantizers[chosen])
 

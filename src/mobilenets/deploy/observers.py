@@ -1,13 +1,18 @@
 """How INT8 post-training quantization picks each activation's range from the calibration images
 (``--calib-method``), for the PT2E runtimes (ExecuTorch, LiteRT):
 
-* ``auto`` (their default): ``mse`` and ``average`` (:data:`AUTO_CANDIDATES`) each calibrated on
-  the images, and the one whose INT8 graph's outputs are closest to fp32 on those images kept
-  (:func:`output_error`: the per-image relative squared error). Which wins depends on the network:
-  measured, ``mse`` on MobileNetV4 (relative error 0.0008 vs 0.03), ``average`` on a
-  MobileNetV3-Small whose hard-swish / SE tail one calibration image drives ~360x past the median
-  image (ExecuTorch: 0.07 vs 0.14; its file's agreement with fp32 on validation images 92.7 % vs
-  89.2 %; benchmarks/INT8.md).
+* ``auto`` (their default), in two steps (:func:`choose_calibration`). First ``mse`` and
+  ``average`` (:data:`AUTO_CANDIDATES`) are each calibrated on the images, and the one whose INT8
+  graph's outputs are closest to fp32 on those images is the base (:func:`output_error`: the
+  per-image relative squared error). Which wins depends on the network: measured, ``mse`` on
+  MobileNetV4 (relative error 0.0008 vs 0.03), ``average`` on a MobileNetV3-Small whose
+  hard-swish / SE tail one calibration image drives ~360x past the median image (ExecuTorch:
+  0.07 vs 0.14). Then each group of activations with one role (:func:`activation_groups`:
+  ``"conv2d -> add, mul"``, a conv output that an add and a mul read, is LiteRT's hard-swish
+  input) tries the other methods of :data:`GROUP_CANDIDATES` and keeps one that brings the
+  outputs closer. Measured on that MobileNetV3-Small (benchmarks/INT8.md): its logits and
+  pooled SE inputs take ``mse`` over the ``average`` base in ExecuTorch, its hard-swish inputs
+  ``minmax`` over the ``mse`` base in LiteRT, which neither method alone gets to.
 * ``mse``: PT2E's ``HistogramObserver``: a histogram of every value seen, then the
   range whose 8-bit rounding and clipping give the least squared error (a search over the
   histogram's bins).
@@ -46,6 +51,12 @@ import torch
 PT2E_CALIB_METHODS = ("mse", "minmax", "percentile", "average")
 #: what ``auto`` calibrates with, keeping the closest to fp32 (:func:`choose_calibration`)
 AUTO_CANDIDATES = ("mse", "average")
+#: ``auto``'s second step: the methods each group of activations (:func:`activation_groups`) may switch to
+GROUP_CANDIDATES = ("mse", "average", "minmax")
+#: ``auto``'s second step compares on at most this many of the calibration images (spread evenly)
+REFINE_IMAGES = 32
+#: ``auto``'s second step keeps a group's switch only when it cuts the output error by more than this fraction
+REFINE_MARGIN = 0.01
 #: the percentile ``percentile`` keeps (and 100 minus it at the low end)
 PERCENTILE = 99.99
 #: ``average``: how far each calibration batch moves the range
@@ -292,20 +303,133 @@ def output_error(reference, quantized, images: torch.Tensor, batch: int) -> floa
     return float(torch.cat(errs).mean())
 
 
-def choose_calibration(reference, images: torch.Tensor, batch: int, quantize, methods=AUTO_CANDIDATES):
-    """``(quantized graph, method, {method: output error})``: ``quantize(method)`` (a PT2E graph
-    calibrated on ``images`` with that :data:`PT2E_CALIB_METHODS` choice) for each of ``methods``,
-    the one with the least :func:`output_error` against ``reference`` on ``images`` kept (the
-    first on a tie)."""
-    best, errors = None, {}
-    for method in methods:
-        q = quantize(method)
-        errors[method] = output_error(reference, q, images, batch)
-        if best is None or errors[method] < errors[best[1]]:
-            best = (q, method)
-    return best[0], best[1], errors
+def _op(node) -> str:
+    """An fx node's op as a short name: ``conv2d`` for ``aten.conv2d.default``, ``input``, ``output``."""
+    if node.op == "call_function":
+        return str(getattr(node.target, "__name__", node.target)).split(".")[0].rstrip("_")
+    return {"placeholder": "input"}.get(node.op, node.op)
 
 
-__all__ = ["AUTO_CANDIDATES", "AVERAGING", "PERCENTILE", "PT2E_CALIB_METHODS", "aten_ops", "choose_calibration",
+def activation_groups(gm: torch.fx.GraphModule) -> dict[str, list[str]]:
+    """The activation observers of a prepared PT2E graph (weights' and other constants' left out)
+    grouped by role, ``"producer -> readers"``: ``"conv2d -> add, mul"`` is every convolution
+    output read by an add and a mul (LiteRT's hard-swish input), ``"linear -> output"`` the
+    logits. An observer shared by several calls (one module under one or several names: the
+    quantizer's shared ranges, which the runtime requires equal) has their roles joined by
+    ``" | "`` and all its names in that group."""
+    sat = _Saturation(gm)
+    roles: dict[int, set] = {}  # per observer instance: a quantizer's shared ranges are one module under several names
+    names: dict[int, list] = {}
+    constant = set()
+    for node, name in sat.observers.items():
+        key, src = id(gm.get_submodule(name)), node.args[0]
+        names.setdefault(key, [])
+        if name not in names[key]:
+            names[key].append(name)
+        if not isinstance(src, torch.fx.Node) or src.op == "get_attr":
+            constant.add(key)
+            continue
+        roles.setdefault(key, set()).add(f"{_op(src)} -> {', '.join(sorted({_op(u) for u in node.users}))}")
+    groups: dict[str, list[str]] = {}
+    for key, r in roles.items():
+        if key not in constant:
+            groups.setdefault(" | ".join(sorted(r)), []).extend(names[key])
+    return groups
+
+
+class _FakeQuant(torch.nn.Module):
+    """What a calibrated observer becomes at conversion (quantize, then dequantize, with its
+    scale and zero point), for comparing choices without converting each."""
+
+    def __init__(self, observer):
+        super().__init__()
+        self.identity = getattr(observer, "dtype", torch.float) not in (
+            torch.int8, torch.uint8, torch.qint8, torch.quint8, torch.int16, torch.qint32, torch.int32)
+        if self.identity:
+            return
+        scale, zero = observer.calculate_qparams()
+        self.scale, self.zero = scale.float().reshape(-1), zero.int().reshape(-1)
+        self.lo, self.hi = int(observer.quant_min), int(observer.quant_max)
+        per_channel = observer.qscheme in (torch.per_channel_affine, torch.per_channel_symmetric)
+        self.axis = int(observer.ch_axis) if per_channel else None
+
+    def forward(self, x):
+        if self.identity:
+            return x
+        if self.axis is not None:
+            return torch.fake_quantize_per_channel_affine(x, self.scale, self.zero, self.axis, self.lo, self.hi)
+        return torch.fake_quantize_per_tensor_affine(x, self.scale, self.zero, self.lo, self.hi)
+
+
+def _spread(images: torch.Tensor, count: int, batch: int) -> torch.Tensor:
+    """At most ``count`` of ``images`` (a multiple of ``batch``), evenly spaced."""
+    n = max(batch, min(count, len(images)) // batch * batch)
+    return images if n >= len(images) else images[torch.linspace(0, len(images) - 1, n).round().long()]
+
+
+def choose_calibration(reference, images: torch.Tensor, batch: int, observed: dict,
+                       methods=AUTO_CANDIDATES, group_methods=GROUP_CANDIDATES, progress=None) -> dict:
+    """``auto``: from ``observed`` (``{method: a prepared PT2E graph calibrated on images with
+    that method}``, the same graph each time), one graph whose activation ranges come from
+    several methods, in two steps that compare each choice's outputs with ``reference`` by
+    :func:`output_error` (each observer simulated as its quantize / dequantize):
+
+    1. the method of ``methods`` whose graph is closest to fp32 on all ``images``: the base;
+    2. each group of activations with the same role (:func:`activation_groups`, the largest first)
+       switched to each other method of ``group_methods``, kept where that cuts the error on
+       :data:`REFINE_IMAGES` of the images by more than :data:`REFINE_MARGIN`. Measured on
+       MobileNetV3-Small (benchmarks/INT8.md): the logits and the pooled SE inputs take ``mse``
+       over an ``average`` base, LiteRT's hard-swish inputs ``minmax`` over an ``mse`` one.
+
+    Returns ``{"graph": the base's graph with the chosen observers swapped in (to convert),
+    "base": its method, "errors": {method: error} of step 1, "groups": {group: method} switched,
+    "error": the result's error on all images}``. ``progress(done, total)`` is called per trial."""
+    import copy
+
+    groups = sorted(activation_groups(observed[methods[0]]).items(), key=lambda kv: (-len(kv[1]), kv[0]))
+    sim = copy.deepcopy(observed[methods[0]])
+    names = sorted(set(_Saturation(sim).observers.values()))
+    fake = {m: {n: _FakeQuant(g.get_submodule(n)) for n in names} for m, g in observed.items()}
+    choice = {}
+
+    def use(selected, method):
+        for n in selected:
+            setattr(sim, n, fake[method][n])
+            choice[n] = method
+
+    errors = {}
+    for m in methods:
+        use(names, m)
+        errors[m] = output_error(reference, sim, images, batch)
+    base = min(methods, key=lambda m: (errors[m], methods.index(m)))
+    use(names, base)
+    few = _spread(images, REFINE_IMAGES, batch)
+    best = output_error(reference, sim, few, batch)
+    switched, total, done = {}, len(groups) * (len(group_methods) - 1), 0
+    for group, members in groups:
+        current = choice[members[0]]
+        for m in group_methods:
+            if m == current or m not in observed:
+                continue
+            use(members, m)
+            e = output_error(reference, sim, few, batch)
+            done += 1
+            if progress is not None:
+                progress(done, total)
+            if e < best * (1 - REFINE_MARGIN):
+                best, current = e, m
+                switched[group] = m
+            else:
+                use(members, current)
+    error = output_error(reference, sim, images, batch) if switched else errors[base]
+    graph = observed[base]
+    for n, m in choice.items():
+        if m != base:
+            setattr(graph, n, observed[m].get_submodule(n))
+    return {"graph": graph, "base": base, "errors": errors, "groups": switched, "error": error}
+
+
+__all__ = ["AUTO_CANDIDATES", "AVERAGING", "GROUP_CANDIDATES", "PERCENTILE", "PT2E_CALIB_METHODS", "REFINE_IMAGES",
+           "REFINE_MARGIN", "activation_groups", "aten_ops", "choose_calibration",
            "clipped_observers", "output_error", "percentile_bounds", "percentile_observer_class", "saturation_ranges",
            "with_calib_method", "within_saturation"]
