@@ -349,3 +349,34 @@ def test_auto_compares_what_conversion_gives(runtime):
     q = pt2e_convert(r["graph"], fold_quantize=runtime == "executorch")
     assert output_error(net, q, images, 1) == pytest.approx(r["error"], rel=0.02)
     assert r["error"] <= min(r["errors"].values())  # 16 images: the second step compares on all of them
+
+
+def test_auto_keeps_switches_only_if_closer_on_all_images(monkeypatch):
+    """The second step compares on a few of the calibration images (:data:`REFINE_IMAGES`); its
+    switches stand only if they bring the outputs closer on all of them too, else the base is
+    kept whole. Here the all-images check is made to disagree with the few images' verdict."""
+    from mobilenets.deploy import observers
+    from mobilenets.deploy.mobile import pt2e_observe
+    from mobilenets.deploy.observers import GROUP_CANDIDATES, choose_calibration
+
+    torch.manual_seed(0)
+    net = _Gated().eval()
+    images = torch.randn(16, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    monkeypatch.setattr(observers, "REFINE_IMAGES", 4)
+    graphs = {m: pt2e_observe(net, images[:1], images, _quantizer("executorch", m)) for m in GROUP_CANDIDATES}
+    agreed = choose_calibration(net, images, 1, graphs)
+    assert agreed["groups"] and agreed["error"] < agreed["errors"][agreed["base"]]
+
+    real, compared_few = observers.output_error, []
+
+    def disagreeing(reference, quantized, imgs, batch):
+        compared_few.append(len(imgs) < len(images))
+        worse = len(imgs) == len(images) and any(compared_few[:-1])  # the check after the second step
+        return real(reference, quantized, imgs, batch) + (1.0 if worse else 0.0)
+
+    monkeypatch.setattr(observers, "output_error", disagreeing)
+    graphs = {m: pt2e_observe(net, images[:1], images, _quantizer("executorch", m)) for m in GROUP_CANDIDATES}
+    kept = choose_calibration(net, images, 1, graphs)
+    assert kept["base"] == agreed["base"] and kept["groups"] == {}
+    assert kept["error"] == kept["errors"][kept["base"]]
+    assert all(type(m).__name__ != "_FakeQuant" for m in kept["graph"].modules())
