@@ -11,7 +11,7 @@
   ``"conv2d -> add, mul"``, a conv output that an add and a mul read, is LiteRT's hard-swish
   input) tries the other methods of :data:`GROUP_CANDIDATES` and keeps one that brings the
   outputs closer. Measured on that MobileNetV3-Small (benchmarks/INT8.md): its logits and
-  pooled SE inputs take ``mse`` over the ``average`` base in ExecuTorch, its hard-swish inputs
+  SE squeeze outputs take ``mse`` over the ``average`` base in ExecuTorch, its hard-swish inputs
   ``minmax`` over the ``mse`` base in LiteRT, which neither method alone gets to.
 * ``mse``: PT2E's ``HistogramObserver``: a histogram of every value seen, then the
   range whose 8-bit rounding and clipping give the least squared error (a search over the
@@ -379,7 +379,7 @@ def choose_calibration(reference, images: torch.Tensor, batch: int, observed: di
        switched to each other method of ``group_methods``, kept where that cuts the error on
        :data:`REFINE_IMAGES` of the images by more than :data:`REFINE_MARGIN`; the switches are
        kept only if together they also cut it on all the images. Measured on
-       MobileNetV3-Small (benchmarks/INT8.md): the logits and the pooled SE inputs take ``mse``
+       MobileNetV3-Small (benchmarks/INT8.md): the logits and the SE squeeze outputs take ``mse``
        over an ``average`` base, LiteRT's hard-swish inputs ``minmax`` over an ``mse`` one.
 
     Returns ``{"graph": the base's graph with the chosen observers swapped in (to convert),
