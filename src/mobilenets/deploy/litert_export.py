@@ -28,7 +28,7 @@ import torch.nn as nn
 from ..extras import require
 from .mobile import (DEFAULT_CALIB_COUNT, LoweringError, Lowered, MobileExport, Runtime, check_shape, chunks,
                      export_mobile)
-from .observers import aten_ops
+from .saturation import aten_ops
 
 
 def litert_quantizer(qat: bool = False):

@@ -186,10 +186,10 @@ def pt2e_observe(net: nn.Module, example: torch.Tensor, images: torch.Tensor, qu
     """PT2E static quantization's first half: export ``net``, insert the quantizer's observers and
     run the calibration ``images`` through them (in chunks of the export's batch size).
     Activations read only through a saturating op are observed within what it keeps
-    (:func:`.observers.within_saturation`)."""
+    (:func:`.saturation.within_saturation`)."""
     from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
 
-    from .observers import within_saturation
+    from .saturation import within_saturation
 
     gm = export_program(net, example).module()
     observed = prepare_pt2e(gm, quantizer)
