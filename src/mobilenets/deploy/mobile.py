@@ -29,9 +29,9 @@ import torch
 import torch.nn as nn
 
 from ..models.info import model_info
+from ..progress import progress_bar
 from .calibration import NO_CALIBRATION, Calibration, _as_batches, calibration_batches
 from .export_swaps import swap_for_export
-from ..progress import progress_bar
 from .fuse import fuse
 
 #: calibration images used when ``calib`` is a source name (``"digits"``, ``"fake"``, a folder)
@@ -405,16 +405,8 @@ class Runtime:
         method = calib_method or self.calib_methods[0]
         if method == "auto":
             graphs = {m: observed(m) for m in dict.fromkeys(AUTO_CANDIDATES + GROUP_CANDIDATES)}
-            bar = []
-
-            def progress(done: int, total: int) -> None:
-                if not bar:
-                    bar.append(progress_bar(total, "auto: activation ranges per group"))
-                bar[0].update(1)
-
-            r = choose_calibration(net, images, x.shape[0], graphs, progress=progress)
-            if bar:
-                bar[0].close()
+            r = choose_calibration(net, images, x.shape[0], graphs,
+                                   progress=lambda total: progress_bar(total, "auto: activation ranges per group"))
             chosen = r["base"]
             q = pt2e_convert(r["graph"], self.fold_quantize)
             switched = "".join(f"; {g} {m}" for g, m in r["groups"].items())

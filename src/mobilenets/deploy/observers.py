@@ -44,7 +44,7 @@ import dataclasses
 
 import torch
 
-from .saturation import _Saturation, aten_ops, clipped_observers, saturation_ranges, within_saturation
+from .saturation import aten_ops, clipped_observers, observer_calls, saturation_ranges, within_saturation
 
 #: the observer choices of :func:`with_calib_method`
 PT2E_CALIB_METHODS = ("mse", "minmax", "percentile", "average")
@@ -170,11 +170,10 @@ def activation_groups(gm: torch.fx.GraphModule) -> dict[str, list[str]]:
     logits. An observer shared by several calls (one module under one or several names: the
     quantizer's shared ranges, which the runtime requires equal) has their roles joined by
     ``" | "`` and all its names in that group."""
-    sat = _Saturation(gm)
     roles: dict[int, set] = {}  # per observer instance: a quantizer's shared ranges are one module under several names
     names: dict[int, list] = {}
     constant = set()
-    for node, name in sat.observers.items():
+    for node, name in observer_calls(gm).items():
         key, src = id(gm.get_submodule(name)), node.args[0]
         names.setdefault(key, [])
         if name not in names[key]:
@@ -237,12 +236,13 @@ def choose_calibration(reference, images: torch.Tensor, batch: int, observed: di
 
     Returns ``{"graph": the base's graph with the chosen observers swapped in (to convert),
     "base": its method, "errors": {method: error} of step 1, "groups": {group: method} switched,
-    "error": the result's error on all images}``. ``progress(done, total)`` is called per trial."""
+    "error": the result's error on all images}``. ``progress(total)``: a bar (:func:`..progress.progress_bar`)
+    for the second step's trials, advanced after each."""
     import copy
 
     groups = sorted(activation_groups(observed[methods[0]]).items(), key=lambda kv: (-len(kv[1]), kv[0]))
     sim = copy.deepcopy(observed[methods[0]])
-    names = sorted(set(_Saturation(sim).observers.values()))
+    names = sorted(set(observer_calls(sim).values()))
     fake = {m: {n: _FakeQuant(g.get_submodule(n)) for n in names} for m, g in observed.items()}
     choice = {}
 
@@ -259,7 +259,8 @@ def choose_calibration(reference, images: torch.Tensor, batch: int, observed: di
     use(names, base)
     few = _spread(images, REFINE_IMAGES, batch)
     best = output_error(reference, sim, few, batch)
-    switched, total, done = {}, len(groups) * (len(group_methods) - 1), 0
+    switched = {}
+    bar = progress(len(groups) * (len(group_methods) - 1)) if progress is not None else None
     for group, members in groups:
         current = choice[members[0]]
         for m in group_methods:
@@ -267,14 +268,15 @@ def choose_calibration(reference, images: torch.Tensor, batch: int, observed: di
                 continue
             use(members, m)
             e = output_error(reference, sim, few, batch)
-            done += 1
-            if progress is not None:
-                progress(done, total)
+            if bar is not None:
+                bar.update(1)
             if e < best * (1 - REFINE_MARGIN):
                 best, current = e, m
                 switched[group] = m
             else:
                 use(members, current)
+    if bar is not None:
+        bar.close()
     error = output_error(reference, sim, images, batch) if switched else errors[base]
     if error >= errors[base]:  # closer on the images compared, not on all of them: keep the base
         use(names, base)

@@ -54,16 +54,21 @@ def _clamp_bounds(node) -> Bounds:
     return (float(lo), float(hi)) if isinstance(lo, (int, float)) and isinstance(hi, (int, float)) else None
 
 
+def observer_calls(gm: torch.fx.GraphModule) -> dict:
+    """``{call node: observer module name}`` for every observer call of a prepared PT2E graph."""
+    from torchao.quantization.pt2e.observer import ObserverBase
+
+    return {n: n.target for n in gm.graph.nodes
+            if n.op == "call_module" and isinstance(gm.get_submodule(n.target), ObserverBase)}
+
+
 class _Saturation:
     """Per observer call in a prepared PT2E graph: the interval outside which its values make no
     difference to the graph's outputs (None where every value may matter)."""
 
     def __init__(self, gm: torch.fx.GraphModule):
-        from torchao.quantization.pt2e.observer import ObserverBase
-
         self.gm, self._memo = gm, {}
-        self.observers = {n: n.target for n in gm.graph.nodes
-                          if n.op == "call_module" and isinstance(gm.get_submodule(n.target), ObserverBase)}
+        self.observers = observer_calls(gm)
 
     def constant(self, arg) -> Optional[float]:
         """A one-element constant operand (a number, or a tensor attribute behind its observer)."""
@@ -159,4 +164,4 @@ def within_saturation(gm: torch.fx.GraphModule):
     return clipped_observers(gm, saturation_ranges(gm))
 
 
-__all__ = ["Bounds", "aten_ops", "clipped_observers", "saturation_ranges", "within_saturation"]
+__all__ = ["Bounds", "aten_ops", "clipped_observers", "observer_calls", "saturation_ranges", "within_saturation"]
