@@ -140,6 +140,14 @@ def test_output_error_weighs_each_image_the_same():
     assert output_error(ref, lambda x: ref(x) + big[x[:, 0].long()], images, batch=1) == pytest.approx(0.01 / 4)
     two = output_error(lambda x: (ref(x), ref(x)), lambda x: (ref(x), ref(x) + noise[x[:, 0].long()]), images, batch=4)
     assert two == pytest.approx(0.01 / 2 / 4)
+    # the reference's outputs computed once (what auto compares every choice with) give the same
+    from mobilenets.deploy.observers import reference_outputs
+
+    cached = reference_outputs(ref, images, batch=2)
+    assert cached.shape == (4, 2)
+    assert output_error(cached, lambda x: ref(x) + noise[x[:, 0].long()], images, batch=2) == pytest.approx(0.01 / 4)
+    with pytest.raises(ValueError, match="reference outputs are for 4 images, expected 2"):
+        output_error(cached, ref, images[:2], batch=2)
 
 
 def test_auto_keeps_the_candidate_closer_to_fp32(tmp_path, capsys, monkeypatch):

@@ -19,6 +19,7 @@ runtime's author reads one file to learn what to implement.
 
 from __future__ import annotations
 
+import copy
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -182,16 +183,19 @@ def resolve_calibration(calib: Union[str, os.PathLike, Calibration], input_size:
     return torch.from_numpy(np.concatenate(_as_batches(calib, (in_chans, *input_size), None)))
 
 
-def pt2e_observe(net: nn.Module, example: torch.Tensor, images: torch.Tensor, quantizer: Any) -> torch.fx.GraphModule:
+def pt2e_observe(net: nn.Module, example: torch.Tensor, images: torch.Tensor, quantizer: Any,
+                 captured: Optional[torch.fx.GraphModule] = None) -> torch.fx.GraphModule:
     """PT2E static quantization's first half: export ``net``, insert the quantizer's observers and
     run the calibration ``images`` through them (in chunks of the export's batch size).
     Activations read only through a saturating op are observed within what it keeps
-    (:func:`.saturation.within_saturation`)."""
+    (:func:`.saturation.within_saturation`). ``captured``: ``export_program(net, example).module()``
+    where the caller observes the same net more than once; a copy of it is prepared, so one capture
+    serves every quantizer."""
     from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
 
     from .saturation import within_saturation
 
-    gm = export_program(net, example).module()
+    gm = export_program(net, example).module() if captured is None else copy.deepcopy(captured)
     observed = prepare_pt2e(gm, quantizer)
     b = example.shape[0]
     n = (len(images) // b) * b
@@ -398,13 +402,14 @@ class Runtime:
             raise NotImplementedError(f"{type(self).__name__} has neither a PT2E quantizer nor its own quantize")
         quantizers = {}
 
-        def observed(method: str) -> torch.fx.GraphModule:
+        def observed(method: str, captured=None) -> torch.fx.GraphModule:
             quantizers[method] = with_calib_method(self.pt2e_quantizer(), method)
-            return pt2e_observe(net, x, images, self.keep_float(quantizers[method], net, float_layers))
+            return pt2e_observe(net, x, images, self.keep_float(quantizers[method], net, float_layers), captured)
 
         method = calib_method or self.calib_methods[0]
         if method == "auto":
-            graphs = {m: observed(m) for m in dict.fromkeys(AUTO_CANDIDATES + GROUP_CANDIDATES)}
+            captured = export_program(net, x).module()
+            graphs = {m: observed(m, captured) for m in dict.fromkeys(AUTO_CANDIDATES + GROUP_CANDIDATES)}
             r = choose_calibration(net, images, x.shape[0], graphs,
                                    progress=lambda total: progress_bar(total, "auto: activation ranges per group"))
             chosen = r["base"]

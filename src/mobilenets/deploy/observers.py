@@ -143,17 +143,27 @@ def _flat(out) -> torch.Tensor:
     return torch.cat([p.reshape(p.shape[0], -1).float() for p in parts], 1)
 
 
+def reference_outputs(reference, images: torch.Tensor, batch: int) -> torch.Tensor:
+    """``reference``'s outputs on ``images`` (run ``batch`` at a time, a trailing part batch left
+    out) as one ``(N, -1)`` tensor: computed once where many choices are compared with them."""
+    n = (len(images) // batch) * batch
+    with torch.no_grad():
+        return torch.cat([_flat(reference(images[i:i + batch])) for i in range(0, n, batch)])
+
+
 def output_error(reference, quantized, images: torch.Tensor, batch: int) -> float:
     """Mean over ``images`` (run ``batch`` at a time) of ``|q - f|^2 / |f|^2`` per image, ``f`` the
-    outputs of ``reference`` and ``q`` those of ``quantized``: each image weighs the same, however
-    large its outputs (the measure :func:`choose_calibration` ranks by)."""
+    outputs of ``reference`` (a model, or its :func:`reference_outputs` on ``images``) and ``q``
+    those of ``quantized``: each image weighs the same, however large its outputs (the measure
+    :func:`choose_calibration` ranks by)."""
     n = (len(images) // batch) * batch
-    errs = []
+    ref = reference if isinstance(reference, torch.Tensor) else reference_outputs(reference, images, batch)
+    if len(ref) != n:
+        raise ValueError(f"output_error: the reference outputs are for {len(ref)} images, expected {n} "
+                         f"(the images given, in whole batches of {batch})")
     with torch.no_grad():
-        for i in range(0, n, batch):
-            f, q = _flat(reference(images[i:i + batch])), _flat(quantized(images[i:i + batch]))
-            errs.append((q - f).pow(2).sum(1) / f.pow(2).sum(1).clamp_min(1e-12))
-    return float(torch.cat(errs).mean())
+        q = torch.cat([_flat(quantized(images[i:i + batch])) for i in range(0, n, batch)])
+    return float(((q - ref).pow(2).sum(1) / ref.pow(2).sum(1).clamp_min(1e-12)).mean())
 
 
 def _op(node) -> str:
@@ -251,14 +261,15 @@ def choose_calibration(reference, images: torch.Tensor, batch: int, observed: di
             setattr(sim, n, fake[method][n])
             choice[n] = method
 
+    few = _spread(images, REFINE_IMAGES, batch)
+    reference, few_reference = reference_outputs(reference, images, batch), reference_outputs(reference, few, batch)
     errors = {}
     for m in methods:
         use(names, m)
         errors[m] = output_error(reference, sim, images, batch)
     base = min(methods, key=lambda m: (errors[m], methods.index(m)))
     use(names, base)
-    few = _spread(images, REFINE_IMAGES, batch)
-    best = output_error(reference, sim, few, batch)
+    best = output_error(few_reference, sim, few, batch)
     switched = {}
     bar = progress(len(groups) * (len(group_methods) - 1)) if progress is not None else None
     for group, members in groups:
@@ -267,7 +278,7 @@ def choose_calibration(reference, images: torch.Tensor, batch: int, observed: di
             if m == current or m not in observed:
                 continue
             use(members, m)
-            e = output_error(reference, sim, few, batch)
+            e = output_error(few_reference, sim, few, batch)
             if bar is not None:
                 bar.update(1)
             if e < best * (1 - REFINE_MARGIN):
@@ -289,6 +300,6 @@ def choose_calibration(reference, images: torch.Tensor, batch: int, observed: di
 
 
 __all__ = ["AUTO_CANDIDATES", "AVERAGING", "GROUP_CANDIDATES", "PERCENTILE", "PT2E_CALIB_METHODS", "REFINE_IMAGES",
-           "REFINE_MARGIN", "activation_groups", "aten_ops", "choose_calibration",
-           "clipped_observers", "output_error", "percentile_bounds", "percentile_observer_class", "saturation_ranges",
-           "with_calib_method", "within_saturation"]
+           "REFINE_MARGIN", "activation_groups", "aten_ops", "choose_calibration", "clipped_observers",
+           "output_error", "percentile_bounds", "percentile_observer_class", "reference_outputs",
+           "saturation_ranges", "with_calib_method", "within_saturation"]
