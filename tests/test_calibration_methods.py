@@ -341,22 +341,42 @@ def test_activation_groups_are_roles_without_weights(runtime):
             assert (node.target in members) == (node.args[0].op != "get_attr"), node.args[0]
 
 
+class _FixedBatch(_Gated):
+    """The gated block with a reshape that fixes the batch at 1 (a form that cannot take a free
+    batch)."""
+
+    def forward(self, x):
+        return super().forward(x).reshape(1, 10)
+
+
 @pytest.mark.parametrize("runtime", ["executorch", "litert"])
 def test_auto_compares_what_conversion_gives(runtime):
     """``auto`` compares choices by simulating each observer as its quantize / dequantize; the
     error it reports for what it chose is the converted graph's error (the graph the file is
-    made from), to rounding."""
+    made from), to rounding: with the trials run at the export's batch, and on the network
+    captured with a free batch (:func:`simulation_graph`, many images per forward), which gives
+    the same error and, where its observers are not the fixed-batch graph's, is not used."""
     from mobilenets.deploy.mobile import pt2e_convert, pt2e_observe
-    from mobilenets.deploy.observers import GROUP_CANDIDATES, choose_calibration, output_error
+    from mobilenets.deploy.observers import GROUP_CANDIDATES, choose_calibration, output_error, simulation_graph
 
     torch.manual_seed(0)
     net = _Gated().eval()
     images = torch.randn(16, 3, 16, 16, generator=torch.Generator().manual_seed(1))
-    graphs = {m: pt2e_observe(net, images[:1], images, _quantizer(runtime, m)) for m in GROUP_CANDIDATES}
-    r = choose_calibration(net, images, 1, graphs)
-    q = pt2e_convert(r["graph"], fold_quantize=runtime == "executorch")
-    assert output_error(net, q, images, 1) == pytest.approx(r["error"], rel=0.02)
-    assert r["error"] <= min(r["errors"].values())  # 16 images: the second step compares on all of them
+    sim = simulation_graph(net, images[:1], _quantizer(runtime))
+    assert sim is not None  # the block takes a free batch
+    other = simulation_graph(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1)), images[:1], _quantizer(runtime))
+    assert simulation_graph(_FixedBatch().eval(), images[:1], _quantizer(runtime)) is None
+    results = {}
+    for name, simulator in (("fixed batch", None), ("free batch", sim), ("other observers", other)):
+        graphs = {m: pt2e_observe(net, images[:1], images, _quantizer(runtime, m)) for m in GROUP_CANDIDATES}
+        r = results[name] = choose_calibration(net, images, 1, graphs, simulator=simulator)
+        q = pt2e_convert(r["graph"], fold_quantize=runtime == "executorch")
+        assert output_error(net, q, images, 1) == pytest.approx(r["error"], rel=0.02), name
+        assert r["error"] <= min(r["errors"].values())  # 16 images: the second step compares on all of them
+    fixed, free = results["fixed batch"], results["free batch"]
+    assert free["base"] == fixed["base"] and free["error"] == pytest.approx(fixed["error"], rel=0.02)
+    assert all(free["errors"][m] == pytest.approx(e, rel=0.02) for m, e in fixed["errors"].items())
+    assert results["other observers"]["errors"] == fixed["errors"]  # fell back: the same computation
 
 
 def test_auto_keeps_switches_only_if_closer_on_all_images(monkeypatch):

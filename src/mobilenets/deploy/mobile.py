@@ -396,7 +396,8 @@ class Runtime:
         method where that brings it closer, :func:`.observers.choose_calibration`; the choices are
         the returned graph's ``meta["calib_method"]`` and ``meta["calib_groups"]``); the modules ``float_layers``
         (module paths, :func:`~.sensitivity.quantizable_layers`) stay float."""
-        from .observers import AUTO_CANDIDATES, GROUP_CANDIDATES, choose_calibration, with_calib_method
+        from .observers import (AUTO_CANDIDATES, GROUP_CANDIDATES, choose_calibration, simulation_graph,
+                                with_calib_method)
 
         if self.pt2e_quantizer() is None:
             raise NotImplementedError(f"{type(self).__name__} has neither a PT2E quantizer nor its own quantize")
@@ -410,7 +411,9 @@ class Runtime:
         if method == "auto":
             captured = export_program(net, x).module()
             graphs = {m: observed(m, captured) for m in dict.fromkeys(AUTO_CANDIDATES + GROUP_CANDIDATES)}
-            r = choose_calibration(net, images, x.shape[0], graphs,
+            sim = simulation_graph(net, x, self.keep_float(with_calib_method(self.pt2e_quantizer(), AUTO_CANDIDATES[0]),
+                                                           net, float_layers))
+            r = choose_calibration(net, images, x.shape[0], graphs, simulator=sim,
                                    progress=lambda total: progress_bar(total, "auto: activation ranges per group"))
             chosen = r["base"]
             q = pt2e_convert(r["graph"], self.fold_quantize)
