@@ -230,6 +230,40 @@ def test_executorch_fp32_runs_in_its_runtime(tmp_path):
 
 
 @needs_et
+def test_executorch_ptq_quantizer_skips_only_the_patterns_prepare_folds():
+    """The PTQ XNNPACK quantizer leaves out the conv + BatchNorm patterns (QAT's: PTQ's
+    ``prepare_pt2e`` folds every BatchNorm into its conv before annotating, and trying them cost
+    a few seconds of pattern captures per prepare): on convs with and without a BatchNorm and a
+    ReLU it inserts exactly the observers the full pattern list does; QAT keeps the list whole."""
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import XNNPACKQuantizer
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
+
+    from mobilenets.deploy.executorch_export import xnnpack_quantizer
+
+    ptq = xnnpack_quantizer()
+    assert {p.name for p in ptq.SUPPORTED_PATTERNS} == {p.name for p in XNNPACKQuantizer.SUPPORTED_PATTERNS
+                                                         if not p.is_qat}
+    assert "conv_bn_relu" in {p.name for p in xnnpack_quantizer(qat=True).SUPPORTED_PATTERNS}
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+                              torch.nn.Conv2d(8, 8, 1), torch.nn.BatchNorm2d(8), torch.nn.Conv2d(8, 4, 1)).eval()
+    randomize_bn(net)
+
+    def observed(quantizer):
+        gm = prepare_pt2e(torch.export.export(net, (torch.randn(1, 3, 8, 8),)).module(), quantizer)
+        return [(n.args[0].op, str(n.args[0].target), n.target) for n in gm.graph.nodes
+                if n.op == "call_module" and "activation_post_process" in n.target]
+
+    full = xnnpack_quantizer()
+    full.SUPPORTED_PATTERNS = list(XNNPACKQuantizer.SUPPORTED_PATTERNS)
+    found = observed(ptq)
+    assert found == observed(full)
+    # three convs' weights; the input, the first conv's output after its ReLU, the other two convs' outputs
+    activations = [target for op, target, _ in found if op != "get_attr"]
+    assert sum(op == "get_attr" for op, _, _ in found) == 3, found
+    assert activations == ["input", "aten.relu.default", "aten.conv2d.default", "aten.conv2d.default"], found
+
+
+@needs_et
 def test_executorch_int8_is_quantized_and_close_to_its_reference(tmp_path):
     from mobilenets.deploy import export_executorch
     model = _small("mobilenetv1_025", num_classes=10)
