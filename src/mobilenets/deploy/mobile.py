@@ -226,10 +226,13 @@ def pt2e_quantize(net: nn.Module, example: torch.Tensor, images: torch.Tensor, q
     return pt2e_convert(pt2e_observe(net, example, images, quantizer), fold_quantize)
 
 
-def export_program(net: nn.Module, example: torch.Tensor):
-    """``torch.export.export`` with a :class:`LoweringError` naming what failed."""
+def export_program(net: nn.Module, example: torch.Tensor, free_batch: bool = False):
+    """``torch.export.export`` with a :class:`LoweringError` naming what failed. ``free_batch``:
+    the batch dimension left symbolic (1 to 4096; ``example`` then needs a batch of at least 2,
+    which torch.export would otherwise specialise)."""
+    dynamic = ({0: torch.export.Dim("batch", min=1, max=4096)},) if free_batch else None
     try:
-        return torch.export.export(net, (example,))
+        return torch.export.export(net, (example,), dynamic_shapes=dynamic)
     except Exception as e:  # noqa: BLE001 - torch.export raises many classes (Unsupported, UserError...)
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise LoweringError(f"torch.export cannot capture {type(net).__name__} ({type(e).__name__}: "
@@ -403,16 +406,18 @@ class Runtime:
             raise NotImplementedError(f"{type(self).__name__} has neither a PT2E quantizer nor its own quantize")
         quantizers = {}
 
-        def observed(method: str, captured=None) -> torch.fx.GraphModule:
+        def quantizer(method: str):
             quantizers[method] = with_calib_method(self.pt2e_quantizer(), method)
-            return pt2e_observe(net, x, images, self.keep_float(quantizers[method], net, float_layers), captured)
+            return self.keep_float(quantizers[method], net, float_layers)
+
+        def observed(method: str, captured=None) -> torch.fx.GraphModule:
+            return pt2e_observe(net, x, images, quantizer(method), captured)
 
         method = calib_method or self.calib_methods[0]
         if method == "auto":
             captured = export_program(net, x).module()
             graphs = {m: observed(m, captured) for m in dict.fromkeys(AUTO_CANDIDATES + GROUP_CANDIDATES)}
-            sim = simulation_graph(net, x, self.keep_float(with_calib_method(self.pt2e_quantizer(), AUTO_CANDIDATES[0]),
-                                                           net, float_layers))
+            sim = simulation_graph(net, x, quantizer(AUTO_CANDIDATES[0]))
             r = choose_calibration(net, images, x.shape[0], graphs, simulator=sim,
                                    progress=lambda total: progress_bar(total, "auto: activation ranges per group"))
             chosen = r["base"]

@@ -224,10 +224,10 @@ class _FakeQuant(torch.nn.Module):
         return torch.fake_quantize_per_tensor_affine(x, self.scale, self.zero, self.lo, self.hi)
 
 
-def _spread(images: torch.Tensor, count: int, batch: int) -> torch.Tensor:
-    """At most ``count`` of ``images`` (a multiple of ``batch``), evenly spaced."""
-    n = max(batch, min(count, len(images)) // batch * batch)
-    return images if n >= len(images) else images[torch.linspace(0, len(images) - 1, n).round().long()]
+def _spread(total: int, count: int, batch: int) -> torch.Tensor:
+    """The indices of at most ``count`` of ``total`` images (a multiple of ``batch``), evenly spaced."""
+    n = max(batch, min(count, total) // batch * batch)
+    return torch.arange(total) if n >= total else torch.linspace(0, total - 1, n).round().long()
 
 
 def simulation_graph(net: torch.nn.Module, example: torch.Tensor, quantizer) -> Optional[torch.fx.GraphModule]:
@@ -238,10 +238,11 @@ def simulation_graph(net: torch.nn.Module, example: torch.Tensor, quantizer) -> 
     batch fixed), and the trials then run at the export's batch."""
     from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
 
-    x = example[:1].expand(2, *example.shape[1:]).contiguous()  # 2: a batch of 1 would be specialised
+    from .mobile import LoweringError, export_program
+
     try:
-        ep = torch.export.export(net, (x,), dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},))
-    except Exception:  # noqa: BLE001 - any capture failure: the fixed-batch graph serves, only slower
+        ep = export_program(net, example[:1].expand(2, *example.shape[1:]).contiguous(), free_batch=True)
+    except LoweringError:  # the fixed-batch graph serves, only slower
         return None
     return prepare_pt2e(ep.module(), quantizer)
 
@@ -287,8 +288,9 @@ def choose_calibration(reference, images: torch.Tensor, batch: int, observed: di
             setattr(sim, n, fake[method][n])
             choice[n] = method
 
-    few = _spread(images, REFINE_IMAGES, batch)
-    reference, few_reference = reference_outputs(reference, images, batch), reference_outputs(reference, few, batch)
+    reference = reference_outputs(reference, images, batch)
+    spread = _spread(len(images), REFINE_IMAGES, batch)
+    few, few_reference = images[spread], reference[spread]
     errors = {}
     for m in methods:
         use(names, m)

@@ -33,7 +33,7 @@ import torch
 import torch.nn as nn
 
 from ...models.info import model_info, set_model_info
-from ..mobile import QATExport
+from ..mobile import QATExport, export_program
 from ..runtimes import QAT_RUNTIMES, mobile_runtime
 
 def consistent_qat_quantizer(quantizer):
@@ -101,15 +101,7 @@ class MobileQAT(nn.Module, QATExport):
         size = (input_size, input_size) if isinstance(input_size, int) else tuple(int(s) for s in input_size)
         _, form, in_chans = prepare(model, target=rt.forms_for(int8=True), main_output=rt.main_output)
         x = torch.randn(2, in_chans, *size, generator=torch.Generator().manual_seed(0))
-        batch = torch.export.Dim("batch", min=1, max=4096)
-        try:
-            ep = torch.export.export(form, (x,), dynamic_shapes=({0: batch},))
-        except Exception as e:  # noqa: BLE001 - torch.export raises many classes
-            from ..mobile import LoweringError
-
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise LoweringError(f"torch.export cannot capture {type(model).__name__} for QAT ({type(e).__name__}: "
-                                f"{first[:300]})") from e
+        ep = export_program(form, x, free_batch=True)
         self.graph = prepare_qat_pt2e(ep.module(), rt.keep_float(quantizer, form))
         self.runtime, self.quantizer, self.input_size, self.in_chans = rt, quantizer, size, in_chans
         set_model_info(self, model_info(model))
