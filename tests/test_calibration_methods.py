@@ -356,10 +356,11 @@ def test_auto_compares_what_conversion_gives(runtime):
     """``auto`` compares choices by simulating each observer as its quantize / dequantize; the
     error it reports for what it chose is the converted graph's error (the graph the file is
     made from), to rounding: with the trials run at the export's batch, and on the network
-    captured with a free batch (:func:`simulation_graph`, many images per forward), which gives
-    the same error and, where its observers are not the fixed-batch graph's, is not used."""
-    from mobilenets.deploy.mobile import pt2e_convert, pt2e_observe
-    from mobilenets.deploy.observers import GROUP_CANDIDATES, choose_calibration, output_error, simulation_graph
+    captured with a free batch (:func:`~mobilenets.deploy.mobile.simulation_graph`, many images
+    per forward), which gives the same error and, where its observers are not the fixed-batch
+    graph's, is not used."""
+    from mobilenets.deploy.mobile import pt2e_convert, pt2e_observe, simulation_graph
+    from mobilenets.deploy.observers import GROUP_CANDIDATES, choose_calibration, output_error
 
     torch.manual_seed(0)
     net = _Gated().eval()

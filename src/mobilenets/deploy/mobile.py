@@ -220,6 +220,21 @@ def pt2e_convert(observed: torch.fx.GraphModule, fold_quantize: bool = True) -> 
     return converted
 
 
+def simulation_graph(net: nn.Module, example: torch.Tensor, quantizer) -> Optional[torch.fx.GraphModule]:
+    """``net`` captured with a free batch dimension and prepared with ``quantizer`` (observers
+    inserted, not calibrated): where ``auto`` runs its trials many images per forward
+    (:func:`.observers.choose_calibration`, which checks that its observers are those of the
+    fixed-batch graph); None where the network cannot be captured so (a form that needs its
+    batch fixed), and the trials then run at the export's batch."""
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
+
+    try:
+        ep = export_program(net, example[:1].expand(2, *example.shape[1:]).contiguous(), free_batch=True)
+    except LoweringError:  # the fixed-batch graph serves, only slower
+        return None
+    return prepare_pt2e(ep.module(), quantizer)
+
+
 def pt2e_quantize(net: nn.Module, example: torch.Tensor, images: torch.Tensor, quantizer: Any,
                   fold_quantize: bool = True) -> nn.Module:
     """PT2E static quantization of ``net``: :func:`pt2e_observe`, then :func:`pt2e_convert`."""
@@ -399,8 +414,7 @@ class Runtime:
         method where that brings it closer, :func:`.observers.choose_calibration`; the choices are
         the returned graph's ``meta["calib_method"]`` and ``meta["calib_groups"]``); the modules ``float_layers``
         (module paths, :func:`~.sensitivity.quantizable_layers`) stay float."""
-        from .observers import (AUTO_CANDIDATES, GROUP_CANDIDATES, choose_calibration, simulation_graph,
-                                with_calib_method)
+        from .observers import AUTO_CANDIDATES, GROUP_CANDIDATES, choose_calibration, with_calib_method
 
         if self.pt2e_quantizer() is None:
             raise NotImplementedError(f"{type(self).__name__} has neither a PT2E quantizer nor its own quantize")

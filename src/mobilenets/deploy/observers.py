@@ -230,23 +230,6 @@ def _spread(total: int, count: int, batch: int) -> torch.Tensor:
     return torch.arange(total) if n >= total else torch.linspace(0, total - 1, n).round().long()
 
 
-def simulation_graph(net: torch.nn.Module, example: torch.Tensor, quantizer) -> Optional[torch.fx.GraphModule]:
-    """``net`` captured with a free batch dimension and prepared with ``quantizer`` (observers
-    inserted, not calibrated): where ``auto`` runs its trials many images per forward
-    (:func:`choose_calibration`, which checks that its observers are those of the
-    fixed-batch graph); None where the network cannot be captured so (a form that needs its
-    batch fixed), and the trials then run at the export's batch."""
-    from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
-
-    from .mobile import LoweringError, export_program
-
-    try:
-        ep = export_program(net, example[:1].expand(2, *example.shape[1:]).contiguous(), free_batch=True)
-    except LoweringError:  # the fixed-batch graph serves, only slower
-        return None
-    return prepare_pt2e(ep.module(), quantizer)
-
-
 def choose_calibration(reference, images: torch.Tensor, batch: int, observed: dict,
                        methods=AUTO_CANDIDATES, group_methods=GROUP_CANDIDATES, progress=None,
                        simulator: Optional[torch.fx.GraphModule] = None) -> dict:
@@ -268,7 +251,7 @@ def choose_calibration(reference, images: torch.Tensor, batch: int, observed: di
     "error": the result's error on all images}``. ``progress(total)``: a bar (:func:`..progress.progress_bar`)
     for the second step's trials, advanced after each. ``simulator``: the same network prepared
     as ``observed``'s graphs are (the same observers) but captured with a free batch
-    (:func:`simulation_graph`), so that every comparison runs :data:`SIM_BATCH` images
+    (:func:`..mobile.simulation_graph`), so that every comparison runs :data:`SIM_BATCH` images
     per forward rather than ``batch`` (measured: 4-7x faster trials on MobileNetV3-Small); None, or
     a graph whose observers differ: a copy of ``observed``'s, ``batch`` images at a time."""
     import copy
@@ -330,4 +313,4 @@ def choose_calibration(reference, images: torch.Tensor, batch: int, observed: di
 __all__ = ["AUTO_CANDIDATES", "AVERAGING", "GROUP_CANDIDATES", "PERCENTILE", "PT2E_CALIB_METHODS", "REFINE_IMAGES",
            "REFINE_MARGIN", "SIM_BATCH", "activation_groups", "aten_ops", "choose_calibration", "clipped_observers",
            "output_error", "percentile_bounds", "percentile_observer_class", "reference_outputs",
-           "saturation_ranges", "simulation_graph", "with_calib_method", "within_saturation"]
+           "saturation_ranges", "with_calib_method", "within_saturation"]
